@@ -1,0 +1,39 @@
+# seqops: `make help` lists the targets. Quick start: `make pipeline`, `make test`.
+.DEFAULT_GOAL := help
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: help setup pipeline test test-unit lint format typecheck bench clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-12s %s\n", $$1, $$2}'
+
+setup: ## Create .venv and install seqops (CPU torch on CPU machines); idempotent
+	@bash scripts/setup.sh
+
+pipeline: setup ## Set up, then run the whole DVC pipeline (dvc repro) on the bundled default data
+	$(BIN)/dvc repro
+
+test: setup ## Set up, then run lint and the whole test suite
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+test-unit: setup ## Only the fast unit tests (no Ray, no dvc repro)
+	$(BIN)/python -m pytest tests/unit
+
+lint: setup ## ruff lint and format check
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: setup ## ruff format the code
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+typecheck: setup ## mypy on the packages
+	$(BIN)/mypy
+
+bench: setup ## Run the benchmarks (prints ratios against in-process baselines)
+	$(BIN)/python benchmarks/padding.py
+	$(BIN)/python benchmarks/data_throughput.py
+
+clean: ## Remove pipeline outputs (not the venv, not the DVC cache)
+	rm -rf data/events data/validated data/quarantine data/shards reports/*.json reports/data_docs

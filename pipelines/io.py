@@ -1,0 +1,130 @@
+"""Atomic outputs and content hashes shared by every stage.
+
+A stage writes each output into a temporary sibling and renames it into place only when it
+is complete, so an interrupted stage leaves either the old output or none, never half of one
+(the same idea as DVC's own cache writes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def _tmp_sibling(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    """Rename ``tmp`` onto ``path``; an existing directory is moved aside first, then removed."""
+    if path.is_dir() and not path.is_symlink():
+        trash = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, trash)
+        os.replace(tmp, path)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary directory that replaces ``path`` only if the block succeeds."""
+    path = Path(path)
+    tmp = _tmp_sibling(path)
+    try:
+        yield tmp
+        _replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "w") -> Iterator[Any]:
+    """Open a temporary file that replaces ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically, keys sorted so that reruns produce identical bytes."""
+    with atomic_file(path) as handle:
+        json.dump(obj, handle, indent=2, sort_keys=True, default=str, allow_nan=False)
+        handle.write("\n")
+
+
+def write_parquet(table: pa.Table, path: str | Path, **kwargs: Any) -> None:
+    """Write one Parquet file atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp_name, **kwargs)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_tree(root: str | Path) -> dict[str, str]:
+    """sha256 of every file under ``root``, keyed by POSIX path relative to it, sorted."""
+    root = Path(root)
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in files}
+
+
+def combined_hash(hashes: dict[str, str]) -> str:
+    """One hash over a {relative path: file hash} mapping (order-independent)."""
+    digest = hashlib.sha256()
+    for name in sorted(hashes):
+        digest.update(f"{name}\0{hashes[name]}\n".encode())
+    return digest.hexdigest()
+
+
+def read_events(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """Read an events output (a directory of part-*.parquet, or one file) in arrival order.
+
+    Parts are read in name order and each part keeps its rows in arrival order, so the
+    result is the arrival order the ingest stage recorded.
+    """
+    path = Path(path)
+    if path.is_dir():
+        parts = sorted(path.glob("part-*.parquet"))
+        if not parts:
+            raise FileNotFoundError(f"{path}: no part-*.parquet files (run the ingest stage first)")
+        tables = [pq.read_table(p, columns=columns) for p in parts]
+        return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not found (run the ingest stage first)")
+    return pq.read_table(path, columns=columns)

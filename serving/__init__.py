@@ -1,0 +1,1 @@
+"""Ray Serve online/streaming scoring and Ray Data batch scoring (ARCHITECTURE §7)."""
