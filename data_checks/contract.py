@@ -1,0 +1,337 @@
+"""The ordering contract: run every check on the events table, apply policies, split rows.
+
+Order (ARCHITECTURE §2): ``non_empty`` (an empty table skips everything else), ``schema``,
+``types``, then the row checks. A check whose columns are missing or mistyped is
+``skipped`` with the reason, so one fault is reported by its own check and nothing crashes.
+Policies: ``fail`` reports and the stage exits non-zero; ``quarantine`` sets the offending
+rows (whole entities for ``seq_gaps``) aside with ``_quarantine_reason`` = the first
+quarantining check, in ``CHECK_NAMES`` order.
+
+``clean`` is grouped by entity and in arrival order within an entity, built with one
+``Table.take`` of the grouping order the checks already computed, so validate costs one
+sort-like pass over the data and holds about two copies of the table at its peak.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from data_checks import gx_suite, ordering
+from data_checks.ordering import Finding
+from data_checks.results import CheckResult, ValidationReport, json_safe, skipped
+from pipelines.config import CHECK_NAMES, SchemaConfig, ValidateConfig
+
+REASON = "_quarantine_reason"
+GX_CHECKS = {"schema", "types", "key_nulls", "value_ranges", "categorical_domain"}
+
+
+class _Run:
+    """State of one contract run: the config, the index and the findings so far."""
+
+    def __init__(self, table: pa.Table, schema: SchemaConfig, config: ValidateConfig) -> None:
+        self.table, self.schema, self.config = table, schema, config
+        self.k = config.sample_offenders
+        self.results: dict[str, CheckResult] = {}
+        self.findings: dict[str, Finding] = {}
+
+    def run(self, name: str, skip: str | None, compute: Callable[[], Finding]) -> None:
+        """Run one check unless it is disabled or ``skip`` gives a reason not to."""
+        cfg = self.config.checks[name]
+        if not cfg.enabled:
+            self.results[name] = skipped(name, cfg.policy, "disabled")
+            return
+        if skip is not None:
+            self.results[name] = skipped(name, cfg.policy, skip)
+            return
+        started = time.perf_counter()
+        try:
+            finding = compute()
+        except Exception as exc:  # a check bug must not hide the other checks' results
+            message = f"check raised {type(exc).__name__}: {exc}"
+            details = {"traceback": traceback.format_exc(limit=3)[-1500:]}
+            self.results[name] = CheckResult(
+                name, "fail", cfg.policy, message=message, details=details
+            )
+            return
+        self.findings[name] = finding
+        failed = finding.fail or finding.violating_rows > 0 or finding.violating_entities > 0
+        status = "fail" if failed else "pass"
+        self.results[name] = CheckResult(
+            name=name,
+            status=status,
+            policy=cfg.policy,
+            violating_rows=finding.violating_rows,
+            violating_entities=finding.violating_entities,
+            sample=json_safe(finding.sample),
+            message=finding.message,
+            details=json_safe(finding.details),
+            duration_s=time.perf_counter() - started,
+        )
+
+    def note(self, name: str, **details: Any) -> None:
+        """Add details to a result already recorded (results are frozen: replace it)."""
+        result = self.results[name]
+        self.results[name] = replace(result, details={**result.details, **json_safe(details)})
+
+
+def _needs(plan: gx_suite.ColumnPlan, columns: list[str | None]) -> str | None:
+    """A skip reason if any of ``columns`` is unmapped, missing or mistyped, else None."""
+    problems = []
+    for column in columns:
+        if column is None:
+            problems.append("no column mapped")
+        elif column in plan.missing:
+            problems.append(f"{column} is missing")
+        elif column in plan.wrong:
+            problems.append(f"{column} has type {plan.wrong[column]}")
+    return "; ".join(problems) or None
+
+
+def _usable(
+    plan: gx_suite.ColumnPlan, candidates: list[str], role: str
+) -> tuple[list[str], str | None, dict[str, str | None]]:
+    """The usable columns among ``candidates``, a skip reason if there are none, the rest."""
+    usable = [c for c in candidates if c in plan.usable]
+    unusable = {c: _needs(plan, [c]) for c in candidates if c not in plan.usable}
+    reason = None
+    if not usable:
+        reason = "; ".join(str(v) for v in unusable.values()) or f"no {role} configured"
+    return usable, reason, unusable
+
+
+def _schema_and_types(run: _Run, plan: gx_suite.ColumnPlan, gx: dict[str, list[dict]]) -> None:
+    for name, exact_bad, gx_items in (
+        ("schema", {c: "missing" for c in plan.missing}, gx.get("schema", [])),
+        ("types", dict(plan.wrong), gx.get("types", [])),
+    ):
+        cfg = run.config.checks[name]
+        if not cfg.enabled:
+            run.results[name] = skipped(name, cfg.policy, "disabled")
+            continue
+        gx_bad = {
+            i["column"]: f"GX observed {i.get('observed_value', '?')}"
+            for i in gx_items
+            if not i["success"] and "exception" not in i
+        }
+        bad = {**gx_bad, **exact_bad}
+        if name == "schema":
+            message = f"missing column(s): {', '.join(bad)}" if bad else ""
+            sample = [{"column": c, "problem": "missing"} for c in bad]
+        else:
+            only_gx = [f"{c}: {t}" for c, t in bad.items() if c not in plan.wrong]
+            message = "; ".join(filter(None, [gx_suite.type_message(plan), *only_gx]))
+            sample = [{"column": c, "type": t, "expected": plan.kinds[c]} for c, t in bad.items()]
+        details = {"columns": bad, "gx": gx_items}
+        status = "fail" if bad else "pass"
+        run.results[name] = CheckResult(
+            name, status, cfg.policy, 0, 0, json_safe(sample), message, json_safe(details)
+        )
+
+
+def _attach_gx(run: _Run, gx: dict[str, list[dict]], sampled: bool) -> None:
+    """Add the GX suite's view to the exact results it mirrors (key nulls, ranges, domains)."""
+    for name in ("key_nulls", "value_ranges", "categorical_domain"):
+        result, items = run.results.get(name), gx.get(name)
+        if result is None or result.status == "skipped" or not items:
+            continue
+        gx_pass = all(i["success"] for i in items)
+        # On a sample GX may miss rare offenders; it must never see one the exact check missed.
+        agrees = gx_pass == (result.status == "pass") or (sampled and gx_pass)
+        run.note(name, gx=items, gx_agrees=agrees)
+
+
+def run_contract(
+    table: pa.Table, schema: SchemaConfig, config: ValidateConfig, now: datetime
+) -> tuple[ValidationReport, pa.Table, pa.Table]:
+    """Validate ``table``; returns the report, the clean rows and the quarantined rows."""
+    started = time.perf_counter()
+    now = now if now.tzinfo else now.replace(tzinfo=UTC)
+    run = _Run(table, schema, config)
+    n = table.num_rows
+    timings: dict[str, float] = {}
+    run.run("non_empty", None, lambda: _non_empty(n))
+    if n == 0:
+        for name in CHECK_NAMES[1:]:
+            run.run(name, "the table is empty", lambda: _non_empty(n))
+        split = _split(run, None, None, timings)
+        return _report(run, split, now, started, timings, {"ran": False})
+
+    plan = gx_suite.plan_columns(table, schema)
+    enabled = {c for c in CHECK_NAMES if config.checks[c].enabled}
+    gx_results: dict[str, list[dict]] = {}
+    gx_info: dict[str, Any] = {"ran": False}
+    # GX costs seconds of pure-Python import and planning; the row checks spend their time
+    # in numpy/Arrow kernels that release the GIL, so the two overlap on a second core.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gx-suite") as pool:
+        suite = None
+        if enabled & GX_CHECKS:
+            suite = pool.submit(gx_suite.run_suite, table, schema, config, plan, enabled)
+        # Quarantine needs only the row checks (schema and types can only fail), so the
+        # gather also runs while GX finishes.
+        split = _split(run, *_row_checks(run, plan, now, timings), timings)
+        if suite is not None:
+            gx_results, gx_info = suite.result()
+    timings["gx_suite"] = gx_info.get("duration_s", 0.0)
+    _schema_and_types(run, plan, gx_results)
+    _attach_gx(run, gx_results, bool(gx_info.get("sampled")))
+    return _report(run, split, now, started, timings, gx_info)
+
+
+def _row_checks(
+    run: _Run, plan: gx_suite.ColumnPlan, now: datetime, timings: dict
+) -> tuple[np.ndarray, Callable[[np.ndarray], pa.Array] | None]:
+    """Every check after schema/types; returns the grouping order and an entity gatherer.
+
+    The index arrays live only inside this call, so they are freed before the gather.
+    """
+    table, schema, config, k = run.table, run.schema, run.config, run.k
+    cfg = config.checks
+    t0 = time.perf_counter()
+    ix = ordering.build_index(table, schema.entity, schema.time, schema.seq, plan.usable)
+    timings["index"] = time.perf_counter() - t0
+    keys_present = [c for c in (schema.entity, schema.time) if c not in plan.missing]
+    run.run(
+        "key_nulls",
+        None if keys_present else _needs(plan, [schema.entity, schema.time]),
+        lambda: ordering.key_nulls(ix, schema.entity, schema.time, k),
+    )
+    numeric, why, _ = _usable(plan, list(schema.numeric), "numeric column")
+    run.run("numeric_finite", why, lambda: ordering.numeric_finite(ix, numeric, k))
+    ranged, why, no_range = _usable(
+        plan, [c for c in config.ranges if c in schema.numeric], "range"
+    )
+    run.run("value_ranges", why, lambda: gx_suite.value_ranges(ix, ranged, config.ranges, k))
+    domained, why, no_domain = _usable(
+        plan, [c for c in config.domains if c in schema.categorical], "domain"
+    )
+    max_unseen = cfg["categorical_domain"].max_unseen_fraction
+    run.run(
+        "categorical_domain",
+        why,
+        lambda: gx_suite.categorical_domain(ix, domained, config.domains, max_unseen, k),
+    )
+    for name, unusable in (("value_ranges", no_range), ("categorical_domain", no_domain)):
+        if unusable and run.results[name].status != "skipped":  # e.g. device dropped: noted
+            run.note(name, skipped_columns=unusable)
+
+    time_need = _needs(plan, [schema.time])
+    entity_need = _needs(plan, [schema.entity, schema.time])
+    max_ahead, floor = cfg["future_timestamps"].max_ahead, cfg["time_floor"].floor
+    assert floor is not None  # CheckConfig always fills the floor
+    run.run(
+        "future_timestamps", time_need, lambda: ordering.future_timestamps(ix, now, max_ahead, k)
+    )
+    run.run("time_floor", time_need, lambda: ordering.time_floor(ix, floor, k))
+    # Rows already out of range in time would also look out of order or late: they are
+    # those two checks' faults only.
+    exclude = np.zeros(table.num_rows, dtype=bool)
+    for name in ("future_timestamps", "time_floor"):
+        if name in run.findings:
+            exclude[run.findings[name].rows] = True
+    run.run("time_order", entity_need, lambda: ordering.time_order(ix, exclude, k))
+    seq_values, seq_valid = _seq_arrays(table, schema.seq, plan)
+    dup_need = entity_need or (_needs(plan, [schema.seq]) if schema.seq else None)
+    run.run("duplicates", dup_need, lambda: ordering.duplicates(ix, seq_values, k, exclude))
+    gap_need = entity_need or _needs(plan, [schema.seq])
+    run.run("seq_gaps", gap_need, lambda: ordering.seq_gaps(ix, seq_values, seq_valid, k))
+    lateness = cfg["late_events"].allowed_lateness
+    run.run(
+        "late_events",
+        time_need,
+        lambda: ordering.late_events(ix, ordering.arrival_order(table), lateness, exclude, k),
+    )
+    return ix.order, ix.entity_gatherer()
+
+
+def _non_empty(n: int) -> Finding:
+    message = "" if n else "the events table has no rows"
+    return Finding(np.zeros(0, np.int64), 0, 0, message=message, fail=n == 0)
+
+
+def _seq_arrays(table: pa.Table, seq: str | None, plan: gx_suite.ColumnPlan) -> tuple[Any, Any]:
+    if seq is None or seq not in plan.usable:
+        return None, None
+    column = table[seq]
+    values = pc.fill_null(pc.cast(column, pa.int64()), ordering.INT64_MIN).to_numpy()
+    valid = (
+        pc.is_valid(column).to_numpy(zero_copy_only=False)
+        if column.null_count
+        else np.ones(len(values), bool)
+    )
+    return values, valid
+
+
+def _split(
+    run: _Run,
+    order: np.ndarray | None,
+    gather_entity: Callable[[np.ndarray], pa.Array] | None,
+    timings: dict[str, float],
+) -> tuple[pa.Table, pa.Table, dict[str, int]]:
+    """Apply the quarantine policies and gather ``clean`` in one take of ``order``."""
+    table = run.table
+    n = table.num_rows
+    t0 = time.perf_counter()
+    reason = np.zeros(n, dtype=np.uint8)
+    quarantined: dict[str, int] = {}
+    for code, name in enumerate(CHECK_NAMES, start=1):
+        result, finding = run.results.get(name), run.findings.get(name)
+        if result and result.status == "fail" and result.policy == "quarantine" and finding:
+            fresh = finding.rows[reason[finding.rows] == 0]  # the first check wins
+            reason[fresh] = code
+            quarantined[name] = int(fresh.size)
+    if order is None:
+        order = np.arange(n, dtype=np.int64)
+    if quarantined:
+        order = order[reason[order] == 0]
+    if order.size == n and bool(np.all(order[1:] > order[:-1])):
+        clean = table  # already grouped and in arrival order: no copy
+    else:
+        # Hand memory the checks freed back to the OS first: the gather is the peak.
+        pa.default_memory_pool().release_unused()
+        entity = run.schema.entity
+        if gather_entity is None:
+            clean = table.take(pa.array(order))
+        else:  # the string key column is most of a random take's time: gather it in order
+            position = table.schema.get_field_index(entity)
+            clean = table.drop_columns([entity]).take(pa.array(order))
+            clean = clean.add_column(position, table.schema.field(entity), gather_entity(order))
+    q_rows = np.flatnonzero(reason)
+    names = np.array(("",) + CHECK_NAMES, dtype=object)[reason[q_rows]]
+    quarantine = table.take(pa.array(q_rows, pa.int64())).append_column(
+        REASON, pa.array(names.tolist(), pa.string())
+    )
+    timings["split"] = time.perf_counter() - t0
+    return clean, quarantine, quarantined
+
+
+def _report(
+    run: _Run,
+    split: tuple[pa.Table, pa.Table, dict[str, int]],
+    now: datetime,
+    started: float,
+    timings: dict[str, float],
+    gx_info: dict[str, Any],
+) -> tuple[ValidationReport, pa.Table, pa.Table]:
+    clean, quarantine, quarantined = split
+    report = ValidationReport(
+        results=[run.results[name] for name in CHECK_NAMES],
+        rows_in=run.table.num_rows,
+        rows_out=clean.num_rows,
+        rows_quarantined=quarantine.num_rows,
+        gx=json_safe(gx_info),
+        duration_s=time.perf_counter() - started,
+        now=now.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        quarantined=quarantined,
+        timings={k: round(v, 4) for k, v in timings.items()},
+    )
+    return report, clean, quarantine

@@ -1,0 +1,356 @@
+"""The ordering contract end to end: each planted fault fires its own check only, policies
+(fail / quarantine / disabled) behave, broken tables are reported instead of crashing, and
+the validate stage writes its outputs and exit codes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from data_checks.contract import REASON, run_contract
+from data_checks.docs import render
+from pipelines.config import FAULT_NAMES, GenerateConfig, SchemaConfig, ValidateConfig
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+T0 = datetime(2025, 3, 1, tzinfo=UTC)
+ENTITIES = ("A1", "B2", "C3", "D4")
+SCHEMA = SchemaConfig()
+CHANNELS = ["pos", "online", "atm", "contactless"]
+
+
+def config(**checks: dict) -> ValidateConfig:
+    return ValidateConfig(
+        domains={"channel": CHANNELS, "country": ["US", "GB"], "device": ["web", "chip_reader"]},
+        ranges={"amount": [0.0, 1_000_000.0]},
+        checks=checks,
+    )
+
+
+def table_from_rows(rows: list[dict]) -> pa.Table:
+    """Rows in arrival order -> an events table; ``_arrival`` is the position, as ingest sets it."""
+    dictionary = pa.dictionary(pa.int32(), pa.string())
+    schema = pa.schema(
+        [
+            ("account_id", pa.string()),
+            ("event_time", pa.timestamp("us", tz="UTC")),
+            ("seq_no", pa.int64()),
+            ("amount", pa.float64()),
+            ("mcc", dictionary),
+            ("channel", dictionary),
+            ("country", dictionary),
+            ("device", dictionary),
+            ("label", pa.int64()),
+            ("_arrival", pa.int64()),
+        ]
+    )
+    rows = [{**row, "_arrival": i} for i, row in enumerate(rows)]
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def make_rows(per_entity: int = 8, entities: tuple[str, ...] = ENTITIES) -> list[dict]:
+    """Interleaved entities, 2 h between an entity's events, arrival = global time order."""
+    rows = []
+    for i in range(per_entity):
+        for j, entity in enumerate(entities):
+            rows.append(
+                {
+                    "account_id": entity,
+                    "event_time": T0 + timedelta(hours=2 * i, minutes=7 * j),
+                    "seq_no": i + 1,
+                    "amount": 10.0 + i + j,
+                    "mcc": ("5411", "5812")[i % 2],
+                    "channel": CHANNELS[(i + j) % 4],
+                    "country": ("US", "GB")[j % 2],
+                    "device": ("web", "chip_reader")[i % 2],
+                    "label": j % 2,
+                }
+            )
+    return rows
+
+
+def make_events(**kw) -> pa.Table:
+    return table_from_rows(make_rows(**kw))
+
+
+def nth(rows: list[dict], entity: str, n: int) -> int:
+    """Index in ``rows`` of the n-th (0-based) event of ``entity``."""
+    return [i for i, r in enumerate(rows) if r["account_id"] == entity][n]
+
+
+def _out_of_order(rows):
+    a, b = nth(rows, "B2", 3), nth(rows, "B2", 4)
+    rows[a]["event_time"], rows[b]["event_time"] = rows[b]["event_time"], rows[a]["event_time"]
+
+
+def _duplicate(rows):
+    i = nth(rows, "C3", 2)
+    rows.insert(i + 1, dict(rows[i]))
+
+
+def _seq_gap(rows):
+    del rows[nth(rows, "C3", 3)]
+
+
+def _null_keys(rows):
+    rows.insert(5, {**rows[4], "account_id": None})
+    rows.insert(12, {**rows[11], "event_time": None})
+
+
+def _set_time(when):
+    def mutate(rows):
+        rows[nth(rows, "D4", 4)]["event_time"] = when
+
+    return mutate
+
+
+def _late(rows):
+    late = {**rows[20], "account_id": "LATE1", "seq_no": 1}
+    late["event_time"] -= timedelta(days=3)  # a new one-event entity, 3 days behind the stream
+    rows.insert(21, late)
+
+
+def _nan_inf(rows):
+    rows[3]["amount"], rows[9]["amount"] = float("nan"), float("inf")
+
+
+def _unseen(rows):
+    rows[2]["channel"], rows[17]["channel"] = "crypto_kiosk", "channel_x"
+
+
+ROW_FAULTS: dict[str, tuple[Callable, str, int]] = {
+    "out_of_order": (_out_of_order, "time_order", 1),
+    "duplicates": (_duplicate, "duplicates", 1),
+    "seq_gaps": (_seq_gap, "seq_gaps", 7),
+    "null_keys": (_null_keys, "key_nulls", 2),
+    "future_timestamps": (_set_time(datetime(2099, 1, 1, tzinfo=UTC)), "future_timestamps", 1),
+    "before_floor": (_set_time(datetime(1990, 1, 1, tzinfo=UTC)), "time_floor", 1),
+    "late_events": (_late, "late_events", 1),
+    "nan_inf": (_nan_inf, "numeric_finite", 2),
+    "unseen_categories": (_unseen, "categorical_domain", 2),
+}
+
+
+def statuses(report) -> dict[str, str]:
+    return {r.name: r.status for r in report.results}
+
+
+def failing(report) -> set[str]:
+    return {r.name for r in report.results if r.status == "fail"}
+
+
+def assert_grouped_in_arrival_order(table: pa.Table) -> None:
+    entity = table["account_id"].to_pylist()
+    arrival = table["_arrival"].to_numpy()
+    starts = [i for i in range(len(entity)) if i == 0 or entity[i] != entity[i - 1]]
+    assert len(starts) == len(set(entity)), "an entity's rows are not contiguous"
+    same = np.array([entity[i] == entity[i - 1] for i in range(1, len(entity))], dtype=bool)
+    assert np.all(arrival[1:][same] > arrival[:-1][same])
+
+
+@pytest.fixture(scope="module")
+def clean_run():
+    table = make_events()
+    return table, *run_contract(table, SCHEMA, config(), NOW)
+
+
+def test_clean_table_passes_every_check_and_comes_out_grouped(clean_run):
+    table, report, clean, quarantine = clean_run
+    assert set(statuses(report).values()) == {"pass"}, statuses(report)
+    assert report.failed() == [] and report.passed
+    assert (report.rows_in, report.rows_out, report.rows_quarantined) == (32, 32, 0)
+    assert clean.schema == table.schema
+    assert_grouped_in_arrival_order(clean)
+    assert quarantine.num_rows == 0 and quarantine.column_names[-1] == REASON
+    json.dumps(report.to_json(), allow_nan=False)
+
+
+@pytest.mark.parametrize("fault", sorted(ROW_FAULTS))
+def test_each_row_fault_fires_only_its_own_check(fault):
+    mutate, check, rows_expected = ROW_FAULTS[fault]
+    rows = make_rows()
+    mutate(rows)
+    report, _, _ = run_contract(table_from_rows(rows), SCHEMA, config(), NOW)
+    assert failing(report) == {check}
+    assert report.result(check).violating_rows == rows_expected
+    assert [r.name for r in report.failed()] == [check]
+    json.dumps(report.to_json(), allow_nan=False)  # NaN offenders must still serialise
+
+
+def test_wrong_type_fails_types_and_skips_dependent_checks():
+    table = make_events()
+    table = table.set_column(3, "amount", pc.cast(table["amount"], pa.string()))
+    report, _, _ = run_contract(table, SCHEMA, config(), NOW)
+    assert failing(report) == {"types"}
+    assert "amount" in report.result("types").message
+    for name in ("numeric_finite", "value_ranges"):
+        assert report.result(name).status == "skipped"
+        assert "amount" in report.result(name).message
+
+
+def test_missing_column_fails_schema_only_and_notes_the_unchecked_domain():
+    report, _, _ = run_contract(make_events().drop_columns(["device"]), SCHEMA, config(), NOW)
+    assert failing(report) == {"schema"}
+    assert "device" in report.result("schema").message
+    assert "device" in report.result("categorical_domain").details["skipped_columns"]
+
+
+def test_missing_entity_and_mistyped_time_skip_per_entity_checks_without_crashing():
+    table = make_events().drop_columns(["account_id"])
+    table = table.set_column(0, "event_time", pc.cast(table["event_time"], pa.string()))
+    report, clean, _ = run_contract(table, SCHEMA, config(), NOW)
+    assert {"schema", "types"} <= failing(report)
+    for name in ("time_order", "duplicates", "seq_gaps", "future_timestamps", "late_events"):
+        assert report.result(name).status == "skipped", name
+    assert clean.num_rows == table.num_rows
+
+
+def test_empty_table_fails_non_empty_and_skips_everything_else():
+    report, clean, quarantine = run_contract(make_events().slice(0, 0), SCHEMA, config(), NOW)
+    assert failing(report) == {"non_empty"}
+    assert {r.status for r in report.results[1:]} == {"skipped"}
+    assert clean.num_rows == 0 and quarantine.column_names[-1] == REASON
+
+
+def test_quarantine_removes_exactly_the_offenders_and_keeps_order():
+    rows = make_rows()
+    _out_of_order(rows)
+    _seq_gap(rows)  # C3 loses its 4th event: the whole entity goes
+    _duplicate(rows)  # a copy inside C3: duplicates comes first in CHECK_NAMES
+    table = table_from_rows(rows)
+    quarantine_all = {n: {"policy": "quarantine"} for n in ("time_order", "duplicates", "seq_gaps")}
+    report, clean, quarantine = run_contract(table, SCHEMA, config(**quarantine_all), NOW)
+    assert report.failed() == []
+    reasons = dict(
+        zip(quarantine["_arrival"].to_pylist(), quarantine[REASON].to_pylist(), strict=True)
+    )
+    c3 = [r["_arrival"] for r in table.to_pylist() if r["account_id"] == "C3"]
+    duplicate_copy = nth(rows, "C3", 3)  # inserted right after C3's third event
+    swapped_late = nth(rows, "B2", 4)
+    assert reasons.pop(duplicate_copy) == "duplicates"
+    assert reasons.pop(swapped_late) == "time_order"
+    assert set(reasons) == set(c3) - {duplicate_copy} and set(reasons.values()) == {"seq_gaps"}
+    assert report.quarantined == {"time_order": 1, "duplicates": 1, "seq_gaps": len(c3) - 1}
+    assert clean.num_rows + quarantine.num_rows == table.num_rows == report.rows_in
+    assert set(clean["_arrival"].to_pylist()).isdisjoint(quarantine["_arrival"].to_pylist())
+    assert_grouped_in_arrival_order(clean)
+    times = clean["event_time"].cast(pa.int64()).to_numpy()
+    same = np.array(clean["account_id"].to_pylist()[1:]) == np.array(
+        clean["account_id"].to_pylist()[:-1]
+    )
+    assert np.all(times[1:][same] >= times[:-1][same])
+
+
+def test_fail_policy_summary_names_check_counts_and_example_keys():
+    rows = make_rows()
+    _out_of_order(rows)
+    report, _, _ = run_contract(table_from_rows(rows), SCHEMA, config(), NOW)
+    assert [r.name for r in report.failed()] == ["time_order"]
+    text = report.summary()
+    assert "FAILED time_order: 1 row(s), 1 entity" in text
+    assert "'B2'" in text
+
+
+def test_disabled_check_is_skipped_and_cannot_fail():
+    rows = make_rows()
+    _out_of_order(rows)
+    report, _, _ = run_contract(
+        table_from_rows(rows), SCHEMA, config(time_order={"enabled": False}), NOW
+    )
+    assert report.result("time_order").status == "skipped"
+    assert report.result("time_order").message == "disabled"
+    assert report.failed() == []
+
+
+def test_gx_sampling_is_used_above_the_limit_and_reported():
+    cfg = ValidateConfig(gx_sample_rows=10, domains={"channel": CHANNELS})
+    report, _, _ = run_contract(make_events(), SCHEMA, cfg, NOW)
+    assert report.gx["ran"] and report.gx["sampled"]
+    assert (report.gx["sample_rows"], report.gx["rows"]) == (10, 32)
+    assert "sample of 10 of 32 rows" in render(report)
+
+
+def test_hostile_entity_key_is_escaped_in_the_data_docs():
+    hostile = "<script>alert(1)</script>"
+    rows = make_rows(entities=(hostile, "B2"))
+    a, b = nth(rows, hostile, 3), nth(rows, hostile, 4)
+    rows[a]["event_time"], rows[b]["event_time"] = rows[b]["event_time"], rows[a]["event_time"]
+    report, _, _ = run_contract(table_from_rows(rows), SCHEMA, config(), NOW)
+    assert report.result("time_order").sample[0]["entity"] == hostile
+    page = render(report)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<script" not in page
+    assert "<link" not in page and "src=" not in page  # self-contained: no external assets
+
+
+# The generator's own fault planting (pipelines.faults), one fault at a time.
+GENERATED = {
+    "out_of_order": "time_order", "duplicates": "duplicates", "seq_gaps": "seq_gaps",
+    "null_keys": "key_nulls", "future_timestamps": "future_timestamps",
+    "before_floor": "time_floor", "late_events": "late_events", "nan_inf": "numeric_finite",
+    "wrong_type": "types", "missing_column": "schema",
+    "unseen_categories": "categorical_domain", "empty": "non_empty",
+}  # fmt: skip
+
+
+def test_every_generated_fault_is_mapped():
+    assert set(GENERATED) == set(FAULT_NAMES)
+
+
+@pytest.mark.parametrize("fault", sorted(GENERATED))
+def test_generated_fault_fires_only_its_own_check(fault):
+    from pipelines.generate import CHANNELS as GEN_CHANNELS
+    from pipelines.generate import COUNTRIES, DEVICES, generate_events
+
+    table = generate_events(GenerateConfig(n_entities=60, faults=(fault,)), seed=3)
+    if table.num_rows:
+        table = table.append_column("_arrival", pa.array(np.arange(table.num_rows), pa.int64()))
+    domains = {"channel": GEN_CHANNELS, "country": COUNTRIES, "device": DEVICES}
+    cfg = ValidateConfig(domains=domains, ranges={"amount": [0.0, 1e6]})
+    report, _, _ = run_contract(table, SCHEMA, cfg, NOW + timedelta(days=3650))
+    assert failing(report) == {GENERATED[fault]}
+
+
+def test_validate_stage_writes_outputs_and_exit_codes(tmp_path: Path, capsys):
+    from pipelines import validate
+
+    events = tmp_path / "events"
+    events.mkdir()
+    rows = make_rows()
+    _out_of_order(rows)
+    pq.write_table(table_from_rows(rows), events / "part-00000.parquet")
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text('validate:\n  now: "2026-01-01T00:00:00Z"\n')
+    out = {
+        "--out": tmp_path / "validated",
+        "--quarantine": tmp_path / "q" / "quarantine.parquet",
+        "--report": tmp_path / "reports" / "validation.json",
+        "--docs": tmp_path / "reports" / "data_docs",
+    }
+    argv = ["--params", str(params_file), "--events", str(events)]
+    argv += [str(x) for pair in out.items() for x in pair]
+    assert validate.main(argv) == 1
+    assert "time_order" in capsys.readouterr().err
+    assert not (out["--out"] / "events.parquet").exists()
+    report = json.loads(out["--report"].read_text())
+    assert [c["name"] for c in report["checks"] if c["status"] == "fail"] == ["time_order"]
+    assert (out["--docs"] / "index.html").read_text().startswith("<!DOCTYPE html>")
+    assert pq.read_table(out["--quarantine"]).num_rows == 0
+
+    params_file.write_text(
+        'validate:\n  now: "2026-01-01T00:00:00Z"\n  checks:\n    time_order: {policy: quarantine}\n'
+    )
+    assert validate.main(argv) == 0
+    validated = pq.read_table(out["--out"] / "events.parquet")
+    assert validated.num_rows == len(rows) - 1
+    assert pq.read_table(out["--quarantine"])[REASON].to_pylist() == ["time_order"]
+
+    assert validate.main(["--params", str(tmp_path / "missing.yaml")]) == 2
+    assert validate.main(["--params", str(params_file), "--events", str(tmp_path / "none")]) == 2
