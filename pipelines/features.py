@@ -1,0 +1,289 @@
+"""Per-event preprocessing fitted on the training split and applied identically everywhere.
+
+``fit_features`` learns categorical vocabularies and numeric standardisation statistics from
+training rows only; ``FeatureSpec`` stores them JSON-safe in the shard manifest
+(ARCHITECTURE §3) so that training and online serving apply exactly the same mapping to raw
+events. Vocabularies follow the usual PAD=0 / OOV=1 convention (torchtext, fairseq's
+``Dictionary``), then categories by descending training frequency. Everything is vectorised:
+categorical columns are dictionary-encoded once and only the (small) dictionary is mapped to
+vocabulary ids, so no Python object is created per event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeAlias
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.config import FeatureConfig, SchemaConfig
+from pipelines.windows import run_offsets, time_us
+
+PAD_ID = 0
+OOV_ID = 1
+STD_FLOOR = 1e-6
+TIME_DELTA = "time_delta"
+
+Events: TypeAlias = pa.Table | Mapping[str, Any]
+
+
+def _column(events: Events, name: str) -> pa.Array:
+    """One column as a single contiguous Arrow array (chunks combined, dictionaries unified)."""
+    col = events.column(name) if isinstance(events, pa.Table) else events[name]
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    if not isinstance(col, pa.Array):
+        col = pa.array(np.asarray(col)) if isinstance(col, np.ndarray) else pa.array(col)
+    return col
+
+
+def category_codes(values: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """(per-row dictionary code, -1 for null; the dictionary's values as strings)."""
+    if not pa.types.is_dictionary(values.type):
+        values = pc.dictionary_encode(values)
+    indices = values.indices
+    if indices.type not in (pa.int32(), pa.int64()):  # int8/uint* indices: room for -1 and +1
+        indices = pc.cast(indices, pa.int64())
+    codes = pc.fill_null(indices, -1).to_numpy(zero_copy_only=False)
+    return codes, pc.cast(values.dictionary, pa.string())
+
+
+def time_deltas(t_us: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """log1p(seconds since the entity's previous event); 0 at each entity's first event."""
+    delta = np.empty(len(t_us), dtype=np.float64)
+    if len(t_us):
+        delta[0] = 0.0
+        np.subtract(t_us[1:], t_us[:-1], out=delta[1:])
+        delta[offsets[:-1]] = 0.0  # first event of every entity has no predecessor
+        # Serving may receive slightly disordered events; a negative gap carries no signal.
+        np.clip(delta, 0.0, None, out=delta)
+        np.log1p(delta / 1e6, out=delta)
+    return delta
+
+
+def _signed_log1p(x: np.ndarray) -> np.ndarray:
+    return np.copysign(np.log1p(np.abs(x)), x)
+
+
+def _numeric(values: pa.Array) -> np.ndarray:
+    if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
+        raise TypeError(f"numeric feature has type {values.type}; expected an integer or float")
+    return pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Fitted preprocessing: vocabularies and standardisation statistics (train split only)."""
+
+    entity: str
+    time: str
+    categorical: tuple[str, ...]
+    vocab: Mapping[str, tuple[str, ...]]
+    """Per categorical column: category strings in id order, the first one having id 2."""
+    numeric: tuple[str, ...]
+    numeric_transform: Mapping[str, str]
+    mean: Mapping[str, float]
+    std: Mapping[str, float]
+    """Per numeric feature (and ``time_delta``): statistics of the transformed train values."""
+    time_delta: bool
+
+    @property
+    def numeric_order(self) -> tuple[str, ...]:
+        return (*self.numeric, *((TIME_DELTA,) if self.time_delta else ()))
+
+    def vocab_size(self, column: str) -> int:
+        return len(self.vocab[column]) + 2
+
+    # ----------------------------------------------------------------- apply
+
+    def category_ids(self, column: str, values: pa.Array) -> np.ndarray:
+        """Vocab ids (int32) of one categorical column; unknown or null values get OOV."""
+        codes, dictionary = category_codes(values)
+        known = pc.index_in(dictionary, value_set=pa.array(self.vocab[column], pa.string()))
+        # Map the dictionary once, then every row by its code: one gather per column.
+        lookup = pc.fill_null(pc.add(known, 2), OOV_ID).to_numpy(zero_copy_only=False)
+        lookup = np.append(lookup.astype(np.int32), np.int32(OOV_ID))  # code -1 (null) -> OOV
+        return lookup[codes]
+
+    def standardise(self, name: str, raw: np.ndarray, fill: float = 0.0) -> np.ndarray:
+        """Transform then standardise one numeric feature; non-finite values become ``fill``."""
+        x = _signed_log1p(raw) if self.numeric_transform.get(name, "none") == "log1p" else raw
+        z = (x - self.mean[name]) / self.std[name]
+        return np.where(np.isfinite(z), z, fill).astype(np.float32)
+
+    def inverse_standardise(self, name: str, z: np.ndarray) -> np.ndarray:
+        """Map standardised values (e.g. forecasts) back to the column's original units."""
+        x = np.asarray(z, dtype=np.float64) * self.std[name] + self.mean[name]
+        if self.numeric_transform.get(name, "none") == "log1p":
+            x = np.sign(x) * np.expm1(np.abs(x))
+        return x
+
+    def transform(
+        self, events: Events, *, offsets: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Events grouped by entity and time-ordered -> (cat_ids (N, C) int32, num (N, F) float32).
+
+        ``offsets`` (entity boundaries, length G+1) skips re-deriving them from the entity column.
+        Both outputs are column-major so that per-column gathers read contiguous memory.
+        """
+        n = len(events) if isinstance(events, pa.Table) else len(_column(events, self.time))
+        cat = np.empty((len(self.categorical), n), dtype=np.int32)
+        for i, col in enumerate(self.categorical):
+            cat[i] = self.category_ids(col, _column(events, col))
+        num = np.empty((len(self.numeric_order), n), dtype=np.float32)
+        for i, col in enumerate(self.numeric):
+            num[i] = self.standardise(col, _numeric(_column(events, col)))
+        if self.time_delta:
+            if offsets is None:
+                offsets = run_offsets(_column(events, self.entity))
+            delta = time_deltas(time_us(_column(events, self.time)), offsets)
+            num[len(self.numeric)] = self.standardise(TIME_DELTA, delta)
+        return cat.T, num.T
+
+    # ----------------------------------------------------------------- (de)serialise
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pad_id": PAD_ID,
+            "oov_id": OOV_ID,
+            "entity": self.entity,
+            "time": self.time,
+            "categorical": {
+                col: {"vocab": list(self.vocab[col]), "size": self.vocab_size(col)}
+                for col in self.categorical
+            },
+            "categorical_order": list(self.categorical),
+            "numeric": {
+                name: {
+                    "transform": self.numeric_transform.get(name, "none"),
+                    "mean": self.mean[name],
+                    "std": self.std[name],
+                }
+                for name in self.numeric_order
+            },
+            "numeric_order": list(self.numeric_order),
+            "time_delta": self.time_delta,
+            "std_floor": STD_FLOOR,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> FeatureSpec:
+        order = list(raw["numeric_order"])
+        has_delta = bool(raw["time_delta"])
+        numeric = tuple(order[:-1] if has_delta else order)
+        stats = raw["numeric"]
+        return cls(
+            entity=raw["entity"],
+            time=raw["time"],
+            categorical=tuple(raw["categorical_order"]),
+            vocab={c: tuple(raw["categorical"][c]["vocab"]) for c in raw["categorical_order"]},
+            numeric=numeric,
+            numeric_transform={k: stats[k]["transform"] for k in order},
+            mean={k: float(stats[k]["mean"]) for k in order},
+            std={k: float(stats[k]["std"]) for k in order},
+            time_delta=has_delta,
+        )
+
+
+def _fit_vocab(values: pa.Array, rows: np.ndarray | None, min_count: int) -> tuple[str, ...]:
+    codes, dictionary = category_codes(values)
+    if rows is not None:
+        codes = codes[rows]
+    counts = np.bincount(codes + 1, minlength=len(dictionary) + 1)[1:]  # code -1 is null
+    # Distinct dictionary entries can share a string (e.g. 1 and "1"): merge them by string.
+    table = pa.table({"value": dictionary, "count": pa.array(counts, pa.int64())})
+    table = (
+        table.filter(pc.is_valid(table["value"])).group_by("value").aggregate([("count", "sum")])
+    )
+    table = table.filter(pc.greater_equal(table["count_sum"], min_count))
+    table = table.sort_by([("count_sum", "descending"), ("value", "ascending")])
+    return tuple(table["value"].to_pylist())
+
+
+def _fit_stats(x: np.ndarray) -> tuple[float, float]:
+    finite = x[np.isfinite(x)]
+    if not len(finite):
+        return 0.0, 1.0
+    mean = float(finite.mean())
+    return mean, max(float(finite.std()), STD_FLOOR)
+
+
+def fit_features(
+    events: Events,
+    schema: SchemaConfig,
+    config: FeatureConfig,
+    *,
+    rows: np.ndarray | None = None,
+    offsets: np.ndarray | None = None,
+) -> FeatureSpec:
+    """Fit vocabularies and statistics on training events.
+
+    ``events`` are grouped by entity and time-ordered. ``rows`` (a boolean mask) selects the
+    training rows when ``events`` holds every split: only they are counted. With a time split
+    the training rows of an entity are a prefix, so each one's time delta uses train rows only.
+    """
+    vocab = {
+        col: _fit_vocab(_column(events, col), rows, config.min_category_count)
+        for col in schema.categorical
+    }
+    transform = {col: config.numeric_transform.get(col, "none") for col in schema.numeric}
+    mean: dict[str, float] = {}
+    std: dict[str, float] = {}
+    for col in schema.numeric:
+        x = _numeric(_column(events, col))
+        x = x if rows is None else x[rows]
+        x = _signed_log1p(x) if transform[col] == "log1p" else x
+        mean[col], std[col] = _fit_stats(x)
+    if config.time_delta:
+        if offsets is None:
+            offsets = run_offsets(_column(events, schema.entity))
+        delta = time_deltas(time_us(_column(events, schema.time)), offsets)
+        mean[TIME_DELTA], std[TIME_DELTA] = _fit_stats(delta if rows is None else delta[rows])
+        transform[TIME_DELTA] = "none"
+    return FeatureSpec(
+        entity=schema.entity,
+        time=schema.time,
+        categorical=tuple(schema.categorical),
+        vocab=vocab,
+        numeric=tuple(schema.numeric),
+        numeric_transform=transform,
+        mean=mean,
+        std=std,
+        time_delta=config.time_delta,
+    )
+
+
+@dataclass(frozen=True)
+class EncodedSequence:
+    """One entity's events, time-ordered and encoded as the model sees them."""
+
+    entity: str
+    event_time_us: np.ndarray  # (n,) int64
+    cat_ids: np.ndarray  # (n, C) int32
+    num: np.ndarray  # (n, F) float32
+
+
+def encode_sequences(
+    table: pa.Table, spec: FeatureSpec, schema: SchemaConfig
+) -> dict[str, EncodedSequence]:
+    """Raw events in any order (e.g. a serving request) -> per-entity encoded sequences.
+
+    Events are grouped by entity and ordered by (time, seq), exactly like the shard stage
+    orders them, and the result is keyed by the entity key as a string, in sorted order.
+    """
+    keys = [(schema.entity, "ascending"), (schema.time, "ascending")]
+    if schema.seq and schema.seq in table.column_names:
+        keys.append((schema.seq, "ascending"))
+    table = table.take(pc.sort_indices(table, sort_keys=keys))
+    entity = _column(table, schema.entity)
+    offsets = run_offsets(entity)
+    cat, num = spec.transform(table, offsets=offsets)
+    t = time_us(_column(table, schema.time))
+    names = pc.cast(entity.take(pa.array(offsets[:-1])), pa.string()).to_pylist()
+    return {
+        name: EncodedSequence(name, t[a:b], cat[a:b], num[a:b])
+        for name, a, b in zip(names, offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)
+    }

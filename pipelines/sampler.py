@@ -1,0 +1,155 @@
+"""Token-budget batching over length buckets for data-parallel training.
+
+The idea of fairseq's ``--max-tokens``: a batch holds as many examples as fit in a budget of
+padded tokens, so short sequences travel in large batches and long ones in small batches,
+and every batch is drawn from one length bucket (no padding beyond the bucket bound). For
+DDP every rank must run the same number of steps or the collective ops hang at the end of an
+epoch; instead of duplicating examples (torch's ``DistributedSampler``) or dropping them,
+ranks that would run short split their largest batches, so each example is seen exactly once
+per epoch. It implements torch's duck-typed ``Sampler`` protocol without importing torch.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+
+import numpy as np
+
+
+class TokenBudgetBatchSampler:
+    """Yields lists of global example indices, one bucket per batch, equal count per rank.
+
+    ``padded_lengths``: per example, the length it is padded to (its bucket bound); examples
+    with the same value form one bucket. A batch holds ``max(1, max_tokens // bound)``
+    examples. ``owner`` (optional) fixes the rank of every example, e.g. ``part % world_size``
+    so that each worker reads only its own part files; otherwise examples are dealt to ranks
+    afresh each epoch. Shuffling depends only on ``(seed, epoch)``; call ``set_epoch``.
+
+    ``lengths`` (optional, true lengths): examples are then ordered by length inside their
+    bucket, ties broken at random, so that a batch holds near-equal lengths and can be trimmed
+    to its longest (``to_numpy_batch(..., trim=True)``), as fairseq's ``ordered_indices``
+    does; the batch order is still shuffled. Without it batches are random within a bucket.
+    """
+
+    def __init__(
+        self,
+        padded_lengths: np.ndarray,
+        max_tokens: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        owner: np.ndarray | None = None,
+        lengths: np.ndarray | None = None,
+    ) -> None:
+        self.padded_lengths = np.asarray(padded_lengths, dtype=np.int64)
+        if self.padded_lengths.ndim != 1 or (self.padded_lengths < 1).any():
+            raise ValueError("padded_lengths must be a 1-d array of positive lengths")
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(
+                f"need 0 <= rank < world_size, got rank={rank} world_size={world_size}"
+            )
+        if owner is not None:
+            owner = np.asarray(owner, dtype=np.int64)
+            if owner.shape != self.padded_lengths.shape:
+                raise ValueError("owner must give one rank per example")
+            if len(owner) and (owner.min() < 0 or owner.max() >= world_size):
+                raise ValueError(f"owner ranks must lie in [0, {world_size})")
+        self.max_tokens = int(max_tokens)
+        self.rank, self.world_size = rank, world_size
+        self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
+        self.owner = owner
+        self.lengths = None if lengths is None else np.asarray(lengths, dtype=np.int64)
+        if self.lengths is not None and self.lengths.shape != self.padded_lengths.shape:
+            raise ValueError("lengths must give one length per example")
+        self.epoch = 0
+        self._plan: tuple[int, list[list[np.ndarray]]] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def batch_size(self, bound: int) -> int:
+        return max(1, self.max_tokens // int(bound))
+
+    # ----------------------------------------------------------------- planning
+
+    def _rank_examples(self, rng: np.random.Generator, members: np.ndarray) -> list[np.ndarray]:
+        """One bucket's examples per rank (shuffled, or length-ordered, within the bucket)."""
+        if self.shuffle:
+            members = members[rng.permutation(len(members))]
+        if self.lengths is not None:  # stable sort keeps the shuffled order among equal lengths
+            members = members[np.argsort(self.lengths[members], kind="stable")]
+        if self.owner is None:
+            # Dealing round-robin keeps every rank's share of each bucket within one example.
+            return [members[r :: self.world_size] for r in range(self.world_size)]
+        return [members[self.owner[members] == r] for r in range(self.world_size)]
+
+    def _split_to(self, batches: list[np.ndarray], target: int, rank: int) -> list[np.ndarray]:
+        """Split the largest multi-example batches until there are ``target`` batches."""
+        heap = [(-len(b), i, b) for i, b in enumerate(batches)]
+        heapq.heapify(heap)
+        tie = len(batches)
+        while len(heap) < target:
+            if not heap or -heap[0][0] < 2:
+                raise ValueError(
+                    f"rank {rank} holds {sum(len(b) for b in batches)} examples but every rank"
+                    f" must run {target} batches and examples are never duplicated; use fewer"
+                    f" ranks (world_size={self.world_size}) or a smaller max_tokens"
+                )
+            _, _, batch = heapq.heappop(heap)
+            half = len(batch) // 2
+            for piece in (batch[:half], batch[half:]):
+                heapq.heappush(heap, (-len(piece), tie, piece))
+                tie += 1
+        # Keep the batch order stable (by creation) so the later shuffle alone decides order.
+        return [b for _, _, b in sorted(heap, key=lambda item: item[1])]
+
+    def _build(self) -> list[list[np.ndarray]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        per_rank: list[list[np.ndarray]] = [[] for _ in range(self.world_size)]
+        for bound in np.unique(self.padded_lengths):
+            members = np.flatnonzero(self.padded_lengths == bound)
+            size = self.batch_size(bound)
+            for r, mine in enumerate(self._rank_examples(rng, members)):
+                cuts = np.arange(size, len(mine), size)
+                chunks = np.split(mine, cuts) if len(mine) else []
+                if self.drop_last and chunks and len(chunks[-1]) < size:
+                    chunks = chunks[:-1]
+                per_rank[r].extend(chunks)
+        counts = [len(b) for b in per_rank]
+        if self.drop_last:
+            # Dropping is allowed here: trim every rank to the shortest (after shuffling).
+            target = min(counts)
+            per_rank = [self._order(b, r)[:target] for r, b in enumerate(per_rank)]
+        else:
+            target = max(counts)
+            per_rank = [
+                self._order(self._split_to(b, target, r) if len(b) < target else b, r)
+                for r, b in enumerate(per_rank)
+            ]
+        return per_rank
+
+    def _order(self, batches: list[np.ndarray], rank: int) -> list[np.ndarray]:
+        if not self.shuffle:
+            return batches
+        order = np.random.default_rng([self.seed, self.epoch, rank + 1]).permutation(len(batches))
+        return [batches[i] for i in order]
+
+    def _batches(self) -> list[np.ndarray]:
+        if self._plan is None or self._plan[0] != self.epoch:
+            self._plan = (self.epoch, self._build())
+        return self._plan[1][self.rank]
+
+    # ----------------------------------------------------------------- protocol
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self._batches():
+            yield batch.tolist()
+
+    def __len__(self) -> int:
+        return len(self._batches())

@@ -1,0 +1,126 @@
+"""Reading shards back for training: the manifest, a split's rows, numpy batches.
+
+The inverse of ``pipelines.shard``'s row layout (ARCHITECTURE §3). A split mixes buckets of
+different padded length L, so ``read_split`` returns one table whose list columns are
+variable-size lists plus ``bucket`` (L) and ``part`` columns; the batch sampler draws every
+batch from one bucket (``bucket`` gives its padded length, ``part % world_size`` its owner
+rank), and ``to_numpy_batch`` reshapes that batch's flat lists to dense arrays without a
+Python loop per row.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipelines.shard import FORMAT_VERSION, part_path
+
+LIST_COLUMNS = ("num", "next_event", "forecast")
+
+
+def load_manifest(shard_dir: str | Path) -> dict[str, Any]:
+    """The shard manifest; refuses a format this code does not know."""
+    path = Path(shard_dir) / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (run the shard stage first)")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: shard format {manifest.get('format_version')!r}, expected {FORMAT_VERSION}"
+        )
+    return manifest
+
+
+def _as_variable_lists(table: pa.Table) -> pa.Table:
+    """fixed_size_list -> large_list so that buckets of different L share one schema."""
+    fields, arrays = [], []
+    for field, column in zip(table.schema, table.columns, strict=True):
+        if pa.types.is_fixed_size_list(field.type):
+            target = pa.large_list(field.type.value_type)
+            column, field = column.cast(target), pa.field(field.name, target)
+        fields.append(field)
+        arrays.append(column)
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def read_bucket(
+    shard_dir: str | Path, split: str, bound: int, parts: Iterable[int] | None = None
+) -> pa.Table:
+    """One bucket's rows with their fixed-size list columns, parts in index order."""
+    manifest = load_manifest(shard_dir)
+    entry = manifest["splits"][split]["buckets"][str(bound)]
+    wanted = range(len(entry["parts"])) if parts is None else sorted(set(parts))
+    tables = [pq.read_table(Path(shard_dir) / part_path(split, bound, k)) for k in wanted]
+    return pa.concat_tables(tables) if tables else pa.table({})
+
+
+def read_split(shard_dir: str | Path, split: str, parts: Iterable[int] | None = None) -> pa.Table:
+    """All rows of a split (buckets ascending, then parts), optionally only some part indices.
+
+    Adds int32 columns ``bucket`` (the row's padded length L) and ``part`` (its part index).
+    A rank of a ``world_size`` job reads ``parts=range(rank, max_workers, world_size)``.
+    """
+    manifest = load_manifest(shard_dir)
+    wanted = None if parts is None else sorted(set(parts))
+    tables = []
+    for bound_key, entry in sorted(
+        manifest["splits"][split]["buckets"].items(), key=lambda kv: int(kv[0])
+    ):
+        bound = int(bound_key)
+        for k in range(len(entry["parts"])) if wanted is None else wanted:
+            if k >= len(entry["parts"]):
+                continue
+            table = pq.read_table(Path(shard_dir) / part_path(split, bound, k))
+            table = _as_variable_lists(table)
+            n = len(table)
+            table = table.append_column("bucket", pa.array(np.full(n, bound, np.int32)))
+            tables.append(table.append_column("part", pa.array(np.full(n, k, np.int32))))
+    if not tables:
+        raise ValueError(f"{shard_dir}: split {split!r} has no part files matching parts={wanted}")
+    return pa.concat_tables(tables)
+
+
+def _dense(column: pa.ChunkedArray | pa.Array, rows: int, dtype: type) -> np.ndarray:
+    """Flatten a list column whose rows all hold the same number of values -> (rows, k)."""
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    values: np.ndarray = np.asarray(pc.list_flatten(arr).to_numpy(zero_copy_only=False), dtype)
+    return values.reshape(rows, -1)
+
+
+def to_numpy_batch(
+    table: pa.Table, indices: Iterable[int] | np.ndarray, *, trim: bool = False
+) -> dict[str, np.ndarray]:
+    """Rows ``indices`` of one bucket -> dense arrays.
+
+    ``cat`` (B, L, C) int64, ``num`` (B, L, F) float32, ``length`` (B,) int64, ``label`` (B,)
+    int64, ``next_event`` (B, L) int64, ``forecast`` (B, L, H) float32. ``trim`` cuts L to the
+    batch's longest example (right padding: only pads are dropped).
+    """
+    idx = np.asarray(list(indices) if not isinstance(indices, np.ndarray) else indices, np.int64)
+    if not len(idx):
+        raise ValueError("a batch needs at least one row")
+    rows = table.take(pa.array(idx, pa.int64()))
+    b = len(idx)
+    sizes = pc.unique(pc.list_value_length(rows.column("next_event"))).to_pylist()
+    if len(sizes) != 1:
+        raise ValueError(f"a batch must come from one bucket, got padded lengths {sorted(sizes)}")
+    next_event = _dense(rows.column("next_event"), b, np.int64)  # (B, L)
+    width = next_event.shape[1]
+    cat_names = [c for c in rows.column_names if c.startswith("cat__")]
+    cat = np.empty((b, width, len(cat_names)), dtype=np.int64)  # (B, L, C)
+    for i, name in enumerate(cat_names):
+        cat[:, :, i] = _dense(rows.column(name), b, np.int64)
+    num = _dense(rows.column("num"), b, np.float32).reshape(b, width, -1)  # (B, L, F)
+    forecast = _dense(rows.column("forecast"), b, np.float32).reshape(b, width, -1)  # (B, L, H)
+    length = rows.column("length").to_numpy().astype(np.int64)
+    keep = int(length.max()) if trim else width
+    steps = {"cat": cat, "num": num, "next_event": next_event, "forecast": forecast}
+    batch = {k: np.ascontiguousarray(v[:, :keep]) for k, v in steps.items()}
+    return {**batch, "length": length, "label": rows.column("label").to_numpy().astype(np.int64)}

@@ -1,0 +1,98 @@
+"""Token-budget batches: each example once per epoch, the same step count on every rank."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines.sampler import TokenBudgetBatchSampler
+
+
+def _bounds(n=1000, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.choice([8, 16, 32, 64, 256], size=n, p=[0.4, 0.25, 0.2, 0.1, 0.05])
+
+
+def _epoch(bounds, world_size, epoch=0, **kwargs):
+    per_rank = []
+    for rank in range(world_size):
+        sampler = TokenBudgetBatchSampler(bounds, rank=rank, world_size=world_size, **kwargs)
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+        per_rank.append(batches)
+    return per_rank
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 8])
+def test_every_example_once_equal_steps_and_budget(world_size):
+    bounds = _bounds()
+    per_rank = _epoch(bounds, world_size, max_tokens=512, seed=1)
+    seen = np.concatenate([np.concatenate(b) for b in per_rank])
+    assert np.array_equal(np.sort(seen), np.arange(len(bounds)))  # exactly once, none missing
+    assert len({len(b) for b in per_rank}) == 1  # same number of steps on every rank
+    for batches in per_rank:
+        for batch in batches:
+            assert len(set(bounds[batch])) == 1  # one bucket per batch
+            assert len(batch) * bounds[batch[0]] <= 512 or len(batch) == 1
+    # the budget is used, not just respected: some batch fills more than half of it
+    assert max(len(b) * bounds[b[0]] for b in per_rank[0]) > 256
+
+
+def test_shuffle_is_deterministic_per_seed_and_epoch():
+    bounds = _bounds()
+    a = _epoch(bounds, 2, epoch=3, max_tokens=256, seed=5)
+    assert a == _epoch(bounds, 2, epoch=3, max_tokens=256, seed=5)
+    assert a != _epoch(bounds, 2, epoch=4, max_tokens=256, seed=5)
+    assert a != _epoch(bounds, 2, epoch=3, max_tokens=256, seed=6)
+    fixed = _epoch(bounds, 1, max_tokens=256, shuffle=False)[0]
+    assert np.array_equal(np.concatenate(fixed), np.argsort(bounds, kind="stable"))
+
+
+def test_owner_partition_is_respected_and_balanced_by_splitting():
+    bounds = _bounds(500)
+    owner = np.arange(500) % 4 % 2  # part k -> rank k % world_size, parts dealt round-robin
+    per_rank = _epoch(bounds, 2, max_tokens=512, seed=0, owner=owner)
+    for rank, batches in enumerate(per_rank):
+        assert (owner[np.concatenate(batches)] == rank).all()
+    assert len(per_rank[0]) == len(per_rank[1])
+    # rank 1 owns 3 examples in 3 buckets; rank 0's single big batch must be split, not padded
+    bounds = np.array([8] * 10 + [8, 16, 32])
+    owner = np.array([0] * 10 + [1, 1, 1])
+    per_rank = _epoch(bounds, 2, max_tokens=1000, seed=0, owner=owner)
+    assert [len(b) for b in per_rank] == [3, 3]
+    assert sorted(len(b) for b in per_rank[0]) == [2, 3, 5]
+    assert np.array_equal(np.sort(np.concatenate(per_rank[0])), np.arange(10))
+
+
+def test_impossible_equalisation_raises_a_clear_error():
+    with pytest.raises(ValueError, match="examples are never duplicated"):
+        _epoch(np.array([8, 8]), 3, max_tokens=64)
+    with pytest.raises(ValueError, match="rank"):
+        TokenBudgetBatchSampler(np.array([8]), 64, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="owner"):
+        TokenBudgetBatchSampler(np.array([8]), 64, world_size=2, owner=np.array([2]))
+
+
+def test_oversized_examples_travel_alone_and_drop_last_drops_partial_batches():
+    per_rank = _epoch(np.array([300, 300, 8]), 1, max_tokens=100)
+    assert sorted(len(b) for b in per_rank[0]) == [1, 1, 1]
+    bounds = np.array([8] * 10)
+    per_rank = _epoch(bounds, 2, max_tokens=32, drop_last=True)  # 5 per rank: 4 + 1 (dropped)
+    assert [[len(b) for b in r] for r in per_rank] == [[4], [4]]
+
+
+def test_true_lengths_give_near_equal_lengths_per_batch():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 65, 2000)
+    bounds = np.where(lengths <= 16, 16, 64)
+
+    def trimmed_padding(per_rank):
+        batches = [b for r in per_rank for b in r]
+        return sum(len(b) * lengths[b].max() for b in batches) / lengths.sum() - 1
+
+    ordered = _epoch(bounds, 2, max_tokens=512, seed=3, lengths=lengths)
+    shuffled = _epoch(bounds, 2, max_tokens=512, seed=3)
+    assert np.array_equal(np.sort(np.concatenate(sum(ordered, []))), np.arange(2000))
+    assert trimmed_padding(ordered) < 0.05 < trimmed_padding(shuffled)
+    assert ordered != _epoch(bounds, 2, max_tokens=512, seed=3, epoch=1, lengths=lengths)
