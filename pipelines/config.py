@@ -53,7 +53,9 @@ def parse_time(key: str, value: Any) -> datetime:
         try:
             ts = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
         except ValueError:
-            raise _fail(key, value, "expected an ISO-8601 time such as 2025-01-01T00:00:00Z") from None
+            raise _fail(
+                key, value, "expected an ISO-8601 time such as 2025-01-01T00:00:00Z"
+            ) from None
     if ts.tzinfo is None:
         ts = ts.replace(tzinfo=UTC)
     return ts.astimezone(UTC)
@@ -108,18 +110,32 @@ class SchemaConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "numeric", tuple(self.numeric))
         object.__setattr__(self, "categorical", tuple(self.categorical))
-        names = [self.entity, self.time, *([self.seq] if self.seq else []), *self.numeric, *self.categorical]
+        names = [
+            self.entity,
+            self.time,
+            *([self.seq] if self.seq else []),
+            *self.numeric,
+            *self.categorical,
+        ]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise _fail("data.schema", dupes, "a column is mapped to more than one role")
         if self.next_event and self.next_event not in self.categorical:
-            raise _fail("data.schema.next_event", self.next_event, "must be one of data.schema.categorical")
+            raise _fail(
+                "data.schema.next_event", self.next_event, "must be one of data.schema.categorical"
+            )
         if self.forecast and self.forecast not in self.numeric:
             raise _fail("data.schema.forecast", self.forecast, "must be one of data.schema.numeric")
 
     @property
     def required_columns(self) -> list[str]:
-        cols = [self.entity, self.time, *([self.seq] if self.seq else []), *self.numeric, *self.categorical]
+        cols = [
+            self.entity,
+            self.time,
+            *([self.seq] if self.seq else []),
+            *self.numeric,
+            *self.categorical,
+        ]
         if self.label:
             cols.append(self.label)
         return cols
@@ -155,8 +171,8 @@ class GenerateConfig:
     """Longest sequence (lengths are clipped to [1, max_length])."""
     start: str = "2025-01-01T00:00:00Z"
     """Earliest possible first event."""
-    span_days: float = 120.0
-    """Entities start uniformly within this many days after ``start``."""
+    span_days: float = 365.0
+    """Every event lies within this many days after ``start``; entities start in its first half."""
     pattern_rate: float = 0.5
     """Share of entities with a burst/large pattern: half in fraud order (label 1), half in decoy order."""
     label_noise: float = 0.02
@@ -172,7 +188,9 @@ class GenerateConfig:
             faults = FAULT_NAMES
         bad = [f for f in faults if f not in FAULT_NAMES]
         if bad:
-            raise _fail("data.generate.faults", bad, f"unknown fault; known: {', '.join(FAULT_NAMES)}, all")
+            raise _fail(
+                "data.generate.faults", bad, f"unknown fault; known: {', '.join(FAULT_NAMES)}, all"
+            )
         object.__setattr__(self, "faults", faults)
         if self.n_entities < 0:
             raise _fail("data.generate.n_entities", self.n_entities, "must be >= 0")
@@ -257,16 +275,24 @@ class CheckConfig:
     def __post_init__(self) -> None:
         key = f"validate.checks.{self.name}"
         if self.name not in CHECK_NAMES:
-            raise _fail("validate.checks", self.name, f"unknown check; known: {', '.join(CHECK_NAMES)}")
+            raise _fail(
+                "validate.checks", self.name, f"unknown check; known: {', '.join(CHECK_NAMES)}"
+            )
         if self.policy not in POLICIES:
             raise _fail(f"{key}.policy", self.policy, "expected 'fail' or 'quarantine'")
         if self.policy == "quarantine" and self.name in FAIL_ONLY_CHECKS:
-            raise _fail(f"{key}.policy", self.policy, "this check has no rows to quarantine; use 'fail'")
+            raise _fail(
+                f"{key}.policy", self.policy, "this check has no rows to quarantine; use 'fail'"
+            )
         if not 0.0 <= self.max_unseen_fraction <= 1.0:
-            raise _fail(f"{key}.max_unseen_fraction", self.max_unseen_fraction, "must be within [0, 1]")
+            raise _fail(
+                f"{key}.max_unseen_fraction", self.max_unseen_fraction, "must be within [0, 1]"
+            )
         object.__setattr__(self, "max_ahead", parse_duration(f"{key}.max_ahead", self.max_ahead))
         object.__setattr__(
-            self, "allowed_lateness", parse_duration(f"{key}.allowed_lateness", self.allowed_lateness)
+            self,
+            "allowed_lateness",
+            parse_duration(f"{key}.allowed_lateness", self.allowed_lateness),
         )
         floor = self.floor if self.floor is not None else "2000-01-01T00:00:00Z"
         object.__setattr__(self, "floor", parse_time(f"{key}.floor", floor))
@@ -302,14 +328,16 @@ class ValidateConfig:
         object.__setattr__(self, "ranges", ranges)
         checks = {}
         for name in CHECK_NAMES:
-            value = dict(self.checks).get(name, {})
+            value: Any = dict(self.checks).get(name, {})
             if isinstance(value, CheckConfig):
                 checks[name] = value
             else:
                 checks[name] = _build(CheckConfig, f"validate.checks.{name}", value, name=name)
         unknown = sorted(set(self.checks) - set(CHECK_NAMES))
         if unknown:
-            raise _fail("validate.checks", unknown, f"unknown check; known: {', '.join(CHECK_NAMES)}")
+            raise _fail(
+                "validate.checks", unknown, f"unknown check; known: {', '.join(CHECK_NAMES)}"
+            )
         object.__setattr__(self, "checks", checks)
 
 
@@ -336,11 +364,17 @@ class SplitConfig:
             raise _fail("shard.split.method", self.method, "expected 'entity' or 'time'")
         fr = tuple(float(x) for x in self.fractions)
         if len(fr) != 3 or any(x < 0 for x in fr) or abs(sum(fr) - 1.0) > 1e-6 or fr[0] == 0:
-            raise _fail("shard.split.fractions", self.fractions, "three non-negative shares summing to 1, train > 0")
+            raise _fail(
+                "shard.split.fractions",
+                self.fractions,
+                "three non-negative shares summing to 1, train > 0",
+            )
         object.__setattr__(self, "fractions", fr)
         q = tuple(float(x) for x in self.time_quantiles)
         if len(q) != 2 or not 0.0 < q[0] <= q[1] <= 1.0:
-            raise _fail("shard.split.time_quantiles", self.time_quantiles, "expected 0 < q1 <= q2 <= 1")
+            raise _fail(
+                "shard.split.time_quantiles", self.time_quantiles, "expected 0 < q1 <= q2 <= 1"
+            )
         object.__setattr__(self, "time_quantiles", q)
         for name in ("train_end", "val_end"):
             value = getattr(self, name)
@@ -349,7 +383,9 @@ class SplitConfig:
         if (self.train_end is None) != (self.val_end is None):
             raise _fail("shard.split", "train_end/val_end", "give both cutoffs or neither")
         if self.train_end and self.val_end and self.val_end < self.train_end:
-            raise _fail("shard.split.val_end", self.val_end, "must not be before shard.split.train_end")
+            raise _fail(
+                "shard.split.val_end", self.val_end, "must not be before shard.split.train_end"
+            )
 
 
 @dataclass(frozen=True)
@@ -373,7 +409,9 @@ class WindowConfig:
             if getattr(self, name) < 1:
                 raise _fail(f"shard.window.{name}", getattr(self, name), "must be >= 1")
         if self.min_length > self.window_len:
-            raise _fail("shard.window.min_length", self.min_length, "must not exceed the window length")
+            raise _fail(
+                "shard.window.min_length", self.min_length, "must not exceed the window length"
+            )
 
     @property
     def window_len(self) -> int:
@@ -389,13 +427,17 @@ class BucketConfig:
     """Explicit increasing upper bounds; the last is raised to the window length if lower."""
     method: str = "optimal"
     """Derived boundaries: ``quantile`` (equal-count) or ``optimal`` (least padded tokens)."""
-    n_buckets: int = 12
+    n_buckets: int = 32
 
     def __post_init__(self) -> None:
         if self.boundaries is not None:
             b = tuple(int(x) for x in self.boundaries)
             if not b or any(x < 1 for x in b) or list(b) != sorted(set(b)):
-                raise _fail("shard.buckets.boundaries", self.boundaries, "expected increasing positive integers")
+                raise _fail(
+                    "shard.buckets.boundaries",
+                    self.boundaries,
+                    "expected increasing positive integers",
+                )
             object.__setattr__(self, "boundaries", b)
         if self.method not in ("quantile", "optimal"):
             raise _fail("shard.buckets.method", self.method, "expected quantile or optimal")
@@ -421,7 +463,9 @@ class FeatureConfig:
                 raise _fail(f"shard.features.numeric_transform.{col}", t, "expected none or log1p")
         object.__setattr__(self, "numeric_transform", transforms)
         if self.min_category_count < 1:
-            raise _fail("shard.features.min_category_count", self.min_category_count, "must be >= 1")
+            raise _fail(
+                "shard.features.min_category_count", self.min_category_count, "must be >= 1"
+            )
 
 
 @dataclass(frozen=True)
@@ -434,7 +478,7 @@ class ShardConfig:
     features: FeatureConfig = field(default_factory=FeatureConfig)
     forecast_horizon: int = 3
     """Steps ahead predicted at every position by the forecast task."""
-    max_workers: int = 4
+    max_workers: int = 2
     """Largest planned number of training workers: part files per bucket and split."""
 
     def __post_init__(self) -> None:
@@ -442,6 +486,98 @@ class ShardConfig:
             raise _fail("shard.forecast_horizon", self.forecast_horizon, "must be >= 1")
         if self.max_workers < 1:
             raise _fail("shard.max_workers", self.max_workers, "must be >= 1")
+
+
+# --------------------------------------------------------------------------- train
+
+TASKS = ("classify", "next_event", "forecast")
+ARCHITECTURES = ("lstm", "gru", "transformer")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The train stage (ARCHITECTURE §5): model, optimisation, Ray Train scaling, MLflow."""
+
+    task: str = "classify"
+    """classify (entity label) | next_event (next category per step) | forecast (H steps)."""
+    architecture: str = "lstm"
+    """lstm | gru | transformer."""
+    embedding_dim: int = 16
+    """Embedding width per categorical feature."""
+    hidden_size: int = 64
+    num_layers: int = 1
+    dropout: float = 0.1
+    num_heads: int = 4
+    """transformer only."""
+    ffn_size: int = 128
+    """transformer only: feed-forward width."""
+    epochs: int = 8
+    lr: float = 3e-3
+    """Peak learning rate (AdamW), reached after warmup, then cosine decay to 10%."""
+    weight_decay: float = 0.01
+    warmup_fraction: float = 0.05
+    """Share of all steps spent warming the learning rate up linearly."""
+    grad_clip: float = 1.0
+    """Max global gradient norm; 0 disables clipping."""
+    max_tokens: int = 8192
+    """Token budget of one batch per worker (examples x padded length)."""
+    patience: int = 3
+    """Early stopping: epochs without improvement of the validation loss before stopping."""
+    num_workers: int = 2
+    """Ray Train workers (DDP ranks); at most shard.max_workers so each reads its own parts."""
+    cpus_per_worker: int = 1
+    use_gpu: str = "auto"
+    """auto (GPUs when the cluster has them) | always | never."""
+    amp: str = "bf16"
+    """Mixed precision on GPU: bf16 | none. CPUs always run fp32."""
+    max_failures: int = 2
+    """Worker failures retried from the latest checkpoint (Ray Train FailureConfig)."""
+    experiment: str = "seqops"
+    """MLflow experiment name."""
+    storage_path: str | None = None
+    """Ray Train storage for checkpoints; null = .ray_results in the repository."""
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise _fail("train.task", self.task, f"expected one of {', '.join(TASKS)}")
+        if self.architecture not in ARCHITECTURES:
+            raise _fail(
+                "train.architecture",
+                self.architecture,
+                f"expected one of {', '.join(ARCHITECTURES)}",
+            )
+        for name in (
+            "embedding_dim",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "ffn_size",
+            "epochs",
+            "max_tokens",
+            "patience",
+            "num_workers",
+            "cpus_per_worker",
+        ):
+            if getattr(self, name) < 1:
+                raise _fail(f"train.{name}", getattr(self, name), "must be >= 1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise _fail("train.dropout", self.dropout, "must be within [0, 1)")
+        if self.lr <= 0:
+            raise _fail("train.lr", self.lr, "must be > 0")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise _fail("train.warmup_fraction", self.warmup_fraction, "must be within [0, 1)")
+        if self.grad_clip < 0 or self.weight_decay < 0:
+            raise _fail(
+                "train.grad_clip/weight_decay", (self.grad_clip, self.weight_decay), "must be >= 0"
+            )
+        if self.use_gpu not in ("auto", "always", "never"):
+            raise _fail("train.use_gpu", self.use_gpu, "expected auto, always or never")
+        if self.amp not in ("bf16", "none"):
+            raise _fail("train.amp", self.amp, "expected bf16 or none")
+        if self.max_failures < -1:
+            raise _fail(
+                "train.max_failures", self.max_failures, "must be >= -1 (-1 = retry forever)"
+            )
 
 
 # --------------------------------------------------------------------------- whole file
@@ -455,6 +591,7 @@ class Params:
     data: DataConfig = field(default_factory=DataConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Sections owned by later stages (train, evaluate, ...), kept raw until they are typed."""
 
@@ -482,12 +619,13 @@ def params_from_dict(raw: Mapping[str, Any]) -> Params:
         buckets=_build(BucketConfig, "shard.buckets", shard_raw.get("buckets")),
         features=_build(FeatureConfig, "shard.features", shard_raw.get("features")),
     )
-    known = {"seed", "data", "validate", "shard"}
+    train = _build(TrainConfig, "train", raw.get("train"))
+    known = {"seed", "data", "validate", "shard", "train"}
     extra = {k: v for k, v in raw.items() if k not in known}
     seed = raw.get("seed", 7)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise _fail("seed", seed, "expected an integer")
-    return Params(seed=seed, data=data, validate=validate, shard=shard, extra=extra)
+    return Params(seed=seed, data=data, validate=validate, shard=shard, train=train, extra=extra)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -55,7 +55,9 @@ def _out_of_order(rng: np.random.Generator, a: EventArrays, rate: float) -> None
     same_entity = np.r_[False, a.entity[1:] == a.entity[:-1]]
     close = np.r_[False, np.diff(a.time) < HOUR_US] & np.r_[False, np.diff(a.time) > 0]
     candidates = np.flatnonzero(same_entity & close)
-    picked = np.sort(rng.choice(candidates, size=min(candidates.size, _count(rate, a.time.size)), replace=False))
+    picked = np.sort(
+        rng.choice(candidates, size=min(candidates.size, _count(rate, a.time.size)), replace=False)
+    )
     picked = picked[np.r_[True, np.diff(picked) > 2]]  # swapped pairs must not overlap
     a.time[picked - 1], a.time[picked] = a.time[picked].copy(), a.time[picked - 1].copy()
 
@@ -83,7 +85,9 @@ def _late_entities(rng: np.random.Generator, a: EventArrays, rate: float) -> Eve
     return extra
 
 
-def _apply_row_faults(arrays: EventArrays, cfg: GenerateConfig, rng: np.random.Generator) -> EventArrays:
+def _apply_row_faults(
+    arrays: EventArrays, cfg: GenerateConfig, rng: np.random.Generator
+) -> EventArrays:
     a = arrays
     n = a.time.size
     faults = set(cfg.faults)
@@ -124,7 +128,9 @@ def _apply_row_faults(arrays: EventArrays, cfg: GenerateConfig, rng: np.random.G
     return a
 
 
-def apply_faults(arrays: EventArrays, cfg: GenerateConfig, seed: int, names: dict[str, str]) -> pa.Table:
+def apply_faults(
+    arrays: EventArrays, cfg: GenerateConfig, seed: int, names: dict[str, str]
+) -> pa.Table:
     """Plant ``cfg.faults`` into clean arrays and return the arrival-ordered table."""
     rng = np.random.default_rng(seed + 1_000_003)
     faults = set(cfg.faults)

@@ -87,7 +87,7 @@ def _markov_matrix(rng: np.random.Generator, k: int) -> np.ndarray:
 
 def _sample_rows(rng: np.random.Generator, cum: np.ndarray) -> np.ndarray:
     """Draw one category per row of a cumulative-probability matrix (n, K)."""
-    u = rng.random(cum.shape[0])[:, None]
+    u = rng.random(size=(cum.shape[0], 1))
     return np.minimum((u > cum).sum(axis=1), cum.shape[1] - 1).astype(np.int32)
 
 
@@ -112,7 +112,8 @@ def generate_arrays(cfg: GenerateConfig, seed: int) -> EventArrays:
     rate_per_day = np.exp(rng.normal(np.log(3.0), 0.7, size=n_ent))
     home = rng.choice(len(COUNTRIES), size=n_ent, p=_country_weights())
     start_us = parse_time("data.generate.start", cfg.start).timestamp() * US_PER_S
-    first_us = start_us + rng.random(n_ent) * cfg.span_days * 86400 * US_PER_S
+    span_s = cfg.span_days * 86400.0
+    first_s = rng.random(n_ent) * span_s * 0.5  # entities start in the first half of the span
 
     markov_cum = np.cumsum(_markov_matrix(rng, k_mcc), axis=1)
     mcc_offset = rng.normal(0.0, 0.7, size=k_mcc)
@@ -142,7 +143,9 @@ def generate_arrays(cfg: GenerateConfig, seed: int) -> EventArrays:
     channel = _sample_rows(rng, np.cumsum(channel_p, axis=1)[mcc])
     device = _device_for(rng, channel)
     travelling = rng.random(n) < 0.04
-    country = np.where(travelling, rng.integers(0, len(COUNTRIES), size=n), home[ent]).astype(np.int32)
+    country = np.where(travelling, rng.integers(0, len(COUNTRIES), size=n), home[ent]).astype(
+        np.int32
+    )
 
     # Inter-event gaps (seconds): exponential around each account's rate.
     gaps = rng.exponential(86400.0 / rate_per_day[ent])
@@ -154,7 +157,12 @@ def generate_arrays(cfg: GenerateConfig, seed: int) -> EventArrays:
     gaps[offsets[:-1][lengths > 0]] = 0.0
     elapsed = np.cumsum(gaps)
     elapsed -= elapsed[offsets[:-1]][ent]
-    time_us = (first_us[ent] + elapsed * US_PER_S).astype(np.int64)
+    # Squeeze long histories into the span so that every event lies in [start, start + span]
+    # (a log has an end; timestamps must not run into the future of the validate stage).
+    duration = np.zeros(n_ent)
+    duration[lengths > 0] = elapsed[offsets[1:][lengths > 0] - 1]
+    scale = np.minimum(1.0, (span_s - first_s) / np.maximum(duration, 1e-9))
+    time_us = (start_us + (first_s[ent] + elapsed * scale[ent]) * US_PER_S).astype(np.int64)
 
     ids = rng.permutation(max(n_ent, 1))[:n_ent]
     return EventArrays(
@@ -219,7 +227,9 @@ def _plant_patterns(
     room = lengths[ents] - (k + 1)
     start = offsets[ents] + room - rng.integers(0, np.minimum(48, room) + 1)
     block_len = k + 1
-    block = np.repeat(start - np.cumsum(block_len) + block_len, block_len) + np.arange(block_len.sum())
+    block = np.repeat(start - np.cumsum(block_len) + block_len, block_len) + np.arange(
+        block_len.sum()
+    )
     j = block - np.repeat(start, block_len)  # position inside the block: 0..k
     k_rep, fraud_rep = np.repeat(k, block_len), np.repeat(fraud[ents], block_len)
     is_large = np.where(fraud_rep, j == k_rep, j == 0)
@@ -257,10 +267,17 @@ def to_table(arrays: EventArrays, names: dict[str, str]) -> pa.Table:
     return pa.table(columns)
 
 
-def generate_events(cfg: GenerateConfig, seed: int, names: dict[str, str] | None = None) -> pa.Table:
+def generate_events(
+    cfg: GenerateConfig, seed: int, names: dict[str, str] | None = None
+) -> pa.Table:
     """The generated events table, with the faults of ``cfg.faults`` planted."""
     from pipelines.faults import apply_faults  # the fault planter builds on this module
 
-    names = names or {"entity": "account_id", "time": "event_time", "seq": "seq_no", "label": "label"}
+    names = names or {
+        "entity": "account_id",
+        "time": "event_time",
+        "seq": "seq_no",
+        "label": "label",
+    }
     arrays = generate_arrays(cfg, seed)
     return apply_faults(arrays, cfg, seed, names)

@@ -66,14 +66,18 @@ def read_source(config: DataConfig) -> pa.Table:
         with filesystem.open_input_stream(path) as stream:
             return pacsv.read_csv(stream)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise IngestError(f"data.path: {config.path} is not a readable {fmt} events file: {exc}") from None
+        raise IngestError(
+            f"data.path: {config.path} is not a readable {fmt} events file: {exc}"
+        ) from None
 
 
 def _to_utc(column: pa.ChunkedArray, name: str, source_tz: str) -> pa.ChunkedArray:
     kind = column.type
     if pa.types.is_timestamp(kind):
         if kind.tz is None:
-            column = pc.assume_timezone(column, source_tz, ambiguous="earliest", nonexistent="earliest")
+            column = pc.assume_timezone(
+                column, source_tz, ambiguous="earliest", nonexistent="earliest"
+            )
         return pc.cast(column, pa.timestamp("us", tz="UTC"))
     if pa.types.is_date(kind):
         return pc.cast(pc.cast(column, pa.timestamp("us")), pa.timestamp("us", tz="UTC"))
@@ -90,7 +94,9 @@ def _to_utc(column: pa.ChunkedArray, name: str, source_tz: str) -> pa.ChunkedArr
                 ) from None
             return _to_utc(naive, name, source_tz)
         return parsed
-    raise IngestError(f"column {name!r} (time) has type {kind}; expected a timestamp or ISO-8601 strings")
+    raise IngestError(
+        f"column {name!r} (time) has type {kind}; expected a timestamp or ISO-8601 strings"
+    )
 
 
 def normalise_user_table(table: pa.Table, config: DataConfig) -> pa.Table:
@@ -105,30 +111,45 @@ def normalise_user_table(table: pa.Table, config: DataConfig) -> pa.Table:
 
     def expect(name: str, role: str, ok: bool, wanted: str) -> None:
         if not ok:
-            raise IngestError(f"column {name!r} ({role}) has type {table[name].type}; expected {wanted}")
+            raise IngestError(
+                f"column {name!r} ({role}) has type {table[name].type}; expected {wanted}"
+            )
 
     def is_key(kind: pa.DataType) -> bool:
         if pa.types.is_dictionary(kind):
             kind = kind.value_type
-        return pa.types.is_integer(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind)
+        return (
+            pa.types.is_integer(kind) or pa.types.is_string(kind) or pa.types.is_large_string(kind)
+        )
 
     expect(schema.entity, "entity key", is_key(table[schema.entity].type), "string or integer")
     if schema.seq:
-        expect(schema.seq, "sequence number", pa.types.is_integer(table[schema.seq].type), "integer")
+        expect(
+            schema.seq, "sequence number", pa.types.is_integer(table[schema.seq].type), "integer"
+        )
     for col in schema.numeric:
         kind = table[col].type
-        expect(col, "numeric feature", pa.types.is_integer(kind) or pa.types.is_floating(kind), "a number")
+        expect(
+            col,
+            "numeric feature",
+            pa.types.is_integer(kind) or pa.types.is_floating(kind),
+            "a number",
+        )
     for col in schema.categorical:
         expect(col, "categorical feature", is_key(table[col].type), "string or integer")
     index = table.schema.get_field_index(schema.time)
-    return table.set_column(index, schema.time, _to_utc(table[schema.time], schema.time, config.source_timezone))
+    return table.set_column(
+        index, schema.time, _to_utc(table[schema.time], schema.time, config.source_timezone)
+    )
 
 
 def _entity_parts(entity: pa.ChunkedArray, n_parts: int) -> np.ndarray:
     """Part number per row from a stable (crc32) hash of the entity key."""
     encoded = pc.dictionary_encode(entity).combine_chunks()
     values = encoded.dictionary.to_pylist()  # one Python object per entity, not per event
-    part_of_value = np.array([zlib.crc32(str(v).encode()) % n_parts for v in values], dtype=np.int64)
+    part_of_value = np.array(
+        [zlib.crc32(str(v).encode()) % n_parts for v in values], dtype=np.int64
+    )
     codes = encoded.indices.to_numpy(zero_copy_only=False)
     nulls = encoded.indices.is_null().to_numpy(zero_copy_only=False)
     return np.where(nulls, 0, part_of_value[np.where(nulls, 0, codes)])
@@ -169,7 +190,9 @@ def run(params: Params, out_dir: Path, metrics_path: Path | None = None) -> dict
     summary: dict[str, Any] = {"rows": table.num_rows, "parts": len(parts), "source": data.source}
     if data.schema.entity in table.column_names:
         summary["entities"] = pc.count_distinct(table[data.schema.entity]).as_py()
-    if data.schema.time in table.column_names and pa.types.is_timestamp(table[data.schema.time].type):
+    if data.schema.time in table.column_names and pa.types.is_timestamp(
+        table[data.schema.time].type
+    ):
         bounds = pc.min_max(table[data.schema.time]).as_py()
         summary["time_min"] = None if bounds["min"] is None else bounds["min"].isoformat()
         summary["time_max"] = None if bounds["max"] is None else bounds["max"].isoformat()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.config import CHECK_NAMES, ConfigError, parse_duration, params_from_dict
+from pipelines.config import CHECK_NAMES, ConfigError, params_from_dict, parse_duration
 
 
 def test_repository_params_are_valid(default_params):
@@ -21,8 +21,14 @@ def test_repository_params_are_valid(default_params):
         ({"data": {"source": "ftp"}}, "data.source"),
         ({"data": {"colour": 1}}, "data: unknown key"),
         ({"data": {"schema": {"next_event": "nope"}}}, "data.schema.next_event"),
-        ({"validate": {"checks": {"schema": {"policy": "quarantine"}}}}, "validate.checks.schema.policy"),
-        ({"validate": {"checks": {"late_events": {"allowed_lateness": "soon"}}}}, "allowed_lateness"),
+        (
+            {"validate": {"checks": {"schema": {"policy": "quarantine"}}}},
+            "validate.checks.schema.policy",
+        ),
+        (
+            {"validate": {"checks": {"late_events": {"allowed_lateness": "soon"}}}},
+            "allowed_lateness",
+        ),
         ({"validate": {"checks": {"nonsense": {}}}}, "unknown check"),
         ({"shard": {"split": {"fractions": [0.5, 0.6, 0.1]}}}, "shard.split.fractions"),
         ({"shard": {"window": {"policy": "random"}}}, "shard.window.policy"),
