@@ -1,0 +1,96 @@
+"""Integration fixtures: a temporary copy of the repository as a real git + DVC project."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _tracked_files() -> list[str]:
+    out = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return [line for line in out.stdout.splitlines() if line and (REPO / line).is_file()]
+
+
+def stage_env() -> dict[str, str]:
+    """The environment of `dvc repro`: this interpreter's bin first, quiet tools."""
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["DVC_NO_ANALYTICS"] = "1"
+    env["GX_ANALYTICS_ENABLED"] = "False"
+    env.pop("VIRTUAL_ENV", None)
+    return env
+
+
+def _git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture
+def repo_copy(tmp_path: Path) -> Callable[[dict], Path]:
+    """Copy the repository (code, params, dvc.yaml; no data) into a fresh git repo.
+
+    The returned function takes params overrides as a nested dict and returns the copy.
+    """
+
+    def make(overrides: dict) -> Path:
+        dest = tmp_path / "repo"
+        for rel in _tracked_files():
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / rel, target)
+        for stale in ("dvc.lock", "reports"):
+            path = dest / stale
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+        update_params(dest, overrides)
+        _git(dest, "init", "-q")
+        _git(dest, "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A")
+        _git(dest, "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy")
+        return dest
+
+    return make
+
+
+def _merge(base: dict, changes: dict) -> dict:
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def update_params(repo: Path, overrides: dict) -> None:
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump(_merge(params, overrides), sort_keys=False))
+
+
+def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=repo,
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"dvc {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
