@@ -20,3 +20,58 @@ def repo_root() -> Path:
 def default_params() -> Params:
     """The repository's params.yaml, parsed and validated."""
     return load_params(REPO / "params.yaml")
+
+
+TINY_OVERRIDES = {
+    "data": {"generate": {"n_entities": 240, "median_length": 20}},
+    "shard": {
+        "buckets": {"n_buckets": 6},
+        "max_workers": 2,
+        "window": {"length": 64, "max_len": 64},
+    },
+    "train": {
+        "hidden_size": 16,
+        "embedding_dim": 4,
+        "epochs": 2,
+        "max_tokens": 2048,
+        "ffn_size": 32,
+    },
+}
+
+
+def tiny_params() -> Params:
+    """The repository's params with a tiny data set and model (seconds, not minutes)."""
+    import yaml
+
+    from pipelines.config import params_from_dict
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, changes in TINY_OVERRIDES.items():
+        for key, value in changes.items():
+            if isinstance(value, dict):
+                raw[section][key] = {**raw[section].get(key, {}), **value}
+            else:
+                raw[section][key] = value
+    return params_from_dict(raw)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tmp_path_factory) -> dict[str, Path]:
+    """Real ingest -> validate -> shard outputs on tiny generated data, built once."""
+    from pipelines import ingest, shard, validate
+
+    root = tmp_path_factory.mktemp("tiny")
+    params = tiny_params()
+    ingest.run(params, root / "events")
+    report = validate.run(
+        params, root / "events", root / "validated", root / "quarantine.parquet",
+        root / "validation.json", root / "docs",
+    )  # fmt: skip
+    assert not report.failed(), report.summary()
+    shard.run(params, root / "validated" / "events.parquet", root / "shards")
+    return {
+        "root": root,
+        "events": root / "events",
+        "validated": root / "validated" / "events.parquet",
+        "shards": root / "shards",
+    }

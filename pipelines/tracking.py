@@ -1,0 +1,119 @@
+"""MLflow store selection and the lineage every training run records (ARCHITECTURE §5).
+
+Tracking URI: ``MLFLOW_TRACKING_URI`` when set (a team's server), else a SQLite store
+``mlflow.db`` plus an artifact folder ``mlartifacts/`` in the repository (both git-ignored),
+the same defaults for tracking and registry. Lineage: the git commit and whether the tree was
+dirty, the shard manifest's content hash, the DVC hash of the shard output from ``dvc.lock``,
+and library versions, so a run can be traced to exactly the code and data that made it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_DB = "mlflow.db"
+DEFAULT_ARTIFACTS = "mlartifacts"
+LIBRARIES = ("torch", "ray", "mlflow", "pyarrow", "numpy", "great-expectations", "dvc")
+
+
+def tracking_uri(root: str | Path = ".") -> str:
+    """The tracking (and registry) URI: the environment's, else the repository's SQLite file."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{(Path(root).resolve() / DEFAULT_DB).as_posix()}"
+
+
+def configure(root: str | Path = ".") -> str:
+    """Point MLflow's fluent API at :func:`tracking_uri` (called by entry points only)."""
+    import mlflow
+
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def ensure_experiment(name: str, root: str | Path = ".") -> str:
+    """The experiment's id, creating it (with a local artifact folder for local stores)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri(root))
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    location = None
+    if tracking_uri(root).startswith("sqlite:"):
+        location = (Path(root).resolve() / DEFAULT_ARTIFACTS / name).as_uri()
+    return str(client.create_experiment(name, artifact_location=location))
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_state(root: str | Path = ".") -> dict[str, str]:
+    """Commit and dirtiness of the working tree (``unknown`` outside a git checkout)."""
+    root = Path(root)
+    commit = _git(root, "rev-parse", "HEAD")
+    status = _git(root, "status", "--porcelain", "--untracked-files=no")
+    return {
+        "git_commit": commit or "unknown",
+        "git_dirty": "unknown" if status is None else str(bool(status)).lower(),
+    }
+
+
+def dvc_out_hash(root: str | Path, stage: str, out: str) -> str | None:
+    """The hash DVC recorded in dvc.lock for one stage output (None if not recorded yet)."""
+    lock = Path(root) / "dvc.lock"
+    if not lock.is_file():
+        return None
+    data = yaml.safe_load(lock.read_text()) or {}
+    for entry in (data.get("stages", {}).get(stage, {}) or {}).get("outs", []) or []:
+        if entry.get("path") == out:
+            return entry.get("md5") or entry.get("hash") or None
+    return None
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for lib in LIBRARIES:
+        try:
+            versions[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            versions[lib] = "missing"
+    return versions
+
+
+def lineage_tags(
+    root: str | Path, manifest: dict[str, Any], shards_out: str = "data/shards"
+) -> dict[str, str]:
+    """Tags that tie a run to its code, data and environment."""
+    tags = dict(git_state(root))
+    tags["shard_manifest_hash"] = str(manifest.get("content_hash", "unknown"))
+    tags["dvc_shards_md5"] = dvc_out_hash(root, "shard", shards_out) or "not-in-dvc.lock"
+    tags["events_sha256"] = str(manifest.get("input", {}).get("sha256", "unknown"))
+    tags.update({f"version.{k}": v for k, v in library_versions().items()})
+    return tags
+
+
+def flatten(prefix: str, value: Any, out: dict[str, str] | None = None) -> dict[str, str]:
+    """Nested params -> {"a.b.c": "value"} for MLflow params (values as strings, <= 6000 chars)."""
+    out = {} if out is None else out
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            flatten(f"{prefix}.{key}" if prefix else str(key), sub, out)
+    else:
+        out[prefix] = str(value)[:6000]
+    return out

@@ -1,0 +1,303 @@
+"""The train stage: Ray Train ``TorchTrainer`` (DDP) over the shards, with MLflow lineage.
+
+The driver opens one MLflow run (params flattened, lineage tags, the shards as the run's
+input dataset), starts a local Ray cluster or joins ``RAY_ADDRESS``, and runs
+``pipelines.train_loop.train_loop_per_worker`` on ``train.num_workers`` workers: gloo on
+CPUs, NCCL with bf16 autocast on GPUs. Worker failures are retried from the latest epoch
+checkpoint (``FailureConfig``) and keep logging to the same run. At the end it logs the best
+epoch's model as an MLflow pyfunc model with signature, input example, the model config and
+the shard manifest inside, so a fresh process can score raw events from the model alone.
+Writes ``reports/train.json`` (run id, model URI, best-epoch metrics) for later stages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipelines.config import ConfigError, Params, load_params, to_jsonable
+from pipelines.io import write_json
+from pipelines.shard_reader import load_manifest
+from pipelines.tracking import configure, ensure_experiment, flatten, lineage_tags, tracking_uri
+from pipelines.train_loop import FAIL_ENV, train_loop_per_worker
+from seqmodels import ModelConfig
+
+log = logging.getLogger("seqops.train")
+MODEL_ARTIFACT = "model"
+
+
+class TrainError(RuntimeError):
+    """Training could not run or finish; the message says why."""
+
+
+def model_config(params: Params, manifest: dict[str, Any]) -> ModelConfig:
+    """The model's config: architecture from params, input sizes from the shard manifest."""
+    t = params.train
+    features = manifest["features"]
+    targets = manifest.get("targets", {})
+    if t.task == "classify" and not targets.get("label"):
+        raise TrainError("train.task=classify but the shards have no label (data.schema.label)")
+    next_event = targets.get("next_event") or {}
+    if t.task == "next_event" and not next_event:
+        raise TrainError("train.task=next_event but data.schema.next_event is not set")
+    if t.task == "forecast" and not targets.get("forecast"):
+        raise TrainError("train.task=forecast but data.schema.forecast is not set")
+    classes = (targets.get("label") or {}).get("classes") or [0, 1]
+    return ModelConfig(
+        architecture=t.architecture,
+        task=t.task,
+        vocab_sizes=tuple(
+            features["categorical"][c]["size"] for c in features["categorical_order"]
+        ),
+        n_numeric=len(features["numeric_order"]),
+        embedding_dim=t.embedding_dim,
+        hidden_size=t.hidden_size,
+        num_layers=t.num_layers,
+        dropout=t.dropout,
+        num_heads=t.num_heads,
+        ffn_size=t.ffn_size,
+        max_len=int(manifest["window"]["window_len"]),
+        num_classes=max(2, int(max(classes)) + 1),
+        next_event_vocab=int(next_event["vocab_size"]) if next_event else None,
+        horizon=int(manifest["forecast_horizon"])
+        if "forecast_horizon" in manifest
+        else params.shard.forecast_horizon,
+    )
+
+
+def _init_ray(params: Params) -> dict[str, float]:
+    import ray
+
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):
+            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        else:
+            t = params.train
+            ray.init(
+                num_cpus=max(os.cpu_count() or 1, t.num_workers * t.cpus_per_worker),
+                include_dashboard=False,
+                object_store_memory=256 * 1024**2,
+            )
+    return ray.cluster_resources()
+
+
+def _input_example(validated: Path, manifest: dict[str, Any], rows: int = 12):
+    """A few raw events of two entities, as a user would send them."""
+    schema = manifest["schema"]
+    columns = [schema["entity"], schema["time"], *([schema["seq"]] if schema.get("seq") else []),
+               *schema["numeric"], *schema["categorical"]]  # fmt: skip
+    table = pq.read_table(validated, columns=columns).slice(0, 4000)
+    entities = pc.unique(table[schema["entity"]]).slice(0, 2)
+    table = table.filter(pc.is_in(table[schema["entity"]], value_set=entities)).slice(0, rows)
+    frame = table.to_pandas()
+    for col in schema["categorical"]:
+        frame[col] = frame[col].astype(str)
+    # MLflow signatures hold naive datetimes only: the model reads naive times as UTC.
+    frame[schema["time"]] = frame[schema["time"]].dt.tz_convert("UTC").dt.tz_localize(None)
+    return frame
+
+
+def _pip_requirements() -> list[str]:
+    reqs = []
+    for lib in ("torch", "mlflow", "pyarrow", "numpy", "pandas", "safetensors", "pyyaml"):
+        try:
+            reqs.append(f"{lib}=={metadata.version(lib)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return reqs
+
+
+def _log_model(
+    run_id: str, best: Path, config: ModelConfig, manifest: dict, validated: Path, root: Path
+) -> str:
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from serving.scorer import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, SequenceScorer
+
+    with tempfile.TemporaryDirectory(prefix="seqops-model-") as tmp:
+        folder = Path(tmp)
+        shutil.copy(best, folder / WEIGHTS_FILE)
+        (folder / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
+        (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        example = _input_example(validated, manifest)
+        output = SequenceScorer.from_dir(folder).score(example)
+        signature = infer_signature(example, output)
+        package_root = Path(__file__).resolve().parents[1]
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pyfunc.log_model(
+                name=MODEL_ARTIFACT,
+                python_model=str(package_root / "serving" / "mlflow_model.py"),
+                artifacts={
+                    "weights": str(folder / WEIGHTS_FILE),
+                    "model_config": str(folder / CONFIG_FILE),
+                    "manifest": str(folder / MANIFEST_FILE),
+                },
+                code_paths=[str(package_root / p) for p in ("pipelines", "seqmodels", "serving")],
+                signature=signature,
+                input_example=example,
+                pip_requirements=_pip_requirements(),
+            )
+    return str(info.model_uri)
+
+
+def run(
+    params: Params, shards: Path, validated: Path, report_path: Path | None, root: Path = Path(".")
+) -> dict[str, Any]:
+    """Train one model; returns the summary also written to ``report_path``."""
+    from mlflow.tracking import MlflowClient
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    t = params.train
+    manifest = load_manifest(shards)
+    if t.num_workers > int(manifest["max_workers"]):
+        raise TrainError(
+            f"train.num_workers={t.num_workers} exceeds shard.max_workers={manifest['max_workers']}: "
+            "each worker reads its own part files; raise shard.max_workers and rerun the shard stage"
+        )
+    config = model_config(params, manifest)
+    resources = _init_ray(params)
+    gpus = resources.get("GPU", 0) >= t.num_workers
+    use_gpu = t.use_gpu == "always" or (t.use_gpu == "auto" and gpus)
+
+    configure(root)
+    uri = tracking_uri(root)
+    experiment_id = ensure_experiment(t.experiment, root)
+    client = MlflowClient(uri)
+    tags = lineage_tags(root, manifest)
+    tags.update(
+        {"seqops.stage": "train", "seqops.task": t.task, "seqops.architecture": t.architecture}
+    )
+    mlflow_run = client.create_run(experiment_id, tags=tags, run_name=f"{t.architecture}-{t.task}")
+    run_id = mlflow_run.info.run_id
+    try:
+        flat = flatten(
+            "", to_jsonable({"seed": params.seed, "train": params.train, "shard": params.shard})
+        )
+        flat.update(flatten("model", config.to_dict()))
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in sorted(flat.items())]
+        for i in range(0, len(items), 90):
+            client.log_batch(run_id, params=items[i : i + 90])
+        _log_dataset(run_id, shards, manifest)
+
+        storage = Path(t.storage_path) if t.storage_path else (root / ".ray_results").resolve()
+        loop_config = {
+            "shards": str(shards.resolve()),
+            "model": config.to_dict(),
+            "seed": params.seed,
+            "epochs": t.epochs,
+            "lr": t.lr,
+            "weight_decay": t.weight_decay,
+            "warmup_fraction": t.warmup_fraction,
+            "grad_clip": t.grad_clip,
+            "max_tokens": t.max_tokens,
+            "patience": t.patience,
+            "threads": t.cpus_per_worker,
+            "amp": t.amp,
+            "tracking_uri": uri,
+            "run_id": run_id,
+            "inject_failure": os.environ.get(FAIL_ENV),
+        }
+
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config=loop_config,
+            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+            scaling_config=ScalingConfig(
+                num_workers=t.num_workers,
+                use_gpu=use_gpu,
+                resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+            ),
+            run_config=RunConfig(
+                name=f"seqops-{run_id}",
+                storage_path=str(storage),
+                failure_config=FailureConfig(max_failures=t.max_failures),
+                checkpoint_config=CheckpointConfig(num_to_keep=2),
+            ),
+        )
+        started = time.perf_counter()
+        result = trainer.fit()
+        fit_seconds = time.perf_counter() - started
+        if result.error is not None or result.checkpoint is None:
+            raise TrainError(f"training failed: {result.error}")
+        with result.checkpoint.as_directory() as ckpt:
+            state = json.loads((Path(ckpt) / "state.json").read_text())
+            model_uri = _log_model(
+                run_id, Path(ckpt) / "best.safetensors", config, manifest, validated, root
+            )
+        final = dict(result.metrics)
+        summary = {
+            "run_id": run_id,
+            "experiment_id": experiment_id,
+            "model_uri": model_uri,
+            "task": t.task,
+            "architecture": t.architecture,
+            "epochs_run": int(state["epoch"]) + 1,
+            "best_epoch": int(state["best_epoch"]),
+            "best_val_loss": float(state["best"]),
+            "fit_seconds": round(fit_seconds, 2),
+            "device": "gpu" if use_gpu else "cpu",
+            "workers": t.num_workers,
+            "last_epoch_metrics": {k: v for k, v in final.items() if isinstance(v, int | float)},
+        }
+        client.log_metric(run_id, "fit_seconds", fit_seconds)
+        client.set_terminated(run_id, "FINISHED")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    if report_path is not None:
+        write_json(report_path, summary)
+    return summary
+
+
+def _log_dataset(run_id: str, shards: Path, manifest: dict[str, Any]) -> None:
+    """Register the shards as the run's input dataset (digest = manifest content hash)."""
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    dataset = MetaDataset(
+        source=resolve_dataset_source(str(shards.resolve())),
+        name="shards",
+        digest=str(manifest["content_hash"])[:32],
+    )
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_input(dataset, context="training")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--shards", default="data/shards")
+    parser.add_argument("--events", default="data/validated/events.parquet")
+    parser.add_argument("--report", default="reports/train.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        params = load_params(args.params)
+        summary = run(params, Path(args.shards), Path(args.events), Path(args.report))
+    except (ConfigError, TrainError, FileNotFoundError) as exc:
+        print(f"train: {exc}", file=sys.stderr)
+        return 2 if not isinstance(exc, TrainError) else 1
+    log.info("run %s: best epoch %s, val loss %.4f, model %s", summary["run_id"], summary["best_epoch"],
+             summary["best_val_loss"], summary["model_uri"])  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Raw events in, scores out: the one scoring code path (MLflow model, evaluation, serving).
+
+A ``SequenceScorer`` holds a trained ``SequenceModel`` and the shard manifest. It applies the
+manifest's preprocessing (vocabularies, normalisation, time deltas fitted on the training
+split) to raw events, keeps each entity's most recent ``window_len`` events (the window the
+model was trained on), and batches sequences of similar length under a token budget, padding
+each batch to its own longest sequence, never to a global maximum (PERFORMANCE.md: bucketed
+padding keeps ~99% real tokens). Padding never changes a score (ARCHITECTURE §4), so
+a sequence scores the same alone or in any batch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+
+from pipelines.config import SchemaConfig
+from pipelines.features import EncodedSequence, FeatureSpec, encode_sequences
+from seqmodels import ModelConfig, SequenceModel
+
+WEIGHTS_FILE = "weights.safetensors"
+CONFIG_FILE = "model_config.json"
+MANIFEST_FILE = "manifest.json"
+
+
+def schema_from_manifest(manifest: dict[str, Any]) -> SchemaConfig:
+    raw = dict(manifest["schema"])
+    return SchemaConfig(**{k: raw.get(k) for k in SchemaConfig.__dataclass_fields__ if k in raw})
+
+
+class SequenceScorer:
+    """Scores raw events with a model and the preprocessing of its shard manifest."""
+
+    def __init__(
+        self, model: SequenceModel, manifest: dict[str, Any], *, max_tokens: int = 16384
+    ) -> None:
+        self.model = model.eval()
+        self.config: ModelConfig = model.config
+        self.manifest = manifest
+        self.schema = schema_from_manifest(manifest)
+        self.spec = FeatureSpec.from_dict(manifest["features"])
+        self.window_len = int(manifest["window"]["window_len"])
+        self.max_tokens = max_tokens
+        targets = manifest.get("targets", {})
+        self._next_vocab = self._vocab_values(targets.get("next_event", {}).get("column"))
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_dir(cls, path: str | Path, **kwargs: Any) -> SequenceScorer:
+        """Load from a folder holding weights.safetensors, model_config.json, manifest.json."""
+        path = Path(path)
+        config = ModelConfig.from_dict(json.loads((path / CONFIG_FILE).read_text()))
+        model = SequenceModel(config)
+        model.load_weights(path / WEIGHTS_FILE)
+        manifest = json.loads((path / MANIFEST_FILE).read_text())
+        return cls(model, manifest, **kwargs)
+
+    def _vocab_values(self, column: str | None) -> list[str]:
+        if not column:
+            return []
+        vocab = self.manifest["features"]["categorical"][column]["vocab"]
+        return ["<PAD>", "<OOV>", *vocab]
+
+    # ------------------------------------------------------------------ encoding
+
+    def encode(self, events: pa.Table | pd.DataFrame) -> list[EncodedSequence]:
+        """Group raw events by entity, order by (time, seq), apply the manifest's features."""
+        table = (
+            events
+            if isinstance(events, pa.Table)
+            else pa.Table.from_pandas(events, preserve_index=False)
+        )
+        missing = [c for c in self.required_columns if c not in table.column_names]
+        if missing:
+            raise ValueError(
+                f"events lack column(s) {', '.join(missing)}; required: {', '.join(self.required_columns)}"
+            )
+        return list(encode_sequences(table, self.spec, self.schema).values())
+
+    @property
+    def required_columns(self) -> list[str]:
+        s = self.schema
+        return [s.entity, s.time, *([s.seq] if s.seq else []), *s.numeric, *s.categorical]
+
+    # ------------------------------------------------------------------ scoring
+
+    def _batches(self, lengths: np.ndarray) -> list[np.ndarray]:
+        """Indices grouped by similar length, each batch under the token budget."""
+        order = np.argsort(lengths, kind="stable")
+        batches, current, longest = [], [], 0
+        for i in order.tolist():
+            longest_if_added = max(longest, int(lengths[i]))
+            if current and longest_if_added * (len(current) + 1) > self.max_tokens:
+                batches.append(np.array(current))
+                current, longest_if_added = [], int(lengths[i])
+            current.append(i)
+            longest = longest_if_added
+        if current:
+            batches.append(np.array(current))
+        return batches
+
+    @torch.inference_mode()
+    def forward_sequences(self, seqs: Sequence[EncodedSequence]) -> list[np.ndarray]:
+        """Model output per sequence over its last ``window_len`` events.
+
+        classify: (num_classes,) probabilities; next_event: (T, V) probabilities per step;
+        forecast: (T, H) standardised predictions per step.
+        """
+        cats = [s.cat_ids[-self.window_len :] for s in seqs]
+        nums = [s.num[-self.window_len :] for s in seqs]
+        lengths = np.array([len(c) for c in cats], dtype=np.int64)
+        results: list[np.ndarray] = [np.empty(0)] * len(seqs)
+        for batch in self._batches(lengths):
+            width = int(lengths[batch].max())
+            cat = np.zeros((len(batch), width, cats[0].shape[1]), dtype=np.int64)  # (B, T, C)
+            num = np.zeros((len(batch), width, nums[0].shape[1]), dtype=np.float32)  # (B, T, F)
+            for row, i in enumerate(batch.tolist()):
+                cat[row, : lengths[i]] = cats[i]
+                num[row, : lengths[i]] = nums[i]
+            out = self.model(
+                torch.from_numpy(cat), torch.from_numpy(num), torch.from_numpy(lengths[batch])
+            )
+            if self.config.task in ("classify", "next_event"):
+                out = torch.softmax(out.float(), dim=-1)
+            out_np = out.float().numpy()
+            for row, i in enumerate(batch.tolist()):
+                results[i] = (
+                    out_np[row] if self.config.task == "classify" else out_np[row, : lengths[i]]
+                )
+        return results
+
+    def score(self, events: pa.Table | pd.DataFrame) -> pd.DataFrame:
+        """One row per entity: its key, events used, last event time and the prediction."""
+        seqs = self.encode(events)
+        if not seqs:
+            return pd.DataFrame(columns=["entity", "n_events", "window_end"])
+        outputs = self.forward_sequences(seqs)
+        rows = []
+        for seq, out in zip(seqs, outputs, strict=True):
+            row: dict[str, Any] = {
+                "entity": seq.entity,
+                "n_events": int(min(len(seq.cat_ids), self.window_len)),
+                "window_end": pd.Timestamp(int(seq.event_time_us[-1]), unit="us", tz="UTC"),
+            }
+            row.update(self._describe(out))
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def _describe(self, out: np.ndarray) -> dict[str, Any]:
+        task = self.config.task
+        if task == "classify":
+            probs = out.astype(float)
+            return {
+                "score": float(probs[-1]),
+                "predicted": int(probs.argmax()),
+                "probabilities": probs.tolist(),
+            }
+        if task == "next_event":
+            last = out[-1]
+            top = np.argsort(-last)[:5]
+            return {
+                "predicted": self._next_vocab[int(top[0])] if self._next_vocab else int(top[0]),
+                "score": float(last[top[0]]),
+                "top5": [self._next_vocab[int(i)] if self._next_vocab else int(i) for i in top],
+            }
+        column = self.manifest["targets"]["forecast"]["column"]
+        values = self.spec.inverse_standardise(column, out[-1])  # back to the column's units
+        return {"forecast": values.tolist(), "score": float(values[0])}

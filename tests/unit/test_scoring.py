@@ -1,0 +1,92 @@
+"""Raw-event scoring agrees with the shards the model was trained on; padding never matters."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipelines.predict import predict_split
+from pipelines.shard_reader import load_manifest
+from pipelines.train import model_config
+from seqmodels import build_model
+from serving.scorer import SequenceScorer
+from tests.conftest import tiny_params
+
+
+@pytest.fixture(scope="module", params=["lstm", "transformer"])
+def scorer(request, tiny_pipeline):
+    params = tiny_params()
+    import dataclasses
+
+    params = dataclasses.replace(
+        params, train=dataclasses.replace(params.train, architecture=request.param)
+    )
+    manifest = load_manifest(tiny_pipeline["shards"])
+    torch.manual_seed(0)
+    model = build_model(model_config(params, manifest))
+    return SequenceScorer(model, manifest, max_tokens=512)
+
+
+def _test_events(tiny_pipeline, manifest):
+    table = pq.read_table(tiny_pipeline["validated"])
+    test_entities = set()
+    for bucket in manifest["splits"]["test"]["buckets"].values():
+        for part in bucket["parts"]:
+            test_entities |= set(
+                pq.read_table(tiny_pipeline["shards"] / part, columns=["entity"])[
+                    "entity"
+                ].to_pylist()
+            )
+    return table.filter(pc.is_in(table["account_id"], value_set=pa.array(sorted(test_entities))))
+
+
+def test_raw_events_score_like_their_shard_window(scorer, tiny_pipeline):
+    """The model alone (manifest inside) turns raw events into the exact training inputs."""
+    preds = predict_split(scorer.model, tiny_pipeline["shards"], "test")
+    events = _test_events(tiny_pipeline, scorer.manifest)
+    scores = scorer.score(events).set_index("entity")
+    assert len(scores) == len(preds.entity) > 5
+    for entity, probs, length in zip(preds.entity, preds.outputs, preds.length, strict=True):
+        assert scores.loc[entity, "n_events"] == length
+        np.testing.assert_allclose(scores.loc[entity, "probabilities"], probs, atol=1e-5)
+
+
+def test_scores_do_not_depend_on_row_order_batching_or_company(scorer, tiny_pipeline):
+    events = _test_events(tiny_pipeline, scorer.manifest)
+    together = scorer.score(events).set_index("entity")["score"]
+    shuffled = events.take(pa.array(np.random.default_rng(1).permutation(events.num_rows)))
+    tiny_batches = SequenceScorer(scorer.model, scorer.manifest, max_tokens=1)
+    apart = tiny_batches.score(shuffled).set_index("entity")["score"]
+    np.testing.assert_allclose(apart.loc[together.index].to_numpy(), together.to_numpy(), atol=1e-5)
+    one = together.index[0]
+    alone = scorer.score(events.filter(pc.equal(events["account_id"], one)))
+    assert alone["score"].iloc[0] == pytest.approx(together.loc[one], abs=1e-5)
+
+
+def test_only_the_most_recent_window_is_scored(scorer, tiny_pipeline):
+    events = pq.read_table(tiny_pipeline["validated"])
+    counts = pc.value_counts(events["account_id"]).to_pylist()
+    longest = max(counts, key=lambda c: c["counts"])
+    assert longest["counts"] > scorer.window_len
+    mine = events.filter(pc.equal(events["account_id"], longest["values"]))
+    full = scorer.score(mine)
+    # The window's first event needs its predecessor only for its time delta.
+    recent = scorer.score(mine.slice(mine.num_rows - scorer.window_len - 1))
+    assert full["n_events"].iloc[0] == scorer.window_len
+    assert full["score"].iloc[0] == pytest.approx(recent["score"].iloc[0], abs=1e-5)
+
+
+def test_missing_columns_are_named(scorer, tiny_pipeline):
+    events = pq.read_table(tiny_pipeline["validated"]).slice(0, 20).drop_columns(["channel"])
+    with pytest.raises(ValueError, match="channel"):
+        scorer.score(events)
+
+
+def test_manifest_is_json_serialisable_inside_the_model(scorer):
+    assert json.loads(json.dumps(scorer.manifest))["window"]["window_len"] == 64
