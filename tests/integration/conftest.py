@@ -123,3 +123,33 @@ def mlflow_store(tmp_path, monkeypatch) -> str:
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
+
+
+@pytest.fixture(scope="session")
+def trained_run(ray_cluster, tiny_pipeline, tmp_path_factory) -> dict:
+    """One tiny LSTM classify model trained with the real train stage, in its own MLflow store.
+
+    Tests that use it must point MLflow at ``trained_run["tracking_uri"]``.
+    """
+    from pipelines import train
+    from tests.conftest import tiny_params
+
+    root = tmp_path_factory.mktemp("trained")
+    _git(root, "init", "-q")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        summary = train.run(
+            tiny_params(),
+            tiny_pipeline["shards"],
+            tiny_pipeline["validated"],
+            root / "train.json",
+            root=root,
+        )
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+    return {"summary": summary, "tracking_uri": uri, "root": root, **tiny_pipeline}
