@@ -1,0 +1,252 @@
+"""Registry operations on the MLflow Model Registry: versions, aliases, an audited history.
+
+Everything goes through the MLflow registry (aliases, tags, descriptions; MLflow 3 has no
+stages), so the MLflow UI shows exactly the state this module and the CLI see. The
+``champion`` alias marks the serving model; ``challenger`` marks the newest candidate. Each
+promotion or rollback is recorded three ways: the alias move itself, tags on the versions
+involved, and a bounded JSON history on the registered model (``seqops.champion_history``),
+which is what ``rollback`` reads to find the previous champion.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+HISTORY_TAG = "seqops.champion_history"
+HISTORY_LIMIT = 20
+KEY_METRICS = (
+    "roc_auc",
+    "accuracy",
+    "macro_f1",
+    "log_loss",
+    "top1_accuracy",
+    "perplexity",
+    "mae",
+    "rmse",
+)
+
+
+class RegistryError(LookupError):
+    """A registry request names something that does not exist or cannot be done."""
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def actor() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: int
+    run_id: str
+    aliases: tuple[str, ...]
+    tags: dict[str, str]
+    created: int
+
+    def metric(self, name: str) -> float | None:
+        value = self.tags.get(f"metric.{name}")
+        return None if value in (None, "", "null") else float(value)
+
+
+def _info(mv: Any) -> VersionInfo:
+    return VersionInfo(
+        version=int(mv.version),
+        run_id=str(mv.run_id or ""),
+        aliases=tuple(sorted(getattr(mv, "aliases", []) or [])),
+        tags=dict(mv.tags or {}),
+        created=int(mv.creation_timestamp or 0),
+    )
+
+
+class Registry:
+    """Thin, audited operations over ``MlflowClient`` for one registered model."""
+
+    def __init__(self, client: Any, name: str) -> None:
+        self.client = client
+        self.name = name
+
+    # ------------------------------------------------------------------ reads
+
+    def exists(self) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(self.name)
+        except MlflowException:
+            return False
+        return True
+
+    def require(self) -> None:
+        if not self.exists():
+            known = sorted(m.name for m in self.client.search_registered_models())
+            raise RegistryError(
+                f"registered model {self.name!r} not found; known models: {', '.join(known) or 'none'}"
+            )
+
+    def versions(self) -> list[VersionInfo]:
+        self.require()
+        found = self.client.search_model_versions(f"name = '{self.name}'")
+        return sorted(
+            (_info(self.client.get_model_version(self.name, mv.version)) for mv in found),
+            key=lambda v: v.version,
+        )
+
+    def version(self, version: int | str) -> VersionInfo:
+        from mlflow.exceptions import MlflowException
+
+        self.require()
+        try:
+            return _info(self.client.get_model_version(self.name, str(int(version))))
+        except (MlflowException, ValueError):
+            known = ", ".join(str(v.version) for v in self.versions()) or "none"
+            raise RegistryError(
+                f"model {self.name!r} has no version {version!r}; versions: {known}"
+            ) from None
+
+    def alias(self, alias: str) -> VersionInfo | None:
+        from mlflow.exceptions import MlflowException
+
+        if not self.exists():
+            return None
+        try:
+            return _info(self.client.get_model_version_by_alias(self.name, alias))
+        except MlflowException:
+            return None
+
+    def history(self) -> list[dict[str, Any]]:
+        if not self.exists():
+            return []
+        raw = self.client.get_registered_model(self.name).tags.get(HISTORY_TAG)
+        return json.loads(raw) if raw else []
+
+    # ------------------------------------------------------------------ writes
+
+    def register(
+        self, model_uri: str, run_id: str, description: str, tags: dict[str, str]
+    ) -> VersionInfo:
+        """A new version from a logged model; it becomes the ``challenger``."""
+        from mlflow.exceptions import MlflowException
+
+        if not self.exists():
+            with contextlib.suppress(MlflowException):  # created concurrently
+                self.client.create_registered_model(self.name, description="seqops sequence model")
+        mv = self.client.create_model_version(
+            self.name, source=model_uri, run_id=run_id, description=description, tags=tags
+        )
+        self.client.set_registered_model_alias(self.name, CHALLENGER, mv.version)
+        return self.version(mv.version)
+
+    def set_tags(self, version: int, tags: dict[str, Any]) -> None:
+        for key, value in tags.items():
+            text = (
+                value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+            )
+            self.client.set_model_version_tag(self.name, str(version), key, text[:4900])
+
+    def _append_history(self, entry: dict[str, Any]) -> None:
+        history = [*self.history(), entry][-HISTORY_LIMIT:]
+        self.client.set_registered_model_tag(
+            self.name, HISTORY_TAG, json.dumps(history, sort_keys=True)
+        )
+
+    def promote(
+        self,
+        version: int,
+        reason: str,
+        evidence: dict[str, Any] | None = None,
+        action: str = "promote",
+    ) -> dict[str, Any]:
+        """Move ``champion`` to ``version`` and record who, when, why and what it replaced."""
+        target = self.version(version)
+        if not reason or not reason.strip():
+            raise RegistryError("a promotion needs a reason (it is recorded in the registry)")
+        previous = self.alias(CHAMPION)
+        entry = {
+            "action": action,
+            "version": target.version,
+            "previous": previous.version if previous else None,
+            "reason": reason.strip(),
+            "by": actor(),
+            "at": now_iso(),
+        }
+        if evidence:
+            entry["evidence"] = evidence
+        self.client.set_registered_model_alias(self.name, CHAMPION, str(target.version))
+        self.set_tags(
+            target.version,
+            {
+                "champion.since": entry["at"],
+                "champion.reason": entry["reason"],
+                "champion.by": entry["by"],
+            },
+        )
+        if previous and previous.version != target.version:
+            self.set_tags(
+                previous.version,
+                {"champion.replaced_at": entry["at"], "champion.replaced_by": str(target.version)},
+            )
+        self._append_history({k: v for k, v in entry.items() if k != "evidence"})
+        return entry
+
+    def rollback(self, reason: str) -> dict[str, Any]:
+        """Champion back to the version that held it before the current one."""
+        current = self.alias(CHAMPION)
+        if current is None:
+            raise RegistryError(f"model {self.name!r} has no champion to roll back")
+        # Walk the promotion chain, not the alias moves: rolling back twice goes two steps
+        # back instead of toggling between the last two champions.
+        for entry in reversed(self.history()):
+            if entry.get("version") == current.version and entry.get("action") == "promote":
+                if entry.get("previous") is None:
+                    break
+                return self.promote(int(entry["previous"]), reason, action="rollback")
+        raise RegistryError(
+            f"model {self.name!r}: no earlier champion recorded before version {current.version}"
+        )
+
+    # ------------------------------------------------------------------ views
+
+    def table(self) -> list[dict[str, Any]]:
+        rows = []
+        for v in self.versions():
+            row: dict[str, Any] = {
+                "version": v.version,
+                "aliases": ",".join(v.aliases) or "-",
+                "run_id": v.run_id[:12],
+            }
+            for metric in KEY_METRICS:
+                value = v.metric(metric)
+                if value is not None:
+                    row[metric] = round(value, 4)
+            row["gate"] = v.tags.get("gate.decision", "-")
+            rows.append(row)
+        return rows
+
+    def compare(self, a: int, b: int) -> list[tuple[str, str, str]]:
+        left, right = self.version(a), self.version(b)
+        keys = sorted(
+            {
+                k
+                for k in (*left.tags, *right.tags)
+                if k.startswith(("metric.", "data.", "code.", "train.", "gate."))
+            }
+        )
+        rows = [
+            ("aliases", ",".join(left.aliases) or "-", ",".join(right.aliases) or "-"),
+            ("run_id", left.run_id, right.run_id),
+        ]
+        rows += [(k, left.tags.get(k, "-"), right.tags.get(k, "-")) for k in keys]
+        return rows
