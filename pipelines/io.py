@@ -21,9 +21,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish_mode(path: Path, directory: bool) -> None:
+    """mkstemp/mkdtemp create 0600/0700; published outputs get the usual umask-based mode."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def _tmp_sibling(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    _publish_mode(tmp, directory=True)
+    return tmp
 
 
 def _replace(tmp: Path, path: Path) -> None:
@@ -62,6 +75,7 @@ def atomic_file(path: str | Path, mode: str = "w") -> Iterator[Any]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        _publish_mode(tmp, directory=False)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -83,6 +97,7 @@ def write_parquet(table: pa.Table, path: str | Path, **kwargs: Any) -> None:
     os.close(fd)
     try:
         pq.write_table(table, tmp_name, **kwargs)
+        _publish_mode(Path(tmp_name), directory=False)
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)

@@ -152,4 +152,4 @@ def trained_run(ray_cluster, tiny_pipeline, tmp_path_factory) -> dict:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = previous
-    return {"summary": summary, "tracking_uri": uri, "root": root, **tiny_pipeline}
+    return {**tiny_pipeline, "summary": summary, "tracking_uri": uri, "root": root}

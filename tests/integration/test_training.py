@@ -25,6 +25,15 @@ def _git_root(tmp_path):
     return tmp_path
 
 
+def _raw_events(tiny_pipeline, rows: int) -> pd.DataFrame:
+    """Raw events as a pyfunc user sends them (signature: strings, naive UTC datetimes)."""
+    events = pq.read_table(tiny_pipeline["validated"]).slice(0, rows).to_pandas()
+    for col in ("mcc", "channel", "country", "device"):
+        events[col] = events[col].astype(str)
+    events["event_time"] = events["event_time"].dt.tz_localize(None)
+    return events.drop(columns=["label", "_arrival"])
+
+
 def _history(client, run_id, key):
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
 
@@ -61,12 +70,9 @@ def test_two_workers_train_and_log_lineage_metrics_and_a_loadable_model(
     assert [s for s, _ in _history(client, run.info.run_id, "train_loss")] == [0, 1]
 
     # A fresh process loads the model by URI and scores raw events.
-    events = pq.read_table(tiny_pipeline["validated"]).slice(0, 400).to_pandas()
-    for col in ("mcc", "channel", "country", "device"):
-        events[col] = events[col].astype(str)
-    events["event_time"] = events["event_time"].dt.tz_localize(None)
+    events = _raw_events(tiny_pipeline, 400)
     raw = tmp_path / "raw.parquet"
-    events.drop(columns=["label", "_arrival"]).to_parquet(raw)
+    events.to_parquet(raw)
     script = (
         "import sys, mlflow, pandas as pd\n"
         f"mlflow.set_tracking_uri({mlflow_store!r})\n"
@@ -103,3 +109,31 @@ def test_a_worker_failure_resumes_from_the_checkpoint_in_the_same_run(
     assert [r.info.run_id for r in runs] == [summary["run_id"]]  # resumed, not a second run
     steps = [s for s, _ in _history(client, summary["run_id"], "val_loss")]
     assert steps == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("architecture", "task"), [("gru", "next_event"), ("transformer", "forecast")]
+)
+def test_every_task_and_encoder_trains_with_ddp(
+    ray_cluster, mlflow_store, tiny_pipeline, tmp_path, architecture, task
+):
+    """The params switch: per-step tasks and the other encoders train under DDP and log a model."""
+    import mlflow
+
+    params = tiny_params()
+    params = dataclasses.replace(
+        params,
+        train=dataclasses.replace(params.train, architecture=architecture, task=task, epochs=1),
+    )
+    summary = train.run(
+        params, tiny_pipeline["shards"], tiny_pipeline["validated"], None, root=_git_root(tmp_path)
+    )
+    metrics = summary["last_epoch_metrics"]
+    metric = "val_top1" if task == "next_event" else "val_mae"
+    assert metrics["val_loss"] > 0 and metric in metrics
+    events = _raw_events(tiny_pipeline, 300)
+    scores = mlflow.pyfunc.load_model(summary["model_uri"]).predict(events)
+    column = "top5" if task == "next_event" else "forecast"
+    assert len(scores) == events["account_id"].nunique() and column in scores
+    if task == "forecast":
+        assert all(len(f) == params.shard.forecast_horizon for f in scores["forecast"])
