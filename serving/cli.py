@@ -1,0 +1,191 @@
+"""Run the online scoring application locally: ``python -m serving.cli serve ...``.
+
+The same steps as ``serve run serving/serve_config.yaml`` (Ray docs, "Serve Config Files" and
+"Develop and Deploy an ML Application"), with the model chosen on the command line: read the
+config file, override its application ``args`` with ``--model-name/--alias/--version`` and
+its ``http_options`` with ``--host/--port``, check that the registry holds the model (a
+missing model or alias is an error at once, not a hang), connect to Ray (``RAY_ADDRESS`` or a
+local cluster), start Serve's HTTP proxy, deploy, and block until Ctrl-C, then shut Serve down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines.config import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO / "serving" / "serve_config.yaml"
+
+
+def load_serve_config(path: str | Path) -> dict[str, Any]:
+    """A Serve config file, checked against Serve's own schema (ServeDeploySchema)."""
+    from ray.serve.schema import ServeDeploySchema
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"serving: config file {path} not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"serving: {path} is not valid YAML: {exc}") from None
+    try:
+        ServeDeploySchema.model_validate(raw)
+    except ValueError as exc:
+        raise ConfigError(f"serving: {path} is not a valid Serve config: {exc}") from None
+    if len(raw.get("applications") or []) != 1:
+        raise ConfigError(f"serving: {path}: expected exactly one application")
+    return raw
+
+
+def deployment_options(app: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``deployments:`` of one application -> ``{name: Deployment.options kwargs}``."""
+    return {
+        d["name"]: {k: v for k, v in d.items() if k != "name"} for d in app.get("deployments") or []
+    }
+
+
+def app_args(app: dict[str, Any], cli: argparse.Namespace) -> dict[str, Any]:
+    """The application's args, with the command line's model choice on top."""
+    args = dict(app.get("args") or {})
+    if cli.model_name:
+        args["model_name"] = cli.model_name
+    if cli.version is not None:
+        args["version"] = cli.version
+        args.pop("alias", None)
+    elif cli.alias:
+        args["alias"] = cli.alias
+        args.pop("version", None)
+    if cli.tracking_uri:
+        args["tracking_uri"] = cli.tracking_uri
+    return args
+
+
+def deploy_failure(app_name: str) -> str:
+    """Why an application failed to deploy: its status and its deployments' messages
+    (a replica constructor's exception, e.g. a model missing from the registry)."""
+    from ray import serve
+
+    status = serve.status().applications.get(app_name)
+    if status is None:
+        return f"no application named {app_name!r}"
+    lines = [status.message] + [f"{n}: {d.message}" for n, d in status.deployments.items()]
+    return "\n".join(line for line in lines if line)
+
+
+def _connect_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Replicas import serving/, pipelines/ and seqmodels/ from this checkout.
+    runtime_env = {"env_vars": {"PYTHONPATH": str(REPO)}}
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env=runtime_env)
+    else:
+        ray.init(include_dashboard=False, runtime_env=runtime_env)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _shutdown(timeout_s: float = 30.0) -> None:
+    """``serve.shutdown()``, bounded: Ctrl-C in a terminal also reaches a local cluster's own
+    processes, and a shutdown that waits on a dead GCS would never return."""
+    from ray import serve
+
+    worker = threading.Thread(target=serve.shutdown, daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        print(f"Serve did not shut down within {timeout_s:.0f} s; exiting", file=sys.stderr)
+
+
+def serve_command(cli: argparse.Namespace) -> int:
+    from ray import serve
+
+    from serving.app import ModelNotFoundError, build_app, resolve_version
+    from serving.config import serving_config
+
+    try:
+        raw = load_serve_config(cli.config)
+        app = raw["applications"][0]
+        config = serving_config(app_args(app, cli))
+        resolve_version(config.model)
+    except (ConfigError, ModelNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+    http = {**(raw.get("http_options") or {})}
+    if cli.host:
+        http["host"] = cli.host
+    if cli.port is not None:
+        http["port"] = cli.port
+    _connect_ray()
+    serve.start(http_options=http)
+    route = app.get("route_prefix", "/")
+    try:
+        serve.run(
+            build_app(config, deployment_options(app), check=False),
+            name=app.get("name", "seqops"),
+            route_prefix=route,
+        )
+    except RuntimeError as exc:  # the application reached DEPLOY_FAILED
+        print(f"error: {exc}\n{deploy_failure(app.get('name', 'seqops'))}", file=sys.stderr)
+        serve.shutdown()
+        return 1
+    base = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}{route.rstrip('/')}"
+    print(f"serving {config.model.uri} at {base}/v1/score (Ctrl-C stops)", flush=True)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C and `kill` stop it alike
+        signal.signal(signum, _interrupt)
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print("shutting down Serve", flush=True)
+    finally:
+        _shutdown()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.cli", description=__doc__.split("\n")[0]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("serve", help="serve a registered model over HTTP until Ctrl-C")
+    run.add_argument("--model-name", help="registered model name (default: the config's args)")
+    run.add_argument("--alias", default=None, help="registry alias, e.g. champion")
+    run.add_argument(
+        "--version", type=int, default=None, help="registered version (overrides alias)"
+    )
+    run.add_argument("--host", default=None, help="HTTP host (default: the config's, 127.0.0.1)")
+    run.add_argument(
+        "--port", type=int, default=None, help="HTTP port (default: the config's, 8000)"
+    )
+    run.add_argument("--config", default=str(DEFAULT_CONFIG), help="Serve config file")
+    run.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)",
+    )
+    cli = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return serve_command(cli)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

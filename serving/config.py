@@ -1,0 +1,196 @@
+"""Typed configuration of the online scoring application (ARCHITECTURE §7).
+
+Three frozen dataclasses, validated on construction with messages that name the field and
+the bad value (STYLE habit 3, after litgpt's ``args.py``): which registered model to serve
+(:class:`ModelRef`), what a request may hold (:class:`Limits`) and how concurrent requests
+are grouped (:class:`Batching`). :func:`serving_config` builds them from the flat ``args``
+of a Serve application builder, where ``serve run serving.app:app_builder key=value`` hands
+every value over as a string; :func:`apply_user_config` applies a deployment's
+``user_config`` on top (Ray Serve docs, "Configure Ray Serve deployments: user_config":
+tunables change through ``reconfigure`` without restarting replicas).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipelines.config import ConfigError
+from pipelines.tracking import tracking_uri
+
+ORDER_POLICIES = ("sort", "reject")
+
+
+def _fail(key: str, value: Any, why: str) -> ConfigError:
+    return ConfigError(f"serving: {key}={value!r}: {why}")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model in the MLflow registry, addressed by alias or by version (never a path)."""
+
+    name: str
+    """Registered model name (``register.model_name``)."""
+    alias: str | None = "champion"
+    """Registry alias such as ``champion``; ignored (set to None) when ``version`` is given."""
+    version: int | None = None
+    """Registered version number; pins the model instead of following an alias."""
+    tracking_uri: str = field(default_factory=tracking_uri)
+    """MLflow tracking and registry URI: ``MLFLOW_TRACKING_URI``, else the repository's SQLite."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise _fail("model_name", self.name, "must be a non-empty registered model name")
+        if self.version is not None:
+            if isinstance(self.version, bool) or not isinstance(self.version, int):
+                raise _fail("version", self.version, "expected a registered version number")
+            if self.version < 1:
+                raise _fail("version", self.version, "registry versions start at 1")
+            object.__setattr__(self, "alias", None)
+        elif not self.alias or not str(self.alias).strip():
+            raise _fail("alias", self.alias, "give an alias (e.g. champion) or a version")
+        if not isinstance(self.tracking_uri, str) or not self.tracking_uri:
+            raise _fail("tracking_uri", self.tracking_uri, "must be a non-empty MLflow URI")
+
+    @property
+    def uri(self) -> str:
+        """``models:/<name>@<alias>`` or ``models:/<name>/<version>``."""
+        if self.version is not None:
+            return f"models:/{self.name}/{self.version}"
+        return f"models:/{self.name}@{self.alias}"
+
+    def pinned(self, version: int) -> ModelRef:
+        """The same model at one version (what an alias resolved to)."""
+        return dataclasses.replace(self, version=version)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may hold; enforced by the ingress before the model sees it."""
+
+    max_sequences_per_request: int = 256
+    """More sequences in one request are rejected with 422 naming ``sequences``."""
+    max_events_per_sequence: int = 4096
+    """More events in one sequence are rejected (the model reads the last window anyway)."""
+    max_body_bytes: int = 8 * 1024 * 1024
+    """Larger bodies are rejected with 413 before they are parsed."""
+    order_policy: str = "sort"
+    """``sort``: events of a sequence may come in any order and are ordered by (time, seq),
+    exactly like the offline scorer; ``reject``: events not in (time, seq) order get a 422."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_sequences_per_request", "max_events_per_sequence", "max_body_bytes"):
+            _positive_int(name, getattr(self, name))
+        if self.order_policy not in ORDER_POLICIES:
+            raise _fail("order_policy", self.order_policy, f"expected one of {ORDER_POLICIES}")
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Dynamic batching of the model deployment (``@serve.batch``)."""
+
+    max_batch_size: int = 16
+    """Most requests scored in one batch; Serve caps it at ``max_ongoing_requests``."""
+    batch_wait_timeout_s: float = 0.005
+    """How long the first request of a batch waits for company."""
+    max_tokens: int = 16384
+    """Padded tokens per forward pass: a batch's sequences are grouped by length under it."""
+
+    def __post_init__(self) -> None:
+        _positive_int("max_batch_size", self.max_batch_size)
+        _positive_int("max_tokens", self.max_tokens)
+        value = self.batch_wait_timeout_s
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _fail("batch_wait_timeout_s", value, "expected a number of seconds")
+        if not math.isfinite(value) or not 0 <= value <= 10:
+            raise _fail("batch_wait_timeout_s", value, "must be within [0, 10] seconds")
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Everything the scoring application needs."""
+
+    model: ModelRef
+    limits: Limits = field(default_factory=Limits)
+    batching: Batching = field(default_factory=Batching)
+
+
+def _positive_int(key: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(key, value, "expected an integer")
+    if value < 1:
+        raise _fail(key, value, "must be >= 1")
+
+
+def _coerce(key: str, value: Any, kind: type) -> Any:
+    """Values from a command line arrive as strings: convert to the field's type."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.lower() in ("", "none", "null"):
+        return None
+    try:
+        return kind(text)
+    except ValueError:
+        raise _fail(key, value, f"expected {kind.__name__}") from None
+
+
+_KINDS: dict[type, dict[str, type]] = {
+    Limits: {
+        "max_sequences_per_request": int,
+        "max_events_per_sequence": int,
+        "max_body_bytes": int,
+        "order_policy": str,
+    },
+    Batching: {"max_batch_size": int, "batch_wait_timeout_s": float, "max_tokens": int},
+}
+MODEL_KEYS = {"model_name": str, "alias": str, "version": int, "tracking_uri": str}
+
+
+def _section(cls: type, raw: Mapping[str, Any], prefix: str = "") -> Any:
+    kinds = _KINDS[cls]
+    values = {k: _coerce(prefix + k, v, kinds[k]) for k, v in raw.items() if k in kinds}
+    try:
+        return cls(**{k: v for k, v in values.items() if v is not None})
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("serving: ", f"serving: {prefix}", 1)) from None
+
+
+def serving_config(args: Mapping[str, Any]) -> ServingConfig:
+    """Flat application args (``model_name``, ``alias``, ``version``, ``tracking_uri`` and any
+    Limits/Batching field) -> a validated :class:`ServingConfig`."""
+    allowed = set(MODEL_KEYS) | {k for kinds in _KINDS.values() for k in kinds}
+    unknown = sorted(set(args) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"serving: unknown arg(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}"
+        )
+    if args.get("model_name") in (None, ""):
+        raise _fail("model_name", args.get("model_name"), "required (a registered model name)")
+    model = {k: _coerce(k, args[k], kind) for k, kind in MODEL_KEYS.items() if k in args}
+    ref_args = {
+        "name": model.pop("model_name"),
+        **{k: v for k, v in model.items() if v is not None},
+    }
+    return ServingConfig(
+        model=ModelRef(**ref_args),
+        limits=_section(Limits, args),
+        batching=_section(Batching, args),
+    )
+
+
+def apply_user_config(current: Any, user_config: Mapping[str, Any] | None) -> Any:
+    """``current`` (Limits or Batching) updated by a deployment's ``user_config``."""
+    cls = type(current)
+    raw = dict(user_config or {})
+    unknown = sorted(set(raw) - set(_KINDS[cls]))
+    if unknown:
+        raise ConfigError(
+            f"serving: user_config: unknown key(s) {', '.join(unknown)} for {cls.__name__}; "
+            f"allowed: {', '.join(sorted(_KINDS[cls]))}"
+        )
+    merged = {**dataclasses.asdict(current), **raw}
+    return _section(cls, merged, prefix="user_config.")

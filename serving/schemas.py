@@ -1,0 +1,245 @@
+"""The HTTP contract of online scoring: request validation and the JSON error body.
+
+A request holds ``sequences``: ``[{"entity": str, "events": [event, ...]}, ...]``, where an
+event carries the columns of the model's shard manifest schema (ARCHITECTURE §1): the time
+as an ISO-8601 string (a zone offset or ``Z``; naive times are UTC, as in the events table),
+the sequence number as an integer, numeric features as finite JSON numbers and categorical
+features as strings. The request model is built per served model with pydantic's
+``create_model`` (pydantic docs, "Dynamic model creation"), so unknown and missing features
+are caught by the same validator that checks types, and the JSON is parsed and validated in
+one pass by pydantic-core (``model_validate_json``), which reads ``NaN``/``Infinity`` as
+floats that the ``allow_inf_nan=False`` constraint then rejects. Every problem becomes a
+:class:`RequestError`: an HTTP 4xx with ``{"error": ..., "field": "sequences[3].events[7].amount"}``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import numpy as np
+import pyarrow as pa
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from serving.config import Limits
+
+MAX_REPORTED_ERRORS = 20
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class RequestError(Exception):
+    """A bad request: the HTTP status and a JSON body that names the offending field."""
+
+    def __init__(self, status: int, error: str, field: str | None = None, **extra: Any) -> None:
+        super().__init__(error)
+        self.status, self.error, self.field, self.extra = status, error, field, extra
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.error, "field": self.field, **self.extra}
+
+
+def field_path(loc: Sequence[str | int]) -> str:
+    """pydantic's error location -> ``sequences[3].events[7].amount``."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
+def _time_us(value: str) -> int:
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError("expected an ISO-8601 time such as 2025-01-01T00:00:00Z") from None
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    delta = ts - _EPOCH  # exact integer microseconds, no float rounding
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+FiniteNumber = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Time = Annotated[str, Field(strict=True), AfterValidator(_time_us)]
+
+
+@dataclass(frozen=True)
+class EventSchema:
+    """The event columns a model expects, from its shard manifest's ``schema``."""
+
+    entity: str
+    time: str
+    seq: str | None
+    numeric: tuple[str, ...]
+    categorical: tuple[str, ...]
+
+    @classmethod
+    def from_manifest(cls, schema: Mapping[str, Any]) -> EventSchema:
+        return cls(
+            entity=schema["entity"],
+            time=schema["time"],
+            seq=schema.get("seq") or None,
+            numeric=tuple(schema.get("numeric") or ()),
+            categorical=tuple(schema.get("categorical") or ()),
+        )
+
+    @property
+    def columns(self) -> list[str]:
+        return [self.time, *([self.seq] if self.seq else []), *self.numeric, *self.categorical]
+
+
+def request_model(schema: EventSchema, limits: Limits) -> type[BaseModel]:
+    """The pydantic model of ``POST /v1/score`` bodies for one model schema and limits."""
+    fields: dict[str, Any] = {"f_time": (Time, Field(alias=schema.time))}
+    if schema.seq:
+        fields["f_seq"] = (int, Field(alias=schema.seq, strict=True, ge=-(2**63), lt=2**63))
+    # Internal field names with the column as alias: any column name works, even "json".
+    for i, col in enumerate(schema.numeric):
+        fields[f"f_num{i}"] = (FiniteNumber, Field(alias=col))
+    for i, col in enumerate(schema.categorical):
+        fields[f"f_cat{i}"] = (str, Field(alias=col, strict=True))
+    forbid = ConfigDict(extra="forbid", populate_by_name=False)
+    event = create_model("Event", __config__=forbid, **fields)
+    sequence = create_model(
+        "ScoredSequence",
+        __config__=forbid,
+        entity=(str, Field(strict=True, min_length=1)),
+        events=(list[event], Field(min_length=1, max_length=limits.max_events_per_sequence)),  # type: ignore[valid-type]
+    )
+    return create_model(
+        "ScoreRequest",
+        __config__=forbid,
+        sequences=(
+            list[sequence],  # type: ignore[valid-type]
+            Field(min_length=1, max_length=limits.max_sequences_per_request),
+        ),
+    )
+
+
+def _describe(err: Mapping[str, Any], schema: EventSchema, limits: Limits) -> str:
+    """A pydantic error as a sentence a client can act on."""
+    kind, loc = err["type"], err["loc"]
+    name = loc[-1] if loc else "body"
+    if kind == "missing":
+        what = "feature" if len(loc) > 3 else "field"
+        return f"missing {what} {name!r}"
+    if kind == "extra_forbidden":
+        if len(loc) > 3:  # inside an event
+            hint = "; the entity goes in sequences[i].entity" if name == schema.entity else ""
+            return f"unknown feature {name!r}; expected: {', '.join(schema.columns)}{hint}"
+        return f"unknown field {name!r}"
+    if kind == "too_long":
+        limit = (
+            f"max_events_per_sequence={limits.max_events_per_sequence}"
+            if name == "events"
+            else f"max_sequences_per_request={limits.max_sequences_per_request}"
+        )
+        return f"too many {name}: {err.get('ctx', {}).get('actual_length')} > {limit}"
+    if kind == "too_short":
+        return f"{name} must not be empty"
+    if kind == "finite_number":
+        return "must be a finite number (NaN and Infinity are rejected)"
+    if kind == "value_error":
+        return str(err["msg"]).removeprefix("Value error, ")
+    if name == schema.time and kind == "string_type":
+        return "expected an ISO-8601 time string such as 2025-01-01T00:00:00Z"
+    return f"{err['msg']} (got {type(err.get('input')).__name__})"
+
+
+def parse_request(body: bytes, model: type[BaseModel], schema: EventSchema, limits: Limits) -> Any:
+    """Validate a request body, raising :class:`RequestError` (400 or 422) on any problem."""
+    try:
+        request = model.model_validate_json(body)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        if errors[0]["type"] == "json_invalid":
+            raise RequestError(400, f"malformed JSON: {errors[0]['msg']}", "body") from None
+        reported = [
+            {"field": field_path(e["loc"]) or "body", "error": _describe(e, schema, limits)}
+            for e in errors[:MAX_REPORTED_ERRORS]
+        ]
+        first = reported[0]
+        raise RequestError(
+            422, first["error"], first["field"], errors=reported, error_count=len(errors)
+        ) from None
+    if limits.order_policy == "reject":
+        check_order(request, schema)
+    return request
+
+
+def check_order(request: Any, schema: EventSchema) -> None:
+    """Policy ``reject``: every sequence's events must come in (time, seq) order."""
+    for i, seq in enumerate(request.sequences):
+        prev: tuple[int, int] | None = None
+        for j, event in enumerate(seq.events):
+            key = (event.f_time, event.f_seq if schema.seq else 0)
+            if prev is not None and key < prev:
+                column = schema.time if key[0] < prev[0] else schema.seq
+                raise RequestError(
+                    422,
+                    f"event {j} comes before event {j - 1} in ({schema.time}, {schema.seq}) "
+                    "order; the server's order_policy is 'reject' (send events in order)",
+                    f"sequences[{i}].events[{j}].{column}",
+                )
+            prev = key
+
+
+@dataclass
+class EventBatch:
+    """One request's events as columns, ready for the model deployment.
+
+    ``lengths[i]`` events of sequence ``i`` lie consecutively in every column; times are
+    int64 microseconds since the epoch (UTC). Plain numpy and lists pickle cheaply between
+    Serve replicas.
+    """
+
+    entities: list[str]
+    lengths: np.ndarray  # (S,) int64
+    time_us: np.ndarray  # (N,) int64
+    seq: np.ndarray | None  # (N,) int64
+    numeric: dict[str, np.ndarray]  # column -> (N,) float64
+    categorical: dict[str, list[str]]  # column -> N strings
+
+    @property
+    def n_events(self) -> int:
+        return len(self.time_us)
+
+
+def to_batch(request: Any, schema: EventSchema) -> EventBatch:
+    """A validated request -> columns (one pass over the events)."""
+    events = [e for s in request.sequences for e in s.events]
+    return EventBatch(
+        entities=[s.entity for s in request.sequences],
+        lengths=np.array([len(s.events) for s in request.sequences], dtype=np.int64),
+        time_us=np.array([e.f_time for e in events], dtype=np.int64),
+        seq=np.array([e.f_seq for e in events], dtype=np.int64) if schema.seq else None,
+        numeric={
+            col: np.array([getattr(e, f"f_num{i}") for e in events], dtype=np.float64)
+            for i, col in enumerate(schema.numeric)
+        },
+        categorical={
+            col: [getattr(e, f"f_cat{i}") for e in events]
+            for i, col in enumerate(schema.categorical)
+        },
+    )
+
+
+def events_table(batches: list[EventBatch], schema: Any) -> pa.Table:
+    """Requests' events as one table whose entity key is the sequence's position in the batch,
+    so that sequences never merge, even when two requests name the same entity."""
+    lengths = np.concatenate([b.lengths for b in batches])
+    columns = {
+        schema.entity: pa.array(np.repeat(np.arange(len(lengths)), lengths)),
+        schema.time: pa.array(
+            np.concatenate([b.time_us for b in batches]), pa.timestamp("us", "UTC")
+        ),
+    }
+    if schema.seq:
+        columns[schema.seq] = pa.array(np.concatenate([b.seq for b in batches]))
+    for col in schema.numeric:
+        columns[col] = pa.array(np.concatenate([b.numeric[col] for b in batches]))
+    for col in schema.categorical:
+        chained = itertools.chain.from_iterable(b.categorical[col] for b in batches)
+        columns[col] = pa.array(list(chained), pa.string())
+    return pa.table(columns)

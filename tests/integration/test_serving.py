@@ -1,0 +1,347 @@
+"""Online scoring over real HTTP (loopback) against a real Ray Serve application.
+
+One application serves the session's tiny trained model from its MLflow registry by alias,
+deployed once for the module from serving/serve_config.yaml (CPUs shrunk to fit 2 cores).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import requests
+
+from serving.cli import DEFAULT_CONFIG, deployment_options, load_serve_config
+from tests.integration.conftest import REPO, stage_env
+
+pytestmark = pytest.mark.integration
+
+MODEL = "seqops-serving-test"
+APP = "seqops-test"
+LIMITS = {"max_sequences_per_request": 8, "max_events_per_sequence": 400,
+          "max_body_bytes": 200_000, "order_policy": "sort"}  # fmt: skip
+BATCHING = {"max_batch_size": 8, "batch_wait_timeout_s": 0.05}
+
+
+def _deploy(registry: dict) -> None:
+    """Deploy the config file's application with the test's model, CPUs and tunables."""
+    from ray import serve
+
+    from serving.app import build_app
+    from serving.config import serving_config
+
+    app = load_serve_config(DEFAULT_CONFIG)["applications"][0]
+    options = deployment_options(app)
+    assert set(options) == {"ScoringAPI", "ModelHolder"}
+    overrides = {"ScoringAPI": LIMITS, "ModelHolder": BATCHING}
+    for name, user_config in overrides.items():
+        options[name]["ray_actor_options"] = {"num_cpus": 0.25}
+        options[name]["user_config"] = {**options[name]["user_config"], **user_config}
+    args = {**app["args"], "model_name": MODEL, "tracking_uri": registry["uri"]}
+    serve.run(build_app(serving_config(args), options), name=APP, route_prefix="/")
+
+
+@pytest.fixture(scope="module")
+def registry(trained_run) -> dict:
+    """The trained model registered as version 1 with alias champion."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = trained_run["tracking_uri"]
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        version = mlflow.register_model(trained_run["summary"]["model_uri"], MODEL)
+        client = MlflowClient(uri)
+        client.set_registered_model_alias(MODEL, "champion", version.version)
+        scorer = mlflow.pyfunc.load_model(f"models:/{MODEL}/{version.version}")
+        scorer = scorer.unwrap_python_model().scorer
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+    lineage = {k: trained_run["summary"][k] for k in ("run_id", "model_uri")}
+    return {
+        "uri": uri,
+        "client": client,
+        "version": str(version.version),
+        "scorer": scorer,
+        **lineage,
+    }
+
+
+@pytest.fixture(scope="module")
+def served(ray_cluster, registry):
+    """The application on a free loopback port; Serve is shut down after the module."""
+    from ray import serve
+
+    with socket.socket() as s:  # a free loopback port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        _deploy(registry)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while requests.get(f"{base}/healthz", timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, "the proxy never answered /healthz"
+            time.sleep(0.5)
+        yield base
+    finally:
+        serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def events(tiny_pipeline) -> pa.Table:
+    """Raw events of 8 entities of varied lengths (one longer than the model's window)."""
+    table = pq.read_table(tiny_pipeline["validated"]).drop_columns(["label", "_arrival"])
+    strings = [
+        f.with_type(pa.string()) if pa.types.is_dictionary(f.type) else f for f in table.schema
+    ]
+    table = table.cast(pa.schema(strings))  # categoricals as a client sends them: strings
+    lengths = table["account_id"].to_pandas().value_counts().sort_values(kind="stable")
+    lengths = lengths[lengths <= LIMITS["max_events_per_sequence"]]
+    n = len(lengths)
+    picks = [lengths.index[i] for i in (0, 1, n // 4, n // 2, 3 * n // 4, n - 3, n - 2, n - 1)]
+    assert lengths.iloc[-1] > 64  # beyond the model's window: only the last 64 events count
+    return table.filter(pc.is_in(table["account_id"], value_set=pa.array(picks)))
+
+
+def _sequences(events: pa.Table, naive_time: bool = False) -> list[dict]:
+    seqs: dict[str, list] = {}
+    for row in events.to_pylist():
+        t = row.pop("event_time")
+        row["event_time"] = (t.replace(tzinfo=None) if naive_time else t).isoformat()
+        seqs.setdefault(row.pop("account_id"), []).append(row)
+    return [{"entity": entity, "events": evs} for entity, evs in seqs.items()]
+
+
+def _post(base: str, body, headers: dict | None = None) -> requests.Response:
+    """POST /v1/score; dicts go as JSON, bytes, strings and generators (chunked) as they are."""
+    data = json.dumps(body) if isinstance(body, dict | list) else body
+    headers = headers or {"Content-Type": "application/json"}
+    return requests.post(f"{base}/v1/score", data=data, headers=headers, timeout=60)
+
+
+def _assert_matches_offline(scores: list[dict], registry: dict, events: pa.Table) -> None:
+    offline = registry["scorer"].score(events).set_index("entity")
+    assert len(scores) == len(offline)
+    for s in scores:
+        expected = offline.loc[s["entity"]]
+        assert s["n_events"] == expected["n_events"]
+        assert s["window_end"] == expected["window_end"].isoformat().replace("+00:00", "Z")
+        assert abs(s["score"] - expected["score"]) <= 1e-5
+        np.testing.assert_allclose(s["probabilities"], expected["probabilities"], atol=1e-5)
+
+
+def test_online_scores_equal_offline_predictions_and_name_their_model(served, registry, events):
+    response = _post(served, {"sequences": _sequences(events, naive_time=True)})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    manifest = registry["scorer"].manifest
+    assert body["model"]["name"] == MODEL and body["model"]["alias"] == "champion"
+    assert body["model"]["version"] == registry["version"]
+    assert body["model"]["run_id"] == registry["run_id"]
+    assert body["model"]["data_hash"] == manifest["content_hash"]
+    assert body["model"]["events_sha256"] == manifest["input"]["sha256"]
+    assert [s["entity"] for s in body["scores"]] == [s["entity"] for s in _sequences(events)]
+    _assert_matches_offline(body["scores"], registry, events)
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_scores(served, registry, events):
+    from ray import serve
+
+    seqs = _sequences(events)
+    requests_ = [{"sequences": [seqs[i % len(seqs)], seqs[(i + 3) % len(seqs)]]} for i in range(16)]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        responses = list(pool.map(lambda b: _post(served, b), requests_))
+    for body, response in zip(requests_, responses, strict=True):
+        assert response.status_code == 200, response.text
+        scores = response.json()["scores"]
+        assert [s["entity"] for s in scores] == [s["entity"] for s in body["sequences"]]
+        named = pa.array([s["entity"] for s in scores])
+        _assert_matches_offline(
+            scores, registry, events.filter(pc.is_in(events["account_id"], named))
+        )
+    stats = serve.get_deployment_handle("ModelHolder", APP).stats.remote().result()
+    assert 1 < stats["largest_batch"] <= BATCHING["max_batch_size"]
+    assert stats["requests"] > stats["batches"]
+
+
+def test_health_and_models_describe_what_is_loaded(served, registry):
+    health = requests.get(f"{served}/healthz", timeout=10)
+    assert health.status_code == 200
+    expected = {"name": MODEL, "alias": "champion", "version": registry["version"]}
+    assert health.json() == {"status": "ok", "model": {**expected, "run_id": registry["run_id"]}}
+    (model,) = requests.get(f"{served}/v1/models", timeout=10).json()["models"]
+    assert {k: model[k] for k in expected} == expected
+    assert model["run_id"] == registry["run_id"] and model["loaded_at"].endswith("Z")
+    assert model["task"] == "classify" and "amount" in model["features"]
+    assert model["batching"]["max_batch_size"] == BATCHING["max_batch_size"]  # user_config applied
+
+
+def _one(events: pa.Table, drop: str | None = None, **changes) -> dict:
+    """A valid one-sequence request whose event 1 gets ``changes`` (or loses ``drop``)."""
+    seq = _sequences(events)[2]
+    seq["events"] = [dict(e) for e in seq["events"][:3]]
+    seq["events"][1].update(changes)
+    seq["events"][1].pop(drop, None)
+    return {"sequences": [seq]}
+
+
+def _chunks(size: int):
+    yield b'{"sequences": [{"entity": "x", "events": [], "pad": "'
+    for _ in range(size // 10_000):
+        yield b"x" * 10_000
+    yield b'"}]}'
+
+
+BAD_REQUESTS = {
+    "malformed JSON": (lambda ev: b'{"sequences": [', {}, 400, "body", "malformed JSON"),
+    "wrong content type": (lambda ev: json.dumps(_one(ev)), {"Content-Type": "text/plain"}, 415, "headers.content-type", "application/json"),
+    "empty sequences": (lambda ev: {"sequences": []}, {}, 422, "sequences", "must not be empty"),
+    "too many sequences": (lambda ev: {"sequences": _one(ev)["sequences"] * 9}, {}, 422, "sequences", "max_sequences_per_request=8"),
+    "too many events": (lambda ev: {"sequences": [{"entity": "x", "events": _one(ev)["sequences"][0]["events"] * 134}]}, {}, 422, "sequences[0].events", "max_events_per_sequence=400"),
+    "body too large": (lambda ev: b" " * 200_001, {}, 413, "body", "max_body_bytes=200000"),
+    "body too large, chunked": (lambda ev: _chunks(300_000), {}, 413, "body", "max_body_bytes=200000"),
+    "NaN": (lambda ev: json.dumps(_one(ev, amount=float("nan"))), {}, 422, "sequences[0].events[1].amount", "finite"),
+    "Infinity": (lambda ev: json.dumps(_one(ev, amount=float("-inf"))), {}, 422, "sequences[0].events[1].amount", "finite"),
+    "unknown feature": (lambda ev: _one(ev, colour="red"), {}, 422, "sequences[0].events[1].colour", "unknown feature"),
+    "missing feature": (lambda ev: _one(ev, drop="mcc"), {}, 422, "sequences[0].events[1].mcc", "missing feature 'mcc'"),
+    "numeric as string": (lambda ev: _one(ev, amount="12.5"), {}, 422, "sequences[0].events[1].amount", "valid number"),
+    "categorical as number": (lambda ev: _one(ev, mcc=5411), {}, 422, "sequences[0].events[1].mcc", "valid string"),
+    "unparseable time": (lambda ev: _one(ev, event_time="2025-13-45 25:00"), {}, 422, "sequences[0].events[1].event_time", "ISO-8601"),
+    "epoch time": (lambda ev: _one(ev, event_time=1735689600), {}, 422, "sequences[0].events[1].event_time", "ISO-8601"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_requests_get_a_4xx_naming_the_field_and_serving_goes_on(served, events, case):
+    make, headers, status, field, reason = BAD_REQUESTS[case]
+    response = _post(served, make(events), headers={"Content-Type": "application/json", **headers})
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert body["field"] == field and reason in body["error"], body
+    assert _post(served, _one(events)).status_code == 200
+
+
+def test_unknown_routes_answer_json(served):
+    response = requests.get(f"{served}/v1/nothing", timeout=10)
+    assert response.status_code == 404 and response.json()["error"] == "Not Found"
+
+
+def test_order_policy_sort_orders_events_and_reject_refuses_them(served, registry, events):
+    from ray import serve
+
+    from serving.app import ScoringAPI
+    from serving.config import serving_config
+
+    ordered = _sequences(events)
+    shuffled = [
+        dict(s, events=random.Random(7).sample(s["events"], len(s["events"]))) for s in ordered
+    ]
+    first = _post(served, {"sequences": ordered}).json()["scores"]
+    assert _post(served, {"sequences": shuffled}).json()["scores"] == first  # policy sort
+    # A second ingress in front of the same model replica, whose user_config says reject
+    # (redeploying the module's application would restart its replicas: Serve versions
+    # imperatively deployed code afresh on every serve.run).
+    model = serve.get_deployment_handle("ModelHolder", APP)
+    config = serving_config({"model_name": MODEL, "tracking_uri": registry["uri"]})
+    strict = ScoringAPI.options(
+        ray_actor_options={"num_cpus": 0.25}, user_config={**LIMITS, "order_policy": "reject"}
+    )
+    serve.run(strict.bind(model, config), name="strict", route_prefix="/strict")
+    try:
+        response = _post(f"{served}/strict", {"sequences": [ordered[0], shuffled[-1]]})
+        assert response.status_code == 422, response.text
+        assert response.json()["field"].startswith("sequences[1].events[")
+        assert "order_policy is 'reject'" in response.json()["error"]
+        assert _post(f"{served}/strict", {"sequences": ordered}).json()["scores"] == first
+    finally:
+        serve.delete("strict")
+
+
+def test_reload_follows_the_alias_and_responses_name_the_new_version(served, registry, events):
+    from ray import serve
+
+    client = registry["client"]
+    second = client.create_model_version(MODEL, registry["model_uri"], registry["run_id"]).version
+    holder = serve.get_deployment_handle("ModelHolder", APP)
+    try:
+        client.set_registered_model_alias(MODEL, "champion", second)
+        assert holder.reload.remote().result()["version"] == str(second)
+        body = _post(served, {"sequences": _sequences(events)[:2]}).json()
+        assert body["model"]["version"] == str(second)
+    finally:
+        client.set_registered_model_alias(MODEL, "champion", registry["version"])
+        assert holder.reload.remote().result()["version"] == registry["version"]
+
+
+def test_missing_model_or_alias_fails_start_up_with_a_clear_error(ray_cluster, served, registry):
+    from ray import serve
+
+    from serving.app import ModelHolder, ModelNotFoundError, app_builder
+    from serving.cli import deploy_failure
+    from serving.config import serving_config
+
+    started = time.monotonic()
+    with pytest.raises(ModelNotFoundError, match="models:/no-such-model@champion.*not found"):
+        app_builder({"model_name": "no-such-model", "tracking_uri": registry["uri"]})
+    with pytest.raises(ModelNotFoundError, match=f"models:/{MODEL}@nobody"):
+        app_builder({"model_name": MODEL, "alias": "nobody", "tracking_uri": registry["uri"]})
+    assert time.monotonic() - started < 15
+    # The replica itself refuses too (e.g. the alias was deleted after the app was built).
+    config = serving_config({"model_name": MODEL, "alias": "gone", "tracking_uri": registry["uri"]})
+    holder = ModelHolder.options(
+        max_constructor_retry_count=1, ray_actor_options={"num_cpus": 0.25}
+    )
+    with pytest.raises(RuntimeError, match="Deploying application missing-model failed"):
+        serve.run(holder.bind(config), name="missing-model", route_prefix=None)
+    assert f"cannot serve models:/{MODEL}@gone: not found" in deploy_failure("missing-model")
+    serve.delete("missing-model")
+    assert time.monotonic() - started < 120
+    assert _post(served, {"sequences": []}).status_code == 422  # the real app still serves
+
+
+def test_cli_refuses_a_missing_model_before_starting_anything(registry):
+    result = subprocess.run(
+        [sys.executable, "-m", "serving.cli", "serve", "--model-name", "no-such-model",
+         "--alias", "champion", "--tracking-uri", registry["uri"]],
+        cwd=REPO, env=stage_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "models:/no-such-model@champion" in result.stderr and "not found" in result.stderr
+
+
+def test_prometheus_metrics_count_requests_errors_and_batches(served):
+    """Custom ray.serve.metrics reach Ray's Prometheus endpoint (reported every few seconds)."""
+    import ray
+
+    port = ray.nodes()[0]["MetricsExportPort"]
+    wanted = {
+        "ray_seqops_requests_total": ('route="/v1/score"', 'status="200"'),
+        "ray_seqops_request_errors_total": ('kind="too_large"',),
+        "ray_seqops_request_latency_s_count": ('route="/v1/score"',),
+        "ray_seqops_batch_requests_count": (),
+        "ray_seqops_batch_sequences_count": (),
+    }
+    deadline, missing = time.monotonic() + 60, set(wanted)
+    while missing and time.monotonic() < deadline:
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        for line in text.splitlines():
+            name = line.split("{")[0]
+            tagged = name in missing and all(t in line for t in wanted[name])
+            if tagged and float(line.rsplit(" ", 1)[1]) > 0:
+                missing.discard(name)
+        time.sleep(2 if missing else 0)
+    assert not missing, f"metrics never exported: {sorted(missing)}"
