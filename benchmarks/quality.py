@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -52,8 +53,10 @@ def main() -> int:
             changes["epochs"] = args.epochs
         p = dataclasses.replace(params, train=dataclasses.replace(params.train, **changes))
         with tempfile.TemporaryDirectory(prefix=f"seqops-quality-{arch}-") as tmp:
+            # A throw-away store per model (set_tracking_uri also exports the env variable).
+            os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
+            mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
             summary = train.run(p, shards, Path(args.events), None, root=Path(tmp))
-            mlflow.set_tracking_uri(f"sqlite:///{tmp}/mlflow.db")
             scorer = mlflow.pyfunc.load_model(summary["model_uri"]).unwrap_python_model().scorer
             preds = predict_split(scorer.model, shards, "test")
         probs = preds.probabilities

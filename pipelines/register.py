@@ -87,7 +87,7 @@ def decide(
 
     theirs = _finite(overall(champion).get(primary))
     delta = None if ours is None or theirs is None else (ours - theirs if higher else theirs - ours)
-    if delta is not None and delta < cfg.min_improvement:
+    if delta is not None and (delta < cfg.min_improvement or delta <= 0.0):  # a tie never wins
         reasons.append(
             f"{primary} {ours:.4f} does not beat champion {theirs:.4f} by {cfg.min_improvement} (delta {delta:+.4f})"
         )

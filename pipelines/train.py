@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.config import ConfigError, Params, load_params, to_jsonable
-from pipelines.io import write_json
+from pipelines.io import atomic_dir, write_json
 from pipelines.shard_reader import load_manifest
 from pipelines.tracking import configure, ensure_experiment, flatten, lineage_tags, tracking_uri
 from pipelines.train_loop import FAIL_ENV, train_loop_per_worker
@@ -120,7 +120,12 @@ def _pip_requirements() -> list[str]:
 
 
 def _log_model(
-    run_id: str, best: Path, config: ModelConfig, manifest: dict, validated: Path, root: Path
+    run_id: str,
+    best: Path,
+    config: ModelConfig,
+    manifest: dict,
+    validated: Path,
+    model_dir: Path | None,
 ) -> str:
     import mlflow
     from mlflow.models import infer_signature
@@ -132,6 +137,11 @@ def _log_model(
         shutil.copy(best, folder / WEIGHTS_FILE)
         (folder / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
         (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        if model_dir is not None:  # the stage's DVC output: the same files MLflow gets
+            with atomic_dir(model_dir) as out:
+                for item in folder.iterdir():
+                    shutil.copy(item, out / item.name)
+                (out / "mlflow_run.json").write_text(json.dumps({"run_id": run_id}) + "\n")
         example = _input_example(validated, manifest)
         output = SequenceScorer.from_dir(folder).score(example)
         signature = infer_signature(example, output)
@@ -154,7 +164,12 @@ def _log_model(
 
 
 def run(
-    params: Params, shards: Path, validated: Path, report_path: Path | None, root: Path = Path(".")
+    params: Params,
+    shards: Path,
+    validated: Path,
+    report_path: Path | None,
+    root: Path = Path("."),
+    model_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Train one model; returns the summary also written to ``report_path``."""
     from mlflow.tracking import MlflowClient
@@ -238,7 +253,7 @@ def run(
         with result.checkpoint.as_directory() as ckpt:
             state = json.loads((Path(ckpt) / "state.json").read_text())
             model_uri = _log_model(
-                run_id, Path(ckpt) / "best.safetensors", config, manifest, validated, root
+                run_id, Path(ckpt) / "best.safetensors", config, manifest, validated, model_dir
             )
         final = dict(result.metrics)
         summary = {
@@ -286,11 +301,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shards", default="data/shards")
     parser.add_argument("--events", default="data/validated/events.parquet")
     parser.add_argument("--report", default="reports/train.json")
+    parser.add_argument("--model-dir", default="models/model", help="best model's files (DVC out)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         params = load_params(args.params)
-        summary = run(params, Path(args.shards), Path(args.events), Path(args.report))
+        summary = run(
+            params,
+            Path(args.shards),
+            Path(args.events),
+            Path(args.report),
+            model_dir=Path(args.model_dir),
+        )
     except (ConfigError, TrainError, FileNotFoundError) as exc:
         print(f"train: {exc}", file=sys.stderr)
         return 2 if not isinstance(exc, TrainError) else 1

@@ -28,6 +28,8 @@ def test_better_challenger_passes_and_worse_or_marginal_fails():
     assert not worse.passed and "does not beat" in worse.reasons[0]
     marginal = decide(_eval(0.855), _eval(0.85), True, "roc_auc", CFG)
     assert not marginal.passed  # below min_improvement
+    tie = decide(_eval(0.85), _eval(0.85), True, "roc_auc", RegisterConfig(min_improvement=0.0))
+    assert not tie.passed  # "beats" means strictly better, even with no margin
 
 
 def test_a_regressing_length_bucket_blocks_promotion_unless_it_is_too_small():
