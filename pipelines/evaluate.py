@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from pipelines import metrics as M
 from pipelines.config import PRIMARY_METRICS, ConfigError, EvaluateConfig, Params, load_params
-from pipelines.io import atomic_dir, write_json
+from pipelines.io import atomic_dir, jsonable, write_json
 from pipelines.predict import SplitPredictions, predict_split
 from pipelines.shard import part_path
 from pipelines.shard_reader import load_manifest
@@ -47,19 +47,6 @@ class EvaluateError(RuntimeError):
 
 class IncompatibleShardsError(EvaluateError):
     """The model's preprocessing (vocabularies, statistics) differs from the shards'."""
-
-
-def jsonable(obj: Any) -> Any:
-    """numpy -> Python, NaN/inf -> None (reports are written with allow_nan=False)."""
-    if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple | np.ndarray):
-        return [jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 # --------------------------------------------------------------------------- metrics

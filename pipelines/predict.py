@@ -14,8 +14,10 @@ model sees, in no particular order; on the generated data it cannot tell the "fr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -114,8 +116,8 @@ def split_targets(shard_dir: str | Path, split: str) -> tuple[pa.Table, SplitPre
 
 
 def predict_split_raw(
-    scorer, events: pa.Table, shard_dir: str | Path, split: str, manifest: dict
-) -> SplitPredictions:  # type: ignore[no-untyped-def]
+    scorer: Any, events: pa.Table, shard_dir: str | Path, split: str, manifest: dict
+) -> SplitPredictions:
     """Score a split's windows from RAW events with a scorer's own preprocessing.
 
     This is how a model trained on other shards (another vocabulary or normalisation, e.g. the
@@ -154,7 +156,7 @@ def predict_split_raw(
     return preds
 
 
-def _output_converter(own: dict, target: dict, task: str):  # type: ignore[no-untyped-def]
+def _output_converter(own: dict, target: dict, task: str) -> Callable[[np.ndarray], np.ndarray]:
     """Map a model's outputs from its own manifest's space into ``target``'s."""
     if own.get("features") == target.get("features"):
         return lambda out: out
@@ -172,7 +174,9 @@ def _output_converter(own: dict, target: dict, task: str):  # type: ignore[no-un
 
         def remap(out: np.ndarray) -> np.ndarray:
             mapped = np.zeros((*out.shape[:-1], size), dtype=out.dtype)
-            np.add.at(mapped, (..., index[: out.shape[-1]]), out)
+            mapped[..., :] = 0
+            for own_id in range(out.shape[-1]):  # vocabularies are small (tens of ids)
+                mapped[..., index[own_id]] += out[..., own_id]
             return mapped
 
         return remap

@@ -32,7 +32,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from pipelines.config import LOWER_IS_BETTER, ConfigError, Params, RegisterConfig, load_params
-from pipelines.io import write_json
+from pipelines.io import jsonable, write_json
 from pipelines.registry import CHAMPION, Registry, RegistryError, now_iso
 from pipelines.shard_reader import load_manifest
 
@@ -163,15 +163,15 @@ DVC shards `{tags.get("dvc_shards_md5", "?")}`, split `{manifest["split"]["metho
 """
 
 
-def _scorer(model_uri: str):  # type: ignore[no-untyped-def]
+def _scorer(model_uri: str) -> Any:
     import mlflow
 
     return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().scorer
 
 
 def _evaluate_on_test(
-    scorer, events, shards: Path, manifest: dict, params: Params
-) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    scorer: Any, events: Any, shards: Path, manifest: dict, params: Params
+) -> dict[str, Any]:
     from pipelines.evaluate import evaluate_predictions
     from pipelines.predict import predict_split_raw
 
@@ -228,10 +228,11 @@ def run(
         _scorer(f"models:/{cfg.model_name}/{version.version}"), events, shards, manifest, params
     )
     champion = registry.alias(CHAMPION)
-    champion_eval = None
-    if champion is not None and champion.version != version.version:
+    champion_eval: dict[str, Any] | None = None
+    rival = champion if champion is not None and champion.version != version.version else None
+    if rival is not None:
         champion_eval = _evaluate_on_test(
-            _scorer(f"models:/{cfg.model_name}/{champion.version}"),
+            _scorer(f"models:/{cfg.model_name}/{rival.version}"),
             events,
             shards,
             manifest,
@@ -251,8 +252,8 @@ def run(
         "decision": outcome,
         "gate": asdict(decision),
         "challenger": {"version": version.version, "run_id": summary["run_id"], "metrics": overall(challenger_eval)},
-        "champion": None if champion_eval is None else {
-            "version": champion.version, "run_id": champion.run_id, "metrics": overall(champion_eval), "rescored": True,
+        "champion": None if rival is None or champion_eval is None else {
+            "version": rival.version, "run_id": rival.run_id, "metrics": overall(champion_eval), "rescored": True,
         },
         "test_data": {"split": params.evaluate.split, "manifest_hash": manifest.get("content_hash"),
                       "examples": manifest["splits"][params.evaluate.split]["examples"]},
@@ -265,25 +266,15 @@ def run(
     registry.set_tags(version.version, {
         "gate.decision": outcome, "gate.decided_at": decided_at, "gate.primary_metric": primary,
         "gate.challenger_value": str(decision.challenger_value), "gate.champion_value": str(decision.champion_value),
-        "gate.compared_with": str(champion.version) if champion_eval is not None else "none",
+        "gate.compared_with": str(rival.version) if rival is not None else "none",
         "gate.reasons": "; ".join(decision.reasons),
     })  # fmt: skip
-    if champion_eval is not None:
-        registry.set_tags(champion.version, {f"gate.challenged_by.v{version.version}": {
+    if rival is not None:
+        registry.set_tags(rival.version, {f"gate.challenged_by.v{version.version}": {
             "decision": outcome, "at": decided_at, primary: decision.champion_value, "challenger": decision.challenger_value,
         }})  # fmt: skip
-    write_json(promotion_path, _jsonable(record))
+    write_json(promotion_path, jsonable(record))
     return record
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

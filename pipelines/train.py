@@ -255,7 +255,7 @@ def run(
             model_uri = _log_model(
                 run_id, Path(ckpt) / "best.safetensors", config, manifest, validated, model_dir
             )
-        final = dict(result.metrics)
+        final = dict(result.metrics or {})
         summary = {
             "run_id": run_id,
             "experiment_id": experiment_id,
@@ -286,7 +286,7 @@ def _log_dataset(run_id: str, shards: Path, manifest: dict[str, Any]) -> None:
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    dataset = MetaDataset(
+    dataset = MetaDataset(  # type: ignore[abstract]
         source=resolve_dataset_source(str(shards.resolve())),
         name="shards",
         digest=str(manifest["content_hash"])[:32],

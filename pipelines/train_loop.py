@@ -173,7 +173,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     config = ModelConfig.from_dict(cfg["model"])
     core = build_model(config)
     model = ray.train.torch.prepare_model(core) if world > 1 else core.to(device)
-    core = model.module if hasattr(model, "module") else model
+    core = core.to(device)  # prepare_model moved it in place; DDP wraps the same module
     optimizer = torch.optim.AdamW(core.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     sampler = TokenBudgetBatchSampler(
         train.padded, cfg["max_tokens"], rank=rank, world_size=world, seed=int(cfg["seed"]),
@@ -255,7 +255,16 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             break
 
 
-def _report(metrics, state, core, optimizer, scheduler, best_dir: Path, rank: int, logger) -> None:  # type: ignore[no-untyped-def]
+def _report(
+    metrics: dict,
+    state: dict,
+    core: SequenceModel,
+    optimizer: Any,
+    scheduler: Any,
+    best_dir: Path,
+    rank: int,
+    logger: Any,
+) -> None:
     import ray.train
 
     if rank != 0:

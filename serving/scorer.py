@@ -31,8 +31,8 @@ MANIFEST_FILE = "manifest.json"
 
 
 def schema_from_manifest(manifest: dict[str, Any]) -> SchemaConfig:
-    raw = dict(manifest["schema"])
-    return SchemaConfig(**{k: raw.get(k) for k in SchemaConfig.__dataclass_fields__ if k in raw})
+    raw: dict[str, Any] = dict(manifest["schema"])
+    return SchemaConfig(**{k: raw[k] for k in SchemaConfig.__dataclass_fields__ if k in raw})
 
 
 class SequenceScorer:
@@ -95,7 +95,9 @@ class SequenceScorer:
     def _batches(self, lengths: np.ndarray) -> list[np.ndarray]:
         """Indices grouped by similar length, each batch under the token budget."""
         order = np.argsort(lengths, kind="stable")
-        batches, current, longest = [], [], 0
+        batches: list[np.ndarray] = []
+        current: list[int] = []
+        longest = 0
         for i in order.tolist():
             longest_if_added = max(longest, int(lengths[i]))
             if current and longest_if_added * (len(current) + 1) > self.max_tokens:
