@@ -45,7 +45,10 @@ def main() -> int:
     params = load_params(REPO / "params.yaml")
     shards = Path(args.shards)
     manifest = load_manifest(shards)
-    vocab = [manifest["features"]["categorical"][c]["size"] for c in manifest["features"]["categorical_order"]]
+    vocab = [
+        manifest["features"]["categorical"][c]["size"]
+        for c in manifest["features"]["categorical_order"]
+    ]
     rows = []
     for arch in args.architectures.split(","):
         changes = {"architecture": arch, "task": "classify"}
