@@ -114,15 +114,22 @@ def ray_cluster():
 
 
 @pytest.fixture
-def mlflow_store(tmp_path, monkeypatch) -> str:
-    """A real MLflow SQLite tracking + registry store in a temporary folder."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+def mlflow_store(tmp_path, monkeypatch):
+    """A real MLflow SQLite tracking + registry store in a temporary folder.
+
+    MLflow's fluent URIs are process-global: they are restored afterwards so that later
+    tests do not resolve models against this (deleted) store.
+    """
     import mlflow
 
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    return uri
+    yield uri
+    mlflow.set_tracking_uri(previous[0])
+    mlflow.set_registry_uri(previous[1])
 
 
 @pytest.fixture(scope="session")

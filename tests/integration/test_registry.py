@@ -24,7 +24,9 @@ def registry(mlflow_store, tmp_path):
         source = tmp_path / f"model{i}"
         source.mkdir()
         (source / "MLmodel").write_text("flavors: {}\n")
-        reg.register(str(source), run.info.run_id, f"card {i}", {"metric.roc_auc": str(0.7 + i / 10)})
+        reg.register(
+            str(source), run.info.run_id, f"card {i}", {"metric.roc_auc": str(0.7 + i / 10)}
+        )
     return reg
 
 
@@ -62,7 +64,10 @@ def test_bad_requests_name_what_is_wrong(registry, mlflow_store):
 
 
 def test_cli_lists_compares_promotes_and_fails_clearly(registry, capsys):
-    assert cli.main(["registry", "--model", "unit-model", "promote", "2", "--reason", "review ok"]) == 0
+    assert (
+        cli.main(["registry", "--model", "unit-model", "promote", "2", "--reason", "review ok"])
+        == 0
+    )
     assert cli.main(["registry", "--model", "unit-model", "list"]) == 0
     listing = capsys.readouterr().out
     assert "champion v2" in listing and "0.8" in listing

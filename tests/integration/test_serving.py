@@ -272,10 +272,20 @@ def test_order_policy_sort_orders_events_and_reject_refuses_them(served, registr
 
 
 def test_reload_follows_the_alias_and_responses_name_the_new_version(served, registry, events):
+    import mlflow
     from ray import serve
 
     client = registry["client"]
-    second = client.create_model_version(MODEL, registry["model_uri"], registry["run_id"]).version
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(registry["uri"])  # a models:/m-... source resolves via the fluent store
+    mlflow.set_registry_uri(registry["uri"])
+    try:
+        second = client.create_model_version(
+            MODEL, registry["model_uri"], registry["run_id"]
+        ).version
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
     holder = serve.get_deployment_handle("ModelHolder", APP)
     try:
         client.set_registered_model_alias(MODEL, "champion", second)

@@ -22,7 +22,9 @@ def test_first_version_becomes_champion_when_invariant():
 
 
 def test_better_challenger_passes_and_worse_or_marginal_fails():
-    better = decide(_eval(0.90, {16: (0.9, 50)}), _eval(0.85, {16: (0.88, 50)}), True, "roc_auc", CFG)
+    better = decide(
+        _eval(0.90, {16: (0.9, 50)}), _eval(0.85, {16: (0.88, 50)}), True, "roc_auc", CFG
+    )
     assert better.passed and math.isclose(better.delta, 0.05)
     worse = decide(_eval(0.80), _eval(0.85), True, "roc_auc", CFG)
     assert not worse.passed and "does not beat" in worse.reasons[0]
@@ -36,7 +38,9 @@ def test_a_regressing_length_bucket_blocks_promotion_unless_it_is_too_small():
     champion = _eval(0.85, {16: (0.90, 50), 256: (0.90, 5)})
     regress = decide(_eval(0.90, {16: (0.85, 50), 256: (0.95, 5)}), champion, True, "roc_auc", CFG)
     assert not regress.passed and "bucket 16" in " ".join(regress.reasons)
-    small_only = decide(_eval(0.90, {16: (0.91, 50), 256: (0.50, 5)}), champion, True, "roc_auc", CFG)
+    small_only = decide(
+        _eval(0.90, {16: (0.91, 50), 256: (0.50, 5)}), champion, True, "roc_auc", CFG
+    )
     assert small_only.passed
     assert [c["gated"] for c in small_only.slice_checks] == [True, False]
 
