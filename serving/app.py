@@ -23,7 +23,6 @@ import asyncio
 import dataclasses
 import logging
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -34,7 +33,8 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
 from starlette.exceptions import HTTPException
 
-from serving.config import ModelRef, ServingConfig, apply_user_config, serving_config
+from serving.config import ServingConfig, apply_user_config, serving_config
+from serving.registry import load_model, resolve_version
 from serving.schemas import (
     EventBatch,
     EventSchema,
@@ -55,69 +55,6 @@ ERROR_KINDS = {
     500: "internal",
     503: "unavailable",
 }
-
-
-class ModelNotFoundError(LookupError):
-    """The registry has no such model, alias or version (or cannot be reached)."""
-
-
-def resolve_version(ref: ModelRef) -> Any:
-    """The registry's ModelVersion that ``ref`` names now (an alias is followed once)."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=ref.tracking_uri, registry_uri=ref.tracking_uri)
-    try:
-        if ref.version is not None:
-            return client.get_model_version(ref.name, str(ref.version))
-        return client.get_model_version_by_alias(ref.name, str(ref.alias))
-    except MlflowException as exc:
-        raise ModelNotFoundError(
-            f"cannot serve {ref.uri}: not found in the MLflow registry at {ref.tracking_uri} "
-            f"({exc.message}); register the model and set the alias first"
-        ) from None
-
-
-@dataclasses.dataclass(frozen=True)
-class LoadedModel:
-    """A scorer and the registry facts that every response repeats."""
-
-    scorer: Any
-    name: str
-    alias: str | None
-    version: str
-    run_id: str
-    data_hash: str
-    events_sha256: str
-    loaded_at: str
-
-    def describe(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "scorer"}
-
-
-def load_model(ref: ModelRef, max_tokens: int) -> LoadedModel:
-    """Resolve ``ref`` and load exactly that registered version (never a file path)."""
-    import mlflow
-
-    found = resolve_version(ref)
-    mlflow.set_tracking_uri(ref.tracking_uri)
-    mlflow.set_registry_uri(ref.tracking_uri)
-    # Load the resolved version, not the alias again: the alias may move in between.
-    scorer = (
-        mlflow.pyfunc.load_model(ref.pinned(int(found.version)).uri).unwrap_python_model().scorer
-    )
-    scorer.max_tokens = max_tokens
-    manifest = scorer.manifest
-    return LoadedModel(
-        scorer=scorer,
-        name=ref.name,
-        alias=ref.alias,
-        version=str(found.version),
-        run_id=str(found.run_id),
-        data_hash=str(manifest.get("content_hash", "unknown")),
-        events_sha256=str(manifest.get("input", {}).get("sha256", "unknown")),
-        loaded_at=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-    )
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,7 +1,7 @@
 """Batch scoring of a Parquet events dataset with Ray Data (ARCHITECTURE §7).
 
 Runs the online code path over files: the registered model is resolved and loaded exactly as
-the Serve deployment does (:func:`serving.app.load_model`: ``models:/<name>@<alias>`` followed
+the Serve deployment does (:func:`serving.registry.load_model`: ``models:/<name>@<alias>`` followed
 once to a version, then that version loaded), and every entity's events go through
 :meth:`serving.scorer.SequenceScorer.score`, so a batch score equals the online endpoint's
 score for the same sequence.
@@ -52,7 +52,7 @@ def output_schema(scorer: Any) -> pa.Schema:
             pa.field("probabilities", pa.list_(pa.float64())),
         ]
     elif task == "next_event":
-        label = pa.string() if scorer._next_vocab else pa.int64()
+        label = pa.string() if scorer.next_event_vocab else pa.int64()
         fields += [pa.field("predicted", label), pa.field("top5", pa.list_(label))]
     else:
         fields += [pa.field("forecast", pa.list_(pa.float64()))]
@@ -146,15 +146,15 @@ def score_dataset(
     """Score every entity of ``events_path`` with a registered model; write Parquet scores.
 
     ``alias`` defaults to ``champion`` when no ``version`` is given. Raises
-    :class:`serving.app.ModelNotFoundError` naming the model when the registry lacks it.
+    :class:`serving.registry.ModelNotFoundError` naming the model when the registry lacks it.
     Uses the running Ray cluster, else starts a local one (``ray.init()``). ``actors`` scorer
     actors of ``actor_cpus`` CPUs each: keep ``actors * actor_cpus`` below the cluster's CPUs
     so that read and shuffle tasks can run (PERFORMANCE.md, "Ray Data batch inference").
     """
     import ray
 
-    from serving.app import load_model
     from serving.config import ModelRef
+    from serving.registry import load_model
 
     if (
         isinstance(rows_per_block, bool)

@@ -116,8 +116,9 @@ def _shutdown(timeout_s: float = 30.0) -> None:
 def serve_command(cli: argparse.Namespace) -> int:
     from ray import serve
 
-    from serving.app import ModelNotFoundError, build_app, resolve_version
+    from serving.app import build_app
     from serving.config import serving_config
+    from serving.registry import ModelNotFoundError, resolve_version
 
     try:
         raw = load_serve_config(cli.config)

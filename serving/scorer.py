@@ -49,7 +49,7 @@ class SequenceScorer:
         self.window_len = int(manifest["window"]["window_len"])
         self.max_tokens = max_tokens
         targets = manifest.get("targets", {})
-        self._next_vocab = self._vocab_values(targets.get("next_event", {}).get("column"))
+        self.next_event_vocab = self._vocab_values(targets.get("next_event", {}).get("column"))
 
     # ------------------------------------------------------------------ loading
 
@@ -169,9 +169,13 @@ class SequenceScorer:
             last = out[-1]
             top = np.argsort(-last)[:5]
             return {
-                "predicted": self._next_vocab[int(top[0])] if self._next_vocab else int(top[0]),
+                "predicted": self.next_event_vocab[int(top[0])]
+                if self.next_event_vocab
+                else int(top[0]),
                 "score": float(last[top[0]]),
-                "top5": [self._next_vocab[int(i)] if self._next_vocab else int(i) for i in top],
+                "top5": [
+                    self.next_event_vocab[int(i)] if self.next_event_vocab else int(i) for i in top
+                ],
             }
         column = self.manifest["targets"]["forecast"]["column"]
         values = self.spec.inverse_standardise(column, out[-1])  # back to the column's units

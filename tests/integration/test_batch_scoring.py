@@ -113,8 +113,8 @@ def test_batch_scores_equal_online_scores(ray_cluster, registry, tmp_path, resto
 
 
 def test_missing_alias_fails_clearly(registry, tmp_path, restore_mlflow):
-    from serving.app import ModelNotFoundError
     from serving.batch import score_dataset
+    from serving.registry import ModelNotFoundError
 
     out = tmp_path / "scores"
     with pytest.raises(ModelNotFoundError, match=rf"models:/{MODEL}@no-such-alias"):

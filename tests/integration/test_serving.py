@@ -300,9 +300,10 @@ def test_reload_follows_the_alias_and_responses_name_the_new_version(served, reg
 def test_missing_model_or_alias_fails_start_up_with_a_clear_error(ray_cluster, served, registry):
     from ray import serve
 
-    from serving.app import ModelHolder, ModelNotFoundError, app_builder
+    from serving.app import ModelHolder, app_builder
     from serving.cli import deploy_failure
     from serving.config import serving_config
+    from serving.registry import ModelNotFoundError
 
     started = time.monotonic()
     with pytest.raises(ModelNotFoundError, match="models:/no-such-model@champion.*not found"):
