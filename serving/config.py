@@ -1,9 +1,11 @@
 """Typed configuration of the online scoring application (ARCHITECTURE §7).
 
-Three frozen dataclasses, validated on construction with messages that name the field and
-the bad value (STYLE habit 3, after litgpt's ``args.py``): which registered model to serve
-(:class:`ModelRef`), what a request may hold (:class:`Limits`) and how concurrent requests
-are grouped (:class:`Batching`). :func:`serving_config` builds them from the flat ``args``
+Frozen dataclasses, validated on construction with messages that name the field and the bad
+value (STYLE habit 3, after litgpt's ``args.py``): which registered model to serve
+(:class:`ModelRef`), what a request may hold (:class:`Limits`), how concurrent requests are
+grouped (:class:`Batching`), how much per-entity streaming state a replica keeps
+(:class:`Streaming`) and which versions answer (:class:`Rollout`: traffic split, shadow,
+alias polling). :func:`serving_config` builds them from the flat ``args``
 of a Serve application builder, where ``serve run serving.app:app_builder key=value`` hands
 every value over as a string; :func:`apply_user_config` applies a deployment's
 ``user_config`` on top (Ray Serve docs, "Configure Ray Serve deployments: user_config":
@@ -110,12 +112,81 @@ class Batching:
 
 
 @dataclass(frozen=True)
+class Streaming:
+    """Per-entity state of ``POST /v1/stream/{entity_id}``, kept by each stream replica."""
+
+    max_entities: int = 100_000
+    """Entities whose state one replica keeps; the least recently used is evicted beyond it."""
+    state_ttl_s: float = 3600.0
+    """State untouched this long is dropped; the entity's next call is answered as a reset."""
+
+    def __post_init__(self) -> None:
+        _positive_int("max_entities", self.max_entities)
+        _seconds("state_ttl_s", self.state_ttl_s, low=0.001, high=30 * 86_400)
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """Which versions answer: champion alone, a traffic split, a shadow challenger."""
+
+    challenger_alias: str | None = None
+    """Registry alias of a second version served beside ``model`` (e.g. ``challenger``)."""
+    challenger_percent: float = 0.0
+    """Share of ``/v1/score`` requests the challenger answers (sticky per entity)."""
+    shadow: bool = False
+    """Mirror every request the champion answers to the challenger; log, never return, its
+    scores."""
+    shadow_log: str | None = None
+    """JSON-lines file the shadow comparisons are appended to (also logged through Ray)."""
+    alias_poll_s: float = 10.0
+    """How often replicas re-resolve their alias and swap in a moved version; 0 = never."""
+
+    def __post_init__(self) -> None:
+        if self.challenger_alias is not None and not str(self.challenger_alias).strip():
+            raise _fail("challenger_alias", self.challenger_alias, "must be a non-empty alias")
+        value = self.challenger_percent
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 100:
+            raise _fail("challenger_percent", value, "must be a number within [0, 100]")
+        if not isinstance(self.shadow, bool):
+            raise _fail("shadow", self.shadow, "expected true or false")
+        if (value > 0 or self.shadow) and self.challenger_alias is None:
+            raise _fail(
+                "challenger_alias", None, "required when challenger_percent > 0 or shadow is on"
+            )
+        _seconds("alias_poll_s", self.alias_poll_s, low=0.0, high=86_400)
+
+
+@dataclass(frozen=True)
 class ServingConfig:
     """Everything the scoring application needs."""
 
     model: ModelRef
     limits: Limits = field(default_factory=Limits)
     batching: Batching = field(default_factory=Batching)
+    streaming: Streaming = field(default_factory=Streaming)
+    rollout: Rollout = field(default_factory=Rollout)
+
+    @property
+    def challenger(self) -> ModelRef | None:
+        """The challenger's reference (same store and name, its own alias), if one is set."""
+        alias = self.rollout.challenger_alias
+        return None if alias is None else dataclasses.replace(self.model, alias=alias, version=None)
+
+
+def _seconds(key: str, value: Any, *, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(key, value, "expected a number of seconds")
+    if not math.isfinite(value) or not low <= value <= high:
+        raise _fail(key, value, f"must be within [{low:g}, {high:g}] seconds")
+
+
+def _bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("true", "1", "yes", "on"):
+        return True
+    if lowered in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(text)
 
 
 def _positive_int(key: str, value: Any) -> None:
@@ -133,7 +204,7 @@ def _coerce(key: str, value: Any, kind: type) -> Any:
     if text.lower() in ("", "none", "null"):
         return None
     try:
-        return kind(text)
+        return _bool(text) if kind is bool else kind(text)
     except ValueError:
         raise _fail(key, value, f"expected {kind.__name__}") from None
 
@@ -146,6 +217,14 @@ _KINDS: dict[type, dict[str, type]] = {
         "order_policy": str,
     },
     Batching: {"max_batch_size": int, "batch_wait_timeout_s": float, "max_tokens": int},
+    Streaming: {"max_entities": int, "state_ttl_s": float},
+    Rollout: {
+        "challenger_alias": str,
+        "challenger_percent": float,
+        "shadow": bool,
+        "shadow_log": str,
+        "alias_poll_s": float,
+    },
 }
 MODEL_KEYS = {"model_name": str, "alias": str, "version": int, "tracking_uri": str}
 
@@ -179,11 +258,13 @@ def serving_config(args: Mapping[str, Any]) -> ServingConfig:
         model=ModelRef(**ref_args),
         limits=_section(Limits, args),
         batching=_section(Batching, args),
+        streaming=_section(Streaming, args),
+        rollout=_section(Rollout, args),
     )
 
 
 def apply_user_config(current: Any, user_config: Mapping[str, Any] | None) -> Any:
-    """``current`` (Limits or Batching) updated by a deployment's ``user_config``."""
+    """``current`` (Limits, Batching or Streaming) updated by a deployment's ``user_config``."""
     cls = type(current)
     raw = dict(user_config or {})
     unknown = sorted(set(raw) - set(_KINDS[cls]))

@@ -110,14 +110,18 @@ class SequenceScorer:
         return batches
 
     @torch.inference_mode()
-    def forward_sequences(self, seqs: Sequence[EncodedSequence]) -> list[np.ndarray]:
-        """Model output per sequence over its last ``window_len`` events.
+    def forward_sequences(
+        self, seqs: Sequence[EncodedSequence], window_len: int | None = None
+    ) -> list[np.ndarray]:
+        """Model output per sequence over its last ``window_len`` events (default: the
+        manifest's window, the one the model was trained on).
 
         classify: (num_classes,) probabilities; next_event: (T, V) probabilities per step;
         forecast: (T, H) standardised predictions per step.
         """
-        cats = [s.cat_ids[-self.window_len :] for s in seqs]
-        nums = [s.num[-self.window_len :] for s in seqs]
+        window = self.window_len if window_len is None else window_len
+        cats = [s.cat_ids[-window:] for s in seqs]
+        nums = [s.num[-window:] for s in seqs]
         lengths = np.array([len(c) for c in cats], dtype=np.int64)
         results: list[np.ndarray] = [np.empty(0)] * len(seqs)
         for batch in self._batches(lengths):
@@ -139,24 +143,33 @@ class SequenceScorer:
                 )
         return results
 
-    def score(self, events: pa.Table | pd.DataFrame) -> pd.DataFrame:
-        """One row per entity: its key, events used, last event time and the prediction."""
+    def score(
+        self, events: pa.Table | pd.DataFrame, *, window_len: int | None = None
+    ) -> pd.DataFrame:
+        """One row per entity: its key, events used, last event time and the prediction.
+
+        ``window_len`` overrides the manifest's window: a recurrent model can read a whole
+        history (what streaming scoring carries in its state), a transformer no more than its
+        ``max_len`` positions.
+        """
         seqs = self.encode(events)
         if not seqs:
             return pd.DataFrame(columns=["entity", "n_events", "window_end"])
-        outputs = self.forward_sequences(seqs)
+        window = self.window_len if window_len is None else window_len
+        outputs = self.forward_sequences(seqs, window)
         rows = []
         for seq, out in zip(seqs, outputs, strict=True):
             row: dict[str, Any] = {
                 "entity": seq.entity,
-                "n_events": int(min(len(seq.cat_ids), self.window_len)),
+                "n_events": int(min(len(seq.cat_ids), window)),
                 "window_end": pd.Timestamp(int(seq.event_time_us[-1]), unit="us", tz="UTC"),
             }
-            row.update(self._describe(out))
+            row.update(self.describe(out))
             rows.append(row)
         return pd.DataFrame(rows)
 
-    def _describe(self, out: np.ndarray) -> dict[str, Any]:
+    def describe(self, out: np.ndarray) -> dict[str, Any]:
+        """One sequence's model output (``forward_sequences``) as the response's fields."""
         task = self.config.task
         if task == "classify":
             probs = out.astype(float)

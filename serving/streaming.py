@@ -1,0 +1,357 @@
+"""Stateful streaming scoring: new events for one entity in, its updated score out.
+
+A :class:`StreamingScorer` keeps, per entity, what the model needs to continue where the last
+call stopped, so the cost of a call depends on the new events, not on the entity's history:
+
+* LSTM/GRU: the recurrent state after the last event (``SequenceModel.encode(...,
+  return_state=True)``), plus the running sum of step outputs when the model pools by mean.
+  The streamed score is the model applied to the **whole** history seen so far: it equals
+  ``SequenceScorer.score(history, window_len=<no limit>)`` (tested to 1e-5).
+* Transformer: a rolling window of the last ``window_len`` encoded events (the model's
+  training window), re-encoded on each call: bounded cost, and the streamed score equals
+  ``SequenceScorer.score(history)``, which reads the same last ``window_len`` events.
+
+Preprocessing is the manifest's (``FeatureSpec``), applied to the new events only; the one
+feature that crosses calls, the time since the previous event, is taken from the kept last
+event time with the same float operations as ``pipelines.features.time_deltas``.
+
+State is bounded (:class:`StateStore`): a time-to-live and a maximum number of entities with
+least-recently-used eviction. An entity whose state is gone is never scored as if it were
+there: the reply's ``state.status`` says ``reset`` (scored from the new events alone, with
+the reason: evicted, expired, model changed, unknown to this replica) or ``rebuilt`` (the
+client sent ``history`` and the state was recomputed from it). A client that sends
+``expect_events_seen`` (the count from its previous reply) lets a replica that never saw the
+entity, e.g. after a restart, say ``reset`` instead of ``new``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+
+from pipelines.features import TIME_DELTA, EncodedSequence
+from pipelines.windows import time_us
+from seqmodels.masking import EncoderOutput, RecurrentState
+
+UNLIMITED_WINDOW = 2**62
+"""``window_len`` that keeps every event: how a recurrent model reads a whole history."""
+
+
+class StreamOrderError(ValueError):
+    """New events that precede the entity's last streamed event (or break (time, seq) order)."""
+
+    def __init__(self, message: str, index: int, column: str) -> None:
+        super().__init__(message)
+        self.index, self.column = index, column
+
+
+@dataclasses.dataclass
+class EntityState:
+    """What one entity's next call needs; nothing here grows with its history."""
+
+    model_version: str
+    events_seen: int
+    last_time_us: int
+    last_seq: int | None
+    recurrent: RecurrentState | None = None
+    step_sum: torch.Tensor | None = None
+    """(H,) sum of the encoder's step outputs so far (RNN with mean pooling)."""
+    window_cat: np.ndarray | None = None
+    """(W, C) last encoded events (transformer)."""
+    window_num: np.ndarray | None = None
+    window_time_us: np.ndarray | None = None
+    last_output: np.ndarray | None = None
+    touched: float = 0.0
+
+
+class StateStore:
+    """Per-entity state with a time-to-live and least-recently-used eviction.
+
+    Remembers (bounded, newest first) why recent entities lost their state, so that a call
+    after an eviction is answered as a reset with its reason rather than as a new entity.
+    Thread-safe: a replica may score on worker threads.
+    """
+
+    def __init__(
+        self, max_entities: int, ttl_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.max_entities, self.ttl_s, self.clock = max_entities, ttl_s, clock
+        self._states: OrderedDict[str, EntityState] = OrderedDict()  # least recent first
+        self._gone: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+        self.evicted = {"lru": 0, "ttl": 0}
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def _forget(self, entity: str, reason: str) -> None:
+        self._gone[entity] = reason
+        self._gone.move_to_end(entity)
+        while len(self._gone) > 4 * self.max_entities:
+            self._gone.popitem(last=False)
+
+    def get(self, entity: str) -> tuple[EntityState | None, str | None]:
+        """(state, None) or (None, why it is gone: ``ttl_expired``/``lru_evicted``/None)."""
+        with self._lock:
+            state = self._states.get(entity)
+            if state is not None and self.clock() - state.touched > self.ttl_s:
+                del self._states[entity]
+                self.evicted["ttl"] += 1
+                self._forget(entity, "ttl_expired")
+                state = None
+            if state is None:
+                return None, self._gone.get(entity)
+            return state, None
+
+    def put(self, entity: str, state: EntityState) -> None:
+        with self._lock:
+            state.touched = self.clock()
+            self._states[entity] = state
+            self._states.move_to_end(entity)
+            self._gone.pop(entity, None)
+            while len(self._states) > self.max_entities:
+                old, _ = self._states.popitem(last=False)
+                self.evicted["lru"] += 1
+                self._forget(old, "lru_evicted")
+
+    def drop(self, entity: str, reason: str) -> None:
+        with self._lock:
+            if self._states.pop(entity, None) is not None:
+                self._forget(entity, reason)
+
+    def sweep(self) -> int:
+        """Drop every expired state now (a replica calls this periodically); returns how many."""
+        with self._lock:
+            now, expired = self.clock(), []
+            for entity, state in self._states.items():  # least recently touched first
+                if now - state.touched <= self.ttl_s:
+                    break
+                expired.append(entity)
+            for entity in expired:
+                del self._states[entity]
+                self.evicted["ttl"] += 1
+                self._forget(entity, "ttl_expired")
+            return len(expired)
+
+    def clear(self, reason: str) -> None:
+        with self._lock:
+            for entity in list(self._states):
+                self._forget(entity, reason)
+            self._states.clear()
+
+    def resize(self, max_entities: int, ttl_s: float) -> None:
+        with self._lock:
+            self.max_entities, self.ttl_s = max_entities, ttl_s
+            while len(self._states) > self.max_entities:
+                old, _ = self._states.popitem(last=False)
+                self.evicted["lru"] += 1
+                self._forget(old, "lru_evicted")
+
+
+class StreamingScorer:
+    """Streams events of many entities through one loaded model (see the module docstring)."""
+
+    def __init__(self, scorer: Any, version: str, store: StateStore) -> None:
+        self.scorer, self.version, self.store = scorer, str(version), store
+        self.model = scorer.model
+        self.config = scorer.config
+        self.schema = scorer.schema
+        self.recurrent = bool(self.model.supports_state)
+        self.pooling = self.config.resolved_pooling
+        spec = scorer.spec
+        self._delta_column = len(spec.numeric) if spec.time_delta else None
+
+    @property
+    def window_len(self) -> int:
+        """Events the model reads: the whole history (RNN) or the training window."""
+        return UNLIMITED_WINDOW if self.recurrent else int(self.scorer.window_len)
+
+    def reference(self, history: pa.Table) -> pd.DataFrame:
+        """The full re-score a streamed result must equal (one row per entity)."""
+        return self.scorer.score(history, window_len=self.window_len)
+
+    def swap_model(self, scorer: Any, version: str) -> None:
+        """Serve another version; kept states belong to the old one and are dropped."""
+        self.__init__(scorer, version, self.store)  # type: ignore[misc]
+        self.store.clear("model_changed")
+
+    # ------------------------------------------------------------------ one call
+
+    def update(
+        self,
+        entity: str,
+        events: pa.Table,
+        *,
+        history: pa.Table | None = None,
+        expect_events_seen: int | None = None,
+        reset: bool = False,
+    ) -> dict[str, Any]:
+        """Score ``events`` (raw, one entity) after what this entity streamed before."""
+        state, reason = self.store.get(entity)
+        before = state.events_seen if state is not None else 0
+        if state is not None and state.model_version != self.version:
+            state, reason = None, "model_changed"
+        if reset:
+            state, reason = None, "requested"
+        elif (
+            state is not None
+            and expect_events_seen is not None
+            and expect_events_seen != state.events_seen
+        ):
+            reason = f"events_seen_mismatch: replica had {state.events_seen}"
+            state = None
+        if state is None and reason is None and expect_events_seen:
+            reason = "unknown_entity"  # e.g. a restarted replica, or another replica's entity
+        if state is None and history is not None:
+            status = "rebuilt"
+            reason = reason or "history_given"
+            events = pa.concat_tables([history, events.select(history.column_names)])
+        elif state is None:
+            status = "reset" if reason else "new"
+        else:
+            status = "continued"
+
+        seq = self._encode(events)
+        if state is not None:
+            self._check_follows(seq, events, state)
+        new_state, output = (
+            self._step_recurrent(seq, state) if self.recurrent else self._step_window(seq, state)
+        )
+        new_state.last_seq = self._last_seq(events)
+        self.store.put(entity, new_state)
+        window_len = min(new_state.events_seen, self.window_len)
+        return {
+            "entity": entity,
+            "n_events": int(window_len),
+            "window_end": pd.Timestamp(new_state.last_time_us, unit="us", tz="UTC"),
+            **self.scorer.describe(output),
+            "state": {
+                "status": status,
+                "reason": reason,
+                "events_seen": int(new_state.events_seen),
+                "events_seen_before": int(before if status == "continued" else 0),
+                "new_events": int(events.num_rows),
+            },
+        }
+
+    def _encode(self, events: pa.Table) -> EncodedSequence:
+        sequences = self.scorer.encode(events)
+        if len(sequences) != 1:
+            raise ValueError(f"stream: expected the events of one entity, got {len(sequences)}")
+        return sequences[0]
+
+    def _check_follows(self, seq: EncodedSequence, events: pa.Table, state: EntityState) -> None:
+        """New events may not go back in time: the recurrent state cannot be rewound."""
+        first = int(seq.event_time_us[0])
+        if first > state.last_time_us:
+            return
+        if first == state.last_time_us and self.schema.seq and state.last_seq is not None:
+            seqs = np.asarray(events.column(self.schema.seq).to_numpy(zero_copy_only=False))
+            if int(seqs.min()) > state.last_seq:
+                return
+            raise StreamOrderError(
+                f"event with {self.schema.seq}={int(seqs.min())} at the entity's last streamed "
+                f"time does not follow the last streamed {self.schema.seq}={state.last_seq}",
+                int(seqs.argmin()),
+                self.schema.seq,
+            )
+        if first == state.last_time_us:
+            return
+        times = time_us(events.column(self.schema.time))
+        last = pd.Timestamp(state.last_time_us, unit="us", tz="UTC").isoformat()
+        raise StreamOrderError(
+            f"event at {pd.Timestamp(first, unit='us', tz='UTC').isoformat()} precedes the "
+            f"entity's last streamed event at {last}; send events in time order, or reset",
+            int(times.argmin()),
+            self.schema.time,
+        )
+
+    def _continue_delta(self, seq: EncodedSequence, state: EntityState | None) -> np.ndarray:
+        """The numeric features, with the first event's time delta taken from the state."""
+        num = seq.num
+        if state is None or self._delta_column is None:
+            return num
+        gap = np.array([int(seq.event_time_us[0]) - state.last_time_us], dtype=np.float64)
+        np.clip(gap, 0.0, None, out=gap)  # the same operations as features.time_deltas
+        np.log1p(gap / 1e6, out=gap)
+        num = num.copy()
+        num[0, self._delta_column] = self.scorer.spec.standardise(TIME_DELTA, gap)[0]
+        return num
+
+    def _last_seq(self, events: pa.Table) -> int | None:
+        """The sequence number of the last event in (time, seq) order."""
+        if not self.schema.seq or self.schema.seq not in events.column_names:
+            return None
+        seqs = np.asarray(events.column(self.schema.seq).to_numpy(zero_copy_only=False))
+        times = time_us(events.column(self.schema.time))
+        return int(seqs[np.lexsort((seqs, times))[-1]])
+
+    @torch.inference_mode()
+    def _step_recurrent(
+        self, seq: EncodedSequence, state: EntityState | None
+    ) -> tuple[EntityState, np.ndarray]:
+        num = self._continue_delta(seq, state)
+        steps = len(seq.cat_ids)
+        cat_t = torch.from_numpy(np.ascontiguousarray(seq.cat_ids, dtype=np.int64))[None]
+        num_t = torch.from_numpy(np.ascontiguousarray(num, dtype=np.float32))[None]
+        encoded = self.model.encode(
+            cat_t,
+            num_t,
+            torch.tensor([steps]),
+            state.recurrent if state is not None else None,
+            return_state=True,
+        )
+        seen = steps + (state.events_seen if state is not None else 0)
+        step_sum = None
+        if self.config.task == "classify" and self.pooling == "mean":
+            step_sum = encoded.steps[0].sum(dim=0)
+            if state is not None and state.step_sum is not None:
+                step_sum = step_sum + state.step_sum
+            pooled = (step_sum / seen)[None]
+            encoded = EncoderOutput(encoded.steps, pooled, encoded.state)
+        out = self.model.head(encoded)
+        if self.config.task in ("classify", "next_event"):
+            out = torch.softmax(out.float(), dim=-1)
+        output = out[0].float().numpy()
+        new_state = EntityState(
+            model_version=self.version,
+            events_seen=seen,
+            last_time_us=int(seq.event_time_us[-1]),
+            last_seq=None,
+            recurrent=encoded.state,
+            step_sum=step_sum,
+        )
+        return new_state, output
+
+    def _step_window(
+        self, seq: EncodedSequence, state: EntityState | None
+    ) -> tuple[EntityState, np.ndarray]:
+        num = self._continue_delta(seq, state)
+        cat, times = seq.cat_ids, seq.event_time_us
+        if state is not None and state.window_cat is not None:
+            cat = np.concatenate([state.window_cat, cat])
+            num = np.concatenate([state.window_num, num])
+            times = np.concatenate([state.window_time_us, times])
+        keep = int(self.scorer.window_len)
+        cat, num, times = cat[-keep:], num[-keep:], times[-keep:]
+        window = EncodedSequence(seq.entity, times, cat, num)
+        output = self.scorer.forward_sequences([window])[0]
+        new_state = EntityState(
+            model_version=self.version,
+            events_seen=len(seq.cat_ids) + (state.events_seen if state is not None else 0),
+            last_time_us=int(times[-1]),
+            last_seq=None,
+            window_cat=cat.copy(),
+            window_num=num.copy(),
+            window_time_us=times.copy(),
+        )
+        return new_state, output
