@@ -21,31 +21,43 @@ each length group to its own longest sequence under a token budget (PERFORMANCE.
 # the route methods that Serve rewrites into class-based views (``request: Request``).
 import asyncio
 import dataclasses
+import hashlib
+import json
 import logging
+import threading
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
-from ray.serve.metrics import Counter, Histogram
+from ray.serve.metrics import Counter, Gauge, Histogram
 from starlette.exceptions import HTTPException
 
-from serving.config import ServingConfig, apply_user_config, serving_config
-from serving.registry import load_model, resolve_version
+from serving.config import ModelRef, ServingConfig, apply_user_config, serving_config
+from serving.registry import LoadedModel, load_model, load_version, resolve_version
+from serving.routing import EntityAffinityRouter
 from serving.schemas import (
     EventBatch,
     EventSchema,
     RequestError,
     events_table,
     parse_request,
+    parse_stream_request,
     request_model,
+    stream_batches,
+    stream_request_model,
     to_batch,
 )
+from serving.streaming import StateStore, StreamingScorer, StreamOrderError
 
 log = logging.getLogger("ray.serve")
+MAX_ENTITY_CHARS = 256
 LATENCY_BOUNDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]
 ERROR_KINDS = {
     400: "malformed",
@@ -57,12 +69,53 @@ ERROR_KINDS = {
 }
 
 
+def _append_line(path: str, line: str) -> None:
+    with open(
+        path, "a", encoding="utf-8"
+    ) as handle:  # one write per line: appends interleave whole
+        handle.write(line + "\n")
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     if hasattr(value, "isoformat"):  # pandas/py datetimes: ISO-8601 in UTC
         return value.isoformat().replace("+00:00", "Z")
     return value
+
+
+def follow_alias(
+    name: str,
+    poll_s: float,
+    ref: Callable[[], ModelRef],
+    current: Callable[[], str],
+    swap: Callable[[LoadedModel], None],
+    max_tokens: Callable[[], int],
+) -> threading.Event | None:
+    """Poll the registry every ``poll_s`` s; when the alias has moved, load the version it
+    names now and hand it to ``swap``. The old version keeps answering until the new one is
+    loaded, so a promotion or rollback costs no failed request. Returns a stop event."""
+    if poll_s <= 0 or ref().alias is None:
+        return None
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(poll_s):
+            target = ref()
+            if target.alias is None:  # pinned to a version since: nothing to follow
+                continue
+            try:
+                found = resolve_version(target)
+                if str(found.version) != current():
+                    old = current()
+                    swap(load_version(target, found, max_tokens()))
+                    log.info("%s: %s moved, version %s -> %s", name, target.uri, old, found.version)
+            except Exception:  # the registry may be briefly unreachable: keep serving
+                log.warning("%s: cannot follow %s; still serving version %s",
+                            name, target.uri, current(), exc_info=True)  # fmt: skip
+
+    threading.Thread(target=loop, name=f"seqops-follow-{name}", daemon=True).start()
+    return stop
 
 
 @serve.deployment
@@ -74,6 +127,14 @@ class ModelHolder:
         self.batching = config.batching
         self.model = load_model(self.ref, self.batching.max_tokens)
         self._apply_batching()
+        self._stop = follow_alias(
+            "ModelHolder",
+            config.rollout.alias_poll_s,
+            ref=lambda: self.ref,
+            current=lambda: self.model.version,
+            swap=self._swap,
+            max_tokens=lambda: self.batching.max_tokens,
+        )
         self.counts = {"batches": 0, "requests": 0, "sequences": 0, "largest_batch": 0}
         self.batch_requests = Histogram(
             "seqops_batch_requests", "Requests per model batch", [1, 2, 4, 8, 16, 32, 64, 128]
@@ -102,8 +163,17 @@ class ModelHolder:
         if alias is not None or version is not None:
             ref = dataclasses.replace(ref, alias=alias or ref.alias, version=version)
         loaded = load_model(ref, self.batching.max_tokens)
-        self.ref, self.model = ref, loaded  # batches already running keep the old model
+        self.ref = ref
+        self._swap(loaded)
         return self.info()
+
+    def _swap(self, loaded: LoadedModel) -> None:
+        loaded.scorer.max_tokens = self.batching.max_tokens
+        self.model = loaded  # one assignment: batches already running keep the old model
+
+    def __del__(self) -> None:
+        if getattr(self, "_stop", None) is not None:
+            self._stop.set()
 
     def info(self) -> dict[str, Any]:
         m = self.model
@@ -153,6 +223,129 @@ class ModelHolder:
         return results
 
 
+@serve.deployment
+class StreamHolder:
+    """Streaming scoring with per-entity state (``serving.streaming``), one store per replica.
+
+    Deployed with :class:`serving.routing.EntityAffinityRouter`, so every call for an entity
+    reaches the same replica while the replica set is unchanged; a replica that gets an entity
+    it holds no state for says so in the reply. Follows its alias like :class:`ModelHolder`;
+    a new version drops the old version's states (answered as ``reset: model_changed``).
+    """
+
+    def __init__(self, config: ServingConfig) -> None:
+        self.ref = config.model
+        self.settings = config.streaming
+        self.max_tokens = config.batching.max_tokens
+        self.model = load_model(self.ref, self.max_tokens)
+        store = StateStore(self.settings.max_entities, self.settings.state_ttl_s)
+        self.streamer = StreamingScorer(self.model.scorer, self.model.version, store)
+        self._lock = threading.Lock()  # one call at a time changes the store or the model
+        try:
+            self.replica = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # constructed outside Serve (a test)
+            self.replica = "local"
+        self.calls = Counter(
+            "seqops_stream_calls",
+            "Streaming calls by state status",
+            ("status",),  # type: ignore[arg-type]
+        )
+        self.entities = Gauge("seqops_stream_entities", "Entities with state on this replica")
+        self._stop = follow_alias(
+            "StreamHolder",
+            config.rollout.alias_poll_s,
+            ref=lambda: self.ref,
+            current=lambda: self.model.version,
+            swap=self._swap,
+            max_tokens=lambda: self.max_tokens,
+        )
+        self._sweeper = threading.Thread(target=self._sweep, name="seqops-ttl", daemon=True)
+        self._sweeper.start()
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """``user_config``: max_entities, state_ttl_s."""
+        self.settings = apply_user_config(self.settings, user_config)
+        with self._lock:
+            self.streamer.store.resize(self.settings.max_entities, self.settings.state_ttl_s)
+
+    def _sweep(self) -> None:
+        """Expired states are freed even for entities that never call again."""
+        while True:
+            time.sleep(min(max(self.settings.state_ttl_s / 4, 0.05), 60.0))
+            with self._lock:
+                self.streamer.store.sweep()
+            self.entities.set(len(self.streamer.store))
+
+    def _swap(self, loaded: LoadedModel) -> None:
+        with self._lock:
+            self.model = loaded
+            self.streamer.swap_model(loaded.scorer, loaded.version)
+
+    def _update(
+        self,
+        entity_id: str,
+        events: EventBatch,
+        history: EventBatch | None,
+        expect_events_seen: int | None,
+        reset: bool,
+    ) -> dict[str, Any]:
+        with self._lock:
+            model, streamer = self.model, self.streamer
+            schema = model.scorer.schema
+            try:
+                result = streamer.update(
+                    entity_id,
+                    events_table([events], schema),
+                    history=None if history is None else events_table([history], schema),
+                    expect_events_seen=expect_events_seen,
+                    reset=reset,
+                )
+            except StreamOrderError as exc:
+                return {"error": str(exc), "field": f"events[{exc.index}].{exc.column}"}
+        result["state"]["replica"] = self.replica
+        self.calls.inc(tags={"status": result["state"]["status"]})
+        self.entities.set(len(streamer.store))
+        header = {**model.describe(), "task": model.scorer.config.task}
+        return {"model": header, "score": {k: _jsonable(v) for k, v in result.items()}}
+
+    async def update(
+        self,
+        entity_id: str,
+        events: EventBatch,
+        history: EventBatch | None = None,
+        expect_events_seen: int | None = None,
+        reset: bool = False,
+    ) -> dict[str, Any]:
+        """New events of one entity -> its updated score (the router sends ``entity_id`` to
+        its owner replica: keep it the first argument)."""
+        return await asyncio.to_thread(
+            self._update, entity_id, events, history, expect_events_seen, reset
+        )
+
+    def info(self) -> dict[str, Any]:
+        store = self.streamer.store
+        return {
+            **self.model.describe(),
+            "replica": self.replica,
+            "entities": len(store),
+            "max_entities": store.max_entities,
+            "state_ttl_s": store.ttl_s,
+            "evicted": dict(store.evicted),
+            "state": "recurrent" if self.streamer.recurrent else "rolling_window",
+        }
+
+    def drop_state(self) -> int:
+        """Forget every entity (answered as ``reset: dropped`` afterwards); returns how many."""
+        with self._lock:
+            n = len(self.streamer.store)
+            self.streamer.store.clear("dropped")
+        return n
+
+    def __del__(self) -> None:
+        if getattr(self, "_stop", None) is not None:
+            self._stop.set()
+
+
 api = FastAPI(title="seqops online scoring", docs_url=None, redoc_url=None)
 
 
@@ -167,11 +360,30 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 class ScoringAPI:
     """HTTP edge: reads and validates requests, calls the model, counts outcomes."""
 
-    async def __init__(self, model: DeploymentHandle, config: ServingConfig) -> None:  # type: ignore[misc]
-        self.model = model
+    async def __init__(  # type: ignore[misc]
+        self,
+        model: DeploymentHandle,
+        stream: DeploymentHandle,
+        challenger: DeploymentHandle | None,
+        config: ServingConfig,
+    ) -> None:
+        self.model, self.stream, self.challenger = model, stream, challenger
         self.limits = config.limits
+        self.rollout = config.rollout
         self.schema = EventSchema.from_manifest((await model.info.remote())["schema"])
         self.request_model = request_model(self.schema, self.limits)
+        self.stream_model = stream_request_model(self.schema, self.limits)
+        self._shadows: set[asyncio.Task] = set()  # keeps mirrored calls alive until done
+        self.shadowed = Counter(
+            "seqops_shadow_requests",
+            "Requests mirrored to the challenger",
+            ("outcome",),  # type: ignore[arg-type]
+        )
+        self.shadow_diff = Histogram(
+            "seqops_shadow_abs_diff",
+            "Largest |champion - challenger| score per mirrored request",
+            [1e-6, 1e-4, 1e-3, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0],
+        )
         # Ray annotates tag_keys as tuple[str] though it takes any number of keys.
         by_status: Any = ("route", "status")
         self.requests = Counter("seqops_requests", "HTTP requests by route, status", by_status)
@@ -186,6 +398,7 @@ class ScoringAPI:
         max_body_bytes, order_policy."""
         self.limits = apply_user_config(self.limits, user_config)
         self.request_model = request_model(self.schema, self.limits)
+        self.stream_model = stream_request_model(self.schema, self.limits)
 
     def _reply(self, route: str, status: int, body: dict, started: float) -> JSONResponse:
         self.requests.inc(tags={"route": route, "status": str(status)})
@@ -217,13 +430,28 @@ class ScoringAPI:
             chunks.append(chunk)
         return b"".join(chunks)
 
+    def _variant(self, batch: EventBatch) -> str:
+        """``challenger`` for ``challenger_percent`` of entities (sticky: an entity always
+        sees the same version while the split is unchanged), else ``champion``."""
+        percent = self.rollout.challenger_percent
+        if self.challenger is None or percent <= 0:
+            return "champion"
+        digest = hashlib.blake2b(f"split\x00{batch.entities[0]}".encode(), digest_size=8)
+        bucket = int.from_bytes(digest.digest(), "big") % 10_000
+        return "challenger" if bucket < percent * 100 else "champion"
+
     @api.post("/v1/score")
     async def score(self, request: Request) -> JSONResponse:
         started = time.perf_counter()
         try:
             body = await self._read_body(request)
             parsed = parse_request(body, self.request_model, self.schema, self.limits)
-            result = await self.model.score.remote(to_batch(parsed, self.schema))
+            batch = to_batch(parsed, self.schema)
+            variant = self._variant(batch)
+            handle = self.challenger if variant == "challenger" else self.model
+            assert handle is not None
+            result = await handle.score.remote(batch)
+            result["model"]["variant"] = variant
         except RequestError as exc:
             return self._reply("/v1/score", exc.status, exc.body(), started)
         except Exception:
@@ -231,7 +459,66 @@ class ScoringAPI:
             return self._reply(
                 "/v1/score", 500, {"error": "internal error while scoring", "field": None}, started
             )
+        if self.rollout.shadow and variant == "champion" and self.challenger is not None:
+            task = asyncio.create_task(self._shadow(batch, result))
+            self._shadows.add(task)
+            task.add_done_callback(self._shadows.discard)
         return self._reply("/v1/score", 200, result, started)
+
+    async def _shadow(self, batch: EventBatch, served: dict[str, Any]) -> None:
+        """Score a mirrored request with the challenger; log the comparison, return nothing."""
+        assert self.challenger is not None
+        try:
+            shadow = await self.challenger.score.remote(batch)
+        except Exception as exc:
+            self.shadowed.inc(tags={"outcome": "error"})
+            log.warning("shadow: challenger failed: %r", exc)
+            return
+        pairs = zip(served["scores"], shadow["scores"], strict=True)
+        diffs = [abs(float(a["score"]) - float(b["score"])) for a, b in pairs]
+        record = {
+            "at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            "champion": {k: served["model"][k] for k in ("name", "version", "run_id")},
+            "challenger": {k: shadow["model"][k] for k in ("name", "version", "run_id")},
+            "scores": [
+                {"entity": a["entity"], "champion": a["score"], "challenger": b["score"]}
+                for a, b in zip(served["scores"], shadow["scores"], strict=True)
+            ],
+            "max_abs_diff": max(diffs),
+        }
+        self.shadowed.inc(tags={"outcome": "ok"})
+        self.shadow_diff.observe(record["max_abs_diff"])
+        line = json.dumps(record)
+        log.info("shadow: %s", line)
+        if self.rollout.shadow_log:
+            await asyncio.to_thread(_append_line, self.rollout.shadow_log, line)
+
+    @api.post("/v1/stream/{entity_id}")
+    async def stream_events(self, entity_id: str, request: Request) -> JSONResponse:
+        started = time.perf_counter()
+        route = "/v1/stream"
+        try:
+            if len(entity_id) > MAX_ENTITY_CHARS or not entity_id.isprintable():
+                raise RequestError(
+                    422,
+                    f"entity_id must be 1 to {MAX_ENTITY_CHARS} printable characters",
+                    "path.entity_id",
+                )
+            body = await self._read_body(request)
+            parsed = parse_stream_request(body, self.stream_model, self.schema, self.limits)
+            events, history = stream_batches(parsed, entity_id, self.schema)
+            result = await self.stream.update.remote(
+                entity_id, events, history, parsed.expect_events_seen, parsed.reset
+            )
+            if "error" in result:
+                raise RequestError(422, result["error"], result["field"])
+        except RequestError as exc:
+            return self._reply(route, exc.status, exc.body(), started)
+        except Exception:
+            log.exception("streaming failed")
+            body = {"error": "internal error while scoring", "field": None}
+            return self._reply(route, 500, body, started)
+        return self._reply(route, 200, result, started)
 
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:
@@ -249,7 +536,15 @@ class ScoringAPI:
         started = time.perf_counter()
         info = await self._model_info()
         info["features"] = self.schema.columns
-        return self._reply("/v1/models", 200, {"models": [info]}, started)
+        info["variant"] = "champion"
+        models = [info]
+        if self.challenger is not None:
+            challenger = await self.challenger.info.remote()
+            models.append({**challenger, "features": self.schema.columns, "variant": "challenger"})
+        stream = await self.stream.info.remote()  # one replica's view: states are per replica
+        rollout = dataclasses.asdict(self.rollout)
+        body = {"models": models, "rollout": rollout, "streaming": stream}
+        return self._reply("/v1/models", 200, body, started)
 
     async def _model_info(self) -> dict[str, Any]:
         return await self.model.info.remote()
@@ -261,15 +556,32 @@ def build_app(
     """The application graph. ``options`` per deployment name (num_replicas, ray_actor_options,
     user_config, ...) normally come from serve_config.yaml; ``check`` resolves the model first
     so that a missing model or alias fails here, at once, with the registry's answer."""
+    challenger_ref = config.challenger
     if check:
         resolve_version(config.model)
+        if challenger_ref is not None:
+            resolve_version(challenger_ref)
     options = options or {}
     # @serve.batch never forms batches larger than max_ongoing_requests (ray#43288).
     holder_opts = {"max_ongoing_requests": max(2 * config.batching.max_batch_size, 8)}
     holder_opts.update(options.get("ModelHolder", {}))
     holder = ModelHolder.options(**holder_opts).bind(config)  # type: ignore[attr-defined]
+    challenger = None
+    if challenger_ref is not None:
+        challenger_opts = {
+            **holder_opts,
+            **options.get("ChallengerHolder", {}),
+            "name": "ChallengerHolder",
+        }
+        challenger = ModelHolder.options(**challenger_opts).bind(  # type: ignore[attr-defined]
+            dataclasses.replace(config, model=challenger_ref)
+        )
+    router = RequestRouterConfig(request_router_class=EntityAffinityRouter)
+    stream_opts = {"max_ongoing_requests": 64, **options.get("StreamHolder", {})}
+    stream_opts["request_router_config"] = router  # entity affinity is not optional
+    stream = StreamHolder.options(**stream_opts).bind(config)  # type: ignore[attr-defined]
     api_opts = {"max_ongoing_requests": 128, **options.get("ScoringAPI", {})}
-    return ScoringAPI.options(**api_opts).bind(holder, config)  # type: ignore[attr-defined]
+    return ScoringAPI.options(**api_opts).bind(holder, stream, challenger, config)  # type: ignore[attr-defined]
 
 
 def app_builder(args: dict[str, Any]) -> Any:

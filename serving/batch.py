@@ -1,21 +1,36 @@
-"""Batch scoring of a Parquet events dataset with Ray Data (ARCHITECTURE §7).
+"""Batch scoring of a Parquet events dataset on Ray, through the online scoring code path.
 
-Runs the online code path over files: the registered model is resolved and loaded exactly as
-the Serve deployment does (:func:`serving.registry.load_model`: ``models:/<name>@<alias>`` followed
-once to a version, then that version loaded), and every entity's events go through
+The registered model is resolved and loaded exactly as the Serve deployment does
+(:func:`serving.registry.load_model`: ``models:/<name>@<alias>`` followed once to a version,
+then that version loaded), and every entity's events go through
 :meth:`serving.scorer.SequenceScorer.score`, so a batch score equals the online endpoint's
-score for the same sequence.
+score for the same sequence (ARCHITECTURE §7).
 
-Plan (Ray Data docs, "Batch inference" and ``Dataset.repartition(keys=...)``):
-``read_parquet`` -> hash ``repartition`` on the entity key (each entity lands in exactly one
-block) -> ``map_batches`` over whole blocks (``batch_size=None``) with one scorer actor. Whole
-blocks of many entities keep the scorer's length-bucketed batching; ``groupby().map_groups``
-would call the model once per entity. One actor with one CPU leaves the other CPU of a
-2-core machine to the read and shuffle tasks: PERFORMANCE.md ("Ray Data batch inference")
-saw actors holding every CPU hang the pipeline.
+The scorer needs all of an entity's events at once, so the work is planned from Parquet
+metadata and the entity column alone (one cheap column read per file) before any event is
+read:
 
-Output is written atomically: into a temporary folder beside ``output_path``, checked (every
-entity exactly once), then renamed into place; a failed run leaves any previous output as is.
+- ``files``: every entity lives in one file, as the ingest stage's entity-hash part files and
+  the one ``data/validated/events.parquet`` guarantee. No shuffle: each Ray task reads its
+  own slice of the input with pyarrow and scores it. Small files are grouped; a file grouped
+  by entity (validated events) is cut into row ranges at entity boundaries, never smaller
+  than its row groups unless the cluster would otherwise idle; a large file in arrival order
+  (ingest parts) is split into at most as many entity-hash shares as tasks can run at once,
+  each share reading the whole file (the read is about 5% of the scoring).
+- ``shuffle``: entities span files. Map tasks hash-partition each file by entity, one scoring
+  task per partition concatenates its pieces (a two-stage Ray shuffle).
+- ``local``: fewer than ``local_max_rows`` events are scored in this process; Ray's worker
+  start-up would cost more than the scoring.
+
+Ray Data's hash ``repartition`` and ``write_parquet`` made up nearly all of the time of the
+earlier version (0.02x a plain loop on 2 cores; benchmarks/batch_scoring.py). Plain tasks
+with ``num_cpus=actor_cpus`` cannot hang the way actors holding every CPU hung Ray Data's read
+tasks (../shared/PERFORMANCE.md): a task only takes a CPU once its inputs exist. The scorer
+goes to the object store once and each worker process deserialises it once. Tasks return
+Arrow tables of scores (one row per entity, far smaller than the events); the driver writes
+them with one ``ParquetWriter`` into a temporary folder beside ``output_path``, checks that
+every input entity was scored exactly once, then renames the folder into place, so a failed
+run leaves any previous output as it was.
 """
 
 from __future__ import annotations
@@ -27,13 +42,22 @@ import shutil
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 DEFAULT_ROWS_PER_BLOCK = 100_000
+DEFAULT_LOCAL_MAX_ROWS = 100_000
+"""Events below which ``plan="auto"`` scores in-process: about 0.4 s of scoring here, less
+than starting Ray's worker processes (imports of torch and pyarrow) costs."""
+PLANS = ("auto", "files", "shuffle", "local")
 LINEAGE = ("model_name", "model_version", "run_id", "data_hash", "scored_at")
 
 
@@ -66,52 +90,316 @@ def output_schema(scorer: Any) -> pa.Schema:
     return pa.schema(fields)
 
 
-class BlockScorer:
-    """Ray Data actor: one block of whole entities in, one scored row per entity out."""
-
-    def __init__(self, scorer: Any, lineage: dict[str, Any]) -> None:
-        self.scorer = scorer
-        self.lineage = lineage
-        self.schema = output_schema(scorer)
-
-    def __call__(self, block: pa.Table) -> pa.Table:
-        if block.num_rows == 0:
-            return self.schema.empty_table()
-        scores = self.scorer.score(block)  # the online scoring code path
-        scores["entity"] = scores["entity"].astype(str)
-        for key, value in self.lineage.items():
-            scores[key] = value
-        return pa.Table.from_pandas(scores, schema=self.schema, preserve_index=False)
+def score_table(scorer: Any, events: pa.Table, lineage: dict[str, Any]) -> pa.Table:
+    """Whole entities' events in, one scored row per entity (with lineage) out."""
+    schema = output_schema(scorer)
+    if events.num_rows == 0:
+        return schema.empty_table()
+    scores = scorer.score(events)  # the online scoring code path
+    scores["entity"] = scores["entity"].astype(str)
+    for key, value in lineage.items():
+        scores[key] = value
+    return pa.Table.from_pandas(scores, schema=schema, preserve_index=False)
 
 
-def _events_rows(events_path: Path, required: list[str]) -> int:
-    """Rows in the events dataset; fails early on a missing path or missing columns."""
+# --------------------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Rows ``[start, stop)`` of one Parquet file."""
+
+    path: str
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One scoring task's input: whole entities, by construction of the plan."""
+
+    pieces: tuple[Piece, ...]
+    share: int = 0
+    shares: int = 1
+    """With ``shares > 1`` only the entities whose hash is ``share`` modulo ``shares``."""
+
+
+@dataclass(frozen=True)
+class FileFacts:
+    """What planning learns from one file's metadata and entity column."""
+
+    path: str
+    rows: int
+    row_group_rows: tuple[int, ...]
+    entities: pa.Array
+    """The file's distinct entity keys."""
+    entity_starts: np.ndarray | None
+    """First row of each entity when the file is grouped by entity (each entity's rows
+    contiguous), else None."""
+
+
+def entity_buckets(column: pa.ChunkedArray | pa.Array, n: int) -> np.ndarray:
+    """Bucket in ``[0, n)`` per row from a stable hash of the entity key's text.
+
+    The same key gets the same bucket in every file and process (pandas' fixed-key SipHash,
+    not Python's salted ``hash``); it is independent of the ingest stage's crc32 part number,
+    so the shares of one part file are balanced.
+    """
+    encoded = pc.dictionary_encode(column)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks()
+    import pandas as pd
+
+    keys = np.array([str(v) for v in encoded.dictionary.to_pylist()], dtype=object)
+    bucket_of_key = (pd.util.hash_array(keys) % np.uint64(n)).astype(np.int64)
+    return bucket_of_key[encoded.indices.to_numpy(zero_copy_only=False)]
+
+
+def list_files(events_path: Path) -> list[str]:
+    """The Parquet files of a file or folder (hidden and ``_`` files skipped), sorted."""
     import pyarrow.dataset as pads
 
     if not events_path.exists():
         raise FileNotFoundError(f"events dataset not found: {events_path}")
-    dataset = pads.dataset(events_path, format="parquet")
-    missing = [c for c in required if c not in dataset.schema.names]
-    if missing:
-        raise ValueError(
-            f"events at {events_path} lack column(s) {', '.join(missing)}; "
-            f"the model needs {', '.join(required)}"
-        )
-    return dataset.count_rows()
+    if events_path.is_file():
+        return [str(events_path)]
+    return sorted(pads.dataset(events_path, format="parquet").files)
 
 
-def _check_written(folder: Path) -> int:
-    """Rows written; refuses output where an entity appears more than once."""
-    import pyarrow.compute as pc
-    import pyarrow.dataset as pads
+def check_schemas(files: Sequence[str], required: Sequence[str]) -> int:
+    """Total rows; fails naming the file on a missing column or a type that differs."""
+    first: pa.Schema | None = None
+    rows = 0
+    for path in files:
+        handle = pq.ParquetFile(path)
+        schema = handle.schema_arrow
+        missing = [c for c in required if c not in schema.names]
+        if missing:
+            raise ValueError(
+                f"events file {path} lacks column(s) {', '.join(missing)}; "
+                f"the model needs {', '.join(required)}"
+            )
+        if first is None:
+            first = schema
+        for name in required:
+            if schema.field(name).type != first.field(name).type:
+                raise ValueError(
+                    f"events file {path}: column {name} is {schema.field(name).type}, "
+                    f"but {files[0]} has {first.field(name).type}; all files need one schema"
+                )
+        rows += handle.metadata.num_rows
+    return rows
 
-    entities = pads.dataset(folder, format="parquet").to_table(columns=["entity"])["entity"]
-    unique = len(pc.unique(entities))
-    if unique != len(entities):
-        raise RuntimeError(
-            f"scores hold {len(entities)} rows for {unique} entities: an entity was split"
-        )
-    return len(entities)
+
+def scan_file(path: str, entity: str) -> FileFacts:
+    """Read one file's entity column: its distinct keys and whether it is grouped by them."""
+    handle = pq.ParquetFile(path)
+    column = handle.read(columns=[entity])[entity]
+    if column.null_count:
+        raise ValueError(f"events file {path}: {column.null_count} event(s) have no {entity}")
+    if pa.types.is_dictionary(column.type):  # unused dictionary values must not count
+        column = column.cast(column.type.value_type)
+    encoded = pc.dictionary_encode(column).combine_chunks()
+    codes = encoded.indices.to_numpy(zero_copy_only=False)
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(codes)) + 1]).astype(np.int64)
+    grouped = len(starts) == len(encoded.dictionary)  # one run per entity
+    meta = handle.metadata
+    return FileFacts(
+        path=path,
+        rows=meta.num_rows,
+        row_group_rows=tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups)),
+        entities=encoded.dictionary,
+        entity_starts=starts if grouped and meta.num_rows else None,
+    )
+
+
+def spanning_entities(facts: Sequence[FileFacts]) -> int:
+    """How many entity keys appear in more than one file."""
+    if len(facts) < 2:
+        return 0
+    keys = pa.chunked_array([f.entities for f in facts])
+    return len(keys) - pc.count_distinct(keys).as_py()
+
+
+def plan_units(facts: Sequence[FileFacts], slots: int, rows_per_block: int) -> list[Unit]:
+    """Units of whole entities for entity-disjoint files, about ``rows_per_block`` each.
+
+    At least ``slots`` units where the input allows it, so that every task slot has work;
+    largest first, so that the last wave is short.
+    """
+    total = sum(f.rows for f in facts)
+    if total == 0:
+        return []
+    target = math.ceil(total / max(slots, math.ceil(total / rows_per_block)))
+    units: list[Unit] = []
+    small = [f for f in facts if 0 < f.rows <= target]
+    if small:  # whole files in bins of about ``target`` rows, largest file first
+        loads = [0] * max(1, min(len(small), round(sum(f.rows for f in small) / target)))
+        bins: list[list[Piece]] = [[] for _ in loads]
+        for f in sorted(small, key=lambda f: -f.rows):
+            i = loads.index(min(loads))
+            loads[i] += f.rows
+            bins[i].append(Piece(f.path, 0, f.rows))
+        units += [Unit(tuple(sorted(b, key=lambda p: p.path))) for b in bins]
+    for f in facts:
+        if f.rows <= target:
+            continue
+        if f.entity_starts is not None:  # grouped: row ranges cut at entity boundaries
+            # A task reads whole row groups: ranges below a row group would re-read it.
+            size = min(max(target, max(f.row_group_rows)), math.ceil(total / slots))
+            k = math.ceil(f.rows / size)
+            at = np.searchsorted(f.entity_starts, np.arange(1, k) * f.rows / k)
+            cuts = np.unique(f.entity_starts[at[at < len(f.entity_starts)]])
+            bounds = [0, *[int(c) for c in cuts if 0 < c < f.rows], f.rows]
+            pairs = zip(bounds[:-1], bounds[1:], strict=True)
+            units += [Unit((Piece(f.path, a, b),)) for a, b in pairs]
+        else:  # arrival order: hash shares, each reading the whole file
+            shares = max(1, min(slots, math.ceil(f.rows / target)))
+            units += [Unit((Piece(f.path, 0, f.rows),), s, shares) for s in range(shares)]
+    return sorted(units, key=lambda u: -sum(p.stop - p.start for p in u.pieces) / u.shares)
+
+
+# --------------------------------------------------------------------------- tasks
+
+
+def read_piece(piece: Piece, columns: Sequence[str], use_threads: bool = True) -> pa.Table:
+    """Rows ``[start, stop)`` of a file, reading only the row groups that hold them."""
+    handle = pq.ParquetFile(piece.path)
+    if piece.stop <= piece.start:
+        return handle.schema_arrow.empty_table().select(list(columns))
+    meta = handle.metadata
+    bounds = np.cumsum([0, *(meta.row_group(i).num_rows for i in range(meta.num_row_groups))])
+    first = int(np.searchsorted(bounds, piece.start, side="right")) - 1
+    last = int(np.searchsorted(bounds, piece.stop, side="left"))
+    table = handle.read_row_groups(
+        list(range(first, last)), columns=list(columns), use_threads=use_threads
+    )
+    return table.slice(piece.start - int(bounds[first]), piece.stop - piece.start)
+
+
+def read_unit(unit: Unit, columns: Sequence[str], entity: str, threads: int = 1) -> pa.Table:
+    tables = [read_piece(p, columns, use_threads=threads > 1) for p in unit.pieces]
+    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
+    if unit.shares > 1:
+        table = table.filter(entity_buckets(table[entity], unit.shares) == unit.share)
+    return table
+
+
+_WORKER_SCORER: dict[str, Any] = {}
+"""In a Ray worker process: the last scorer taken from the object store, by its ref."""
+
+
+def _worker_scorer(box: list[Any], threads: int) -> Any:
+    import ray
+    import torch
+
+    torch.set_num_threads(threads)
+    key = box[0].hex()
+    if key not in _WORKER_SCORER:  # once per worker process and call, not once per task
+        _WORKER_SCORER.clear()
+        _WORKER_SCORER[key] = ray.get(box[0])
+    return _WORKER_SCORER[key]
+
+
+def _score_unit_task(
+    box: list[Any], unit: Unit, columns: list[str], lineage: dict[str, Any], threads: int
+) -> dict[str, Any]:
+    """Ray task: read one unit, score it."""
+    cpu = time.process_time()
+    scorer = _worker_scorer(box, threads)
+    table = read_unit(unit, columns, scorer.schema.entity, threads)
+    scores = score_table(scorer, table, lineage)
+    rows = sum(p.stop - p.start for p in unit.pieces)
+    return {"scores": scores, "rows_read": rows, "cpu_s": time.process_time() - cpu}
+
+
+def _partition_task(piece: Piece, columns: list[str], entity: str, n: int) -> Any:
+    """Ray task (map side of the shuffle): one file's events in ``n`` entity-hash parts."""
+    table = read_piece(piece, columns, use_threads=False)
+    buckets = entity_buckets(table[entity], n)
+    order = np.argsort(buckets, kind="stable")
+    edges = np.searchsorted(buckets[order], np.arange(n + 1))
+    parts = table.take(pa.array(order))
+    out = [parts.slice(int(a), int(b - a)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    return out if n > 1 else out[0]
+
+
+def _score_parts_task(
+    box: list[Any], lineage: dict[str, Any], threads: int, *parts: pa.Table
+) -> dict[str, Any]:
+    """Ray task (reduce side of the shuffle): one entity-hash partition of every file."""
+    cpu = time.process_time()
+    scorer = _worker_scorer(box, threads)
+    scores = score_table(scorer, pa.concat_tables(parts), lineage)
+    rows = sum(p.num_rows for p in parts)
+    return {"scores": scores, "rows_read": rows, "cpu_s": time.process_time() - cpu}
+
+
+def _bind(function: Callable[..., Any], *args: Any) -> Callable[[], Any]:
+    """``function(*args)``, later: tasks are submitted only when a slot frees up."""
+    return lambda: function(*args)
+
+
+def _run_tasks(
+    submit: Sequence[Callable[[], Any]], in_flight: int | None
+) -> Iterator[dict[str, Any]]:
+    """Results in submission order, at most ``in_flight`` tasks pending; fails fast."""
+    import ray
+
+    pending: dict[Any, int] = {}
+    done: dict[int, dict[str, Any]] = {}
+    next_submit = next_yield = 0
+    limit = in_flight or len(submit)
+    try:
+        while next_yield < len(submit):
+            while next_submit < len(submit) and len(pending) < limit:
+                pending[submit[next_submit]()] = next_submit
+                next_submit += 1
+            if next_yield not in done:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    done[pending.pop(ref)] = ray.get(ref)  # raises the task's error
+            while next_yield in done:
+                yield done.pop(next_yield)
+                next_yield += 1
+    finally:
+        for ref in pending:
+            ray.cancel(ref)
+
+
+# --------------------------------------------------------------------------- output
+
+
+class ScoresWriter:
+    """One Parquet file of scores in a folder; counts rows and distinct entities."""
+
+    def __init__(self, folder: Path, schema: pa.Schema) -> None:
+        self.path = folder / "part-00000.parquet"
+        self.schema = schema
+        self.writer: pq.ParquetWriter | None = None
+        self.entities: list[pa.Array] = []
+
+    def write(self, scores: pa.Table) -> None:
+        if self.writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = pq.ParquetWriter(self.path, self.schema)
+        self.writer.write_table(scores)
+        self.entities.extend(scores["entity"].chunks)
+
+    def close(self, expected_entities: int) -> int:
+        """Rows written; refuses output unless each of the input's entities is there once."""
+        if self.writer is None:
+            self.write(self.schema.empty_table())
+        assert self.writer is not None
+        self.writer.close()
+        keys = pa.chunked_array(self.entities, pa.string())
+        unique = pc.count_distinct(keys).as_py() if len(keys) else 0
+        if unique != len(keys) or len(keys) != expected_entities:
+            raise RuntimeError(
+                f"scores hold {len(keys)} rows for {unique} entities, the input has "
+                f"{expected_entities}: an entity was split or lost"
+            )
+        return len(keys)
 
 
 def _replace(tmp: Path, output: Path) -> None:
@@ -130,6 +418,14 @@ def _replace(tmp: Path, output: Path) -> None:
         shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
+# --------------------------------------------------------------------------- entry point
+
+
+def _positive_int(name: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}={value!r}: expected an integer >= {minimum}")
+
+
 def score_dataset(
     events_path: str | Path,
     output_path: str | Path,
@@ -140,86 +436,145 @@ def score_dataset(
     *,
     rows_per_block: int = DEFAULT_ROWS_PER_BLOCK,
     max_tokens: int = 16384,
-    actors: int = 1,
+    actors: int | None = None,
     actor_cpus: float = 1.0,
+    plan: str = "auto",
+    local_max_rows: int = DEFAULT_LOCAL_MAX_ROWS,
 ) -> dict[str, Any]:
     """Score every entity of ``events_path`` with a registered model; write Parquet scores.
 
     ``alias`` defaults to ``champion`` when no ``version`` is given. Raises
     :class:`serving.registry.ModelNotFoundError` naming the model when the registry lacks it.
-    Uses the running Ray cluster, else starts a local one (``ray.init()``). ``actors`` scorer
-    actors of ``actor_cpus`` CPUs each: keep ``actors * actor_cpus`` below the cluster's CPUs
-    so that read and shuffle tasks can run (PERFORMANCE.md, "Ray Data batch inference").
+    ``plan``: ``auto`` (``local`` below ``local_max_rows`` events, else ``files`` when no
+    entity spans files, else ``shuffle``), or one of them forced; ``files`` on input whose
+    entities span files is refused. The Ray plans use the running cluster, else start a local
+    one (``ray.init()``), with scoring tasks of ``actor_cpus`` CPUs (and torch threads) each,
+    at most ``actors`` at once (default: as many as the cluster's CPUs hold). The summary
+    says which plan ran (``plan``), its scoring tasks (``blocks``) and the seconds per phase.
     """
     import ray
 
     from serving.config import ModelRef
     from serving.registry import load_model
 
-    if (
-        isinstance(rows_per_block, bool)
-        or not isinstance(rows_per_block, int)
-        or rows_per_block < 1
-    ):
-        raise ValueError(f"rows_per_block={rows_per_block!r}: expected an integer >= 1")
-    if isinstance(actors, bool) or not isinstance(actors, int) or actors < 1:
-        raise ValueError(f"actors={actors!r}: expected an integer >= 1")
-    if not 0 < actor_cpus <= 64:
+    _positive_int("rows_per_block", rows_per_block)
+    _positive_int("local_max_rows", local_max_rows, minimum=0)
+    if actors is not None:
+        _positive_int("actors", actors)
+    if isinstance(actor_cpus, bool) or not 0 < actor_cpus <= 64:
         raise ValueError(f"actor_cpus={actor_cpus!r}: expected a number of CPUs in (0, 64]")
+    if plan not in PLANS:
+        raise ValueError(f"plan={plan!r}: expected one of {', '.join(PLANS)}")
     started = time.perf_counter()
+    phases: dict[str, float] = {}
+
+    def phase(name: str, since: float) -> float:
+        now = time.perf_counter()
+        phases[name] = round(now - since, 4)
+        return now
+
+    events_path, output = Path(events_path), Path(output_path)
+    files = list_files(events_path)
     ref_args: dict[str, Any] = {"name": model_name, "version": version}
     if alias is not None:
         ref_args["alias"] = alias
     if tracking_uri is not None:
         ref_args["tracking_uri"] = tracking_uri
-    ref = ModelRef(**ref_args)
-    loaded = load_model(ref, max_tokens)  # resolves the alias once; that version is used
+    loaded = load_model(ModelRef(**ref_args), max_tokens)  # the alias is resolved once
     scorer = loaded.scorer
-    events_path, output = Path(events_path), Path(output_path)
-    n_rows = _events_rows(events_path, scorer.required_columns)
-    lineage = {
+    lineage: dict[str, Any] = {
         "model_name": loaded.name,
         "model_version": loaded.version,
         "run_id": loaded.run_id,
         "data_hash": loaded.data_hash,
         "scored_at": datetime.now(UTC),
     }
+    mark = phase("load_model", started)
 
-    if not ray.is_initialized():
-        ray.init()
-    num_blocks = max(1, math.ceil(n_rows / rows_per_block))
+    columns = list(dict.fromkeys(scorer.required_columns))
+    entity = scorer.schema.entity
+    n_rows = check_schemas(files, columns)
+    kind = plan if plan != "auto" else ("local" if n_rows < local_max_rows else "files")
+    facts: list[FileFacts] = []
+    n_entities = 0
+    if kind != "local":
+        facts = [scan_file(path, entity) for path in files]
+        spanning = spanning_entities(facts)
+        if spanning and kind == "files":
+            raise ValueError(
+                f"plan='files' needs each entity in one file, but {spanning} entities of "
+                f"{events_path} span files; use plan='shuffle' (or 'auto')"
+            )
+        if spanning:
+            kind = "shuffle"
+        n_entities = sum(len(f.entities) for f in facts) - spanning
+    mark = phase("plan", mark)
+
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp-{uuid.uuid4().hex[:8]}")
+    writer = ScoresWriter(tmp, output_schema(scorer))
+    rows_read, task_cpu, blocks = 0, 0.0, 1
     try:
-        ds = ray.data.read_parquet(str(events_path))
-        ds = ds.repartition(num_blocks, keys=[scorer.schema.entity])
-        ds = ds.map_batches(
-            BlockScorer,
-            fn_constructor_kwargs={"scorer": scorer, "lineage": lineage},
-            batch_size=None,  # whole blocks: an entity is never split across calls
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=actors),
-            num_cpus=actor_cpus,
-        )
-        ds.write_parquet(str(tmp))
-        n_scored = _check_written(tmp) if tmp.exists() else 0
-        if n_scored == 0:
-            import pyarrow.parquet as pq
-
-            tmp.mkdir(exist_ok=True)
-            pq.write_table(output_schema(scorer).empty_table(), tmp / "empty.parquet")
+        if kind == "local":
+            pieces = [Piece(p, 0, pq.ParquetFile(p).metadata.num_rows) for p in files]
+            if pieces:
+                events = pa.concat_tables([read_piece(p, columns) for p in pieces])
+                if events[entity].null_count:
+                    raise ValueError(f"{events[entity].null_count} event(s) have no {entity}")
+                n_entities = pc.count_distinct(events[entity]).as_py()
+                writer.write(score_table(scorer, events, lineage))
+            rows_read = n_rows
+        else:
+            if not ray.is_initialized():
+                ray.init()
+                mark = phase("ray_init", mark)
+            threads = max(1, int(actor_cpus))
+            slots = actors or max(1, int(ray.cluster_resources().get("CPU", 1) // actor_cpus))
+            box = [ray.put(scorer)]  # one copy in the object store, nested: not resolved
+            score = ray.remote(_score_unit_task).options(num_cpus=actor_cpus)
+            submit: list[Callable[[], Any]]
+            if kind == "files":
+                units = plan_units(facts, slots, rows_per_block)
+                submit = [_bind(score.remote, box, u, columns, lineage, threads) for u in units]
+            else:
+                n = max(slots, math.ceil(n_rows / rows_per_block))
+                split = ray.remote(_partition_task).options(num_cpus=actor_cpus, num_returns=n)
+                maps: list[list[Any]] = []
+                for f in facts:
+                    refs = split.remote(Piece(f.path, 0, f.rows), columns, entity, n)
+                    maps.append(refs if isinstance(refs, list) else [refs])
+                reduce = ray.remote(_score_parts_task).options(num_cpus=actor_cpus)
+                submit = [
+                    _bind(reduce.remote, box, lineage, threads, *[m[p] for m in maps])
+                    for p in range(n)
+                ]
+            blocks = len(submit)
+            for result in _run_tasks(submit, actors):
+                writer.write(result["scores"])
+                rows_read += result["rows_read"]
+                task_cpu += result["cpu_s"]
+        mark = phase("score", mark)
+        n_scored = writer.close(n_entities)
         _replace(tmp, output)
+        phase("finish", mark)
     except BaseException:
+        if writer.writer is not None:
+            writer.writer.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     seconds = time.perf_counter() - started
     return {
         "output": str(output),
+        "plan": kind,
         "events": n_rows,
         "entities": n_scored,
-        "blocks": num_blocks,
+        "blocks": blocks,
+        "rows_read": rows_read,
         "seconds": round(seconds, 3),
         "events_per_s": round(n_rows / seconds, 1) if seconds > 0 else None,
+        "sequences_per_s": round(n_scored / seconds, 1) if seconds > 0 else None,
+        "phases": phases,
+        "task_cpu_s": round(task_cpu, 3),
         "model_name": loaded.name,
         "alias": loaded.alias,
         "model_version": loaded.version,
@@ -240,6 +595,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", type=int, default=None, help="registered version")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking/registry URI")
     parser.add_argument("--rows-per-block", type=int, default=DEFAULT_ROWS_PER_BLOCK)
+    parser.add_argument("--plan", choices=PLANS, default="auto", help="default: auto")
+    parser.add_argument(
+        "--local-max-rows",
+        type=int,
+        default=DEFAULT_LOCAL_MAX_ROWS,
+        help="auto: fewer events than this are scored in-process, without Ray",
+    )
+    parser.add_argument("--cpus-per-task", type=float, default=1.0, help="CPUs per scoring task")
     args = parser.parse_args(argv)
     try:
         summary = score_dataset(
@@ -250,6 +613,9 @@ def main(argv: list[str] | None = None) -> int:
             version=args.version,
             tracking_uri=args.tracking_uri,
             rows_per_block=args.rows_per_block,
+            plan=args.plan,
+            local_max_rows=args.local_max_rows,
+            actor_cpus=args.cpus_per_task,
         )
     except Exception as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__

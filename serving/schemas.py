@@ -89,8 +89,8 @@ class EventSchema:
         return [self.time, *([self.seq] if self.seq else []), *self.numeric, *self.categorical]
 
 
-def request_model(schema: EventSchema, limits: Limits) -> type[BaseModel]:
-    """The pydantic model of ``POST /v1/score`` bodies for one model schema and limits."""
+def event_model(schema: EventSchema) -> type[BaseModel]:
+    """The pydantic model of one raw event of a model's schema."""
     fields: dict[str, Any] = {"f_time": (Time, Field(alias=schema.time))}
     if schema.seq:
         fields["f_seq"] = (int, Field(alias=schema.seq, strict=True, ge=-(2**63), lt=2**63))
@@ -99,8 +99,15 @@ def request_model(schema: EventSchema, limits: Limits) -> type[BaseModel]:
         fields[f"f_num{i}"] = (FiniteNumber, Field(alias=col))
     for i, col in enumerate(schema.categorical):
         fields[f"f_cat{i}"] = (str, Field(alias=col, strict=True))
-    forbid = ConfigDict(extra="forbid", populate_by_name=False)
-    event = create_model("Event", __config__=forbid, **fields)
+    return create_model("Event", __config__=_FORBID, **fields)
+
+
+_FORBID = ConfigDict(extra="forbid", populate_by_name=False)
+
+
+def request_model(schema: EventSchema, limits: Limits) -> type[BaseModel]:
+    """The pydantic model of ``POST /v1/score`` bodies for one model schema and limits."""
+    forbid, event = _FORBID, event_model(schema)
     sequence = create_model(
         "ScoredSequence",
         __config__=forbid,
@@ -117,22 +124,50 @@ def request_model(schema: EventSchema, limits: Limits) -> type[BaseModel]:
     )
 
 
+def stream_request_model(schema: EventSchema, limits: Limits) -> type[BaseModel]:
+    """``POST /v1/stream/{entity_id}``: new events, and optionally the history to rebuild from.
+
+    ``expect_events_seen`` is the ``state.events_seen`` of the client's previous reply: a
+    replica without that state then answers ``reset`` instead of ``new``. ``reset`` drops the
+    entity's state first.
+    """
+    event = event_model(schema)
+    limit = Field(min_length=1, max_length=limits.max_events_per_sequence)
+    return create_model(
+        "StreamRequest",
+        __config__=_FORBID,
+        events=(list[event], limit),  # type: ignore[valid-type]
+        # Not Optional[...]: a union would put its branch name into error locations.
+        history=(
+            list[event],
+            Field(
+                default=None,
+                min_length=1,  # type: ignore[valid-type]
+                max_length=limits.max_events_per_sequence,
+            ),
+        ),
+        expect_events_seen=(int | None, Field(default=None, strict=True, ge=0, lt=2**63)),
+        reset=(bool, Field(default=False, strict=True)),
+    )
+
+
 def _describe(err: Mapping[str, Any], schema: EventSchema, limits: Limits) -> str:
     """A pydantic error as a sentence a client can act on."""
     kind, loc = err["type"], err["loc"]
     name = loc[-1] if loc else "body"
+    in_event = len(loc) >= 3 and loc[-3] in ("events", "history")
     if kind == "missing":
-        what = "feature" if len(loc) > 3 else "field"
-        return f"missing {what} {name!r}"
+        return f"missing {'feature' if in_event else 'field'} {name!r}"
     if kind == "extra_forbidden":
-        if len(loc) > 3:  # inside an event
-            hint = "; the entity goes in sequences[i].entity" if name == schema.entity else ""
+        if in_event:
+            where = "the URL" if loc[0] != "sequences" else "sequences[i].entity"
+            hint = f"; the entity goes in {where}" if name == schema.entity else ""
             return f"unknown feature {name!r}; expected: {', '.join(schema.columns)}{hint}"
         return f"unknown field {name!r}"
     if kind == "too_long":
         limit = (
             f"max_events_per_sequence={limits.max_events_per_sequence}"
-            if name == "events"
+            if name in ("events", "history")
             else f"max_sequences_per_request={limits.max_sequences_per_request}"
         )
         return f"too many {name}: {err.get('ctx', {}).get('actual_length')} > {limit}"
@@ -149,6 +184,26 @@ def _describe(err: Mapping[str, Any], schema: EventSchema, limits: Limits) -> st
 
 def parse_request(body: bytes, model: type[BaseModel], schema: EventSchema, limits: Limits) -> Any:
     """Validate a request body, raising :class:`RequestError` (400 or 422) on any problem."""
+    request = _validate(body, model, schema, limits)
+    if limits.order_policy == "reject":
+        for i, seq in enumerate(request.sequences):
+            check_order(seq.events, schema, f"sequences[{i}].events")
+    return request
+
+
+def parse_stream_request(
+    body: bytes, model: type[BaseModel], schema: EventSchema, limits: Limits
+) -> Any:
+    """Validate a ``/v1/stream`` body (:func:`stream_request_model`) the same way."""
+    request = _validate(body, model, schema, limits)
+    if limits.order_policy == "reject":
+        check_order(request.events, schema, "events")
+        if request.history is not None:
+            check_order(request.history, schema, "history")
+    return request
+
+
+def _validate(body: bytes, model: type[BaseModel], schema: EventSchema, limits: Limits) -> Any:
     try:
         request = model.model_validate_json(body)
     except ValidationError as exc:
@@ -163,26 +218,23 @@ def parse_request(body: bytes, model: type[BaseModel], schema: EventSchema, limi
         raise RequestError(
             422, first["error"], first["field"], errors=reported, error_count=len(errors)
         ) from None
-    if limits.order_policy == "reject":
-        check_order(request, schema)
     return request
 
 
-def check_order(request: Any, schema: EventSchema) -> None:
-    """Policy ``reject``: every sequence's events must come in (time, seq) order."""
-    for i, seq in enumerate(request.sequences):
-        prev: tuple[int, int] | None = None
-        for j, event in enumerate(seq.events):
-            key = (event.f_time, event.f_seq if schema.seq else 0)
-            if prev is not None and key < prev:
-                column = schema.time if key[0] < prev[0] else schema.seq
-                raise RequestError(
-                    422,
-                    f"event {j} comes before event {j - 1} in ({schema.time}, {schema.seq}) "
-                    "order; the server's order_policy is 'reject' (send events in order)",
-                    f"sequences[{i}].events[{j}].{column}",
-                )
-            prev = key
+def check_order(events: Sequence[Any], schema: EventSchema, path: str) -> None:
+    """Policy ``reject``: events must come in (time, seq) order."""
+    prev: tuple[int, int] | None = None
+    for j, event in enumerate(events):
+        key = (event.f_time, event.f_seq if schema.seq else 0)
+        if prev is not None and key < prev:
+            column = schema.time if key[0] < prev[0] else schema.seq
+            raise RequestError(
+                422,
+                f"event {j} comes before event {j - 1} in ({schema.time}, {schema.seq}) "
+                "order; the server's order_policy is 'reject' (send events in order)",
+                f"{path}[{j}].{column}",
+            )
+        prev = key
 
 
 @dataclass
@@ -208,10 +260,24 @@ class EventBatch:
 
 def to_batch(request: Any, schema: EventSchema) -> EventBatch:
     """A validated request -> columns (one pass over the events)."""
-    events = [e for s in request.sequences for e in s.events]
+    return _columns(
+        [s.entity for s in request.sequences], [s.events for s in request.sequences], schema
+    )
+
+
+def stream_batches(
+    request: Any, entity: str, schema: EventSchema
+) -> tuple[EventBatch, EventBatch | None]:
+    """A validated stream request -> (new events, history or None) as one-sequence batches."""
+    history = None if request.history is None else _columns([entity], [request.history], schema)
+    return _columns([entity], [request.events], schema), history
+
+
+def _columns(entities: list[str], sequences: list[Any], schema: EventSchema) -> EventBatch:
+    events = [e for seq in sequences for e in seq]
     return EventBatch(
-        entities=[s.entity for s in request.sequences],
-        lengths=np.array([len(s.events) for s in request.sequences], dtype=np.int64),
+        entities=entities,
+        lengths=np.array([len(seq) for seq in sequences], dtype=np.int64),
         time_us=np.array([e.f_time for e in events], dtype=np.int64),
         seq=np.array([e.f_seq for e in events], dtype=np.int64) if schema.seq else None,
         numeric={

@@ -42,8 +42,9 @@ def _deploy(registry: dict) -> None:
 
     app = load_serve_config(DEFAULT_CONFIG)["applications"][0]
     options = deployment_options(app)
-    assert set(options) == {"ScoringAPI", "ModelHolder"}
-    overrides = {"ScoringAPI": LIMITS, "ModelHolder": BATCHING}
+    assert set(options) == {"ScoringAPI", "ModelHolder", "StreamHolder"}
+    options["StreamHolder"]["num_replicas"] = 1  # streaming: tests/integration/test_streams.py
+    overrides = {"ScoringAPI": LIMITS, "ModelHolder": BATCHING, "StreamHolder": {}}
     for name, user_config in overrides.items():
         options[name]["ray_actor_options"] = {"num_cpus": 0.25}
         options[name]["user_config"] = {**options[name]["user_config"], **user_config}
