@@ -6,29 +6,25 @@ then that version loaded), and every entity's events go through
 :meth:`serving.scorer.SequenceScorer.score`, so a batch score equals the online endpoint's
 score for the same sequence (ARCHITECTURE §7).
 
-The scorer needs all of an entity's events at once, so the work is planned from Parquet
-metadata and the entity column alone (one cheap column read per file) before any event is
-read:
+Plans (the summary's ``plan``), chosen from metadata and the entity column
+(:mod:`serving.batch_plan`):
 
-- ``files``: every entity lives in one file, as the ingest stage's entity-hash part files and
-  the one ``data/validated/events.parquet`` guarantee. No shuffle: each Ray task reads its
-  own slice of the input with pyarrow and scores it. Small files are grouped; a file grouped
-  by entity (validated events) is cut into row ranges at entity boundaries, never smaller
-  than its row groups unless the cluster would otherwise idle; a large file in arrival order
-  (ingest parts) is split into at most as many entity-hash shares as tasks can run at once,
-  each share reading the whole file (the read is about 5% of the scoring).
-- ``shuffle``: entities span files. Map tasks hash-partition each file by entity, one scoring
-  task per partition concatenates its pieces (a two-stage Ray shuffle).
-- ``local``: fewer than ``local_max_rows`` events are scored in this process; Ray's worker
-  start-up would cost more than the scoring.
+- ``files``: no entity spans files, as in the ingest stage's entity-hash part files and the one
+  ``data/validated/events.parquet``. No shuffle: each Ray task reads its own unit of whole
+  entities with pyarrow and scores it.
+- ``shuffle``: entities span files. Map tasks hash-partition each file by entity; one scoring
+  task per partition concatenates its pieces (a two-stage shuffle in plain Ray tasks).
+- ``local``: fewer than ``local_max_rows`` events are scored in this process, without Ray:
+  starting Ray and its worker processes costs more than scoring them.
 
-Ray Data's hash ``repartition`` and ``write_parquet`` made up nearly all of the time of the
-earlier version (0.02x a plain loop on 2 cores; benchmarks/batch_scoring.py). Plain tasks
-with ``num_cpus=actor_cpus`` cannot hang the way actors holding every CPU hung Ray Data's read
-tasks (../shared/PERFORMANCE.md): a task only takes a CPU once its inputs exist. The scorer
-goes to the object store once and each worker process deserialises it once. Tasks return
-Arrow tables of scores (one row per entity, far smaller than the events); the driver writes
-them with one ``ParquetWriter`` into a temporary folder beside ``output_path``, checks that
+The first version ran Ray Data's hash ``repartition`` and ``write_parquet`` and reached 0.02x a
+plain in-process loop on 2 cores; the shuffle, scheduling and writes were nearly all of it
+(benchmarks/batch_scoring.py measures this version). Plain tasks of ``num_cpus=actor_cpus``
+cannot hang the way actors holding every CPU starved Ray Data's read tasks
+(../shared/PERFORMANCE.md): a task takes a CPU only once its inputs exist. The scorer goes to
+the object store once and each worker process deserialises it once. Tasks return Arrow tables
+of scores (one row per entity, far smaller than the events); the driver writes them in plan
+order with one ``ParquetWriter`` into a temporary folder beside ``output_path``, checks that
 every input entity was scored exactly once, then renames the folder into place, so a failed
 run leaves any previous output as it was.
 """
@@ -43,7 +39,6 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -52,6 +47,20 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from serving.batch_plan import (
+    FileFacts,
+    Piece,
+    Unit,
+    check_schemas,
+    entity_buckets,
+    list_files,
+    plan_units,
+    read_piece,
+    read_unit,
+    scan_file,
+    spanning_entities,
+)
 
 DEFAULT_ROWS_PER_BLOCK = 100_000
 DEFAULT_LOCAL_MAX_ROWS = 100_000
@@ -100,189 +109,6 @@ def score_table(scorer: Any, events: pa.Table, lineage: dict[str, Any]) -> pa.Ta
     for key, value in lineage.items():
         scores[key] = value
     return pa.Table.from_pandas(scores, schema=schema, preserve_index=False)
-
-
-# --------------------------------------------------------------------------- planning
-
-
-@dataclass(frozen=True)
-class Piece:
-    """Rows ``[start, stop)`` of one Parquet file."""
-
-    path: str
-    start: int
-    stop: int
-
-
-@dataclass(frozen=True)
-class Unit:
-    """One scoring task's input: whole entities, by construction of the plan."""
-
-    pieces: tuple[Piece, ...]
-    share: int = 0
-    shares: int = 1
-    """With ``shares > 1`` only the entities whose hash is ``share`` modulo ``shares``."""
-
-
-@dataclass(frozen=True)
-class FileFacts:
-    """What planning learns from one file's metadata and entity column."""
-
-    path: str
-    rows: int
-    row_group_rows: tuple[int, ...]
-    entities: pa.Array
-    """The file's distinct entity keys."""
-    entity_starts: np.ndarray | None
-    """First row of each entity when the file is grouped by entity (each entity's rows
-    contiguous), else None."""
-
-
-def entity_buckets(column: pa.ChunkedArray | pa.Array, n: int) -> np.ndarray:
-    """Bucket in ``[0, n)`` per row from a stable hash of the entity key's text.
-
-    The same key gets the same bucket in every file and process (pandas' fixed-key SipHash,
-    not Python's salted ``hash``); it is independent of the ingest stage's crc32 part number,
-    so the shares of one part file are balanced.
-    """
-    encoded = pc.dictionary_encode(column)
-    if isinstance(encoded, pa.ChunkedArray):
-        encoded = encoded.combine_chunks()
-    import pandas as pd
-
-    keys = np.array([str(v) for v in encoded.dictionary.to_pylist()], dtype=object)
-    bucket_of_key = (pd.util.hash_array(keys) % np.uint64(n)).astype(np.int64)
-    return bucket_of_key[encoded.indices.to_numpy(zero_copy_only=False)]
-
-
-def list_files(events_path: Path) -> list[str]:
-    """The Parquet files of a file or folder (hidden and ``_`` files skipped), sorted."""
-    import pyarrow.dataset as pads
-
-    if not events_path.exists():
-        raise FileNotFoundError(f"events dataset not found: {events_path}")
-    if events_path.is_file():
-        return [str(events_path)]
-    return sorted(pads.dataset(events_path, format="parquet").files)
-
-
-def check_schemas(files: Sequence[str], required: Sequence[str]) -> int:
-    """Total rows; fails naming the file on a missing column or a type that differs."""
-    first: pa.Schema | None = None
-    rows = 0
-    for path in files:
-        handle = pq.ParquetFile(path)
-        schema = handle.schema_arrow
-        missing = [c for c in required if c not in schema.names]
-        if missing:
-            raise ValueError(
-                f"events file {path} lacks column(s) {', '.join(missing)}; "
-                f"the model needs {', '.join(required)}"
-            )
-        if first is None:
-            first = schema
-        for name in required:
-            if schema.field(name).type != first.field(name).type:
-                raise ValueError(
-                    f"events file {path}: column {name} is {schema.field(name).type}, "
-                    f"but {files[0]} has {first.field(name).type}; all files need one schema"
-                )
-        rows += handle.metadata.num_rows
-    return rows
-
-
-def scan_file(path: str, entity: str) -> FileFacts:
-    """Read one file's entity column: its distinct keys and whether it is grouped by them."""
-    handle = pq.ParquetFile(path)
-    column = handle.read(columns=[entity])[entity]
-    if column.null_count:
-        raise ValueError(f"events file {path}: {column.null_count} event(s) have no {entity}")
-    if pa.types.is_dictionary(column.type):  # unused dictionary values must not count
-        column = column.cast(column.type.value_type)
-    encoded = pc.dictionary_encode(column).combine_chunks()
-    codes = encoded.indices.to_numpy(zero_copy_only=False)
-    starts = np.concatenate([[0], np.flatnonzero(np.diff(codes)) + 1]).astype(np.int64)
-    grouped = len(starts) == len(encoded.dictionary)  # one run per entity
-    meta = handle.metadata
-    return FileFacts(
-        path=path,
-        rows=meta.num_rows,
-        row_group_rows=tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups)),
-        entities=encoded.dictionary,
-        entity_starts=starts if grouped and meta.num_rows else None,
-    )
-
-
-def spanning_entities(facts: Sequence[FileFacts]) -> int:
-    """How many entity keys appear in more than one file."""
-    if len(facts) < 2:
-        return 0
-    keys = pa.chunked_array([f.entities for f in facts])
-    return len(keys) - pc.count_distinct(keys).as_py()
-
-
-def plan_units(facts: Sequence[FileFacts], slots: int, rows_per_block: int) -> list[Unit]:
-    """Units of whole entities for entity-disjoint files, about ``rows_per_block`` each.
-
-    At least ``slots`` units where the input allows it, so that every task slot has work;
-    largest first, so that the last wave is short.
-    """
-    total = sum(f.rows for f in facts)
-    if total == 0:
-        return []
-    target = math.ceil(total / max(slots, math.ceil(total / rows_per_block)))
-    units: list[Unit] = []
-    small = [f for f in facts if 0 < f.rows <= target]
-    if small:  # whole files in bins of about ``target`` rows, largest file first
-        loads = [0] * max(1, min(len(small), round(sum(f.rows for f in small) / target)))
-        bins: list[list[Piece]] = [[] for _ in loads]
-        for f in sorted(small, key=lambda f: -f.rows):
-            i = loads.index(min(loads))
-            loads[i] += f.rows
-            bins[i].append(Piece(f.path, 0, f.rows))
-        units += [Unit(tuple(sorted(b, key=lambda p: p.path))) for b in bins]
-    for f in facts:
-        if f.rows <= target:
-            continue
-        if f.entity_starts is not None:  # grouped: row ranges cut at entity boundaries
-            # A task reads whole row groups: ranges below a row group would re-read it.
-            size = min(max(target, max(f.row_group_rows)), math.ceil(total / slots))
-            k = math.ceil(f.rows / size)
-            at = np.searchsorted(f.entity_starts, np.arange(1, k) * f.rows / k)
-            cuts = np.unique(f.entity_starts[at[at < len(f.entity_starts)]])
-            bounds = [0, *[int(c) for c in cuts if 0 < c < f.rows], f.rows]
-            pairs = zip(bounds[:-1], bounds[1:], strict=True)
-            units += [Unit((Piece(f.path, a, b),)) for a, b in pairs]
-        else:  # arrival order: hash shares, each reading the whole file
-            shares = max(1, min(slots, math.ceil(f.rows / target)))
-            units += [Unit((Piece(f.path, 0, f.rows),), s, shares) for s in range(shares)]
-    return sorted(units, key=lambda u: -sum(p.stop - p.start for p in u.pieces) / u.shares)
-
-
-# --------------------------------------------------------------------------- tasks
-
-
-def read_piece(piece: Piece, columns: Sequence[str], use_threads: bool = True) -> pa.Table:
-    """Rows ``[start, stop)`` of a file, reading only the row groups that hold them."""
-    handle = pq.ParquetFile(piece.path)
-    if piece.stop <= piece.start:
-        return handle.schema_arrow.empty_table().select(list(columns))
-    meta = handle.metadata
-    bounds = np.cumsum([0, *(meta.row_group(i).num_rows for i in range(meta.num_row_groups))])
-    first = int(np.searchsorted(bounds, piece.start, side="right")) - 1
-    last = int(np.searchsorted(bounds, piece.stop, side="left"))
-    table = handle.read_row_groups(
-        list(range(first, last)), columns=list(columns), use_threads=use_threads
-    )
-    return table.slice(piece.start - int(bounds[first]), piece.stop - piece.start)
-
-
-def read_unit(unit: Unit, columns: Sequence[str], entity: str, threads: int = 1) -> pa.Table:
-    tables = [read_piece(p, columns, use_threads=threads > 1) for p in unit.pieces]
-    table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
-    if unit.shares > 1:
-        table = table.filter(entity_buckets(table[entity], unit.shares) == unit.share)
-    return table
 
 
 _WORKER_SCORER: dict[str, Any] = {}
@@ -365,6 +191,36 @@ def _run_tasks(
     finally:
         for ref in pending:
             ray.cancel(ref)
+
+
+def _submitters(
+    kind: str,
+    facts: list[FileFacts],
+    scorer: Any,
+    lineage: dict[str, Any],
+    rows_per_block: int,
+    actors: int | None,
+    cpus: float,
+) -> list[Callable[[], Any]]:
+    """One callable per scoring task of the ``files`` or ``shuffle`` plan, in output order."""
+    import ray
+
+    columns = list(dict.fromkeys(scorer.required_columns))
+    threads = max(1, int(cpus))
+    slots = actors or max(1, int(ray.cluster_resources().get("CPU", 1) // cpus))
+    box = [ray.put(scorer)]  # one copy in the object store; nested, so not resolved
+    if kind == "files":
+        score = ray.remote(_score_unit_task).options(num_cpus=cpus)
+        units = plan_units(facts, slots, rows_per_block)
+        return [_bind(score.remote, box, u, columns, lineage, threads) for u in units]
+    n = max(slots, math.ceil(sum(f.rows for f in facts) / rows_per_block))
+    split = ray.remote(_partition_task).options(num_cpus=cpus, num_returns=n)
+    maps: list[list[Any]] = []
+    for f in facts:
+        refs = split.remote(Piece(f.path, 0, f.rows), columns, scorer.schema.entity, n)
+        maps.append(refs if isinstance(refs, list) else [refs])
+    reduce = ray.remote(_score_parts_task).options(num_cpus=cpus)
+    return [_bind(reduce.remote, box, lineage, threads, *[m[p] for m in maps]) for p in range(n)]
 
 
 # --------------------------------------------------------------------------- output
@@ -528,26 +384,7 @@ def score_dataset(
             if not ray.is_initialized():
                 ray.init()
                 mark = phase("ray_init", mark)
-            threads = max(1, int(actor_cpus))
-            slots = actors or max(1, int(ray.cluster_resources().get("CPU", 1) // actor_cpus))
-            box = [ray.put(scorer)]  # one copy in the object store, nested: not resolved
-            score = ray.remote(_score_unit_task).options(num_cpus=actor_cpus)
-            submit: list[Callable[[], Any]]
-            if kind == "files":
-                units = plan_units(facts, slots, rows_per_block)
-                submit = [_bind(score.remote, box, u, columns, lineage, threads) for u in units]
-            else:
-                n = max(slots, math.ceil(n_rows / rows_per_block))
-                split = ray.remote(_partition_task).options(num_cpus=actor_cpus, num_returns=n)
-                maps: list[list[Any]] = []
-                for f in facts:
-                    refs = split.remote(Piece(f.path, 0, f.rows), columns, entity, n)
-                    maps.append(refs if isinstance(refs, list) else [refs])
-                reduce = ray.remote(_score_parts_task).options(num_cpus=actor_cpus)
-                submit = [
-                    _bind(reduce.remote, box, lineage, threads, *[m[p] for m in maps])
-                    for p in range(n)
-                ]
+            submit = _submitters(kind, facts, scorer, lineage, rows_per_block, actors, actor_cpus)
             blocks = len(submit)
             for result in _run_tasks(submit, actors):
                 writer.write(result["scores"])

@@ -257,11 +257,12 @@ def test_order_policy_sort_orders_events_and_reject_refuses_them(served, registr
     # (redeploying the module's application would restart its replicas: Serve versions
     # imperatively deployed code afresh on every serve.run).
     model = serve.get_deployment_handle("ModelHolder", APP)
+    stream = serve.get_deployment_handle("StreamHolder", APP)
     config = serving_config({"model_name": MODEL, "tracking_uri": registry["uri"]})
     strict = ScoringAPI.options(
         ray_actor_options={"num_cpus": 0.25}, user_config={**LIMITS, "order_policy": "reject"}
     )
-    serve.run(strict.bind(model, config), name="strict", route_prefix="/strict")
+    serve.run(strict.bind(model, stream, None, config), name="strict", route_prefix="/strict")
     try:
         response = _post(f"{served}/strict", {"sequences": [ordered[0], shuffled[-1]]})
         assert response.status_code == 422, response.text
