@@ -9,12 +9,18 @@ size and timeout updated through ``set_max_batch_size``/``set_batch_wait_timeout
 (``ray.serve.metrics``). Replicas, CPUs and user_config live in ``serving/serve_config.yaml``.
 
 :class:`ModelHolder` owns one registered model: it resolves ``models:/<name>@<alias>`` (or a
-version) in the MLflow registry in ``__init__``, loads that exact version and can ``reload``;
-every result carries the name, version, run and data hash of the model that produced it, so
-a traffic split or an alias switch (later) never mislabels a score. Requests from many
-clients are grouped by ``@serve.batch``; :class:`serving.scorer.SequenceScorer` then pads
-each length group to its own longest sequence under a token budget (PERFORMANCE.md).
-:class:`ScoringAPI` validates every request (``serving.schemas``) before the model sees it.
+version) in the MLflow registry (``serving.registry``), loads that exact version, and follows
+the alias (a background poll loads a moved version, then swaps it in with one assignment, so
+no request fails during a promotion or rollback); every result carries the name, version, run
+and data hash of the model that produced it, so a traffic split or an alias switch never
+mislabels a score. Requests from many clients are grouped by ``@serve.batch``;
+:class:`serving.scorer.SequenceScorer` then pads each length group to its own longest
+sequence under a token budget (PERFORMANCE.md). A second ``ModelHolder`` named
+``ChallengerHolder`` serves the challenger alias when one is configured.
+:class:`StreamHolder` keeps per-entity streaming state (``serving.streaming``) behind the
+entity-affinity request router (``serving.routing``). :class:`ScoringAPI` validates every
+request (``serving.schemas``) before a model sees it, splits traffic between champion and
+challenger, and mirrors requests to the challenger in shadow mode.
 """
 
 # No ``from __future__ import annotations`` here: FastAPI must see real annotation objects on
