@@ -146,47 +146,46 @@ def _thin(points: list[dict[str, Any]], limit: int = MAX_CURVE_POINTS) -> list[d
     return [points[i] for i in keep.tolist()]
 
 
-def roc_points(labels: np.ndarray, probs: np.ndarray) -> list[dict[str, Any]]:
-    """ROC curve points {fpr, tpr, threshold} (with ``class`` for more than two classes)."""
-    from sklearn.metrics import roc_curve
-
+def _curve_points(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    curve: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, ...]],
+    names: tuple[str, ...],
+) -> list[dict[str, Any]]:
+    """One-vs-rest points of ``curve`` (its outputs named ``names``), thinned, with ``class``
+    for more than two classes; none when fewer than two classes occur."""
     labels, probs = np.asarray(labels), np.asarray(probs)
     out: list[dict[str, Any]] = []
     if len(_classes_present(labels)) < 2:
         return out
     multi = probs.shape[1] > 2
     for c, y, score in _ovr_scores(labels, probs):
-        fpr, tpr, thr = roc_curve(y, score)
+        columns = curve(y, score)[: len(names)]
         pts = [
-            {
-                "fpr": float(a),
-                "tpr": float(b),
-                "threshold": float(t),
-                **({"class": c} if multi else {}),
-            }
-            for a, b, t in zip(fpr, tpr, thr, strict=True)
-        ]
+            {**{n: float(v) for n, v in zip(names, values, strict=True)},
+             **({"class": c} if multi else {})}
+            for values in zip(*columns, strict=True)
+        ]  # fmt: skip
         out += _thin(pts)
     return out
+
+
+def roc_points(labels: np.ndarray, probs: np.ndarray) -> list[dict[str, Any]]:
+    """ROC curve points {fpr, tpr, threshold} (with ``class`` for more than two classes)."""
+    from sklearn.metrics import roc_curve
+
+    return _curve_points(labels, probs, roc_curve, ("fpr", "tpr", "threshold"))
 
 
 def pr_points(labels: np.ndarray, probs: np.ndarray) -> list[dict[str, Any]]:
     """Precision-recall curve points {recall, precision} (with ``class`` beyond binary)."""
     from sklearn.metrics import precision_recall_curve
 
-    labels, probs = np.asarray(labels), np.asarray(probs)
-    out: list[dict[str, Any]] = []
-    if len(_classes_present(labels)) < 2:
-        return out
-    multi = probs.shape[1] > 2
-    for c, y, score in _ovr_scores(labels, probs):
+    def recall_precision(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, ...]:
         precision, recall, _ = precision_recall_curve(y, score)
-        pts = [
-            {"recall": float(r), "precision": float(p), **({"class": c} if multi else {})}
-            for p, r in zip(precision, recall, strict=True)
-        ]
-        out += _thin(pts)
-    return out
+        return recall, precision
+
+    return _curve_points(labels, probs, recall_precision, ("recall", "precision"))
 
 
 def confusion_matrix(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
