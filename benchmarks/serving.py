@@ -1,0 +1,373 @@
+"""Online serving: HTTP overhead, dynamic batching, and streaming against full re-scoring.
+
+The model is params.yaml's default architecture (LSTM, 2 layers, hidden 64, classify; seeded,
+untrained weights, which score at the same speed), logged with the train stage's own code into
+a temporary MLflow store and promoted to ``champion`` (``benchmarks.batch_scoring``'s
+``build_registered_model``). One local Ray cluster runs two copies of the real application
+(``serving.app.build_app``) side by side: ``/on`` with params of serve_config.yaml's
+ModelHolder (``max_batch_size`` 16, 5 ms wait) and ``/off`` with ``max_batch_size`` 1. All
+HTTP load comes from a **second process** (this script with ``--client``) over loopback, with
+one keep-alive connection per client thread.
+
+1. **Light load**: one request at a time, each one sequence (real entities' last window of
+   events), ``/v1/score`` latency p50/p99 against calling the same loaded model in-process
+   (``SequenceScorer.score`` on the same events as an Arrow table) in this process. **Target:
+   p50 overhead (HTTP p50 - in-process p50) at most 5 ms.**
+2. **Saturation**: ``--concurrency`` client threads sending without pause for ``--seconds``,
+   against ``/on`` and ``/off`` in alternating rounds; requests per second. **Target: batching
+   on / off at least 3x.**
+3. **Streaming**: an entity with ``--history`` events streamed so far; one new event through
+   ``/v1/stream/{entity}`` against re-scoring the whole history through ``/v1/score``; and
+   the same pair in-process (``StreamingScorer.update`` against ``SequenceScorer.score`` of
+   the whole history, which for an RNN is what the stream carries). **Target: at least 10x.**
+   (``/v1/score`` reads only the model's last window of the history, so the HTTP ratio
+   understates what a full re-score costs.)
+
+    .venv/bin/python benchmarks/serving.py [--quick] [--rounds 3] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+
+from benchmarks._common import median, print_table, verdict, write_result
+
+TARGETS = {"overhead_ms": 5.0, "batching": 3.0, "streaming": 10.0}
+
+
+# --------------------------------------------------------------------------- the client
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def client_main(args: argparse.Namespace) -> int:
+    """The load process: POST bodies from a JSON file, print latencies as JSON."""
+    bodies = [json.dumps(b).encode() for b in json.loads(Path(args.bodies).read_text())]
+    host, port = args.url.split("//", 1)[1].split(":")
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    stop_at = time.perf_counter() + args.seconds if args.seconds else None
+
+    def worker(index: int) -> None:
+        conn = http.client.HTTPConnection(host, int(port), timeout=60)
+        mine: list[float] = []
+        i = index
+        while True:
+            if stop_at is not None and time.perf_counter() >= stop_at:
+                break
+            if stop_at is None and i >= len(bodies):
+                break
+            body = bodies[i % len(bodies)]
+            path = args.path.replace("{i}", str(i))
+            started = time.perf_counter()
+            conn.request("POST", path, body, {"Content-Type": "application/json"})
+            response = conn.getresponse()
+            response.read()
+            mine.append(time.perf_counter() - started)
+            if response.status != 200:
+                with lock:
+                    errors[0] += 1
+            i += args.concurrency
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(args.concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    print(json.dumps({"latencies": latencies, "errors": errors[0], "wall_s": wall}))
+    return 0
+
+
+def load(
+    url: str, path: str, bodies: Path, concurrency: int = 1, seconds: float = 0.0
+) -> dict[str, Any]:
+    """Run the client in a second process; requests/s and latency percentiles (ms)."""
+    cmd = [sys.executable, __file__, "--client", "--url", url, "--path", path,
+           "--bodies", str(bodies), "--concurrency", str(concurrency), "--seconds", str(seconds)]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=900)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    lat = [x * 1000 for x in result["latencies"]]
+    return {
+        "requests": len(lat),
+        "errors": result["errors"],
+        "rps": len(lat) / result["wall_s"],
+        "p50_ms": _percentile(lat, 50),
+        "p99_ms": _percentile(lat, 99),
+    }
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _events_json(table: pa.Table, entity: str) -> list[dict[str, Any]]:
+    rows = table.drop_columns([entity]).to_pylist()
+    for row in rows:
+        row["event_time"] = row["event_time"].isoformat()
+    return rows
+
+
+def request_inputs(
+    events: pa.Table, schema: Any, window: int, n: int
+) -> tuple[list[dict], list[pa.Table]]:
+    """``n`` one-sequence requests: real entities' last ``window`` events (client columns)."""
+    columns = [schema.entity, schema.time, *([schema.seq] if schema.seq else []),
+               *schema.numeric, *schema.categorical]  # fmt: skip
+    table = events.select(columns)
+    strings = [
+        f.with_type(pa.string()) if pa.types.is_dictionary(f.type) else f for f in table.schema
+    ]
+    table = table.cast(pa.schema(strings))
+    entities = pc.unique(table[schema.entity]).to_pylist()[:n]
+    bodies, tables = [], []
+    for entity in entities:
+        mine = table.filter(pc.equal(table[schema.entity], entity))
+        mine = mine.sort_by([(schema.time, "ascending")])
+        mine = mine.slice(max(0, mine.num_rows - window))
+        bodies.append(
+            {"sequences": [{"entity": str(entity), "events": _events_json(mine, schema.entity)}]}
+        )
+        tables.append(mine)
+    return bodies, tables
+
+
+def long_history(events: pa.Table, schema: Any, length: int) -> pa.Table:
+    """One entity with ``length + 1`` events: real events of many entities, one after another
+    in time (1 minute apart), under one key."""
+    table = events.slice(0, length + 1)
+    start = np.datetime64("2025-01-01T00:00:00", "us").astype(np.int64)
+    times = pa.array(start + np.arange(table.num_rows, dtype=np.int64) * 60_000_000,
+                     pa.timestamp("us", "UTC"))  # fmt: skip
+    table = table.set_column(table.schema.get_field_index(schema.time), schema.time, times)
+    if schema.seq:
+        seq = pa.array(np.arange(table.num_rows, dtype=np.int64))
+        table = table.set_column(table.schema.get_field_index(schema.seq), schema.seq, seq)
+    key = pa.array(["long-history"] * table.num_rows)
+    table = table.set_column(table.schema.get_field_index(schema.entity), schema.entity, key)
+    columns = [schema.entity, schema.time, *([schema.seq] if schema.seq else []),
+               *schema.numeric, *schema.categorical]  # fmt: skip
+    table = table.select(columns)
+    strings = [
+        f.with_type(pa.string()) if pa.types.is_dictionary(f.type) else f for f in table.schema
+    ]
+    return table.cast(pa.schema(strings))
+
+
+# --------------------------------------------------------------------------- the server
+
+
+def start_apps(model: dict[str, Any], port: int) -> None:
+    from ray import serve
+
+    from serving.app import build_app
+    from serving.config import serving_config
+
+    cpus = {"ray_actor_options": {"num_cpus": 0.25}}
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    for name, batch in (("on", 16), ("off", 1)):
+        config = serving_config(
+            {
+                "model_name": model["name"],
+                "tracking_uri": model["tracking_uri"],
+                "max_batch_size": batch,
+                "batch_wait_timeout_s": 0.005,
+                "alias_poll_s": 0,
+                "max_events_per_sequence": 4096,
+            }  # fmt: skip
+        )
+        options = {"ScoringAPI": cpus, "ModelHolder": {"ray_actor_options": {"num_cpus": 0.5}},
+                   "StreamHolder": cpus}  # fmt: skip
+        serve.run(build_app(config, options), name=f"bench-{name}", route_prefix=f"/{name}")
+
+
+def inprocess_latency(scorer: Any, tables: list[pa.Table], n: int) -> dict[str, float]:
+    lat = []
+    for i in range(n):
+        table = tables[i % len(tables)]
+        started = time.perf_counter()
+        scorer.score(table)
+        lat.append((time.perf_counter() - started) * 1000)
+    return {"p50_ms": _percentile(lat, 50), "p99_ms": _percentile(lat, 99)}
+
+
+def streaming_inprocess(scorer: Any, history: pa.Table, rounds: int) -> dict[str, float]:
+    from serving.streaming import StateStore, StreamingScorer
+
+    streamer = StreamingScorer(scorer, "bench", StateStore(10, 3600))
+    past, new = history.slice(0, history.num_rows - 1), history.slice(history.num_rows - 1)
+    step, full = [], []
+    for _ in range(rounds):
+        streamer.update("e", past, reset=True)
+        started = time.perf_counter()
+        streamer.update("e", new)
+        step.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        streamer.reference(history)
+        full.append(time.perf_counter() - started)
+    return {"stream_ms": median(step) * 1000, "rescore_ms": median(full) * 1000}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--path", help=argparse.SUPPRESS)
+    parser.add_argument("--bodies", help=argparse.SUPPRESS)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=300, help="light-load requests")
+    parser.add_argument("--window", type=int, default=256, help="events per request")
+    parser.add_argument("--history", type=int, default=1000)
+    parser.add_argument("--quick", action="store_true", help="small and short: a smoke run")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args(argv)
+    if args.client:
+        return client_main(args)
+    if args.quick:
+        args.rounds, args.seconds, args.requests, args.concurrency = 1, 2.0, 30, 8
+        args.history = min(args.history, 200)
+
+    import ray
+    from ray import serve
+
+    from benchmarks._common import PARAMS
+    from benchmarks.batch_scoring import build_registered_model
+    from pipelines.config import load_params
+    from serving.config import ModelRef
+    from serving.registry import load_model
+
+    schema = load_params(PARAMS).data.schema
+    with tempfile.TemporaryDirectory(prefix="seqops-serving-bench-") as tmp:
+        root = Path(tmp)
+        model = build_registered_model(root)
+        events = pads.dataset(root / "events", format="parquet").to_table()
+        bodies, tables = request_inputs(events, schema, args.window, 64)
+        (root / "bodies.json").write_text(json.dumps(bodies))
+        history = long_history(events, schema, args.history)
+        past, new = history.slice(0, args.history), history.slice(args.history)
+        ref = ModelRef(model["name"], tracking_uri=model["tracking_uri"])
+        scorer = load_model(ref, 16384).scorer
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        base = f"http://127.0.0.1:{port}"
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 object_store_memory=256 * 1024**2,
+                 runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})  # fmt: skip
+        try:
+            start_apps(model, port)
+            load(base, "/on/v1/score", root / "bodies.json", 4, 1.0)  # warm both apps up
+            load(base, "/off/v1/score", root / "bodies.json", 4, 1.0)
+            light, inproc, sat = [], [], {"on": [], "off": []}
+            for r in range(args.rounds):
+                inproc.append(inprocess_latency(scorer, tables, args.requests))
+                light.append(load(base, "/on/v1/score", root / "bodies.json", 1, 0.0))
+                for arm in ("on", "off") if r % 2 == 0 else ("off", "on"):
+                    sat[arm].append(load(base, f"/{arm}/v1/score", root / "bodies.json",
+                                         args.concurrency, args.seconds))  # fmt: skip
+            # Streaming over HTTP: state of ``past``, then one event at a time (reset each
+            # round so that every measured call is at the same history length).
+            stream_body = {"events": _events_json(past, schema.entity), "reset": True}
+            step_body = {"events": _events_json(new, schema.entity)}
+            full_body = {"sequences": [{"entity": "long-history",
+                                        "events": _events_json(history, schema.entity)}]}  # fmt: skip
+            stream_ms, rescore_ms = [], []
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+            def post(path: str, body: dict) -> float:
+                data = json.dumps(body).encode()
+                started = time.perf_counter()
+                conn.request("POST", path, data, {"Content-Type": "application/json"})
+                response = conn.getresponse()
+                text = response.read()
+                assert response.status == 200, text[:300]
+                return (time.perf_counter() - started) * 1000
+
+            for _ in range(max(20, args.rounds * 10)):
+                post("/on/v1/stream/long-history", stream_body)
+                stream_ms.append(post("/on/v1/stream/long-history", step_body))
+                rescore_ms.append(post("/on/v1/score", full_body))
+            conn.close()
+            local = streaming_inprocess(scorer, history, max(10, args.rounds * 5))
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+
+    overhead = median(x["p50_ms"] for x in light) - median(x["p50_ms"] for x in inproc)
+    ratios = [on["rps"] / off["rps"] for on, off in zip(sat["on"], sat["off"], strict=True)]
+    batching = median(ratios)
+    http_stream = median(rescore_ms) / median(stream_ms)
+    local_stream = local["rescore_ms"] / local["stream_ms"]
+    rows = [
+        ["light load: /v1/score p50 / p99 (ms)",
+         f"{median(x['p50_ms'] for x in light):.2f} / {median(x['p99_ms'] for x in light):.2f}", ""],
+        ["light load: in-process p50 / p99 (ms)",
+         f"{median(x['p50_ms'] for x in inproc):.2f} / {median(x['p99_ms'] for x in inproc):.2f}", ""],
+        ["p50 overhead (ms)", f"{overhead:.2f}",
+         f"{verdict(overhead <= TARGETS['overhead_ms'])} (<= {TARGETS['overhead_ms']:g} ms)"],
+        [f"saturation ({args.concurrency} clients): batching on req/s",
+         f"{median(x['rps'] for x in sat['on']):.0f}", ""],
+        ["saturation: batching off req/s", f"{median(x['rps'] for x in sat['off']):.0f}", ""],
+        ["batching on / off", f"{batching:.2f}x ({min(ratios):.2f}-{max(ratios):.2f})",
+         f"{verdict(batching >= TARGETS['batching'])} (>= {TARGETS['batching']:g}x)"],
+        [f"stream 1 event at history {args.history}, HTTP (ms)", f"{median(stream_ms):.2f}", ""],
+        ["re-score the history via /v1/score (ms)", f"{median(rescore_ms):.2f}", ""],
+        ["streaming speed-up, HTTP", f"{http_stream:.1f}x",
+         f"{verdict(http_stream >= TARGETS['streaming'])} (>= {TARGETS['streaming']:g}x)"],
+        ["stream 1 event / full re-score, in-process (ms)",
+         f"{local['stream_ms']:.2f} / {local['rescore_ms']:.2f}", ""],
+        ["streaming speed-up, in-process", f"{local_stream:.1f}x",
+         f"{verdict(local_stream >= TARGETS['streaming'])} (>= {TARGETS['streaming']:g}x)"],
+    ]  # fmt: skip
+    print_table(["serving", "value", "target"], rows)
+    errors = sum(x["errors"] for x in [*light, *sat["on"], *sat["off"]])
+    print(f"HTTP errors during the run: {errors}")
+    write_result(
+        args.json,
+        {
+            "light": light,
+            "inprocess": inproc,
+            "saturation": sat,
+            "overhead_ms": overhead,
+            "batching_ratio": batching,
+            "batching_ratios": ratios,
+            "stream_ms": stream_ms,
+            "rescore_ms": rescore_ms,
+            "streaming_http": http_stream,
+            "local": local,
+            "streaming_inprocess": local_stream,
+            "errors": errors,
+        },  # fmt: skip
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
