@@ -141,8 +141,8 @@ def spanning_entities(facts: Sequence[FileFacts]) -> int:
     """How many entity keys appear in more than one file."""
     if len(facts) < 2:
         return 0
-    keys = pa.chunked_array([f.entities for f in facts])
-    return len(keys) - pc.count_distinct(keys).as_py()
+    counts = pc.value_counts(pa.chunked_array([f.entities for f in facts]))
+    return pc.sum(pc.greater(counts.field("counts"), 1)).as_py() or 0
 
 
 def _shares(others: int, files: int, slots: int) -> int:

@@ -138,9 +138,14 @@ def test_batch_scoring_arms_score_every_entity_once_with_equal_scores(tmp_path):
         assert base["entities"] == ours["entities"] == len(expected)
         for out in (f"base-{layout}", f"ours-{layout}"):
             check = batch_scoring.compare_outputs(tmp_path / "expected", tmp_path / out)
-            assert check == {"entities": len(expected), "score_max_abs_diff": 0.0}
+            assert check["entities"] == len(expected) and check["score_max_abs_diff"] <= 1e-5
+    (tmp_path / "one-lost").mkdir()
+    pq.write_table(
+        pq.read_table(tmp_path / "expected" / "scores.parquet").slice(1),
+        tmp_path / "one-lost" / "scores.parquet",
+    )
     with pytest.raises(AssertionError, match="different entities"):
-        batch_scoring.compare_outputs(tmp_path / "expected", tmp_path / "layouts" / "parts")
+        batch_scoring.compare_outputs(tmp_path / "expected", tmp_path / "one-lost")
 
 
 def test_batch_scoring_ratios_are_per_round_against_the_faster_baseline():
