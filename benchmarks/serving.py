@@ -4,8 +4,9 @@ The model is params.yaml's default architecture (LSTM, 2 layers, hidden 64, clas
 untrained weights, which score at the same speed), logged with the train stage's own code into
 a temporary MLflow store and promoted to ``champion`` (``benchmarks.batch_scoring``'s
 ``build_registered_model``). One local Ray cluster runs two copies of the real application
-(``serving.app.build_app``) side by side: ``/on`` with params of serve_config.yaml's
-ModelHolder (``max_batch_size`` 16, 5 ms wait) and ``/off`` with ``max_batch_size`` 1. All
+(``serving.app.build_app``) side by side: ``/on`` with serving/serve_config.yaml's ModelHolder
+``user_config`` (``max_batch_size`` 16, 1 ms wait) and ``/off`` the same with
+``max_batch_size`` 1. All
 HTTP load comes from a **second process** (this script with ``--client``) over loopback, with
 one keep-alive connection per client thread.
 
@@ -185,21 +186,18 @@ def start_apps(model: dict[str, Any], port: int) -> None:
     from ray import serve
 
     from serving.app import build_app
+    from serving.cli import DEFAULT_CONFIG, deployment_options, load_serve_config
     from serving.config import serving_config
 
+    shipped = deployment_options(load_serve_config(DEFAULT_CONFIG)["applications"][0])
+    batching = shipped["ModelHolder"]["user_config"]  # the shipped batching settings
     cpus = {"ray_actor_options": {"num_cpus": 0.25}}
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    for name, batch in (("on", 16), ("off", 1)):
+    for name, batch in (("on", batching["max_batch_size"]), ("off", 1)):
         config = serving_config(
-            {
-                "model_name": model["name"],
-                "tracking_uri": model["tracking_uri"],
-                "max_batch_size": batch,
-                "batch_wait_timeout_s": 0.005,
-                "alias_poll_s": 0,
-                "max_events_per_sequence": 4096,
-            }  # fmt: skip
-        )
+            {**batching, "model_name": model["name"], "tracking_uri": model["tracking_uri"],
+             "max_batch_size": batch, "alias_poll_s": 0, "max_events_per_sequence": 4096}
+        )  # fmt: skip
         options = {"ScoringAPI": cpus, "ModelHolder": {"ray_actor_options": {"num_cpus": 0.5}},
                    "StreamHolder": cpus}  # fmt: skip
         serve.run(build_app(config, options), name=f"bench-{name}", route_prefix=f"/{name}")

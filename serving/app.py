@@ -201,7 +201,7 @@ class ModelHolder:
         """One request's sequences -> its scores, batched with concurrent requests."""
         return await self._score_batch(batch)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.001)
     async def _score_batch(self, batches: list[EventBatch]) -> list[dict[str, Any]]:
         model = self.model  # one model for the whole batch, even if reload swaps it meanwhile
         started = time.perf_counter()
