@@ -58,6 +58,7 @@ from serving.batch_plan import (
     plan_units,
     read_piece,
     read_unit,
+    rows_read,
     scan_file,
     spanning_entities,
 )
@@ -114,6 +115,24 @@ def score_table(scorer: Any, events: pa.Table, lineage: dict[str, Any]) -> pa.Ta
     return pa.Table.from_pandas(scores, schema=schema, preserve_index=False)
 
 
+def _score_with_threads(
+    scorer: Any, events: pa.Table, lineage: dict[str, Any], threads: int
+) -> pa.Table:
+    """``score_table`` with as many torch threads as a Ray task would use, then restored.
+
+    On a busy 2-core machine two OpenMP threads can be ten times slower than one
+    (benchmarks/README.md), so the local plan runs like one task, not with torch's default.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
+        return score_table(scorer, events, lineage)
+    finally:
+        torch.set_num_threads(before)
+
+
 _WORKER_SCORER: dict[str, Any] = {}
 """In a Ray worker process: the last scorer taken from the object store, by its ref."""
 
@@ -138,7 +157,7 @@ def _score_unit_task(
     scorer = _worker_scorer(box, threads)
     table = read_unit(unit, columns, scorer.schema.entity, threads)
     scores = score_table(scorer, table, lineage)
-    rows = sum(p.stop - p.start for p in unit.pieces)
+    rows = sum(rows_read(p) for p in unit.pieces)
     return {"scores": scores, "rows_read": rows, "cpu_s": time.process_time() - cpu}
 
 
@@ -307,12 +326,13 @@ def score_dataset(
     ``plan``: ``auto`` (``local`` below ``local_max_rows`` events, else ``files`` when no
     entity spans files, else ``shuffle``), or one of them forced; ``files`` on input whose
     entities span files is refused. The Ray plans use the running cluster, else start a local
-    one (``ray.init()``), with scoring tasks of ``actor_cpus`` CPUs (and torch threads) each,
-    at most ``actors`` at once (default: as many as the cluster's CPUs hold). Units hold
-    about ``rows_per_block`` events where the layout allows (:func:`plan_units`); the
-    ``shuffle`` plan makes ``max(slots, events / rows_per_block)`` partitions. The summary says
-    which plan ran (``plan``), its scoring tasks (``blocks``), the events the tasks read
-    (``rows_read``: above ``events`` where hash shares re-read a file) and seconds per phase.
+    one (``ray.init()``), with scoring tasks of ``actor_cpus`` CPUs and torch threads each
+    (the ``local`` plan uses as many threads), at most ``actors`` at once (default: as many
+    as the cluster's CPUs hold). Units hold about ``rows_per_block`` events where the layout
+    allows (:func:`plan_units`); the ``shuffle`` plan makes ``max(slots, events /
+    rows_per_block)`` partitions. The summary says which plan ran (``plan``), its scoring
+    tasks (``blocks``), the events the tasks read (``rows_read``: above ``events`` where
+    shares re-read a file or ranges a row group) and the seconds per phase.
     """
     from serving.config import ModelRef
     from serving.registry import load_model
@@ -375,7 +395,7 @@ def score_dataset(
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.with_name(f".{output.name}.tmp-{uuid.uuid4().hex[:8]}")
     writer = ScoresWriter(tmp, output_schema(scorer))
-    rows_read, task_cpu, blocks = 0, 0.0, 1
+    n_read, task_cpu, blocks = 0, 0.0, 1
     try:
         if kind == "local":
             pieces = [Piece(p, 0, pq.ParquetFile(p).metadata.num_rows) for p in files]
@@ -384,8 +404,8 @@ def score_dataset(
                 if events[entity].null_count:
                     raise ValueError(f"{events[entity].null_count} event(s) have no {entity}")
                 n_entities = pc.count_distinct(events[entity]).as_py()
-                writer.write(score_table(scorer, events, lineage))
-            rows_read = n_rows
+                writer.write(_score_with_threads(scorer, events, lineage, int(actor_cpus)))
+            n_read = n_rows
         else:
             import ray
 
@@ -396,7 +416,7 @@ def score_dataset(
             blocks = len(submit)
             for result in _run_tasks(submit, actors):
                 writer.write(result["scores"])
-                rows_read += result["rows_read"]
+                n_read += result["rows_read"]
                 task_cpu += result["cpu_s"]
         mark = phase("score", mark)
         n_scored = writer.close(n_entities)
@@ -414,7 +434,7 @@ def score_dataset(
         "events": n_rows,
         "entities": n_scored,
         "blocks": blocks,
-        "rows_read": rows_read,
+        "rows_read": n_read,
         "seconds": round(seconds, 3),
         "events_per_s": round(n_rows / seconds, 1) if seconds > 0 else None,
         "sequences_per_s": round(n_scored / seconds, 1) if seconds > 0 else None,

@@ -198,19 +198,29 @@ def plan_units(facts: Sequence[FileFacts], slots: int, rows_per_block: int) -> l
 # --------------------------------------------------------------------------- reading
 
 
+def _row_groups(meta: pq.FileMetaData, piece: Piece) -> tuple[list[int], int, int]:
+    """The row groups holding ``piece``'s rows, the first one's first row, their rows."""
+    bounds = np.cumsum([0, *(meta.row_group(i).num_rows for i in range(meta.num_row_groups))])
+    first = int(np.searchsorted(bounds, piece.start, side="right")) - 1
+    last = int(np.searchsorted(bounds, piece.stop, side="left"))
+    return list(range(first, last)), int(bounds[first]), int(bounds[last] - bounds[first])
+
+
+def rows_read(piece: Piece) -> int:
+    """Events a task reads for ``piece``: whole row groups, so at least its rows."""
+    if piece.stop <= piece.start:
+        return 0
+    return _row_groups(pq.ParquetFile(piece.path).metadata, piece)[2]
+
+
 def read_piece(piece: Piece, columns: Sequence[str], use_threads: bool = True) -> pa.Table:
     """Rows ``[start, stop)`` of a file, reading only the row groups that hold them."""
     handle = pq.ParquetFile(piece.path)
     if piece.stop <= piece.start:
         return handle.schema_arrow.empty_table().select(list(columns))
-    meta = handle.metadata
-    bounds = np.cumsum([0, *(meta.row_group(i).num_rows for i in range(meta.num_row_groups))])
-    first = int(np.searchsorted(bounds, piece.start, side="right")) - 1
-    last = int(np.searchsorted(bounds, piece.stop, side="left"))
-    table = handle.read_row_groups(
-        list(range(first, last)), columns=list(columns), use_threads=use_threads
-    )
-    return table.slice(piece.start - int(bounds[first]), piece.stop - piece.start)
+    groups, offset, _ = _row_groups(handle.metadata, piece)
+    table = handle.read_row_groups(groups, columns=list(columns), use_threads=use_threads)
+    return table.slice(piece.start - offset, piece.stop - piece.start)
 
 
 def read_unit(unit: Unit, columns: Sequence[str], entity: str, threads: int = 1) -> pa.Table:

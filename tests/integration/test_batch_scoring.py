@@ -116,6 +116,7 @@ def test_batch_scores_equal_online_scores(ray_cluster, registry, tmp_path, resto
         assert summary["plan"] == plan, label
         if plan != "local":  # the test must exercise several scoring tasks
             assert summary["blocks"] > 1, label
+        assert summary["rows_read"] >= events.num_rows, label
         scores = pads.dataset(out, format="parquet").to_table()
         entities = scores["entity"].to_pylist()
         assert len(entities) == len(set(entities)) == len(expected), label  # each exactly once
