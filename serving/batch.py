@@ -161,15 +161,19 @@ def _score_unit_task(
     return {"scores": scores, "rows_read": rows, "cpu_s": time.process_time() - cpu}
 
 
-def _partition_task(piece: Piece, columns: list[str], entity: str, n: int) -> Any:
-    """Ray task (map side of the shuffle): one file's events in ``n`` entity-hash parts."""
+def _partition_task(piece: Piece, columns: list[str], entity: str, n: int) -> list[Any]:
+    """Ray task (map side of the shuffle): one file's events in ``n`` entity-hash parts,
+    then this task's own figures (``n + 1`` returns)."""
+    cpu = time.process_time()
     table = read_piece(piece, columns, use_threads=False)
     buckets = entity_buckets(table[entity], n)
     order = np.argsort(buckets, kind="stable")
     edges = np.searchsorted(buckets[order], np.arange(n + 1))
     parts = table.take(pa.array(order))
-    out = [parts.slice(int(a), int(b - a)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
-    return out if n > 1 else out[0]
+    out: list[Any] = [
+        parts.slice(int(a), int(b - a)) for a, b in zip(edges[:-1], edges[1:], strict=True)
+    ]
+    return [*out, {"rows_read": rows_read(piece), "cpu_s": time.process_time() - cpu}]
 
 
 def _score_parts_task(
@@ -179,8 +183,7 @@ def _score_parts_task(
     cpu = time.process_time()
     scorer = _worker_scorer(box, threads)
     scores = score_table(scorer, pa.concat_tables(parts), lineage)
-    rows = sum(p.num_rows for p in parts)
-    return {"scores": scores, "rows_read": rows, "cpu_s": time.process_time() - cpu}
+    return {"scores": scores, "rows_read": 0, "cpu_s": time.process_time() - cpu}
 
 
 def _bind(function: Callable[..., Any], *args: Any) -> Callable[[], Any]:
@@ -223,8 +226,9 @@ def _submitters(
     rows_per_block: int,
     actors: int | None,
     cpus: float,
-) -> list[Callable[[], Any]]:
-    """One callable per scoring task of the ``files`` or ``shuffle`` plan, in output order."""
+) -> tuple[list[Callable[[], Any]], list[Any]]:
+    """One callable per scoring task of the ``files`` or ``shuffle`` plan, in output order,
+    and the refs to the map tasks' figures (shuffle only)."""
     import ray
 
     columns = list(dict.fromkeys(scorer.required_columns))
@@ -234,15 +238,15 @@ def _submitters(
     if kind == "files":
         score = ray.remote(_score_unit_task).options(num_cpus=cpus)
         units = plan_units(facts, slots, rows_per_block)
-        return [_bind(score.remote, box, u, columns, lineage, threads) for u in units]
+        return [_bind(score.remote, box, u, columns, lineage, threads) for u in units], []
     n = max(slots, math.ceil(sum(f.rows for f in facts) / rows_per_block))
-    split = ray.remote(_partition_task).options(num_cpus=cpus, num_returns=n)
-    maps: list[list[Any]] = []
-    for f in facts:
-        refs = split.remote(Piece(f.path, 0, f.rows), columns, scorer.schema.entity, n)
-        maps.append(refs if isinstance(refs, list) else [refs])
+    split = ray.remote(_partition_task).options(num_cpus=cpus, num_returns=n + 1)
+    maps: list[Any] = [  # n + 1 >= 2 returns: a list of refs per file
+        split.remote(Piece(f.path, 0, f.rows), columns, scorer.schema.entity, n) for f in facts
+    ]
     reduce = ray.remote(_score_parts_task).options(num_cpus=cpus)
-    return [_bind(reduce.remote, box, lineage, threads, *[m[p] for m in maps]) for p in range(n)]
+    submit = [_bind(reduce.remote, box, lineage, threads, *[m[p] for m in maps]) for p in range(n)]
+    return submit, [m[n] for m in maps]
 
 
 # --------------------------------------------------------------------------- output
@@ -412,12 +416,17 @@ def score_dataset(
             if not ray.is_initialized():
                 ray.init()
                 mark = phase("ray_init", mark)
-            submit = _submitters(kind, facts, scorer, lineage, rows_per_block, actors, actor_cpus)
+            submit, map_figures = _submitters(
+                kind, facts, scorer, lineage, rows_per_block, actors, actor_cpus
+            )
             blocks = len(submit)
             for result in _run_tasks(submit, actors):
                 writer.write(result["scores"])
                 n_read += result["rows_read"]
                 task_cpu += result["cpu_s"]
+            for figures in ray.get(map_figures):  # the shuffle's map tasks
+                n_read += figures["rows_read"]
+                task_cpu += figures["cpu_s"]
         mark = phase("score", mark)
         n_scored = writer.close(n_entities)
         _replace(tmp, output)
