@@ -263,9 +263,15 @@ def step_validate(args: argparse.Namespace) -> dict[str, Any]:
     params = load_params(PARAMS)
     work = Path(args.work)
     phases = Phases()
-    for name in ("read_events", "run_contract", "write_docs", "write_parquet", "write_json"):
-        phases.wrap(validate, name)
-    for name in ("_row_checks", "_split"):  # inside run_contract
+    for name in (
+        "read_events",
+        "check_contract",
+        "write_docs",
+        "write_parquet_chunks",
+        "write_json",
+    ):
+        phases.wrap(validate, name)  # write_parquet_chunks: gathers + Parquet, chunk by chunk
+    for name in ("_row_checks", "_split"):  # inside check_contract
         phases.wrap(contract, name)
     report, figures = phases.measure(
         lambda: validate.run(

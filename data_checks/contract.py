@@ -7,9 +7,11 @@ Policies: ``fail`` reports and the stage exits non-zero; ``quarantine`` sets the
 rows (whole entities for ``seq_gaps``) aside with ``_quarantine_reason`` = the first
 quarantining check, in ``CHECK_NAMES`` order.
 
-``clean`` is grouped by entity and in arrival order within an entity, built with one
-``Table.take`` of the grouping order the checks already computed, so validate costs one
-sort-like pass over the data and holds about two copies of the table at its peak.
+``clean`` is grouped by entity and in arrival order within an entity: the grouping order
+the checks already computed, so validate costs one sort-like pass over the data.
+``check_contract`` returns it as a ``data_checks.split.Split`` of row ids that the validate
+stage gathers and writes chunk by chunk (no second copy of the table); ``run_contract``
+gathers whole tables, for callers that want them in memory.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ import pyarrow.compute as pc
 from data_checks import gx_suite, ordering
 from data_checks.ordering import Finding
 from data_checks.results import CheckResult, ValidationReport, json_safe, skipped
+from data_checks.split import REASON, Split, split_rows
 from pipelines.config import CHECK_NAMES, SchemaConfig, ValidateConfig
 
-REASON = "_quarantine_reason"
+__all__ = ["REASON", "Split", "check_contract", "run_contract"]
 GX_CHECKS = {"schema", "types", "key_nulls", "value_ranges", "categorical_domain"}
 
 
@@ -154,6 +157,14 @@ def run_contract(
     table: pa.Table, schema: SchemaConfig, config: ValidateConfig, now: datetime
 ) -> tuple[ValidationReport, pa.Table, pa.Table]:
     """Validate ``table``; returns the report, the clean rows and the quarantined rows."""
+    report, split = check_contract(table, schema, config, now)
+    return report, split.clean(), split.quarantine()
+
+
+def check_contract(
+    table: pa.Table, schema: SchemaConfig, config: ValidateConfig, now: datetime
+) -> tuple[ValidationReport, Split]:
+    """Validate ``table``; returns the report and the split of its rows, not yet gathered."""
     started = time.perf_counter()
     now = now if now.tzinfo else now.replace(tzinfo=UTC)
     run = _Run(table, schema, config)
@@ -168,17 +179,21 @@ def run_contract(
 
     plan = gx_suite.plan_columns(table, schema)
     enabled = {c for c in CHECK_NAMES if config.checks[c].enabled}
+    use_gx = bool(enabled & GX_CHECKS)
     gx_results: dict[str, list[dict]] = {}
     gx_info: dict[str, Any] = {"ran": False}
-    # GX costs seconds of pure-Python import and planning; the row checks spend their time
-    # in numpy/Arrow kernels that release the GIL, so the two overlap on a second core.
+    # GX's import is seconds of pure Python and the row checks are numpy/Arrow kernels that
+    # release the GIL, so the two overlap on a second core. The suite itself (GX's lazily
+    # imported engine and its frame, about 0.2 GB) starts only once the checks have freed
+    # their index, so its memory never adds to theirs (benchmarks/README.md).
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gx-suite") as pool:
-        suite = None
-        if enabled & GX_CHECKS:
-            suite = pool.submit(gx_suite.run_suite, table, schema, config, plan, enabled)
-        # Quarantine needs only the row checks (schema and types can only fail), so the
-        # gather also runs while GX finishes.
+        if use_gx:  # a failed import is reported by run_suite, which imports again
+            pool.submit(_import_gx, timings)
+        # Quarantine needs only the row checks (schema and types can only fail).
         split = _split(run, *_row_checks(run, plan, now, timings), timings)
+        suite = None
+        if use_gx:
+            suite = pool.submit(gx_suite.run_suite, table, schema, config, plan, enabled)
         if suite is not None:
             gx_results, gx_info = suite.result()
     timings["gx_suite"] = gx_info.get("duration_s", 0.0)
@@ -187,12 +202,19 @@ def run_contract(
     return _report(run, split, now, started, timings, gx_info)
 
 
+def _import_gx(timings: dict[str, float]) -> None:
+    t0 = time.perf_counter()
+    gx_suite.import_gx()
+    timings["gx_import"] = time.perf_counter() - t0
+
+
 def _row_checks(
     run: _Run, plan: gx_suite.ColumnPlan, now: datetime, timings: dict
 ) -> tuple[np.ndarray, Callable[[np.ndarray], pa.Array] | None]:
     """Every check after schema/types; returns the grouping order and an entity gatherer.
 
-    The index arrays live only inside this call, so they are freed before the gather.
+    The index arrays live only inside this call (the gatherer keeps the entity codes), so
+    they are freed before the gather.
     """
     table, schema, config, k = run.table, run.schema, run.config, run.k
     cfg = config.checks
@@ -276,62 +298,38 @@ def _split(
     order: np.ndarray | None,
     gather_entity: Callable[[np.ndarray], pa.Array] | None,
     timings: dict[str, float],
-) -> tuple[pa.Table, pa.Table, dict[str, int]]:
-    """Apply the quarantine policies and gather ``clean`` in one take of ``order``."""
-    table = run.table
-    n = table.num_rows
+) -> Split:
+    """Apply the quarantine policies: which rows stay (in ``order``) and which go, and why."""
     t0 = time.perf_counter()
-    reason = np.zeros(n, dtype=np.uint8)
-    quarantined: dict[str, int] = {}
-    for code, name in enumerate(CHECK_NAMES, start=1):
+    offenders = {}
+    for name in CHECK_NAMES:
         result, finding = run.results.get(name), run.findings.get(name)
         if result and result.status == "fail" and result.policy == "quarantine" and finding:
-            fresh = finding.rows[reason[finding.rows] == 0]  # the first check wins
-            reason[fresh] = code
-            quarantined[name] = int(fresh.size)
-    if order is None:
-        order = np.arange(n, dtype=np.int64)
-    if quarantined:
-        order = order[reason[order] == 0]
-    if order.size == n and bool(np.all(order[1:] > order[:-1])):
-        clean = table  # already grouped and in arrival order: no copy
-    else:
-        # Hand memory the checks freed back to the OS first: the gather is the peak.
-        pa.default_memory_pool().release_unused()
-        entity = run.schema.entity
-        if gather_entity is None:
-            clean = table.take(pa.array(order))
-        else:  # the string key column is most of a random take's time: gather it in order
-            position = table.schema.get_field_index(entity)
-            clean = table.drop_columns([entity]).take(pa.array(order))
-            clean = clean.add_column(position, table.schema.field(entity), gather_entity(order))
-    q_rows = np.flatnonzero(reason)
-    names = np.array(("",) + CHECK_NAMES, dtype=object)[reason[q_rows]]
-    quarantine = table.take(pa.array(q_rows, pa.int64())).append_column(
-        REASON, pa.array(names.tolist(), pa.string())
-    )
+            offenders[name] = finding.rows
+    split = split_rows(run.table, offenders, order, run.schema.entity, gather_entity)
+    # Hand memory the checks freed back to the OS before the gathers and the GX suite.
+    pa.default_memory_pool().release_unused()
     timings["split"] = time.perf_counter() - t0
-    return clean, quarantine, quarantined
+    return split
 
 
 def _report(
     run: _Run,
-    split: tuple[pa.Table, pa.Table, dict[str, int]],
+    split: Split,
     now: datetime,
     started: float,
     timings: dict[str, float],
     gx_info: dict[str, Any],
-) -> tuple[ValidationReport, pa.Table, pa.Table]:
-    clean, quarantine, quarantined = split
+) -> tuple[ValidationReport, Split]:
     report = ValidationReport(
         results=[run.results[name] for name in CHECK_NAMES],
         rows_in=run.table.num_rows,
-        rows_out=clean.num_rows,
-        rows_quarantined=quarantine.num_rows,
+        rows_out=split.clean_count,
+        rows_quarantined=split.quarantine_count,
         gx=json_safe(gx_info),
         duration_s=time.perf_counter() - started,
         now=now.astimezone(UTC).isoformat().replace("+00:00", "Z"),
-        quarantined=quarantined,
+        quarantined=split.quarantined,
         timings={k: round(v, 4) for k, v in timings.items()},
     )
-    return report, clean, quarantine
+    return report, split

@@ -326,6 +326,14 @@ def _summarise(result: Any, k: int) -> dict[str, Any]:
     return out
 
 
+def import_gx() -> Any:
+    """Import Great Expectations (seconds of pure Python), with its analytics off."""
+    os.environ["GX_ANALYTICS_ENABLED"] = "False"  # a pipeline stage never phones home
+    import great_expectations as gx
+
+    return gx
+
+
 def run_suite(
     table: pa.Table,
     schema: SchemaConfig,
@@ -349,8 +357,7 @@ def run_suite(
     }
     grouped: dict[str, list[dict[str, Any]]] = {}
     try:
-        os.environ["GX_ANALYTICS_ENABLED"] = "False"  # a pipeline stage never phones home
-        import great_expectations as gx
+        gx = import_gx()
         from great_expectations.data_context.types.base import ProgressBarsConfig
 
         expectations = _expectations(schema, config, plan, enabled)

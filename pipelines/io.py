@@ -14,7 +14,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +117,34 @@ def write_parquet(table: pa.Table, path: str | Path, **kwargs: Any) -> None:
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def write_parquet_chunks(
+    chunks: Iterable[pa.Table], schema: pa.Schema, path: str | Path, **kwargs: Any
+) -> int:
+    """Write tables of ``schema`` one after another into one Parquet file, atomically.
+
+    Only one chunk needs to be in memory at a time (each becomes one or more row groups);
+    the file appears complete or not at all. Returns the number of rows written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    os.close(fd)
+    rows = 0
+    try:
+        with pq.ParquetWriter(tmp_name, schema, **kwargs) as writer:
+            for chunk in chunks:
+                writer.write_table(chunk)
+                rows += chunk.num_rows
+            if rows == 0:  # one empty row group, as write_table writes for an empty table
+                writer.write_table(schema.empty_table())
+        _publish_mode(Path(tmp_name), directory=False)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return rows
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

@@ -4,7 +4,9 @@ A thin CLI over a pure ``run()`` (STYLE.md 2). It reads ``data/events`` once, ru
 ordering contract (``data_checks.contract``; ARCHITECTURE §2) and writes:
 
 * ``data/validated/events.parquet``: rows that passed, grouped by entity, arrival order
-  within an entity; written only when no ``fail``-policy check failed;
+  within an entity; written only when no ``fail``-policy check failed. It is gathered and
+  written a million rows at a time (``data_checks.split``), so the stage never holds a
+  second copy of the events table (benchmarks/README.md);
 * ``data/quarantine/quarantine.parquet``: rows set aside by ``quarantine`` policies with
   ``_quarantine_reason`` (always written, possibly empty, so DVC always has the output);
 * ``reports/validation.json`` and ``reports/data_docs/index.html``: always written, so a
@@ -24,11 +26,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from data_checks.contract import run_contract
+from data_checks.contract import check_contract
 from data_checks.docs import write_docs
 from data_checks.results import ValidationReport
 from pipelines.config import ConfigError, Params, load_params
-from pipelines.io import read_events, write_json, write_parquet
+from pipelines.io import read_events, write_json, write_parquet_chunks
 
 log = logging.getLogger("seqops.validate")
 VALIDATED_FILE = "events.parquet"
@@ -48,16 +50,15 @@ def run(
     pa.default_memory_pool().release_unused()
     now = params.validate.now or datetime.now(UTC)
     log.info("validating %d events from %s (now=%s)", table.num_rows, events_dir, now.isoformat())
-    report, clean, quarantine = run_contract(table, params.data.schema, params.validate, now)
-    del table  # ``clean`` is a gathered copy: drop the input before encoding Parquet
+    report, split = check_contract(table, params.data.schema, params.validate, now)
 
     write_json(report_path, report.to_json())
     write_docs(report, docs_dir)
-    write_parquet(quarantine, quarantine_path)
+    write_parquet_chunks(split.quarantine_chunks(), split.quarantine_schema, quarantine_path)
     if report.failed():
         log.error("validation failed: %s", ", ".join(r.name for r in report.failed()))
     else:
-        write_parquet(clean, Path(out_dir) / VALIDATED_FILE)
+        write_parquet_chunks(split.clean_chunks(), table.schema, Path(out_dir) / VALIDATED_FILE)
         log.info(
             "wrote %d validated events (%d quarantined) in %.2f s",
             report.rows_out,
