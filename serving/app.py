@@ -178,8 +178,9 @@ class ModelHolder:
         self.model = loaded  # one assignment: batches already running keep the old model
 
     def __del__(self) -> None:
-        if getattr(self, "_stop", None) is not None:
-            self._stop.set()
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
 
     def info(self) -> dict[str, Any]:
         m = self.model
@@ -254,7 +255,7 @@ class StreamHolder:
         self.calls = Counter(
             "seqops_stream_calls",
             "Streaming calls by state status",
-            ("status",),  # type: ignore[arg-type]
+            ("status",),
         )
         self.entities = Gauge("seqops_stream_entities", "Entities with state on this replica")
         self._stop = follow_alias(
@@ -348,8 +349,9 @@ class StreamHolder:
         return n
 
     def __del__(self) -> None:
-        if getattr(self, "_stop", None) is not None:
-            self._stop.set()
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
 
 
 api = FastAPI(title="seqops online scoring", docs_url=None, redoc_url=None)
@@ -383,7 +385,7 @@ class ScoringAPI:
         self.shadowed = Counter(
             "seqops_shadow_requests",
             "Requests mirrored to the challenger",
-            ("outcome",),  # type: ignore[arg-type]
+            ("outcome",),
         )
         self.shadow_diff = Histogram(
             "seqops_shadow_abs_diff",
@@ -482,7 +484,8 @@ class ScoringAPI:
             return
         pairs = zip(served["scores"], shadow["scores"], strict=True)
         diffs = [abs(float(a["score"]) - float(b["score"])) for a, b in pairs]
-        record = {
+        largest = max(diffs)
+        record: dict[str, Any] = {
             "at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
             "champion": {k: served["model"][k] for k in ("name", "version", "run_id")},
             "challenger": {k: shadow["model"][k] for k in ("name", "version", "run_id")},
@@ -490,10 +493,10 @@ class ScoringAPI:
                 {"entity": a["entity"], "champion": a["score"], "challenger": b["score"]}
                 for a, b in zip(served["scores"], shadow["scores"], strict=True)
             ],
-            "max_abs_diff": max(diffs),
+            "max_abs_diff": largest,
         }
         self.shadowed.inc(tags={"outcome": "ok"})
-        self.shadow_diff.observe(record["max_abs_diff"])
+        self.shadow_diff.observe(largest)
         line = json.dumps(record)
         log.info("shadow: %s", line)
         if self.rollout.shadow_log:
@@ -522,8 +525,8 @@ class ScoringAPI:
             return self._reply(route, exc.status, exc.body(), started)
         except Exception:
             log.exception("streaming failed")
-            body = {"error": "internal error while scoring", "field": None}
-            return self._reply(route, 500, body, started)
+            failed = {"error": "internal error while scoring", "field": None}
+            return self._reply(route, 500, failed, started)
         return self._reply(route, 200, result, started)
 
     @api.get("/healthz")
@@ -582,7 +585,7 @@ def build_app(
         challenger = ModelHolder.options(**challenger_opts).bind(  # type: ignore[attr-defined]
             dataclasses.replace(config, model=challenger_ref)
         )
-    router = RequestRouterConfig(request_router_class=EntityAffinityRouter)
+    router = RequestRouterConfig(request_router_class=EntityAffinityRouter)  # type: ignore[arg-type]
     stream_opts = {"max_ongoing_requests": 64, **options.get("StreamHolder", {})}
     stream_opts["request_router_config"] = router  # entity affinity is not optional
     stream = StreamHolder.options(**stream_opts).bind(config)  # type: ignore[attr-defined]

@@ -139,12 +139,8 @@ def stream_request_model(schema: EventSchema, limits: Limits) -> type[BaseModel]
         events=(list[event], limit),  # type: ignore[valid-type]
         # Not Optional[...]: a union would put its branch name into error locations.
         history=(
-            list[event],
-            Field(
-                default=None,
-                min_length=1,  # type: ignore[valid-type]
-                max_length=limits.max_events_per_sequence,
-            ),
+            list[event],  # type: ignore[valid-type]
+            Field(default=None, min_length=1, max_length=limits.max_events_per_sequence),
         ),
         expect_events_seen=(int | None, Field(default=None, strict=True, ge=0, lt=2**63)),
         reset=(bool, Field(default=False, strict=True)),
