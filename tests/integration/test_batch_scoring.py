@@ -83,13 +83,16 @@ def _entity_parts(events: pa.Table, folder, rows_per_part: int) -> None:
     write_events(events.take(pa.array(order)), folder, rows_per_part, "account_id")
 
 
-# (input, score_dataset options, the plan that must run)
+# input, score_dataset options, the plan that must run, its tasks and events read per event
 CASES = {
-    "validated-ranges": ("validated", {"rows_per_block": 2000}, "files"),
-    "parts-shares": ("parts", {"rows_per_block": 2000}, "files"),
-    "parts-packed": ("parts", {"rows_per_block": 10**6}, "files"),
-    "shuffled": ("shuffled", {"rows_per_block": 2000}, "shuffle"),
-    "local": ("validated", {"local_max_rows": 10**9}, "local"),
+    # One file grouped by entity, one row group: two ranges, each reading the row group.
+    "validated-ranges": ("validated", {"rows_per_block": 2000}, "files", 2, 2),
+    # Three entity-hash parts on two slots: two hash shares of each part.
+    "parts-shares": ("parts", {"rows_per_block": 2000}, "files", 6, 2),
+    # The same parts below rows_per_block: packed whole into one unit per slot.
+    "parts-packed": ("parts", {"rows_per_block": 10**6}, "files", 2, 1),
+    "shuffled": ("shuffled", {"rows_per_block": 2000}, "shuffle", None, 1),
+    "local": ("validated", {"local_max_rows": 10**9}, "local", 1, 1),
 }
 
 
@@ -104,10 +107,10 @@ def test_batch_scores_equal_online_scores(ray_cluster, registry, tmp_path, resto
         "parts": tmp_path / "parts",
     }
     _shuffled_parts(events, inputs["shuffled"])
-    _entity_parts(events, inputs["parts"], rows_per_part=events.num_rows // 4)
-    assert len(list(inputs["parts"].iterdir())) >= 4
+    _entity_parts(events, inputs["parts"], rows_per_part=-(-events.num_rows // 3))
+    assert len(list(inputs["parts"].iterdir())) == 3
 
-    for label, (name, options, plan) in CASES.items():
+    for label, (name, options, plan, tasks, reads) in CASES.items():
         out = tmp_path / f"scores-{label}"
         summary = score_dataset(
             inputs[name], out, MODEL, alias="champion", tracking_uri=registry["uri"],
@@ -116,7 +119,8 @@ def test_batch_scores_equal_online_scores(ray_cluster, registry, tmp_path, resto
         assert summary["plan"] == plan, label
         if plan != "local":  # the test must exercise several scoring tasks
             assert summary["blocks"] > 1, label
-        assert summary["rows_read"] >= events.num_rows, label
+        assert summary["blocks"] == (tasks or summary["blocks"]), label
+        assert summary["rows_read"] == reads * events.num_rows, label
         scores = pads.dataset(out, format="parquet").to_table()
         entities = scores["entity"].to_pylist()
         assert len(entities) == len(set(entities)) == len(expected), label  # each exactly once
