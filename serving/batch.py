@@ -10,23 +10,30 @@ Plans (the summary's ``plan``), chosen from metadata and the entity column
 (:mod:`serving.batch_plan`):
 
 - ``files``: no entity spans files, as in the ingest stage's entity-hash part files and the one
-  ``data/validated/events.parquet``. No shuffle: each Ray task reads its own unit of whole
-  entities with pyarrow and scores it.
-- ``shuffle``: entities span files. Map tasks hash-partition each file by entity; one scoring
-  task per partition concatenates its pieces (a two-stage shuffle in plain Ray tasks).
+  ``data/validated/events.parquet``. No shuffle: a Ray Data dataset of one item per unit
+  (``from_items``, one block each) is mapped with ``map_batches(batch_size=1)``; each call
+  reads its unit of whole entities with pyarrow and scores it.
+- ``shuffle``: entities span files. ``map_batches`` reads each file and tags each event with
+  its entity-hash partition; Ray Data's ``groupby(partition).map_groups`` brings every
+  partition's events from all files to one scoring call.
 - ``local``: fewer than ``local_max_rows`` events are scored in this process, without Ray:
   starting Ray and its worker processes costs more than scoring them.
 
-The first version ran Ray Data's hash ``repartition`` and ``write_parquet`` and reached 0.02x a
-plain in-process loop on 2 cores; the shuffle, scheduling and writes were nearly all of it
-(benchmarks/batch_scoring.py measures this version). Plain tasks of ``num_cpus=actor_cpus``
-cannot hang the way actors holding every CPU starved Ray Data's read tasks
-(../shared/PERFORMANCE.md): a task takes a CPU only once its inputs exist. The scorer goes to
-the object store once and each worker process deserialises it once. Tasks return Arrow tables
-of scores (one row per entity, far smaller than the events); the driver writes them in plan
-order with one ``ParquetWriter`` into a temporary folder beside ``output_path``, checks that
-every input entity was scored exactly once, then renames the folder into place, so a failed
-run leaves any previous output as it was.
+Scoring runs in Ray Data *tasks* of ``actor_cpus`` CPUs (``TaskPoolStrategy``), not an actor
+pool: actors holding every CPU of a 2-CPU cluster starved Ray Data's own tasks and hung
+(../shared/PERFORMANCE.md), while a task holds its CPU only while it runs. The scorer goes to
+the object store once and each worker process deserialises it once (cached by its ref).
+Calls return Arrow tables of scores (one row per entity, far smaller than the events) plus
+their CPU seconds; the driver consumes them with ``iter_batches`` in plan order
+(``preserve_order``) and writes them with one ``ParquetWriter`` into a temporary folder beside
+``output_path``, checks that every input entity was scored exactly once, then renames the
+folder into place, so a failed run leaves any previous output as it was.
+
+The first version (hash ``repartition``, an actor pool, ``write_parquet``) reached 0.02x a
+plain in-process loop on 2 cores. With units planned from the entity column, no shuffle and
+the driver's writer, the ``files`` plan on Ray Data runs at about 0.8x the faster in-process
+loop on 200k events (benchmarks/batch_scoring.py, benchmarks/README.md); the ``shuffle`` plan
+pays Ray Data's shuffle and is a fallback.
 """
 
 from __future__ import annotations
@@ -38,8 +45,9 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -149,76 +157,62 @@ def _worker_scorer(box: list[Any], threads: int) -> Any:
     return _WORKER_SCORER[key]
 
 
-def _score_unit_task(
-    box: list[Any], unit: Unit, columns: list[str], lineage: dict[str, Any], threads: int
-) -> dict[str, Any]:
-    """Ray task: read one unit, score it."""
+CPU_COLUMN = "_task_cpu_s"
+"""Extra column of a Ray Data scoring batch: the task's CPU seconds in its first row."""
+
+
+def _with_cpu(scores: pa.Table, cpu: float) -> pa.Table:
+    figures = np.zeros(scores.num_rows)
+    if scores.num_rows:
+        figures[0] = cpu
+    return scores.append_column(CPU_COLUMN, pa.array(figures))
+
+
+def _score_units_batch(
+    batch: pa.Table,
+    box: list[Any],
+    units: Sequence[Unit],
+    columns: list[str],
+    lineage: dict[str, Any],
+    threads: int,
+) -> pa.Table:
+    """Ray Data ``map_batches`` function of the ``files`` plan: a batch holds one unit index;
+    the unit is read with pyarrow and scored."""
     cpu = time.process_time()
     scorer = _worker_scorer(box, threads)
-    table = read_unit(unit, columns, scorer.schema.entity, threads)
-    scores = score_table(scorer, table, lineage)
-    rows = sum(rows_read(p) for p in unit.pieces)
-    return {"scores": scores, "rows_read": rows, "cpu_s": time.process_time() - cpu}
+    tables = []
+    for index in batch["unit"].to_pylist():
+        events = read_unit(units[index], columns, scorer.schema.entity, threads)
+        tables.append(score_table(scorer, events, lineage))
+    scores = pa.concat_tables(tables) if tables else output_schema(scorer).empty_table()
+    return _with_cpu(scores, time.process_time() - cpu)
 
 
-def _partition_task(piece: Piece, columns: list[str], entity: str, n: int) -> list[Any]:
-    """Ray task (map side of the shuffle): one file's events in ``n`` entity-hash parts,
-    then this task's own figures (``n + 1`` returns)."""
-    cpu = time.process_time()
-    table = read_piece(piece, columns, use_threads=False)
-    buckets = entity_buckets(table[entity], n)
-    order = np.argsort(buckets, kind="stable")
-    edges = np.searchsorted(buckets[order], np.arange(n + 1))
-    parts = table.take(pa.array(order))
-    out: list[Any] = [
-        parts.slice(int(a), int(b - a)) for a, b in zip(edges[:-1], edges[1:], strict=True)
+def _bucket_batch(
+    batch: pa.Table, paths: Sequence[str], columns: list[str], entity: str, n: int
+) -> pa.Table:
+    """Ray Data ``map_batches`` function (map side of the ``shuffle`` plan): one file's events
+    with their entity-hash partition in ``_bucket``."""
+    tables = [
+        read_piece(Piece(paths[i], 0, pq.ParquetFile(paths[i]).metadata.num_rows), columns, False)
+        for i in batch["file"].to_pylist()
     ]
-    return [*out, {"rows_read": rows_read(piece), "cpu_s": time.process_time() - cpu}]
+    table = pa.concat_tables(tables)
+    return table.append_column("_bucket", pa.array(entity_buckets(table[entity], n)))
 
 
-def _score_parts_task(
-    box: list[Any], lineage: dict[str, Any], threads: int, *parts: pa.Table
-) -> dict[str, Any]:
-    """Ray task (reduce side of the shuffle): one entity-hash partition of every file."""
+def _score_group(
+    group: pa.Table, box: list[Any], lineage: dict[str, Any], threads: int
+) -> pa.Table:
+    """Ray Data ``map_groups`` function (reduce side of the ``shuffle`` plan): every event of
+    one entity-hash partition, from every file."""
     cpu = time.process_time()
     scorer = _worker_scorer(box, threads)
-    scores = score_table(scorer, pa.concat_tables(parts), lineage)
-    return {"scores": scores, "rows_read": 0, "cpu_s": time.process_time() - cpu}
+    scores = score_table(scorer, group.drop_columns(["_bucket"]), lineage)
+    return _with_cpu(scores, time.process_time() - cpu)
 
 
-def _bind(function: Callable[..., Any], *args: Any) -> Callable[[], Any]:
-    """``function(*args)``, later: tasks are submitted only when a slot frees up."""
-    return lambda: function(*args)
-
-
-def _run_tasks(
-    submit: Sequence[Callable[[], Any]], in_flight: int | None
-) -> Iterator[dict[str, Any]]:
-    """Results in submission order, at most ``in_flight`` tasks pending; fails fast."""
-    import ray
-
-    pending: dict[Any, int] = {}
-    done: dict[int, dict[str, Any]] = {}
-    next_submit = next_yield = 0
-    limit = in_flight or len(submit)
-    try:
-        while next_yield < len(submit):
-            while next_submit < len(submit) and len(pending) < limit:
-                pending[submit[next_submit]()] = next_submit
-                next_submit += 1
-            if next_yield not in done:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                for ref in ready:
-                    done[pending.pop(ref)] = ray.get(ref)  # raises the task's error
-            while next_yield in done:
-                yield done.pop(next_yield)
-                next_yield += 1
-    finally:
-        for ref in pending:
-            ray.cancel(ref)
-
-
-def _submitters(
+def _dataset(
     kind: str,
     facts: list[FileFacts],
     scorer: Any,
@@ -226,9 +220,14 @@ def _submitters(
     rows_per_block: int,
     actors: int | None,
     cpus: float,
-) -> tuple[list[Callable[[], Any]], list[Any]]:
-    """One callable per scoring task of the ``files`` or ``shuffle`` plan, in output order,
-    and the refs to the map tasks' figures (shuffle only)."""
+) -> tuple[Any, int, int]:
+    """The Ray Data pipeline of the ``files`` or ``shuffle`` plan, its scoring blocks and the
+    events its tasks read.
+
+    Scoring runs in Ray Data tasks (a function, not an actor pool) of ``cpus`` CPUs, at most
+    ``slots`` at once: a task holds its CPU only while it runs, so Ray Data's own tasks are
+    never starved the way actors holding every CPU were (../shared/PERFORMANCE.md).
+    """
     import ray
 
     columns = list(dict.fromkeys(scorer.required_columns))
@@ -236,17 +235,39 @@ def _submitters(
     slots = actors or max(1, int(ray.cluster_resources().get("CPU", 1) // cpus))
     box = [ray.put(scorer)]  # one copy in the object store; nested, so not resolved
     if kind == "files":
-        score = ray.remote(_score_unit_task).options(num_cpus=cpus)
         units = plan_units(facts, slots, rows_per_block)
-        return [_bind(score.remote, box, u, columns, lineage, threads) for u in units], []
+        items = [{"unit": i} for i in range(len(units))]
+        ds = ray.data.from_items(items, override_num_blocks=len(units)).map_batches(
+            partial(_score_units_batch, box=box, units=units, columns=columns, lineage=lineage,
+                    threads=threads),
+            batch_size=1,  # one unit per call
+            batch_format="pyarrow",
+            num_cpus=cpus,
+            compute=ray.data.TaskPoolStrategy(size=slots),
+        )  # fmt: skip
+        return ds, len(units), sum(rows_read(p) for u in units for p in u.pieces)
     n = max(slots, math.ceil(sum(f.rows for f in facts) / rows_per_block))
-    split = ray.remote(_partition_task).options(num_cpus=cpus, num_returns=n + 1)
-    maps: list[Any] = [  # n + 1 >= 2 returns: a list of refs per file
-        split.remote(Piece(f.path, 0, f.rows), columns, scorer.schema.entity, n) for f in facts
-    ]
-    reduce = ray.remote(_score_parts_task).options(num_cpus=cpus)
-    submit = [_bind(reduce.remote, box, lineage, threads, *[m[p] for m in maps]) for p in range(n)]
-    return submit, [m[n] for m in maps]
+    paths = [f.path for f in facts]
+    files = ray.data.from_items(
+        [{"file": i} for i in range(len(paths))], override_num_blocks=len(paths)
+    )
+    ds = (
+        files.map_batches(
+            partial(_bucket_batch, paths=paths, columns=columns, entity=scorer.schema.entity, n=n),
+            batch_size=1,
+            batch_format="pyarrow",
+            num_cpus=cpus,
+            compute=ray.data.TaskPoolStrategy(size=slots),
+        )
+        .groupby("_bucket", num_partitions=n)
+        .map_groups(
+            partial(_score_group, box=box, lineage=lineage, threads=threads),
+            batch_format="pyarrow",
+            num_cpus=cpus,
+            compute=ray.data.TaskPoolStrategy(size=slots),
+        )
+    )
+    return ds, n, sum(f.rows for f in facts)
 
 
 # --------------------------------------------------------------------------- output
@@ -330,13 +351,15 @@ def score_dataset(
     ``plan``: ``auto`` (``local`` below ``local_max_rows`` events, else ``files`` when no
     entity spans files, else ``shuffle``), or one of them forced; ``files`` on input whose
     entities span files is refused. The Ray plans use the running cluster, else start a local
-    one (``ray.init()``), with scoring tasks of ``actor_cpus`` CPUs and torch threads each
+    one (``ray.init()``), and run on Ray Data with scoring tasks of ``actor_cpus`` CPUs and
+    torch threads each
     (the ``local`` plan uses as many threads), at most ``actors`` at once (default: as many
     as the cluster's CPUs hold). Units hold about ``rows_per_block`` events where the layout
     allows (:func:`plan_units`); the ``shuffle`` plan makes ``max(slots, events /
     rows_per_block)`` partitions. The summary says which plan ran (``plan``), its scoring
-    tasks (``blocks``), the events the tasks read (``rows_read``: above ``events`` where
-    shares re-read a file or ranges a row group) and the seconds per phase.
+    calls (``blocks``: units or partitions), the events read (``rows_read``: above ``events``
+    where shares re-read a file or ranges a row group), the scoring calls' CPU seconds
+    (``task_cpu_s``) and the seconds per phase.
     """
     from serving.config import ModelRef
     from serving.registry import load_model
@@ -416,17 +439,21 @@ def score_dataset(
             if not ray.is_initialized():
                 ray.init()
                 mark = phase("ray_init", mark)
-            submit, map_figures = _submitters(
-                kind, facts, scorer, lineage, rows_per_block, actors, actor_cpus
-            )
-            blocks = len(submit)
-            for result in _run_tasks(submit, actors):
-                writer.write(result["scores"])
-                n_read += result["rows_read"]
-                task_cpu += result["cpu_s"]
-            for figures in ray.get(map_figures):  # the shuffle's map tasks
-                n_read += figures["rows_read"]
-                task_cpu += figures["cpu_s"]
+            from ray.data import DataContext
+
+            context = DataContext.get_current()
+            saved = context.execution_options.preserve_order, context.enable_progress_bars
+            context.execution_options.preserve_order = True  # output in plan order
+            context.enable_progress_bars = False
+            try:
+                ds, blocks, n_read = _dataset(
+                    kind, facts, scorer, lineage, rows_per_block, actors, actor_cpus
+                )
+                for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                    task_cpu += pc.sum(batch[CPU_COLUMN]).as_py() or 0.0
+                    writer.write(batch.drop_columns([CPU_COLUMN]).cast(writer.schema))
+            finally:
+                context.execution_options.preserve_order, context.enable_progress_bars = saved
         mark = phase("score", mark)
         n_scored = writer.close(n_entities)
         _replace(tmp, output)
