@@ -11,7 +11,7 @@ HTTP load comes from a **second process** (this script with ``--client``) over l
 one keep-alive connection per client thread.
 
 1. **Light load**: one request at a time, each one sequence (real entities' last window of
-   events), ``/v1/score`` latency p50/p99 against calling the same loaded model in-process
+   events; the same bodies also against a no-op Serve application: the proxy's own floor), ``/v1/score`` latency p50/p99 against calling the same loaded model in-process
    (``SequenceScorer.score`` on the same events as an Arrow table) in this process. **Target:
    p50 overhead (HTTP p50 - in-process p50) at most 5 ms.**
 2. **Saturation**: ``--concurrency`` client threads sending without pause for ``--seconds``,
@@ -204,6 +204,26 @@ def start_apps(model: dict[str, Any], port: int) -> None:
         options = {"ScoringAPI": cpus, "ModelHolder": {"ray_actor_options": {"num_cpus": 0.5}},
                    "StreamHolder": cpus}  # fmt: skip
         serve.run(build_app(config, options), name=f"bench-{name}", route_prefix=f"/{name}")
+    serve.run(noop_app(), name="bench-noop", route_prefix="/noop")
+
+
+def noop_app() -> Any:
+    """The floor: a FastAPI ingress that reads the same body and answers ``{}`` (proxy + one
+    replica, no model, no second hop)."""
+    from fastapi import FastAPI, Request
+    from ray import serve
+
+    api = FastAPI()
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.25})
+    @serve.ingress(api)
+    class Noop:
+        @api.post("/v1/score")
+        async def score(self, request: Request) -> dict:
+            await request.body()
+            return {}
+
+    return Noop.bind()  # type: ignore[attr-defined]
 
 
 def inprocess_latency(scorer: Any, tables: list[pa.Table], n: int) -> dict[str, float]:
@@ -291,10 +311,11 @@ def main(argv: list[str] | None = None) -> int:
             start_apps(model, port)
             load(base, "/on/v1/score", root / "bodies.json", 4, 1.0)  # warm both apps up
             load(base, "/off/v1/score", root / "bodies.json", 4, 1.0)
-            light, inproc, sat = [], [], {"on": [], "off": []}
+            light, inproc, floor, sat = [], [], [], {"on": [], "off": []}
             for r in range(args.rounds):
                 inproc.append(inprocess_latency(scorer, tables, args.requests))
                 light.append(load(base, "/on/v1/score", root / "bodies.json", 1, 0.0))
+                floor.append(load(base, "/noop/v1/score", root / "bodies.json", 1, 0.0))
                 for arm in ("on", "off") if r % 2 == 0 else ("off", "on"):
                     sat[arm].append(load(base, f"/{arm}/v1/score", root / "bodies.json",
                                          args.concurrency, args.seconds))  # fmt: skip
@@ -336,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
          f"{median(x['p50_ms'] for x in light):.2f} / {median(x['p99_ms'] for x in light):.2f}", ""],
         ["light load: in-process p50 / p99 (ms)",
          f"{median(x['p50_ms'] for x in inproc):.2f} / {median(x['p99_ms'] for x in inproc):.2f}", ""],
+        ["light load: no-op Serve app p50 / p99 (ms), the floor",
+         f"{median(x['p50_ms'] for x in floor):.2f} / {median(x['p99_ms'] for x in floor):.2f}", ""],
         ["p50 overhead (ms)", f"{overhead:.2f}",
          f"{verdict(overhead <= TARGETS['overhead_ms'])} (<= {TARGETS['overhead_ms']:g} ms)"],
         [f"saturation ({args.concurrency} clients): batching on req/s",
