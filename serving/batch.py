@@ -440,11 +440,19 @@ def score_dataset(
                 ray.init()
                 mark = phase("ray_init", mark)
             from ray.data import DataContext
+            from ray.data.context import ShuffleStrategy
 
             context = DataContext.get_current()
-            saved = context.execution_options.preserve_order, context.enable_progress_bars
+            saved = (
+                context.execution_options.preserve_order,
+                context.enable_progress_bars,
+                context.shuffle_strategy,
+            )
             context.execution_options.preserve_order = True  # output in plan order
             context.enable_progress_bars = False
+            # A task-based shuffle: the default hash shuffle starts aggregator actors per
+            # call (slower here, and the worker churn slowed the next calls by seconds).
+            context.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
             try:
                 ds, blocks, n_read = _dataset(
                     kind, facts, scorer, lineage, rows_per_block, actors, actor_cpus
@@ -453,7 +461,11 @@ def score_dataset(
                     task_cpu += pc.sum(batch[CPU_COLUMN]).as_py() or 0.0
                     writer.write(batch.drop_columns([CPU_COLUMN]).cast(writer.schema))
             finally:
-                context.execution_options.preserve_order, context.enable_progress_bars = saved
+                (
+                    context.execution_options.preserve_order,
+                    context.enable_progress_bars,
+                    context.shuffle_strategy,
+                ) = saved
         mark = phase("score", mark)
         n_scored = writer.close(n_entities)
         _replace(tmp, output)
