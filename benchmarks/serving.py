@@ -11,8 +11,9 @@ HTTP load comes from a **second process** (this script with ``--client``) over l
 one keep-alive connection per client thread.
 
 1. **Light load**: one request at a time, each one sequence (real entities' last window of
-   events; the same bodies also against a no-op Serve application: the proxy's own floor), ``/v1/score`` latency p50/p99 against calling the same loaded model in-process
-   (``SequenceScorer.score`` on the same events as an Arrow table) in this process. **Target:
+   events), ``/v1/score`` latency p50/p99 against calling the same loaded model in-process
+   (``SequenceScorer.score`` on the same events as an Arrow table) in this process; the same
+   bodies also go to a no-op Serve application, the proxy's own floor on this machine. **Target:
    p50 overhead (HTTP p50 - in-process p50) at most 5 ms.**
 2. **Saturation**: ``--concurrency`` client threads sending without pause for ``--seconds``,
    against ``/on`` and ``/off`` in alternating rounds; requests per second. **Target: batching
@@ -194,7 +195,8 @@ def start_apps(model: dict[str, Any], port: int) -> None:
 
     shipped = deployment_options(load_serve_config(DEFAULT_CONFIG)["applications"][0])
     batching = shipped["ModelHolder"]["user_config"]  # the shipped batching settings
-    cpus = {"ray_actor_options": {"num_cpus": 0.25}}
+    # Scheduling labels only (nothing is pinned): 2 x 0.8 + 0.2 for the no-op app fits 2 CPUs.
+    cpus = {"ray_actor_options": {"num_cpus": 0.2}}
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     for name, batch in (("on", batching["max_batch_size"]), ("off", 1)):
         config = serving_config(
@@ -202,7 +204,7 @@ def start_apps(model: dict[str, Any], port: int) -> None:
              "max_batch_size": batch, "alias_poll_s": 0, "max_events_per_sequence": 4096}
         )  # fmt: skip
         options = {"ScoringAPI": cpus, "ModelHolder": {"ray_actor_options": {"num_cpus": 0.5}},
-                   "StreamHolder": cpus}  # fmt: skip
+                   "StreamHolder": {"ray_actor_options": {"num_cpus": 0.1}}}  # fmt: skip
         serve.run(build_app(config, options), name=f"bench-{name}", route_prefix=f"/{name}")
     serve.run(noop_app(), name="bench-noop", route_prefix="/noop")
 
@@ -215,7 +217,7 @@ def noop_app() -> Any:
 
     api = FastAPI()
 
-    @serve.deployment(ray_actor_options={"num_cpus": 0.25})
+    @serve.deployment(ray_actor_options={"num_cpus": 0.2})
     @serve.ingress(api)
     class Noop:
         @api.post("/v1/score")
