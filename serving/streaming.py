@@ -162,7 +162,11 @@ class StreamingScorer:
     """Streams events of many entities through one loaded model (see the module docstring)."""
 
     def __init__(self, scorer: Any, version: str, store: StateStore) -> None:
-        self.scorer, self.version, self.store = scorer, str(version), store
+        self.store = store
+        self._bind(scorer, version)
+
+    def _bind(self, scorer: Any, version: str) -> None:
+        self.scorer, self.version = scorer, str(version)
         self.model = scorer.model
         self.config = scorer.config
         self.schema = scorer.schema
@@ -182,7 +186,7 @@ class StreamingScorer:
 
     def swap_model(self, scorer: Any, version: str) -> None:
         """Serve another version; kept states belong to the old one and are dropped."""
-        self.__init__(scorer, version, self.store)  # type: ignore[misc]
+        self._bind(scorer, version)
         self.store.clear("model_changed")
 
     # ------------------------------------------------------------------ one call
