@@ -160,3 +160,32 @@ def trained_run(ray_cluster, tiny_pipeline, tmp_path_factory) -> dict:
         else:
             os.environ["MLFLOW_TRACKING_URI"] = previous
     return {**tiny_pipeline, "summary": summary, "tracking_uri": uri, "root": root}
+
+
+def register_versions(trained_run: dict, name: str, count: int = 1) -> dict:
+    """The session's trained model registered ``count`` times as versions of ``name``.
+
+    Through an ``MlflowClient`` for the run's store (no process-global MLflow URIs to restore);
+    the scorer is loaded the way serving loads it (``serving.registry``), from the first version.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from serving.config import ModelRef
+    from serving.registry import load_model
+
+    uri = trained_run["tracking_uri"]
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model(name)
+    source, run_id = trained_run["summary"]["model_uri"], trained_run["summary"]["run_id"]
+    versions = [
+        str(client.create_model_version(name, source, run_id).version) for _ in range(count)
+    ]
+    ref = ModelRef(name, version=int(versions[0]), tracking_uri=uri)
+    return {
+        "uri": uri,
+        "client": client,
+        "versions": versions,
+        "run_id": run_id,
+        "model_uri": source,
+        "scorer": load_model(ref, 4096).scorer,
+    }

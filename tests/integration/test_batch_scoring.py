@@ -21,7 +21,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from tests.integration.conftest import REPO, stage_env
+from tests.integration.conftest import REPO, register_versions, stage_env
 
 pytestmark = pytest.mark.integration
 
@@ -31,38 +31,10 @@ MODEL = "seqops-batch-test"
 @pytest.fixture(scope="module")
 def registry(trained_run) -> dict:
     """The trained model registered as a version of MODEL, aliased champion."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    uri = trained_run["tracking_uri"]
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        version = mlflow.register_model(trained_run["summary"]["model_uri"], MODEL)
-        MlflowClient(uri).set_registered_model_alias(MODEL, "champion", version.version)
-        model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{version.version}")
-        scorer = model.unwrap_python_model().scorer
-    finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
-    return {
-        "uri": uri,
-        "version": str(version.version),
-        "run_id": trained_run["summary"]["run_id"],
-        "scorer": scorer,
-        "events": trained_run["validated"],
-    }
-
-
-@pytest.fixture
-def restore_mlflow():
-    import mlflow
-
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    yield
-    mlflow.set_tracking_uri(previous[0])
-    mlflow.set_registry_uri(previous[1])
+    registered = register_versions(trained_run, MODEL)
+    version = registered["versions"][0]
+    registered["client"].set_registered_model_alias(MODEL, "champion", version)
+    return {**registered, "version": version, "events": trained_run["validated"]}
 
 
 def _shuffled_parts(events: pa.Table, folder, parts: int = 3) -> None:
@@ -96,7 +68,7 @@ CASES = {
 }
 
 
-def test_batch_scores_equal_online_scores(ray_cluster, registry, tmp_path, restore_mlflow):
+def test_batch_scores_equal_online_scores(ray_cluster, registry, tmp_path):
     from serving.batch import score_dataset
 
     events = pq.read_table(registry["events"])
@@ -149,7 +121,7 @@ def test_batch_scores_equal_online_scores(ray_cluster, registry, tmp_path, resto
         assert leftovers == [], "temporary folders left beside the output"
 
 
-def test_files_plan_refuses_entities_spanning_files(registry, tmp_path, restore_mlflow):
+def test_files_plan_refuses_entities_spanning_files(registry, tmp_path):
     from serving.batch import score_dataset
 
     _shuffled_parts(pq.read_table(registry["events"]), tmp_path / "shuffled")
@@ -207,7 +179,7 @@ def test_plan_units_never_split_an_entity(registry, tmp_path):
     assert len(packed) == 2 and sorted(len(u.pieces) for u in packed) == [2, 2]
 
 
-def test_missing_alias_fails_clearly(registry, tmp_path, restore_mlflow):
+def test_missing_alias_fails_clearly(registry, tmp_path):
     from serving.batch import score_dataset
     from serving.registry import ModelNotFoundError
 
@@ -255,7 +227,7 @@ def _corrupt_page(path, column: str) -> None:
         handle.write(b"\xff" * 16)
 
 
-def test_failed_run_keeps_previous_output(ray_cluster, registry, tmp_path, restore_mlflow):
+def test_failed_run_keeps_previous_output(ray_cluster, registry, tmp_path):
     from serving.batch import score_dataset
 
     out = tmp_path / "scores"

@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from serving.cli import DEFAULT_CONFIG, deployment_options, load_serve_config
-from tests.integration.conftest import REPO, stage_env
+from tests.integration.conftest import REPO, register_versions, stage_env
 
 pytestmark = pytest.mark.integration
 
@@ -55,30 +55,10 @@ def _deploy(registry: dict) -> None:
 @pytest.fixture(scope="module")
 def registry(trained_run) -> dict:
     """The trained model registered as version 1 with alias champion."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    uri = trained_run["tracking_uri"]
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        version = mlflow.register_model(trained_run["summary"]["model_uri"], MODEL)
-        client = MlflowClient(uri)
-        client.set_registered_model_alias(MODEL, "champion", version.version)
-        scorer = mlflow.pyfunc.load_model(f"models:/{MODEL}/{version.version}")
-        scorer = scorer.unwrap_python_model().scorer
-    finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
-    lineage = {k: trained_run["summary"][k] for k in ("run_id", "model_uri")}
-    return {
-        "uri": uri,
-        "client": client,
-        "version": str(version.version),
-        "scorer": scorer,
-        **lineage,
-    }
+    registered = register_versions(trained_run, MODEL)
+    version = registered["versions"][0]
+    registered["client"].set_registered_model_alias(MODEL, "champion", version)
+    return {**registered, "version": version}
 
 
 @pytest.fixture(scope="module")

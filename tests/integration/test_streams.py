@@ -21,6 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
+from tests.integration.conftest import register_versions
+
 pytestmark = pytest.mark.integration
 
 MODEL = "seqops-streams-test"
@@ -32,22 +34,14 @@ CPUS = {"ray_actor_options": {"num_cpus": 0.2}}
 @pytest.fixture(scope="module")
 def registry(trained_run) -> dict:
     """Version 1 aliased champion, version 2 (same weights) aliased challenger."""
-    from mlflow.tracking import MlflowClient
-
     from pipelines.registry import Registry
-    from serving.config import ModelRef
-    from serving.registry import load_model
 
-    uri = trained_run["tracking_uri"]
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    client.create_registered_model(MODEL)
-    source, run_id = trained_run["summary"]["model_uri"], trained_run["summary"]["run_id"]
-    versions = [str(client.create_model_version(MODEL, source, run_id).version) for _ in range(2)]
-    registry = Registry(client, MODEL)
-    registry.promote(int(versions[0]), "first champion for the streaming tests")
-    client.set_registered_model_alias(MODEL, "challenger", versions[1])
-    scorer = load_model(ModelRef(MODEL, version=int(versions[0]), tracking_uri=uri), 4096).scorer
-    return {"uri": uri, "registry": registry, "versions": versions, "scorer": scorer}
+    registered = register_versions(trained_run, MODEL, count=2)
+    v1, v2 = registered["versions"]
+    registry = Registry(registered["client"], MODEL)
+    registry.promote(int(v1), "first champion for the streaming tests")
+    registered["client"].set_registered_model_alias(MODEL, "challenger", v2)
+    return {**registered, "registry": registry}
 
 
 @pytest.fixture(scope="module")
