@@ -71,7 +71,9 @@ def _signed_log1p(x: np.ndarray) -> np.ndarray:
 def _numeric(values: pa.Array) -> np.ndarray:
     if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
         raise TypeError(f"numeric feature has type {values.type}; expected an integer or float")
-    return pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False)
+    if values.type != pa.float64():
+        values = pc.cast(values, pa.float64())
+    return values.to_numpy(zero_copy_only=False)
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,23 @@ class FeatureSpec:
         x = _signed_log1p(raw) if self.numeric_transform.get(name, "none") == "log1p" else raw
         z = (x - self.mean[name]) / self.std[name]
         return np.where(np.isfinite(z), z, fill).astype(np.float32)
+
+    def standardise_columns(self, names: tuple[str, ...], raw: np.ndarray) -> np.ndarray:
+        """:meth:`standardise` of several features at once (the same values, element by
+        element): ``raw`` (N, F) float64 in ``names`` order -> (N, F) float32."""
+        cache: dict[tuple[str, ...], tuple[np.ndarray, ...]]
+        cache = self.__dict__.setdefault("_standardise_columns", {})
+        if names not in cache:
+            logged = [self.numeric_transform.get(n, "none") == "log1p" for n in names]
+            cache[names] = (
+                np.array(logged, dtype=bool),
+                np.array([self.mean[n] for n in names], dtype=np.float64),
+                np.array([self.std[n] for n in names], dtype=np.float64),
+            )
+        logged_mask, mean, std = cache[names]
+        x = np.where(logged_mask, _signed_log1p(raw), raw) if logged_mask.any() else raw
+        z = (x - mean) / std
+        return np.where(np.isfinite(z), z, 0.0).astype(np.float32)
 
     def inverse_standardise(self, name: str, z: np.ndarray) -> np.ndarray:
         """Map standardised values (e.g. forecasts) back to the column's original units."""
@@ -294,7 +313,10 @@ def encode_small(
         return None
     t = time_us(_column(table, schema.time))
     if schema.seq and schema.seq in table.column_names:
-        seq = pc.fill_null(_column(table, schema.seq), 0).to_numpy(zero_copy_only=False)
+        seq_col = _column(table, schema.seq)
+        if seq_col.null_count:
+            seq_col = pc.fill_null(seq_col, 0)
+        seq = seq_col.to_numpy(zero_copy_only=False)
         order = np.lexsort((seq, t))
     else:
         order = np.argsort(t, kind="stable")
@@ -304,13 +326,12 @@ def encode_small(
         index = _vocab_index(spec, col)
         values = columns[col].to_pylist()
         cat[:, i] = [index.get(values[j], OOV_ID) for j in order.tolist()]
-    num = np.empty((n, len(spec.numeric_order)), dtype=np.float32)
+    raw = np.empty((n, len(spec.numeric_order)), dtype=np.float64)
     for i, col in enumerate(spec.numeric):
-        num[:, i] = spec.standardise(col, _numeric(columns[col])[order])
+        raw[:, i] = _numeric(columns[col])[order]
     if spec.time_delta:
-        delta = time_deltas(t, np.array([0, n]))
-        num[:, len(spec.numeric)] = spec.standardise(TIME_DELTA, delta)
-    return EncodedSequence(entity, t, cat, num)
+        raw[:, len(spec.numeric)] = time_deltas(t, np.array([0, n]))
+    return EncodedSequence(entity, t, cat, spec.standardise_columns(spec.numeric_order, raw))
 
 
 def encode_sequences(

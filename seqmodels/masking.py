@@ -10,9 +10,11 @@ small module rather than a base class, so each encoder file reads top to bottom 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -64,6 +66,23 @@ def check_inputs(
             f"lengths: every length must be within [1, T={steps}], got {lengths.tolist()}"
         )
     return lengths
+
+
+def check_sequence(
+    categorical: torch.Tensor, numeric: torch.Tensor, n_categorical: int, n_numeric: int
+) -> None:
+    """Validate one unpadded sequence: (T, C) ids and (T, F) features."""
+    if categorical.dim() != 2 or categorical.shape[-1] != n_categorical:
+        raise ValueError(
+            f"categorical: expected shape (T, {n_categorical}), got {tuple(categorical.shape)}"
+        )
+    if categorical.is_floating_point():
+        raise ValueError(f"categorical: expected integer vocab ids, got {categorical.dtype}")
+    if tuple(numeric.shape) != (categorical.shape[0], n_numeric):
+        raise ValueError(
+            f"numeric: expected shape ({categorical.shape[0]}, {n_numeric}), "
+            f"got {tuple(numeric.shape)}"
+        )
 
 
 def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -121,6 +140,7 @@ class EventEmbedding(nn.Module):
     """
 
     vocab_sizes: torch.Tensor  # (C,) buffer: ids at or above it are invalid
+    table_offsets: torch.Tensor  # (C,) buffer: each table's first row in their concatenation
 
     def __init__(
         self,
@@ -139,6 +159,10 @@ class EventEmbedding(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.register_buffer(
             "vocab_sizes", torch.tensor(list(vocab_sizes), dtype=torch.long), persistent=False
+        )
+        starts = [0, *itertools.accumulate(vocab_sizes)][:-1]  # each table's first row
+        self.register_buffer(
+            "table_offsets", torch.tensor(starts, dtype=torch.long), persistent=False
         )
 
     def forward(
@@ -159,3 +183,26 @@ class EventEmbedding(nn.Module):
         x = self.project(torch.cat(parts, dim=-1))  # (B, T, C*E + F) -> (B, T, H)
         x = torch.where(real, x, 0.0)
         return self.dropout(x)
+
+    def embed_events(self, categorical: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
+        """One unpadded sequence, (T, C) ids and (T, F) features -> (T, hidden).
+
+        What ``forward`` gives for a sequence that fills its batch, without the masking that
+        only padding needs (the streaming step, ``seqmodels.stepping``): the C tables are
+        read in one lookup of their concatenation (ids shifted by each table's offset), which
+        yields the same rows in the same order as C separate lookups. Ids are checked.
+        """
+        sizes = self.vocab_sizes.tolist()
+        ids = categorical.cpu().numpy()  # a few ids: numpy checks them without torch's dispatch
+        bad = (ids < 0) | (ids >= np.asarray(sizes))
+        if bad.any():
+            feature = int(np.argwhere(bad)[0, 1])
+            raise ValueError(
+                f"categorical[..., {feature}]: id outside [0, {sizes[feature]}) "
+                "at a real step; map unseen categories to OOV=1 before scoring"
+            )
+        table = torch.cat([embed.weight for embed in self.embeddings])  # (sum V, E)
+        rows = torch.embedding(table, categorical + self.table_offsets)  # (T, C, E)
+        x = torch.cat([rows.flatten(1), numeric], dim=-1)  # (T, C*E + F), forward's layout
+        out: torch.Tensor = self.project(x)
+        return self.dropout(out) if self.training else out

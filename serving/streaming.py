@@ -41,7 +41,13 @@ import torch
 
 from pipelines.features import TIME_DELTA, EncodedSequence, encode_small
 from pipelines.windows import time_us
-from seqmodels.masking import EncoderOutput, RecurrentState
+from seqmodels.stepping import (
+    CELL_STEPS,
+    NumpyState,
+    RecurrentStepper,
+    to_numpy_state,
+    to_torch_state,
+)
 
 UNLIMITED_WINDOW = 2**62
 """``window_len`` that keeps every event: how a recurrent model reads a whole history."""
@@ -63,9 +69,10 @@ class EntityState:
     events_seen: int
     last_time_us: int
     last_seq: int | None
-    recurrent: RecurrentState | None = None
-    step_sum: torch.Tensor | None = None
-    """(H,) sum of the encoder's step outputs so far (RNN with mean pooling)."""
+    recurrent: NumpyState | None = None
+    """LSTM (h, c) or GRU h, each (num_layers, H) float32 (``seqmodels.stepping``)."""
+    step_sum: np.ndarray | None = None
+    """(H,) float64 sum of the encoder's step outputs so far (RNN with mean pooling)."""
     window_cat: np.ndarray | None = None
     """(W, C) last encoded events (transformer)."""
     window_num: np.ndarray | None = None
@@ -171,6 +178,7 @@ class StreamingScorer:
         self.config = scorer.config
         self.schema = scorer.schema
         self.recurrent = bool(self.model.supports_state)
+        self.stepper = RecurrentStepper(self.model) if self.recurrent else None
         self.pooling = self.config.resolved_pooling
         spec = scorer.spec
         self._delta_column = len(spec.numeric) if spec.time_delta else None
@@ -252,7 +260,7 @@ class StreamingScorer:
         entity = self.schema.entity
         if events.num_rows and entity in events.column_names:
             keys = events.column(entity)
-            if pc.count_distinct(keys).as_py() == 1:
+            if events.num_rows == 1 or pc.count_distinct(keys).as_py() == 1:
                 name = str(keys[0].as_py())
                 small = encode_small(events, self.scorer.spec, self.schema, name)
                 if small is not None:
@@ -304,43 +312,44 @@ class StreamingScorer:
         """The sequence number of the last event in (time, seq) order."""
         if not self.schema.seq or self.schema.seq not in events.column_names:
             return None
+        if events.num_rows == 1:  # the common streaming call: no Arrow kernel needed
+            value = events.column(self.schema.seq)[0].as_py()
+            return None if value is None else int(value)
         seqs = np.asarray(events.column(self.schema.seq).to_numpy(zero_copy_only=False))
         times = time_us(events.column(self.schema.time))
         return int(seqs[np.lexsort((seqs, times))[-1]])
 
-    @torch.inference_mode()
     def _step_recurrent(
         self, seq: EncodedSequence, state: EntityState | None
     ) -> tuple[EntityState, np.ndarray]:
         num = self._continue_delta(seq, state)
-        steps = len(seq.cat_ids)
-        cat_t = torch.from_numpy(np.ascontiguousarray(seq.cat_ids, dtype=np.int64))[None]
-        num_t = torch.from_numpy(np.ascontiguousarray(num, dtype=np.float32))[None]
-        encoded = self.model.encode(
-            cat_t,
-            num_t,
-            torch.tensor([steps]),
-            state.recurrent if state is not None else None,
-            return_state=True,
-        )
-        seen = steps + (state.events_seen if state is not None else 0)
+        carried = state.recurrent if state is not None else None
+        assert self.stepper is not None
+        if len(seq.cat_ids) <= CELL_STEPS:  # the common call: a few events, numpy cells
+            steps, final = self.stepper.steps(seq.cat_ids, num, carried)
+        else:  # a long first call or a rebuild: the model's fused loop
+            with torch.inference_mode():
+                cat_t = torch.from_numpy(np.ascontiguousarray(seq.cat_ids, dtype=np.int64))
+                num_t = torch.from_numpy(np.ascontiguousarray(num, dtype=np.float32))
+                steps_t, final_t = self.model.stream_steps(cat_t, num_t, to_torch_state(carried))
+            steps, final = steps_t.float().numpy(), to_numpy_state(final_t)
+        seen = len(steps) + (state.events_seen if state is not None else 0)
         step_sum = None
+        last = steps[-1:]  # (1, H): pooling "last", and the per-step tasks' last step
         if self.config.task == "classify" and self.pooling == "mean":
-            step_sum = encoded.steps[0].sum(dim=0)
+            step_sum = steps.sum(axis=0, dtype=np.float64)
             if state is not None and state.step_sum is not None:
                 step_sum = step_sum + state.step_sum
-            pooled = (step_sum / seen)[None]
-            encoded = EncoderOutput(encoded.steps, pooled, encoded.state)
-        out = self.model.head(encoded)
-        if self.config.task in ("classify", "next_event"):
-            out = torch.softmax(out.float(), dim=-1)
-        output = out[0].float().numpy()
+            last = (step_sum / seen).astype(np.float32)[None]
+        output = self.stepper.head(last)
+        if self.config.task == "classify":
+            output = output[0]
         new_state = EntityState(
             model_version=self.version,
             events_seen=seen,
             last_time_us=int(seq.event_time_us[-1]),
             last_seq=None,
-            recurrent=encoded.state,
+            recurrent=final,
             step_sum=step_sum,
         )
         return new_state, output
