@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 import torch
@@ -201,7 +201,8 @@ class EventEmbedding(nn.Module):
                 f"categorical[..., {feature}]: id outside [0, {sizes[feature]}) "
                 "at a real step; map unseen categories to OOV=1 before scoring"
             )
-        table = torch.cat([embed.weight for embed in self.embeddings])  # (sum V, E)
+        weights = [cast(nn.Embedding, embed).weight for embed in self.embeddings]
+        table = torch.cat(weights)  # (sum V, E)
         rows = torch.embedding(table, categorical + self.table_offsets)  # (T, C, E)
         x = torch.cat([rows.flatten(1), numeric], dim=-1)  # (T, C*E + F), forward's layout
         out: torch.Tensor = self.project(x)

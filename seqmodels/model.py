@@ -110,8 +110,9 @@ class SequenceModel(nn.Module):
                 f"state: a {self.config.architecture} model keeps no recurrent state; "
                 "rescore the window with forward()"
             )
-        steps, final = self.encoder.stream(categorical, numeric, state)
-        return steps, final
+        encoder = self.encoder
+        assert isinstance(encoder, LSTMEncoder | GRUEncoder)  # supports_state
+        return encoder.stream(categorical, numeric, state)
 
     def loss(
         self,

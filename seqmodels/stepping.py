@@ -142,5 +142,5 @@ def to_torch_state(state: NumpyState | None) -> Any:
 def to_numpy_state(state: Any) -> NumpyState:
     """The module's (num_layers, 1, H) state -> the numpy form (num_layers, H)."""
     if isinstance(state, tuple):
-        return tuple(s[:, 0].detach().cpu().float().numpy().copy() for s in state)  # type: ignore[return-value]
-    return state[:, 0].detach().cpu().float().numpy().copy()  # type: ignore[no-any-return]
+        return tuple(s[:, 0].detach().cpu().float().numpy().copy() for s in state)
+    return state[:, 0].detach().cpu().float().numpy().copy()
