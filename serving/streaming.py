@@ -3,10 +3,13 @@
 A :class:`StreamingScorer` keeps, per entity, what the model needs to continue where the last
 call stopped, so the cost of a call depends on the new events, not on the entity's history:
 
-* LSTM/GRU: the recurrent state after the last event (``SequenceModel.encode(...,
-  return_state=True)``), plus the running sum of step outputs when the model pools by mean.
-  The streamed score is the model applied to the **whole** history seen so far: it equals
-  ``SequenceScorer.score(history, window_len=<no limit>)`` (tested to 1e-5).
+* LSTM/GRU: the recurrent state after the last event, plus the running sum of step outputs
+  when the model pools by mean. A call of up to ``CELL_STEPS`` events steps through numpy
+  copies of the model (``seqmodels.stepping.RecurrentStepper``: one event costs a few tenths
+  of a millisecond, where PyTorch's per-operator overhead alone cost more); longer calls go
+  through ``SequenceModel.stream_steps``. The streamed score is the model applied to the
+  **whole** history seen so far: it equals ``SequenceScorer.score(history,
+  window_len=<no limit>)`` (tested to 1e-5).
 * Transformer: a rolling window of the last ``window_len`` encoded events (the model's
   training window), re-encoded on each call: bounded cost, and the streamed score equals
   ``SequenceScorer.score(history)``, which reads the same last ``window_len`` events.
