@@ -85,6 +85,19 @@ def check_sequence(
         )
 
 
+def check_sequence_ids(ids: np.ndarray, vocab_sizes: Sequence[int] | np.ndarray) -> None:
+    """(T, C) vocab ids of one unpadded sequence: each within its table, else a ValueError
+    naming the feature (the message ``EventEmbedding.forward`` gives for a padded batch)."""
+    sizes = np.asarray(vocab_sizes)
+    bad = (ids < 0) | (ids >= sizes)
+    if bad.any():
+        feature = int(np.argwhere(bad)[0, 1])
+        raise ValueError(
+            f"categorical[..., {feature}]: id outside [0, {int(sizes[feature])}) "
+            "at a real step; map unseen categories to OOV=1 before scoring"
+        )
+
+
 def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     """(B,) lengths -> (B, T) bool mask, True at real steps ``t < length``."""
     positions = torch.arange(max_len, device=lengths.device)  # (T,)
@@ -192,15 +205,8 @@ class EventEmbedding(nn.Module):
         read in one lookup of their concatenation (ids shifted by each table's offset), which
         yields the same rows in the same order as C separate lookups. Ids are checked.
         """
-        sizes = self.vocab_sizes.tolist()
-        ids = categorical.cpu().numpy()  # a few ids: numpy checks them without torch's dispatch
-        bad = (ids < 0) | (ids >= np.asarray(sizes))
-        if bad.any():
-            feature = int(np.argwhere(bad)[0, 1])
-            raise ValueError(
-                f"categorical[..., {feature}]: id outside [0, {sizes[feature]}) "
-                "at a real step; map unseen categories to OOV=1 before scoring"
-            )
+        # A few ids: numpy checks them without torch's per-operator dispatch.
+        check_sequence_ids(categorical.cpu().numpy(), self.vocab_sizes.tolist())
         weights = [cast(nn.Embedding, embed).weight for embed in self.embeddings]
         table = torch.cat(weights)  # (sum V, E)
         rows = torch.embedding(table, categorical + self.table_offsets)  # (T, C, E)

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from seqmodels.masking import check_sequence_ids
+
 CELL_STEPS = 8
 """Up to this many new steps run through the numpy cells; more go through the model."""
 
@@ -69,13 +71,7 @@ class RecurrentStepper:
 
     def embed(self, categorical: np.ndarray, numeric: np.ndarray) -> np.ndarray:
         """(T, C) vocab ids, (T, F) features -> (T, H): ``EventEmbedding`` on real steps."""
-        bad = (categorical < 0) | (categorical >= self.sizes)
-        if bad.any():
-            feature = int(np.argwhere(bad)[0, 1])
-            raise ValueError(
-                f"categorical[..., {feature}]: id outside [0, {int(self.sizes[feature])}) "
-                "at a real step; map unseen categories to OOV=1 before scoring"
-            )
+        check_sequence_ids(categorical, self.sizes)
         rows = self.table[categorical + self.offsets]  # (T, C, E)
         x = np.concatenate([rows.reshape(len(rows), -1), numeric], axis=1)
         out: np.ndarray = x @ self.project_w + self.project_b
