@@ -10,11 +10,9 @@ small module rather than a base class, so each encoder file reads top to bottom 
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
-from typing import NamedTuple, cast
+from typing import NamedTuple
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -85,19 +83,6 @@ def check_sequence(
         )
 
 
-def check_sequence_ids(ids: np.ndarray, vocab_sizes: Sequence[int] | np.ndarray) -> None:
-    """(T, C) vocab ids of one unpadded sequence: each within its table, else a ValueError
-    naming the feature (the message ``EventEmbedding.forward`` gives for a padded batch)."""
-    sizes = np.asarray(vocab_sizes)
-    bad = (ids < 0) | (ids >= sizes)
-    if bad.any():
-        feature = int(np.argwhere(bad)[0, 1])
-        raise ValueError(
-            f"categorical[..., {feature}]: id outside [0, {int(sizes[feature])}) "
-            "at a real step; map unseen categories to OOV=1 before scoring"
-        )
-
-
 def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     """(B,) lengths -> (B, T) bool mask, True at real steps ``t < length``."""
     positions = torch.arange(max_len, device=lengths.device)  # (T,)
@@ -153,7 +138,6 @@ class EventEmbedding(nn.Module):
     """
 
     vocab_sizes: torch.Tensor  # (C,) buffer: ids at or above it are invalid
-    table_offsets: torch.Tensor  # (C,) buffer: each table's first row in their concatenation
 
     def __init__(
         self,
@@ -172,10 +156,6 @@ class EventEmbedding(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.register_buffer(
             "vocab_sizes", torch.tensor(list(vocab_sizes), dtype=torch.long), persistent=False
-        )
-        starts = [0, *itertools.accumulate(vocab_sizes)][:-1]  # each table's first row
-        self.register_buffer(
-            "table_offsets", torch.tensor(starts, dtype=torch.long), persistent=False
         )
 
     def forward(
@@ -198,18 +178,8 @@ class EventEmbedding(nn.Module):
         return self.dropout(x)
 
     def embed_events(self, categorical: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
-        """One unpadded sequence, (T, C) ids and (T, F) features -> (T, hidden).
-
-        What ``forward`` gives for a sequence that fills its batch, without the masking that
-        only padding needs (the streaming step, ``seqmodels.stepping``): the C tables are
-        read in one lookup of their concatenation (ids shifted by each table's offset), which
-        yields the same rows in the same order as C separate lookups. Ids are checked.
-        """
-        # A few ids: numpy checks them without torch's per-operator dispatch.
-        check_sequence_ids(categorical.cpu().numpy(), self.vocab_sizes.tolist())
-        weights = [cast(nn.Embedding, embed).weight for embed in self.embeddings]
-        table = torch.cat(weights)  # (sum V, E)
-        rows = torch.embedding(table, categorical + self.table_offsets)  # (T, C, E)
-        x = torch.cat([rows.flatten(1), numeric], dim=-1)  # (T, C*E + F), forward's layout
-        out: torch.Tensor = self.project(x)
-        return self.dropout(out) if self.training else out
+        """One unpadded sequence, (T, C) ids and (T, F) features -> (T, hidden): ``forward``
+        on it as a batch of one whose every step is real."""
+        real = torch.ones((1, categorical.shape[0]), dtype=torch.bool, device=categorical.device)
+        out: torch.Tensor = self(categorical[None], numeric[None], real)[0]
+        return out

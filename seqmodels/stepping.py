@@ -20,8 +20,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from seqmodels.masking import check_sequence_ids
-
 CELL_STEPS = 8
 """Up to this many new steps run through the numpy cells; more go through the model."""
 
@@ -53,7 +51,7 @@ class RecurrentStepper:
         self.lstm = isinstance(rnn, nn.LSTM)
         self.task = model.config.task
         self.sizes = np.asarray(embed.vocab_sizes.tolist(), dtype=np.int64)
-        self.offsets = np.asarray(embed.table_offsets.tolist(), dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])  # rows of each table
         self.table = np.concatenate([_array(e.weight) for e in embed.embeddings])  # (sum V, E)
         self.project_w = _array(embed.project.weight, transpose=True)  # (C*E + F, H)
         self.project_b = _array(embed.project.bias)
@@ -71,7 +69,13 @@ class RecurrentStepper:
 
     def embed(self, categorical: np.ndarray, numeric: np.ndarray) -> np.ndarray:
         """(T, C) vocab ids, (T, F) features -> (T, H): ``EventEmbedding`` on real steps."""
-        check_sequence_ids(categorical, self.sizes)
+        bad = (categorical < 0) | (categorical >= self.sizes)
+        if bad.any():  # the message EventEmbedding.forward gives
+            feature = int(np.argwhere(bad)[0, 1])
+            raise ValueError(
+                f"categorical[..., {feature}]: id outside [0, {int(self.sizes[feature])}) "
+                "at a real step; map unseen categories to OOV=1 before scoring"
+            )
         rows = self.table[categorical + self.offsets]  # (T, C, E)
         x = np.concatenate([rows.reshape(len(rows), -1), numeric], axis=1)
         out: np.ndarray = x @ self.project_w + self.project_b
