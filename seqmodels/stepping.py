@@ -33,7 +33,9 @@ def _array(tensor: torch.Tensor, transpose: bool = False) -> np.ndarray:
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    out: np.ndarray = 1.0 / (1.0 + np.exp(-x))
+    """The logistic function as 0.5 (1 + tanh(x / 2)): equal, and it cannot overflow where
+    1 / (1 + exp(-x)) does (x < -88 in float32)."""
+    out: np.ndarray = 0.5 * (1.0 + np.tanh(0.5 * x))
     return out
 
 

@@ -80,3 +80,13 @@ def test_stepper_refuses_bad_ids_and_transformers():
         RecurrentStepper(make_model("gru", "classify").train())
     with pytest.raises(ValueError, match="shape"):
         model.stream_steps(torch.from_numpy(cat)[None], num[None], None)
+
+
+def test_extreme_inputs_saturate_the_gates_without_overflow():
+    model = make_model("lstm", "classify")
+    stepper = RecurrentStepper(model)
+    cat, num = make_events(3, torch.Generator().manual_seed(1))
+    with np.errstate(all="raise"):  # an overflow in exp would raise here
+        steps, (h, c) = stepper.steps(cat.numpy(), num.numpy() * 1e30, None)
+    assert np.isfinite(steps).all() and np.isfinite(h).all() and np.isfinite(c).all()
+    assert np.abs(h).max() <= 1.0
