@@ -29,7 +29,6 @@ from seqmodels.masking import (
     EventEmbedding,
     RecurrentState,
     check_inputs,
-    check_sequence,
     lengths_to_mask,
     pool,
 )
@@ -95,15 +94,3 @@ class GRUEncoder(nn.Module):
         steps = torch.where(mask.unsqueeze(-1), steps, 0.0)  # pads hold state-after-pads: clear
         pooled = pool(steps, lengths, mask, self.pooling)  # (B, H)
         return EncoderOutput(steps, pooled, final if return_state else None)
-
-    def stream(
-        self, categorical: torch.Tensor, numeric: torch.Tensor, state: RecurrentState | None
-    ) -> tuple[torch.Tensor, RecurrentState]:
-        """New events of ONE sequence, unpadded: (T, C) ids, (T, F) -> steps (T, H) and the
-        state after them (state shapes as in ``forward``, batch of one). Equals ``forward``
-        on the sequence as a batch of one with ``return_state=True``, without its masks."""
-        if state is not None and not isinstance(state, torch.Tensor):
-            raise ValueError("state: the GRU state is one tensor h (num_layers, B, H)")
-        check_sequence(categorical, numeric, self.config.n_categorical, self.config.n_numeric)
-        steps, final = self.rnn(self.embed.embed_events(categorical, numeric)[None], state)
-        return steps[0], final

@@ -66,23 +66,6 @@ def check_inputs(
     return lengths
 
 
-def check_sequence(
-    categorical: torch.Tensor, numeric: torch.Tensor, n_categorical: int, n_numeric: int
-) -> None:
-    """Validate one unpadded sequence: (T, C) ids and (T, F) features."""
-    if categorical.dim() != 2 or categorical.shape[-1] != n_categorical:
-        raise ValueError(
-            f"categorical: expected shape (T, {n_categorical}), got {tuple(categorical.shape)}"
-        )
-    if categorical.is_floating_point():
-        raise ValueError(f"categorical: expected integer vocab ids, got {categorical.dtype}")
-    if tuple(numeric.shape) != (categorical.shape[0], n_numeric):
-        raise ValueError(
-            f"numeric: expected shape ({categorical.shape[0]}, {n_numeric}), "
-            f"got {tuple(numeric.shape)}"
-        )
-
-
 def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     """(B,) lengths -> (B, T) bool mask, True at real steps ``t < length``."""
     positions = torch.arange(max_len, device=lengths.device)  # (T,)
@@ -176,10 +159,3 @@ class EventEmbedding(nn.Module):
         x = self.project(torch.cat(parts, dim=-1))  # (B, T, C*E + F) -> (B, T, H)
         x = torch.where(real, x, 0.0)
         return self.dropout(x)
-
-    def embed_events(self, categorical: torch.Tensor, numeric: torch.Tensor) -> torch.Tensor:
-        """One unpadded sequence, (T, C) ids and (T, F) features -> (T, hidden): ``forward``
-        on it as a batch of one whose every step is real."""
-        real = torch.ones((1, categorical.shape[0]), dtype=torch.bool, device=categorical.device)
-        out: torch.Tensor = self(categorical[None], numeric[None], real)[0]
-        return out

@@ -99,21 +99,6 @@ class SequenceModel(nn.Module):
         assert encoded.state is not None  # return_state=True on an RNN always sets it
         return self.head(encoded), encoded.state
 
-    def stream_steps(
-        self, categorical: torch.Tensor, numeric: torch.Tensor, state: RecurrentState | None
-    ) -> tuple[torch.Tensor, RecurrentState]:
-        """The encoder over new events of ONE unpadded sequence, (T, C) ids and (T, F)
-        features, continuing from ``state``: per-step outputs (T, H) and the state to carry.
-        The streaming scorer's path for long runs (``seqmodels.stepping``); LSTM/GRU only."""
-        if not self.supports_state:
-            raise ValueError(
-                f"state: a {self.config.architecture} model keeps no recurrent state; "
-                "rescore the window with forward()"
-            )
-        encoder = self.encoder
-        assert isinstance(encoder, LSTMEncoder | GRUEncoder)  # supports_state
-        return encoder.stream(categorical, numeric, state)
-
     def loss(
         self,
         outputs: torch.Tensor,

@@ -8,8 +8,8 @@ checks that one unpadded sequence does not need. :class:`RecurrentStepper` holds
 eval-mode LSTM/GRU model's weights as numpy arrays and runs the same equations (PyTorch's
 documented ``nn.LSTM``/``nn.GRU`` cells, the ``EventEmbedding`` input layer and the task
 head's linear map) for up to :data:`CELL_STEPS` steps at a few microseconds per operation.
-Longer runs use the model itself (``SequenceModel.stream_steps``), whose fused loop wins
-there. Both give the model's results within float32 rounding (tested against the model).
+Longer runs use the model itself (``SequenceModel.encode`` on a batch of one), whose fused
+loop wins there. Both give the model's results within float32 rounding (tested against the model).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ call stopped, so the cost of a call depends on the new events, not on the entity
   when the model pools by mean. A call of up to ``CELL_STEPS`` events steps through numpy
   copies of the model (``seqmodels.stepping.RecurrentStepper``: one event costs a few tenths
   of a millisecond, where PyTorch's per-operator overhead alone cost more); longer calls go
-  through ``SequenceModel.stream_steps``. The streamed score is the model applied to the
+  through the model (``SequenceModel.encode``). The streamed score is the model applied to the
   **whole** history seen so far: it equals ``SequenceScorer.score(history,
   window_len=<no limit>)`` (tested to 1e-5).
 * Transformer: a rolling window of the last ``window_len`` encoded events (the model's
@@ -330,12 +330,18 @@ class StreamingScorer:
         assert self.stepper is not None
         if len(seq.cat_ids) <= CELL_STEPS:  # the common call: a few events, numpy cells
             steps, final = self.stepper.steps(seq.cat_ids, num, carried)
-        else:  # a long first call or a rebuild: the model's fused loop
+        else:  # a long first call or a rebuild: the model itself, a batch of one
             with torch.inference_mode():
                 cat_t = torch.from_numpy(np.ascontiguousarray(seq.cat_ids, dtype=np.int64))
                 num_t = torch.from_numpy(np.ascontiguousarray(num, dtype=np.float32))
-                steps_t, final_t = self.model.stream_steps(cat_t, num_t, to_torch_state(carried))
-            steps, final = steps_t.float().numpy(), to_numpy_state(final_t)
+                encoded = self.model.encode(
+                    cat_t[None],
+                    num_t[None],
+                    torch.tensor([len(cat_t)]),
+                    to_torch_state(carried),
+                    return_state=True,
+                )
+            steps, final = encoded.steps[0].float().numpy(), to_numpy_state(encoded.state)
         seen = len(steps) + (state.events_seen if state is not None else 0)
         step_sum = None
         last = steps[-1:]  # (1, H): pooling "last", and the per-step tasks' last step

@@ -1,7 +1,7 @@
 """The numpy streaming step (``seqmodels.stepping``) against the model it copies.
 
 Streaming scoring runs a call's few new events through :class:`RecurrentStepper` and longer
-runs through ``SequenceModel.stream_steps``; both must give what the model's own padded-batch
+runs through ``SequenceModel.encode`` on a batch of one; both must give what the model's own padded-batch
 path gives (``forward_with_state``), step by step and across calls.
 """
 
@@ -52,18 +52,20 @@ def test_stepper_continues_a_state_like_the_model(arch, task):
 
 @pytest.mark.parametrize("arch", RNNS)
 @torch.inference_mode()
-def test_model_stream_steps_and_stepper_hand_over_state(arch):
+def test_model_and_stepper_hand_over_state(arch):
     # A long first call through the model, then numpy steps, then the model again.
     model = make_model(arch, "classify", seed=5)
     stepper = RecurrentStepper(model)
     cat, num = make_events(40, torch.Generator().manual_seed(2))
     _, full_state = model.forward_with_state(cat[None], num[None], torch.tensor([40]))
-    steps_t, state_t = model.stream_steps(cat[:30], num[:30], None)
-    state = to_numpy_state(state_t)
+    first = model.encode(cat[None, :30], num[None, :30], torch.tensor([30]), return_state=True)
+    state = to_numpy_state(first.state)
     _, state = stepper.steps(cat[30:33].numpy(), num[30:33].numpy(), state)
-    _, state_t = model.stream_steps(cat[33:], num[33:], to_torch_state(state))
+    _, state_t = model.forward_with_state(
+        cat[None, 33:], num[None, 33:], torch.tensor([7]), to_torch_state(state)
+    )
     assert _state_diff(to_numpy_state(state_t), to_numpy_state(full_state)) <= TOL
-    assert steps_t.shape == (30, model.config.hidden_size)
+    assert first.steps.shape == (1, 30, model.config.hidden_size)
 
 
 def test_stepper_refuses_bad_ids_and_transformers():
@@ -78,8 +80,6 @@ def test_stepper_refuses_bad_ids_and_transformers():
         RecurrentStepper(make_model("transformer", "classify"))
     with pytest.raises(ValueError, match="training mode"):
         RecurrentStepper(make_model("gru", "classify").train())
-    with pytest.raises(ValueError, match="shape"):
-        model.stream_steps(torch.from_numpy(cat)[None], num[None], None)
 
 
 def test_extreme_inputs_saturate_the_gates_without_overflow():
