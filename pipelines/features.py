@@ -112,13 +112,14 @@ class FeatureSpec:
 
     def standardise(self, name: str, raw: np.ndarray, fill: float = 0.0) -> np.ndarray:
         """Transform then standardise one numeric feature; non-finite values become ``fill``."""
-        x = _signed_log1p(raw) if self.numeric_transform.get(name, "none") == "log1p" else raw
-        z = (x - self.mean[name]) / self.std[name]
-        return np.where(np.isfinite(z), z, fill).astype(np.float32)
+        values = np.asarray(raw, dtype=np.float64)[:, None]
+        return self.standardise_columns((name,), values, fill)[:, 0]
 
-    def standardise_columns(self, names: tuple[str, ...], raw: np.ndarray) -> np.ndarray:
-        """:meth:`standardise` of several features at once (the same values, element by
-        element): ``raw`` (N, F) float64 in ``names`` order -> (N, F) float32."""
+    def standardise_columns(
+        self, names: tuple[str, ...], raw: np.ndarray, fill: float = 0.0
+    ) -> np.ndarray:
+        """:meth:`standardise` of several features at once: ``raw`` (N, F) float64 in
+        ``names`` order -> (N, F) float32."""
         cache: dict[tuple[str, ...], tuple[np.ndarray, ...]]
         cache = self.__dict__.setdefault("_standardise_columns", {})
         if names not in cache:
@@ -129,9 +130,14 @@ class FeatureSpec:
                 np.array([self.std[n] for n in names], dtype=np.float64),
             )
         logged_mask, mean, std = cache[names]
-        x = np.where(logged_mask, _signed_log1p(raw), raw) if logged_mask.any() else raw
+        if logged_mask.all():  # one feature (the shard's per-column path): no extra copy
+            x = _signed_log1p(raw)
+        elif logged_mask.any():
+            x = np.where(logged_mask, _signed_log1p(raw), raw)
+        else:
+            x = raw
         z = (x - mean) / std
-        return np.where(np.isfinite(z), z, 0.0).astype(np.float32)
+        return np.where(np.isfinite(z), z, fill).astype(np.float32)
 
     def inverse_standardise(self, name: str, z: np.ndarray) -> np.ndarray:
         """Map standardised values (e.g. forecasts) back to the column's original units."""
