@@ -189,14 +189,11 @@ def _score_units_batch(
 
 
 def _bucket_batch(
-    batch: pa.Table, paths: Sequence[str], columns: list[str], entity: str, n: int
+    batch: pa.Table, files: Sequence[Piece], columns: list[str], entity: str, n: int
 ) -> pa.Table:
     """Ray Data ``map_batches`` function (map side of the ``shuffle`` plan): one file's events
     with their entity-hash partition in ``_bucket``."""
-    tables = [
-        read_piece(Piece(paths[i], 0, pq.ParquetFile(paths[i]).metadata.num_rows), columns, False)
-        for i in batch["file"].to_pylist()
-    ]
+    tables = [read_piece(files[i], columns, False) for i in batch["file"].to_pylist()]
     table = pa.concat_tables(tables)
     return table.append_column("_bucket", pa.array(entity_buckets(table[entity], n)))
 
@@ -245,15 +242,17 @@ def _dataset(
             num_cpus=cpus,
             compute=ray.data.TaskPoolStrategy(size=slots),
         )  # fmt: skip
-        return ds, len(units), sum(rows_read(p) for u in units for p in u.pieces)
+        group_rows = {f.path: f.row_group_rows for f in facts}
+        n_read = sum(rows_read(p, group_rows[p.path]) for u in units for p in u.pieces)
+        return ds, len(units), n_read
     n = max(slots, math.ceil(sum(f.rows for f in facts) / rows_per_block))
-    paths = [f.path for f in facts]
+    whole = [Piece(f.path, 0, f.rows) for f in facts]
     files = ray.data.from_items(
-        [{"file": i} for i in range(len(paths))], override_num_blocks=len(paths)
+        [{"file": i} for i in range(len(whole))], override_num_blocks=len(whole)
     )
     ds = (
         files.map_batches(
-            partial(_bucket_batch, paths=paths, columns=columns, entity=scorer.schema.entity, n=n),
+            partial(_bucket_batch, files=whole, columns=columns, entity=scorer.schema.entity, n=n),
             batch_size=1,
             batch_format="pyarrow",
             num_cpus=cpus,
@@ -425,9 +424,8 @@ def score_dataset(
     n_read, task_cpu, blocks = 0, 0.0, 1
     try:
         if kind == "local":
-            pieces = [Piece(p, 0, pq.ParquetFile(p).metadata.num_rows) for p in files]
-            if pieces:
-                events = pa.concat_tables([read_piece(p, columns) for p in pieces])
+            if files:
+                events = pa.concat_tables([pq.ParquetFile(p).read(columns=columns) for p in files])
                 if events[entity].null_count:
                     raise ValueError(f"{events[entity].null_count} event(s) have no {entity}")
                 n_entities = pc.count_distinct(events[entity]).as_py()

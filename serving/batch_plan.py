@@ -131,7 +131,7 @@ def scan_file(path: str, entity: str) -> FileFacts:
     return FileFacts(
         path=path,
         rows=meta.num_rows,
-        row_group_rows=tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups)),
+        row_group_rows=_row_group_rows(meta),
         entities=encoded.dictionary,
         entity_starts=starts if grouped and meta.num_rows else None,
     )
@@ -198,19 +198,24 @@ def plan_units(facts: Sequence[FileFacts], slots: int, rows_per_block: int) -> l
 # --------------------------------------------------------------------------- reading
 
 
-def _row_groups(meta: pq.FileMetaData, piece: Piece) -> tuple[list[int], int, int]:
+def _row_group_rows(meta: pq.FileMetaData) -> tuple[int, ...]:
+    return tuple(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+
+
+def _row_groups(group_rows: Sequence[int], piece: Piece) -> tuple[list[int], int, int]:
     """The row groups holding ``piece``'s rows, the first one's first row, their rows."""
-    bounds = np.cumsum([0, *(meta.row_group(i).num_rows for i in range(meta.num_row_groups))])
+    bounds = np.cumsum([0, *group_rows])
     first = int(np.searchsorted(bounds, piece.start, side="right")) - 1
     last = int(np.searchsorted(bounds, piece.stop, side="left"))
     return list(range(first, last)), int(bounds[first]), int(bounds[last] - bounds[first])
 
 
-def rows_read(piece: Piece) -> int:
-    """Events a task reads for ``piece``: whole row groups, so at least its rows."""
+def rows_read(piece: Piece, group_rows: Sequence[int]) -> int:
+    """Events a task reads for ``piece`` of a file with row groups of ``group_rows`` rows
+    (``FileFacts.row_group_rows``): whole row groups, so at least its rows."""
     if piece.stop <= piece.start:
         return 0
-    return _row_groups(pq.ParquetFile(piece.path).metadata, piece)[2]
+    return _row_groups(group_rows, piece)[2]
 
 
 def read_piece(piece: Piece, columns: Sequence[str], use_threads: bool = True) -> pa.Table:
@@ -218,7 +223,7 @@ def read_piece(piece: Piece, columns: Sequence[str], use_threads: bool = True) -
     handle = pq.ParquetFile(piece.path)
     if piece.stop <= piece.start:
         return handle.schema_arrow.empty_table().select(list(columns))
-    groups, offset, _ = _row_groups(handle.metadata, piece)
+    groups, offset, _ = _row_groups(_row_group_rows(handle.metadata), piece)
     table = handle.read_row_groups(groups, columns=list(columns), use_threads=use_threads)
     return table.slice(piece.start - offset, piece.stop - piece.start)
 
