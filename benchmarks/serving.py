@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -186,7 +187,9 @@ def long_history(events: pa.Table, schema: Any, length: int) -> pa.Table:
 # --------------------------------------------------------------------------- the server
 
 
-def start_apps(model: dict[str, Any], port: int) -> None:
+def start_apps(model: dict[str, Any], port: int, arms: tuple[str, ...] = ("on", "off")) -> None:
+    """The real application once per arm (``on``: the shipped user_config; ``off``: the same
+    with ``max_batch_size`` 1) under ``/<arm>``, and the no-op application under ``/noop``."""
     from ray import serve
 
     from serving.app import build_app
@@ -194,17 +197,20 @@ def start_apps(model: dict[str, Any], port: int) -> None:
     from serving.config import serving_config
 
     shipped = deployment_options(load_serve_config(DEFAULT_CONFIG)["applications"][0])
-    batching = shipped["ModelHolder"]["user_config"]  # the shipped batching settings
-    # Scheduling labels only (nothing is pinned): 2 x 0.8 + 0.2 for the no-op app fits 2 CPUs.
-    cpus = {"ray_actor_options": {"num_cpus": 0.2}}
+    user_config = shipped["ScoringAPI"]["user_config"]  # the shipped limits and batching
+    # Scheduling labels only (nothing is pinned): 2 x 0.6 + 0.2 for the no-op app fits 2 CPUs.
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    for name, batch in (("on", batching["max_batch_size"]), ("off", 1)):
+    for name in arms:
+        batch = user_config["max_batch_size"] if name == "on" else 1
         config = serving_config(
-            {**batching, "model_name": model["name"], "tracking_uri": model["tracking_uri"],
+            {**user_config, "model_name": model["name"], "tracking_uri": model["tracking_uri"],
              "max_batch_size": batch, "alias_poll_s": 0, "max_events_per_sequence": 4096}
         )  # fmt: skip
-        options = {"ScoringAPI": cpus, "ModelHolder": {"ray_actor_options": {"num_cpus": 0.5}},
-                   "StreamHolder": {"ray_actor_options": {"num_cpus": 0.1}}}  # fmt: skip
+        options = {
+            "ScoringAPI": {"ray_actor_options": {"num_cpus": 0.5},
+                           "user_config": {**user_config, "max_batch_size": batch}},
+            "StreamHolder": {"ray_actor_options": {"num_cpus": 0.1}},
+        }  # fmt: skip
         serve.run(build_app(config, options), name=f"bench-{name}", route_prefix=f"/{name}")
     serve.run(noop_app(), name="bench-noop", route_prefix="/noop")
 
@@ -226,6 +232,86 @@ def noop_app() -> Any:
             return {}
 
     return Noop.bind()  # type: ignore[attr-defined]
+
+
+def _free_ports(n: int) -> int:
+    """The first of ``n`` consecutive loopback ports that are free now."""
+    rng = np.random.default_rng()
+    for _ in range(100):
+        low = int(rng.integers(20_000, 29_000))
+        try:
+            for p in range(low, low + n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+        except OSError:
+            continue
+        return low
+    raise RuntimeError(f"no {n} consecutive free loopback ports")
+
+
+def _answers(host: str, port: int, method: str, path: str, body: bytes | None = None) -> bool:
+    """Whether ``method path`` on ``host:port`` answers 200 (False if nothing listens)."""
+    conn = http.client.HTTPConnection(host, port, timeout=5)
+    try:
+        conn.request(method, path, body, {"Content-Type": "application/json"})
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+def direct_ingress_light(
+    model: dict[str, Any], bodies: Path, scorer: Any, tables: list[pa.Table], args: Any
+) -> dict[str, list[dict[str, float]]]:
+    """Light load again on a second local cluster with Serve's direct ingress
+    (``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``, README "Low-latency serving"): each ingress
+    replica answers HTTP on a port of its own, with no proxy hop. The same application and
+    no-op application; the in-process arm again side by side."""
+    import ray
+    from ray import serve
+
+    low = _free_ports(8)
+    env = {
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(low),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(low + 8),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",  # a benchmark shuts down at once
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # the cluster's processes inherit them from this one
+    try:
+        _init_ray()
+        try:
+            start_apps(model, _free_ports(1), arms=("on",))
+            one = json.dumps(json.loads(bodies.read_text())[0]).encode()
+            ports = range(low, low + 8)
+            app = next(p for p in ports if _answers("127.0.0.1", p, "GET", "/on/healthz"))
+            noop = next(p for p in ports if _answers("127.0.0.1", p, "POST", "/noop/v1/score", one))
+            load(f"http://127.0.0.1:{app}", "/on/v1/score", bodies, 4, 1.0)  # warm up
+            out: dict[str, list[dict[str, float]]] = {"light": [], "inprocess": [], "floor": []}
+            for _ in range(args.rounds):
+                out["inprocess"].append(inprocess_latency(scorer, tables, args.requests))
+                out["light"].append(load(f"http://127.0.0.1:{app}", "/on/v1/score", bodies))
+                out["floor"].append(load(f"http://127.0.0.1:{noop}", "/noop/v1/score", bodies))
+            return out
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _init_ray() -> None:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=256 * 1024**2,
+             runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})  # fmt: skip
 
 
 def inprocess_latency(scorer: Any, tables: list[pa.Table], n: int) -> dict[str, float]:
@@ -306,9 +392,7 @@ def main(argv: list[str] | None = None) -> int:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         base = f"http://127.0.0.1:{port}"
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 object_store_memory=256 * 1024**2,
-                 runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})  # fmt: skip
+        _init_ray()
         try:
             start_apps(model, port)
             load(base, "/on/v1/score", root / "bodies.json", 4, 1.0)  # warm both apps up
@@ -348,8 +432,12 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             serve.shutdown()
             ray.shutdown()
+        direct = direct_ingress_light(model, root / "bodies.json", scorer, tables, args)
 
     overhead = median(x["p50_ms"] for x in light) - median(x["p50_ms"] for x in inproc)
+    direct_overhead = median(x["p50_ms"] for x in direct["light"]) - median(
+        x["p50_ms"] for x in direct["inprocess"]
+    )
     ratios = [on["rps"] / off["rps"] for on, off in zip(sat["on"], sat["off"], strict=True)]
     batching = median(ratios)
     http_stream = median(rescore_ms) / median(stream_ms)
@@ -363,6 +451,13 @@ def main(argv: list[str] | None = None) -> int:
          f"{median(x['p50_ms'] for x in floor):.2f} / {median(x['p99_ms'] for x in floor):.2f}", ""],
         ["p50 overhead (ms)", f"{overhead:.2f}",
          f"{verdict(overhead <= TARGETS['overhead_ms'])} (<= {TARGETS['overhead_ms']:g} ms)"],
+        *[[f"direct ingress: {label} p50 / p99 (ms)",
+           f"{median(x['p50_ms'] for x in direct[key]):.2f} / "
+           f"{median(x['p99_ms'] for x in direct[key]):.2f}", ""]
+          for label, key in (("/v1/score", "light"), ("in-process", "inprocess"),
+                             ("no-op Serve app", "floor"))],
+        ["p50 overhead, direct ingress (ms)", f"{direct_overhead:.2f}",
+         f"{verdict(direct_overhead <= TARGETS['overhead_ms'])} (<= {TARGETS['overhead_ms']:g} ms)"],
         [f"saturation ({args.concurrency} clients): batching on req/s",
          f"{median(x['rps'] for x in sat['on']):.0f}", ""],
         ["saturation: batching off req/s", f"{median(x['rps'] for x in sat['off']):.0f}", ""],
@@ -387,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
             "inprocess": inproc,
             "saturation": sat,
             "overhead_ms": overhead,
+            "direct": direct,
+            "direct_overhead_ms": direct_overhead,
             "batching_ratio": batching,
             "batching_ratios": ratios,
             "stream_ms": stream_ms,

@@ -1,26 +1,31 @@
-"""The online scoring application: a FastAPI ingress in front of a batching model deployment.
+"""The online scoring application: a FastAPI ingress that scores the champion itself.
 
 Follows Ray Serve's own examples (STYLE habit 6): "Set Up FastAPI and HTTP" (``@serve.ingress``
 with a FastAPI app), "Dynamic Request Batching" (``@serve.batch`` on an async method, its
 size and timeout updated through ``set_max_batch_size``/``set_batch_wait_timeout_s``),
 "Configure Ray Serve deployments" (tunables in ``user_config``, applied by ``reconfigure``),
-"Deploy Compositions of Models" (the ingress calls the model through a ``DeploymentHandle``),
-"Pass Arguments to Applications" (``app_builder(args)``) and "Custom Metrics"
-(``ray.serve.metrics``). Replicas, CPUs and user_config live in ``serving/serve_config.yaml``.
+"Deploy Compositions of Models" (the ingress calls the challenger and the stream state through
+``DeploymentHandle``s), "Pass Arguments to Applications" (``app_builder(args)``) and "Custom
+Metrics" (``ray.serve.metrics``). Replicas, CPUs and user_config live in
+``serving/serve_config.yaml``.
 
-:class:`ModelHolder` owns one registered model: it resolves ``models:/<name>@<alias>`` (or a
+:class:`ModelServer` owns one registered model: it resolves ``models:/<name>@<alias>`` (or a
 version) in the MLflow registry (``serving.registry``), loads that exact version, and follows
 the alias (a background poll loads a moved version, then swaps it in with one assignment, so
 no request fails during a promotion or rollback); every result carries the name, version, run
 and data hash of the model that produced it, so a traffic split or an alias switch never
-mislabels a score. Requests from many clients are grouped by ``@serve.batch``;
+mislabels a score. Requests are grouped by ``@serve.batch``;
 :class:`serving.scorer.SequenceScorer` then pads each length group to its own longest
-sequence under a token budget (PERFORMANCE.md). A second ``ModelHolder`` named
-``ChallengerHolder`` serves the challenger alias when one is configured.
+sequence under a token budget (PERFORMANCE.md).
+
+:class:`ScoringAPI` validates every request (``serving.schemas``) before a model sees it and
+scores the champion with its own :class:`ModelServer`, in its own replicas: a second
+deployment for the champion cost a handle hop of 6-8 ms per request on our machines (the
+session-3 breakdown in benchmarks/README.md), more than the model's own time. Scale the
+champion by scaling ``ScoringAPI``. :class:`ChallengerHolder`, a deployment of its own, serves
+the challenger alias when one is configured (traffic split and shadow mode), and
 :class:`StreamHolder` keeps per-entity streaming state (``serving.streaming``) behind the
-entity-affinity request router (``serving.routing``). :class:`ScoringAPI` validates every
-request (``serving.schemas``) before a model sees it, splits traffic between champion and
-challenger, and mirrors requests to the challenger in shadow mode.
+entity-affinity request router (``serving.routing``).
 """
 
 # No ``from __future__ import annotations`` here: FastAPI must see real annotation objects on
@@ -30,6 +35,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -45,7 +51,15 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Gauge, Histogram
 from starlette.exceptions import HTTPException
 
-from serving.config import ModelRef, ServingConfig, apply_user_config, serving_config
+from serving.config import (
+    Batching,
+    Limits,
+    ModelRef,
+    ServingConfig,
+    apply_user_config,
+    serving_config,
+    split_user_config,
+)
 from serving.registry import LoadedModel, load_model, load_version, resolve_version
 from serving.routing import EntityAffinityRouter
 from serving.schemas import (
@@ -124,17 +138,31 @@ def follow_alias(
     return stop
 
 
-@serve.deployment
-class ModelHolder:
-    """One registered model, scored in dynamic batches; knows and reports what it serves."""
+def _short_gil_switch() -> None:
+    """Hand the GIL between threads every 0.5 ms instead of CPython's 5 ms: a replica runs
+    Serve's event loops and the scoring thread side by side, and with the default interval a
+    thread that is ready waits up to 5 ms for one that is busy. Measured in the ingress
+    replica here: a one-sequence batch's scoring took 7.8 ms in a thread against 6.2 ms on
+    the loop; with 0.5 ms, 6.0 ms in the thread. Replicas are processes of their own."""
+    sys.setswitchinterval(0.0005)
 
-    def __init__(self, config: ServingConfig) -> None:
+
+class ModelServer:
+    """One registered model, scored in dynamic batches; knows and reports what it serves.
+
+    Not a deployment itself: the ingress (:class:`ScoringAPI`) serves the champion with one,
+    in its own replicas, so a request costs no second hop (6-8 ms a handle call here), and
+    :class:`ChallengerHolder` wraps one for the challenger.
+    """
+
+    def __init__(self, config: ServingConfig, name: str) -> None:
+        self.name = name
         self.ref = config.model
         self.batching = config.batching
         self.model = load_model(self.ref, self.batching.max_tokens)
         self._apply_batching()
         self._stop = follow_alias(
-            "ModelHolder",
+            name,
             config.rollout.alias_poll_s,
             ref=lambda: self.ref,
             current=lambda: self.model.version,
@@ -177,10 +205,10 @@ class ModelHolder:
         loaded.scorer.max_tokens = self.batching.max_tokens
         self.model = loaded  # one assignment: batches already running keep the old model
 
-    def __del__(self) -> None:
-        stop = getattr(self, "_stop", None)
-        if stop is not None:
-            stop.set()
+    def stop(self) -> None:
+        """Stop following the alias."""
+        if self._stop is not None:
+            self._stop.set()
 
     def info(self) -> dict[str, Any]:
         m = self.model
@@ -196,7 +224,7 @@ class ModelHolder:
 
     def check_health(self) -> None:
         if self.model.scorer is None:
-            raise RuntimeError("no model loaded")
+            raise RuntimeError(f"{self.name}: no model loaded")
 
     async def score(self, batch: EventBatch) -> dict[str, Any]:
         """One request's sequences -> its scores, batched with concurrent requests."""
@@ -208,9 +236,9 @@ class ModelHolder:
         started = time.perf_counter()
         table = events_table(batches, model.scorer.schema)
         # Off the event loop, so requests keep queueing for the next batch meanwhile.
-        frame = await asyncio.to_thread(model.scorer.score, table)
+        scored = await asyncio.to_thread(model.scorer.score_rows, table)
         rows: list[dict[str, Any]] = [{}] * int(sum(len(b.entities) for b in batches))
-        for row in frame.to_dict("records"):
+        for row in scored:
             position = int(row.pop("entity"))  # before the values are read: no synthetic key
             rows[position] = {k: _jsonable(v) for k, v in row.items()}
         self.batch_latency.observe(time.perf_counter() - started)
@@ -231,16 +259,52 @@ class ModelHolder:
 
 
 @serve.deployment
+class ChallengerHolder:
+    """The challenger (``rollout.challenger_alias``): a :class:`ModelServer` of its own
+    deployment, so that its replicas, CPUs and batching are tuned apart from the champion's
+    and a slow or failing challenger never holds up the ingress."""
+
+    def __init__(self, config: ServingConfig) -> None:
+        _short_gil_switch()
+        self.server = ModelServer(config, "ChallengerHolder")
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """``user_config``: max_batch_size, batch_wait_timeout_s, max_tokens."""
+        self.server.reconfigure(user_config)
+
+    async def score(self, batch: EventBatch) -> dict[str, Any]:
+        return await self.server.score(batch)
+
+    def info(self) -> dict[str, Any]:
+        return self.server.info()
+
+    def stats(self) -> dict[str, int]:
+        return self.server.stats()
+
+    def reload(self, alias: str | None = None, version: int | None = None) -> dict[str, Any]:
+        return self.server.reload(alias, version)
+
+    def check_health(self) -> None:
+        self.server.check_health()
+
+    def __del__(self) -> None:
+        server = getattr(self, "server", None)
+        if server is not None:
+            server.stop()
+
+
+@serve.deployment
 class StreamHolder:
     """Streaming scoring with per-entity state (``serving.streaming``), one store per replica.
 
     Deployed with :class:`serving.routing.EntityAffinityRouter`, so every call for an entity
     reaches the same replica while the replica set is unchanged; a replica that gets an entity
-    it holds no state for says so in the reply. Follows its alias like :class:`ModelHolder`;
+    it holds no state for says so in the reply. Follows its alias like :class:`ModelServer`;
     a new version drops the old version's states (answered as ``reset: model_changed``).
     """
 
     def __init__(self, config: ServingConfig) -> None:
+        _short_gil_switch()
         self.ref = config.model
         self.settings = config.streaming
         self.max_tokens = config.batching.max_tokens
@@ -366,19 +430,24 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 @serve.deployment
 @serve.ingress(api)
 class ScoringAPI:
-    """HTTP edge: reads and validates requests, calls the model, counts outcomes."""
+    """HTTP edge: reads and validates requests, scores them with the champion it holds
+    (:class:`ModelServer`, batched across the requests of this replica), sends the
+    challenger's share to :class:`ChallengerHolder` and streaming calls to
+    :class:`StreamHolder`, and counts outcomes."""
 
     async def __init__(  # type: ignore[misc]
         self,
-        model: DeploymentHandle,
         stream: DeploymentHandle,
         challenger: DeploymentHandle | None,
         config: ServingConfig,
     ) -> None:
-        self.model, self.stream, self.challenger = model, stream, challenger
+        _short_gil_switch()
+        self.stream, self.challenger = stream, challenger
         self.limits = config.limits
         self.rollout = config.rollout
-        self.schema = EventSchema.from_manifest((await model.info.remote())["schema"])
+        # Loading reads the registry and artifacts: off the loop that answers health checks.
+        self.champion = await asyncio.to_thread(ModelServer, config, "champion")
+        self.schema = EventSchema.from_manifest(self.champion.info()["schema"])
         self.request_model = request_model(self.schema, self.limits)
         self.stream_model = stream_request_model(self.schema, self.limits)
         self._shadows: set[asyncio.Task] = set()  # keeps mirrored calls alive until done
@@ -402,11 +471,34 @@ class ScoringAPI:
         )
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """``user_config``: max_sequences_per_request, max_events_per_sequence,
-        max_body_bytes, order_policy."""
-        self.limits = apply_user_config(self.limits, user_config)
+        """``user_config``: the request limits (max_sequences_per_request,
+        max_events_per_sequence, max_body_bytes, order_policy) and the champion's batching
+        (max_batch_size, batch_wait_timeout_s, max_tokens)."""
+        limits, batching = split_user_config(user_config, Limits, Batching)
+        self.limits = apply_user_config(self.limits, limits)
+        self.champion.reconfigure(batching)
         self.request_model = request_model(self.schema, self.limits)
         self.stream_model = stream_request_model(self.schema, self.limits)
+
+    def info(self) -> dict[str, Any]:
+        """What the champion is (handle callers: ``serve.get_app_handle(app).info``)."""
+        return self.champion.info()
+
+    def stats(self) -> dict[str, int]:
+        """The champion's batching counts in this replica."""
+        return self.champion.stats()
+
+    def reload(self, alias: str | None = None, version: int | None = None) -> dict[str, Any]:
+        """Load the version the champion's alias (or the given alias/version) names now."""
+        return self.champion.reload(alias, version)
+
+    def check_health(self) -> None:
+        self.champion.check_health()
+
+    def __del__(self) -> None:
+        champion = getattr(self, "champion", None)
+        if champion is not None:
+            champion.stop()
 
     def _reply(self, route: str, status: int, body: dict, started: float) -> JSONResponse:
         self.requests.inc(tags={"route": route, "status": str(status)})
@@ -456,9 +548,11 @@ class ScoringAPI:
             parsed = parse_request(body, self.request_model, self.schema, self.limits)
             batch = to_batch(parsed, self.schema)
             variant = self._variant(batch)
-            handle = self.challenger if variant == "challenger" else self.model
-            assert handle is not None
-            result = await handle.score.remote(batch)
+            if variant == "challenger":
+                assert self.challenger is not None
+                result = await self.challenger.score.remote(batch)
+            else:
+                result = await self.champion.score(batch)
             result["model"]["variant"] = variant
         except RequestError as exc:
             return self._reply("/v1/score", exc.status, exc.body(), started)
@@ -533,9 +627,10 @@ class ScoringAPI:
     async def healthz(self) -> JSONResponse:
         started = time.perf_counter()
         try:
-            info = await asyncio.wait_for(self._model_info(), timeout=10)
+            self.champion.check_health()
+            info = self.champion.info()
         except Exception as exc:
-            body = {"status": "unavailable", "error": f"model deployment: {exc!r}", "field": None}
+            body = {"status": "unavailable", "error": f"champion: {exc!r}", "field": None}
             return self._reply("/healthz", 503, body, started)
         model = {k: info[k] for k in ("name", "alias", "version", "run_id")}
         return self._reply("/healthz", 200, {"status": "ok", "model": model}, started)
@@ -543,7 +638,7 @@ class ScoringAPI:
     @api.get("/v1/models")
     async def models(self) -> JSONResponse:
         started = time.perf_counter()
-        info = await self._model_info()
+        info = self.champion.info()
         info["features"] = self.schema.columns
         info["variant"] = "champion"
         models = [info]
@@ -554,9 +649,6 @@ class ScoringAPI:
         rollout = dataclasses.asdict(self.rollout)
         body = {"models": models, "rollout": rollout, "streaming": stream}
         return self._reply("/v1/models", 200, body, started)
-
-    async def _model_info(self) -> dict[str, Any]:
-        return await self.model.info.remote()
 
 
 def build_app(
@@ -571,26 +663,25 @@ def build_app(
         if challenger_ref is not None:
             resolve_version(challenger_ref)
     options = options or {}
-    # @serve.batch never forms batches larger than max_ongoing_requests (ray#43288).
-    holder_opts = {"max_ongoing_requests": max(2 * config.batching.max_batch_size, 8)}
-    holder_opts.update(options.get("ModelHolder", {}))
-    holder = ModelHolder.options(**holder_opts).bind(config)  # type: ignore[attr-defined]
+    api_opts = {"max_ongoing_requests": 128, **options.get("ScoringAPI", {})}
     challenger = None
     if challenger_ref is not None:
+        # Batched like the champion unless its own section says otherwise.
+        _, batching = split_user_config(api_opts.get("user_config"), Limits, Batching)
         challenger_opts = {
-            **holder_opts,
+            # @serve.batch never forms batches larger than max_ongoing_requests (ray#43288).
+            "max_ongoing_requests": max(2 * config.batching.max_batch_size, 8),
+            "user_config": batching,
             **options.get("ChallengerHolder", {}),
-            "name": "ChallengerHolder",
         }
-        challenger = ModelHolder.options(**challenger_opts).bind(  # type: ignore[attr-defined]
+        challenger = ChallengerHolder.options(**challenger_opts).bind(  # type: ignore[attr-defined]
             dataclasses.replace(config, model=challenger_ref)
         )
     router = RequestRouterConfig(request_router_class=EntityAffinityRouter)  # type: ignore[arg-type]
     stream_opts = {"max_ongoing_requests": 64, **options.get("StreamHolder", {})}
     stream_opts["request_router_config"] = router  # entity affinity is not optional
     stream = StreamHolder.options(**stream_opts).bind(config)  # type: ignore[attr-defined]
-    api_opts = {"max_ongoing_requests": 128, **options.get("ScoringAPI", {})}
-    return ScoringAPI.options(**api_opts).bind(holder, stream, challenger, config)  # type: ignore[attr-defined]
+    return ScoringAPI.options(**api_opts).bind(stream, challenger, config)  # type: ignore[attr-defined]
 
 
 def app_builder(args: dict[str, Any]) -> Any:

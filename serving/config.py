@@ -277,3 +277,19 @@ def apply_user_config(current: Any, user_config: Mapping[str, Any] | None) -> An
         )
     merged = {**dataclasses.asdict(current), **raw}
     return _section(cls, merged, prefix="user_config.")
+
+
+def split_user_config(user_config: Mapping[str, Any] | None, *kinds: type) -> list[dict[str, Any]]:
+    """One deployment's ``user_config`` that tunes several sections (the ingress: request
+    limits and the champion's batching) -> one dict per section, in ``kinds`` order. A key
+    no section knows is an error naming every allowed key."""
+    raw = dict(user_config or {})
+    allowed = {key for kind in kinds for key in _KINDS[kind]}
+    unknown = sorted(set(raw) - allowed)
+    if unknown:
+        names = "/".join(kind.__name__ for kind in kinds)
+        raise ConfigError(
+            f"serving: user_config: unknown key(s) {', '.join(unknown)} for {names}; "
+            f"allowed: {', '.join(sorted(allowed))}"
+        )
+    return [{k: v for k, v in raw.items() if k in _KINDS[kind]} for kind in kinds]

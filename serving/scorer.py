@@ -152,9 +152,20 @@ class SequenceScorer:
         history (what streaming scoring carries in its state), a transformer no more than its
         ``max_len`` positions.
         """
+        rows = self.score_rows(events, window_len=window_len)
+        if not rows:
+            return pd.DataFrame(columns=["entity", "n_events", "window_end"])
+        return pd.DataFrame(rows)
+
+    def score_rows(
+        self, events: pa.Table | pd.DataFrame, *, window_len: int | None = None
+    ) -> list[dict[str, Any]]:
+        """:meth:`score`'s rows as plain dicts, in entity order, without the DataFrame: what
+        the online endpoint answers with (a DataFrame built per request, then taken apart
+        again, cost 1.4 ms of a one-sequence request)."""
         seqs = self.encode(events)
         if not seqs:
-            return pd.DataFrame(columns=["entity", "n_events", "window_end"])
+            return []
         window = self.window_len if window_len is None else window_len
         outputs = self.forward_sequences(seqs, window)
         rows = []
@@ -166,7 +177,7 @@ class SequenceScorer:
             }
             row.update(self.describe(out))
             rows.append(row)
-        return pd.DataFrame(rows)
+        return rows
 
     def describe(self, out: np.ndarray) -> dict[str, Any]:
         """One sequence's model output (``forward_sequences``) as the response's fields."""

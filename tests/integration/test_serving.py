@@ -42,9 +42,9 @@ def _deploy(registry: dict) -> None:
 
     app = load_serve_config(DEFAULT_CONFIG)["applications"][0]
     options = deployment_options(app)
-    assert set(options) == {"ScoringAPI", "ModelHolder", "StreamHolder"}
+    assert set(options) == {"ScoringAPI", "StreamHolder"}
     options["StreamHolder"]["num_replicas"] = 1  # streaming: tests/integration/test_streams.py
-    overrides = {"ScoringAPI": LIMITS, "ModelHolder": BATCHING, "StreamHolder": {}}
+    overrides = {"ScoringAPI": {**LIMITS, **BATCHING}, "StreamHolder": {}}
     for name, user_config in overrides.items():
         options[name]["ray_actor_options"] = {"num_cpus": 0.25}
         options[name]["user_config"] = {**options[name]["user_config"], **user_config}
@@ -154,7 +154,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_scores(served, re
         _assert_matches_offline(
             scores, registry, events.filter(pc.is_in(events["account_id"], named))
         )
-    stats = serve.get_deployment_handle("ModelHolder", APP).stats.remote().result()
+    stats = serve.get_deployment_handle("ScoringAPI", APP).stats.remote().result()
     assert 1 < stats["largest_batch"] <= BATCHING["max_batch_size"]
     assert stats["requests"] > stats["batches"]
 
@@ -233,16 +233,15 @@ def test_order_policy_sort_orders_events_and_reject_refuses_them(served, registr
     ]
     first = _post(served, {"sequences": ordered}).json()["scores"]
     assert _post(served, {"sequences": shuffled}).json()["scores"] == first  # policy sort
-    # A second ingress in front of the same model replica, whose user_config says reject
+    # A second ingress (with its own copy of the champion) whose user_config says reject
     # (redeploying the module's application would restart its replicas: Serve versions
     # imperatively deployed code afresh on every serve.run).
-    model = serve.get_deployment_handle("ModelHolder", APP)
     stream = serve.get_deployment_handle("StreamHolder", APP)
     config = serving_config({"model_name": MODEL, "tracking_uri": registry["uri"]})
     strict = ScoringAPI.options(
         ray_actor_options={"num_cpus": 0.25}, user_config={**LIMITS, "order_policy": "reject"}
     )
-    serve.run(strict.bind(model, stream, None, config), name="strict", route_prefix="/strict")
+    serve.run(strict.bind(stream, None, config), name="strict", route_prefix="/strict")
     try:
         response = _post(f"{served}/strict", {"sequences": [ordered[0], shuffled[-1]]})
         assert response.status_code == 422, response.text
@@ -268,7 +267,7 @@ def test_reload_follows_the_alias_and_responses_name_the_new_version(served, reg
     finally:
         mlflow.set_tracking_uri(previous[0])
         mlflow.set_registry_uri(previous[1])
-    holder = serve.get_deployment_handle("ModelHolder", APP)
+    holder = serve.get_deployment_handle("ScoringAPI", APP)
     try:
         client.set_registered_model_alias(MODEL, "champion", second)
         assert holder.reload.remote().result()["version"] == str(second)
@@ -282,7 +281,7 @@ def test_reload_follows_the_alias_and_responses_name_the_new_version(served, reg
 def test_missing_model_or_alias_fails_start_up_with_a_clear_error(ray_cluster, served, registry):
     from ray import serve
 
-    from serving.app import ModelHolder, app_builder
+    from serving.app import ScoringAPI, app_builder
     from serving.cli import deploy_failure
     from serving.config import serving_config
     from serving.registry import ModelNotFoundError
@@ -293,13 +292,15 @@ def test_missing_model_or_alias_fails_start_up_with_a_clear_error(ray_cluster, s
     with pytest.raises(ModelNotFoundError, match=f"models:/{MODEL}@nobody"):
         app_builder({"model_name": MODEL, "alias": "nobody", "tracking_uri": registry["uri"]})
     assert time.monotonic() - started < 15
-    # The replica itself refuses too (e.g. the alias was deleted after the app was built).
+    # The ingress replica itself refuses too (e.g. the alias was deleted after the app was
+    # built): it loads the champion.
     config = serving_config({"model_name": MODEL, "alias": "gone", "tracking_uri": registry["uri"]})
-    holder = ModelHolder.options(
+    ingress = ScoringAPI.options(
         max_constructor_retry_count=1, ray_actor_options={"num_cpus": 0.25}
     )
+    stream = serve.get_deployment_handle("StreamHolder", APP)
     with pytest.raises(RuntimeError, match="Deploying application missing-model failed"):
-        serve.run(holder.bind(config), name="missing-model", route_prefix=None)
+        serve.run(ingress.bind(stream, None, config), name="missing-model", route_prefix="/gone")
     assert f"cannot serve models:/{MODEL}@gone: not found" in deploy_failure("missing-model")
     serve.delete("missing-model")
     assert time.monotonic() - started < 120

@@ -69,7 +69,6 @@ def served(ray_cluster, registry, tmp_path_factory):
     )
     options = {
         "ScoringAPI": CPUS,
-        "ModelHolder": CPUS,
         "ChallengerHolder": CPUS,
         "StreamHolder": {**CPUS, "num_replicas": 2},
     }
