@@ -92,7 +92,7 @@ class Limits:
 
 @dataclass(frozen=True)
 class Batching:
-    """Dynamic batching of the model deployment (``@serve.batch``)."""
+    """Dynamic batching (``@serve.batch``) of the champion in the ingress, and the challenger."""
 
     max_batch_size: int = 16
     """Most requests scored in one batch; Serve caps it at ``max_ongoing_requests``."""
@@ -268,13 +268,7 @@ def serving_config(args: Mapping[str, Any]) -> ServingConfig:
 def apply_user_config(current: Any, user_config: Mapping[str, Any] | None) -> Any:
     """``current`` (Limits, Batching or Streaming) updated by a deployment's ``user_config``."""
     cls = type(current)
-    raw = dict(user_config or {})
-    unknown = sorted(set(raw) - set(_KINDS[cls]))
-    if unknown:
-        raise ConfigError(
-            f"serving: user_config: unknown key(s) {', '.join(unknown)} for {cls.__name__}; "
-            f"allowed: {', '.join(sorted(_KINDS[cls]))}"
-        )
+    (raw,) = split_user_config(user_config, cls)
     merged = {**dataclasses.asdict(current), **raw}
     return _section(cls, merged, prefix="user_config.")
 

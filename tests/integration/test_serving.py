@@ -317,6 +317,72 @@ def test_cli_refuses_a_missing_model_before_starting_anything(registry):
     assert "models:/no-such-model@champion" in result.stderr and "not found" in result.stderr
 
 
+def _free_port_run(n: int) -> int:
+    """The first of ``n`` consecutive loopback ports that are free now."""
+    for low in random.Random().sample(range(20_000, 28_000, 100), 40):
+        try:
+            for port in range(low, low + n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return low
+    raise RuntimeError(f"no {n} consecutive free loopback ports")
+
+
+def test_cli_serves_through_the_proxy_and_direct_ingress_alike(registry, events):
+    """``python -m serving.cli serve --direct-ingress`` as a user runs it: a local cluster of
+    its own, the same scores through the proxy and on the ingress replica's own port, and
+    Ctrl-C stops it cleanly."""
+    import contextlib
+    import queue
+    import signal
+    import threading
+
+    from serving.cli import DIRECT_PORTS
+
+    port, direct = _free_port_run(1), _free_port_run(DIRECT_PORTS)
+    env = stage_env()
+    env.pop("RAY_ADDRESS", None)  # not the test session's cluster: one of its own
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "serving.cli", "serve", "--model-name", MODEL, "--alias",
+         "champion", "--tracking-uri", registry["uri"], "--port", str(port),
+         "--direct-ingress", "--direct-port", str(direct)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
+    seen: list[str] = []
+    try:
+        deadline = time.monotonic() + 300
+        while not (seen and seen[-1].startswith("direct ingress:")):
+            assert proc.poll() is None, "".join(seen)
+            assert time.monotonic() < deadline, "".join(seen)
+            with contextlib.suppress(queue.Empty):
+                seen.append(lines.get(timeout=1))
+        url = seen[-1].split("direct ingress:", 1)[1].split(",")[0].strip()
+        assert url.startswith(f"http://127.0.0.1:{direct}") and url.endswith("/v1/score"), url
+        body = {"sequences": _sequences(events)[:3]}
+        via_proxy = _post(f"http://127.0.0.1:{port}", body)
+        via_direct = requests.post(url, json=body, timeout=60)
+        assert via_proxy.status_code == via_direct.status_code == 200, via_direct.text
+        assert via_direct.json()["scores"] == via_proxy.json()["scores"]
+        assert via_direct.json()["model"]["version"] == registry["version"]
+        _assert_matches_offline(via_direct.json()["scores"], registry, events.filter(
+            pc.is_in(events["account_id"], pa.array([s["entity"] for s in body["sequences"]]))
+        ))  # fmt: skip
+        bad = requests.post(url, data=b"{", headers={"Content-Type": "application/json"})
+        assert bad.status_code == 400 and bad.json()["field"] == "body"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            returncode = proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert returncode == 0, "".join(seen)
+
+
 def test_prometheus_metrics_count_requests_errors_and_batches(served):
     """Custom ray.serve.metrics reach Ray's Prometheus endpoint (reported every few seconds)."""
     import ray
