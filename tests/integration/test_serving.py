@@ -154,9 +154,15 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_scores(served, re
         _assert_matches_offline(
             scores, registry, events.filter(pc.is_in(events["account_id"], named))
         )
-    stats = serve.get_deployment_handle("ScoringAPI", APP).stats.remote().result()
+    ingress = serve.get_deployment_handle("ScoringAPI", APP)
+    stats = ingress.stats.remote().result()
     assert 1 < stats["largest_batch"] <= BATCHING["max_batch_size"]
     assert stats["requests"] > stats["batches"]
+    # A lone request finds the model idle: scored at once, not held back for company.
+    assert _post(served, {"sequences": seqs[:1]}).status_code == 200
+    after = ingress.stats.remote().result()
+    assert after["immediate"] == stats["immediate"] + 1
+    assert after["batches"] == stats["batches"] + 1 and after["requests"] == stats["requests"] + 1
 
 
 def test_health_and_models_describe_what_is_loaded(served, registry):
