@@ -242,7 +242,7 @@ def noop_app() -> Any:
     return Noop.bind()  # type: ignore[attr-defined]
 
 
-def _free_ports(n: int) -> int:
+def free_ports(n: int) -> int:
     """The first of ``n`` consecutive loopback ports that are free now."""
     rng = np.random.default_rng()
     for _ in range(100):
@@ -301,7 +301,7 @@ def direct_ingress(
     import ray
     from ray import serve
 
-    low = _free_ports(8)
+    low = free_ports(8)
     env = {
         "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
         "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(low),
@@ -313,7 +313,7 @@ def direct_ingress(
     try:
         _init_ray()
         try:
-            start_apps(model, _free_ports(1))
+            start_apps(model, free_ports(1))
             one = json.dumps(json.loads(bodies.read_text())[0]).encode()
             url = {
                 k: f"http://127.0.0.1:{p}"

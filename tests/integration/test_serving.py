@@ -323,19 +323,6 @@ def test_cli_refuses_a_missing_model_before_starting_anything(registry):
     assert "models:/no-such-model@champion" in result.stderr and "not found" in result.stderr
 
 
-def _free_port_run(n: int) -> int:
-    """The first of ``n`` consecutive loopback ports that are free now."""
-    for low in random.Random().sample(range(20_000, 28_000, 100), 40):
-        try:
-            for port in range(low, low + n):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return low
-    raise RuntimeError(f"no {n} consecutive free loopback ports")
-
-
 def test_cli_serves_through_the_proxy_and_direct_ingress_alike(registry, events):
     """``python -m serving.cli serve --direct-ingress`` as a user runs it: a local cluster of
     its own, the same scores through the proxy and on the ingress replica's own port, and
@@ -345,9 +332,10 @@ def test_cli_serves_through_the_proxy_and_direct_ingress_alike(registry, events)
     import signal
     import threading
 
+    from benchmarks.serving import free_ports
     from serving.cli import DIRECT_PORTS
 
-    port, direct = _free_port_run(1), _free_port_run(DIRECT_PORTS)
+    port, direct = free_ports(1), free_ports(DIRECT_PORTS)
     env = stage_env()
     env.pop("RAY_ADDRESS", None)  # not the test session's cluster: one of its own
     proc = subprocess.Popen(
