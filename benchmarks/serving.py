@@ -229,6 +229,10 @@ def noop_app() -> Any:
     @serve.deployment(ray_actor_options={"num_cpus": 0.2})
     @serve.ingress(api)
     class Noop:
+        @api.get("/healthz")
+        async def healthz(self) -> dict:  # found by serving.cli.direct_ports
+            return {}
+
         async def score(self, request: Any) -> dict:
             await request.body()
             return {}
@@ -257,40 +261,6 @@ def free_ports(n: int) -> int:
     raise RuntimeError(f"no {n} consecutive free loopback ports")
 
 
-def _answers(host: str, port: int, method: str, path: str, body: bytes | None = None) -> bool:
-    """Whether ``method path`` on ``host:port`` answers 200 (False if nothing listens)."""
-    conn = http.client.HTTPConnection(host, port, timeout=5)
-    try:
-        conn.request(method, path, body, {"Content-Type": "application/json"})
-        return conn.getresponse().status == 200
-    except OSError:
-        return False
-    finally:
-        conn.close()
-
-
-def _direct_ports(ports: range, body: bytes, timeout_s: float = 60.0) -> dict[str, int]:
-    """The port each application's ingress replica answers on (``/on``, ``/off``, ``/noop``);
-    each replica starts its HTTP server once it is up, in no fixed order."""
-    probes = {
-        "on": ("GET", "/on/healthz", None),
-        "off": ("GET", "/off/healthz", None),
-        "noop": ("POST", "/noop/v1/score", body),
-    }
-    deadline = time.monotonic() + timeout_s
-    found: dict[str, int] = {}
-    while len(found) < len(probes):
-        for name, (method, path, data) in probes.items():
-            for p in ports:
-                if name not in found and _answers("127.0.0.1", p, method, path, data):
-                    found[name] = p
-        if len(found) < len(probes):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"direct ingress: only {found} answered on ports {ports}")
-            time.sleep(0.5)
-    return found
-
-
 def direct_ingress(
     model: dict[str, Any], bodies: Path, scorer: Any, tables: list[pa.Table], args: Any
 ) -> dict[str, Any]:
@@ -301,24 +271,23 @@ def direct_ingress(
     import ray
     from ray import serve
 
-    low = free_ports(8)
-    env = {
-        "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
-        "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(low),
-        "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(low + 8),
-        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0",  # a benchmark shuts down at once
-    }
+    from serving.cli import DIRECT_PORTS, direct_ingress_env, direct_ports
+
+    low = free_ports(DIRECT_PORTS)
+    # What ``serve --direct-ingress`` sets; a benchmark shuts down at once, without draining.
+    env = {**direct_ingress_env(low), "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the cluster's processes inherit them from this one
     try:
         _init_ray()
         try:
             start_apps(model, free_ports(1))
-            one = json.dumps(json.loads(bodies.read_text())[0]).encode()
-            url = {
-                k: f"http://127.0.0.1:{p}"
-                for k, p in _direct_ports(range(low, low + 8), one).items()
-            }
+            url = {}
+            for app in ("on", "off", "noop"):
+                ports = direct_ports("127.0.0.1", low, f"/{app}")
+                if not ports:
+                    raise RuntimeError(f"direct ingress: /{app} answered on no port from {low}")
+                url[app] = f"http://127.0.0.1:{ports[0]}"
             for arm in ("on", "off"):
                 load(url[arm], f"/{arm}/v1/score", bodies, 4, 1.0)  # warm up
             out: dict[str, Any] = {"light": [], "inprocess": [], "floor": [],

@@ -280,8 +280,36 @@ class ModelServer:
         return results
 
 
+class HoldsModel:
+    """What a deployment that holds a :class:`ModelServer` in ``self.server`` answers to
+    handle callers (``serve.get_deployment_handle(name, app).stats.remote()``) and to
+    Serve's health checks."""
+
+    server: ModelServer
+
+    def info(self) -> dict[str, Any]:
+        """What the held model is: registry facts, task, schema, batching."""
+        return self.server.info()
+
+    def stats(self) -> dict[str, int]:
+        """The held model's batching counts in this replica."""
+        return self.server.stats()
+
+    def reload(self, alias: str | None = None, version: int | None = None) -> dict[str, Any]:
+        """Load the version the alias (or the given alias/version) names now."""
+        return self.server.reload(alias, version)
+
+    def check_health(self) -> None:
+        self.server.check_health()
+
+    def __del__(self) -> None:
+        server = getattr(self, "server", None)
+        if server is not None:
+            server.stop()
+
+
 @serve.deployment
-class ChallengerHolder:
+class ChallengerHolder(HoldsModel):
     """The challenger (``rollout.challenger_alias``): a :class:`ModelServer` of its own
     deployment, so that its replicas, CPUs and batching are tuned apart from the champion's
     and a slow or failing challenger never holds up the ingress."""
@@ -296,23 +324,6 @@ class ChallengerHolder:
 
     async def score(self, batch: EventBatch) -> dict[str, Any]:
         return await self.server.score(batch)
-
-    def info(self) -> dict[str, Any]:
-        return self.server.info()
-
-    def stats(self) -> dict[str, int]:
-        return self.server.stats()
-
-    def reload(self, alias: str | None = None, version: int | None = None) -> dict[str, Any]:
-        return self.server.reload(alias, version)
-
-    def check_health(self) -> None:
-        self.server.check_health()
-
-    def __del__(self) -> None:
-        server = getattr(self, "server", None)
-        if server is not None:
-            server.stop()
 
 
 @serve.deployment
@@ -451,9 +462,9 @@ async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
 
 @serve.deployment
 @serve.ingress(api)
-class ScoringAPI:
+class ScoringAPI(HoldsModel):
     """HTTP edge: reads and validates requests, scores them with the champion it holds
-    (:class:`ModelServer`, batched across the requests of this replica), sends the
+    (``self.server``, batched across the requests of this replica), sends the
     challenger's share to :class:`ChallengerHolder` and streaming calls to
     :class:`StreamHolder`, and counts outcomes."""
 
@@ -468,8 +479,8 @@ class ScoringAPI:
         self.limits = config.limits
         self.rollout = config.rollout
         # Loading reads the registry and artifacts: off the loop that answers health checks.
-        self.champion = await asyncio.to_thread(ModelServer, config, "champion")
-        self.schema = EventSchema.from_manifest(self.champion.info()["schema"])
+        self.server = await asyncio.to_thread(ModelServer, config, "champion")
+        self.schema = EventSchema.from_manifest(self.server.info()["schema"])
         self.request_model = request_model(self.schema, self.limits)
         self.stream_model = stream_request_model(self.schema, self.limits)
         self._shadows: set[asyncio.Task] = set()  # keeps mirrored calls alive until done
@@ -498,29 +509,9 @@ class ScoringAPI:
         (max_batch_size, batch_wait_timeout_s, max_tokens)."""
         limits, batching = split_user_config(user_config, Limits, Batching)
         self.limits = apply_user_config(self.limits, limits)
-        self.champion.reconfigure(batching)
+        self.server.reconfigure(batching)
         self.request_model = request_model(self.schema, self.limits)
         self.stream_model = stream_request_model(self.schema, self.limits)
-
-    def info(self) -> dict[str, Any]:
-        """What the champion is (handle callers: ``serve.get_app_handle(app).info``)."""
-        return self.champion.info()
-
-    def stats(self) -> dict[str, int]:
-        """The champion's batching counts in this replica."""
-        return self.champion.stats()
-
-    def reload(self, alias: str | None = None, version: int | None = None) -> dict[str, Any]:
-        """Load the version the champion's alias (or the given alias/version) names now."""
-        return self.champion.reload(alias, version)
-
-    def check_health(self) -> None:
-        self.champion.check_health()
-
-    def __del__(self) -> None:
-        champion = getattr(self, "champion", None)
-        if champion is not None:
-            champion.stop()
 
     def _reply(self, route: str, status: int, body: dict, started: float) -> JSONResponse:
         self.requests.inc(tags={"route": route, "status": str(status)})
@@ -574,7 +565,7 @@ class ScoringAPI:
                 assert self.challenger is not None
                 result = await self.challenger.score.remote(batch)
             else:
-                result = await self.champion.score(batch)
+                result = await self.server.score(batch)  # the champion, in this replica
             result["model"]["variant"] = variant
         except RequestError as exc:
             return self._reply("/v1/score", exc.status, exc.body(), started)
@@ -649,8 +640,8 @@ class ScoringAPI:
     async def healthz(self) -> JSONResponse:
         started = time.perf_counter()
         try:
-            self.champion.check_health()
-            info = self.champion.info()
+            self.check_health()
+            info = self.info()
         except Exception as exc:
             body = {"status": "unavailable", "error": f"champion: {exc!r}", "field": None}
             return self._reply("/healthz", 503, body, started)
@@ -660,7 +651,7 @@ class ScoringAPI:
     @api.get("/v1/models")
     async def models(self) -> JSONResponse:
         started = time.perf_counter()
-        info = self.champion.info()
+        info = self.info()
         info["features"] = self.schema.columns
         info["variant"] = "champion"
         models = [info]
