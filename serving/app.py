@@ -66,6 +66,7 @@ from serving.schemas import (
     EventBatch,
     EventSchema,
     RequestError,
+    event_columns,
     events_table,
     parse_request,
     parse_stream_request,
@@ -256,9 +257,9 @@ class ModelServer:
         """Score the requests together: one Arrow table, length groups under max_tokens."""
         model = self.model  # one model for the whole batch, even if reload swaps it meanwhile
         started = time.perf_counter()
-        table = events_table(batches, model.scorer.schema)
+        columns = event_columns(batches, model.scorer.schema)
         # Off the event loop, so requests keep queueing for the next batch meanwhile.
-        scored = await asyncio.to_thread(model.scorer.score_rows, table)
+        scored = await asyncio.to_thread(model.scorer.score_rows, columns)
         rows: list[dict[str, Any]] = [{}] * int(sum(len(b.entities) for b in batches))
         for row in scored:
             position = int(row.pop("entity"))  # before the values are read: no synthetic key

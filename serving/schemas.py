@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from pipelines.features import EventColumns
 from serving.config import Limits
 
 MAX_REPORTED_ERRORS = 20
@@ -283,6 +284,24 @@ def _columns(entities: list[str], sequences: list[Any], schema: EventSchema) -> 
         categorical={
             col: [getattr(e, f"f_cat{i}") for e in events]
             for i, col in enumerate(schema.categorical)
+        },
+    )
+
+
+def event_columns(batches: list[EventBatch], schema: Any) -> EventColumns:
+    """Requests' events as one :class:`EventColumns` whose sequences are named by their
+    position in the batch, so that sequences never merge, even when two requests name the
+    same entity; no Arrow table in between (SequenceScorer encodes them with numpy)."""
+    lengths = np.concatenate([b.lengths for b in batches])
+    return EventColumns(
+        names=[str(i) for i in range(len(lengths))],
+        group=np.repeat(np.arange(len(lengths), dtype=np.int64), lengths),
+        time_us=np.concatenate([b.time_us for b in batches]),
+        seq=np.concatenate([b.seq for b in batches]) if schema.seq else None,
+        numeric={c: np.concatenate([b.numeric[c] for b in batches]) for c in schema.numeric},
+        categorical={
+            c: list(itertools.chain.from_iterable(b.categorical[c] for b in batches))
+            for c in schema.categorical
         },
     )
 

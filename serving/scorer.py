@@ -22,7 +22,13 @@ import pyarrow as pa
 import torch
 
 from pipelines.config import SchemaConfig
-from pipelines.features import EncodedSequence, FeatureSpec, encode_sequences
+from pipelines.features import (
+    EncodedSequence,
+    EventColumns,
+    FeatureSpec,
+    encode_event_columns,
+    encode_sequences,
+)
 from seqmodels import ModelConfig, SequenceModel
 
 WEIGHTS_FILE = "weights.safetensors"
@@ -71,8 +77,13 @@ class SequenceScorer:
 
     # ------------------------------------------------------------------ encoding
 
-    def encode(self, events: pa.Table | pd.DataFrame) -> list[EncodedSequence]:
-        """Group raw events by entity, order by (time, seq), apply the manifest's features."""
+    def encode(self, events: pa.Table | pd.DataFrame | EventColumns) -> list[EncodedSequence]:
+        """Group raw events by entity, order by (time, seq), apply the manifest's features.
+
+        :class:`EventColumns` (a validated serving request, already in the schema's columns)
+        come back in their ``names`` order, tables in sorted entity order."""
+        if isinstance(events, EventColumns):
+            return encode_event_columns(events, self.spec, self.schema)
         table = (
             events
             if isinstance(events, pa.Table)
@@ -144,7 +155,7 @@ class SequenceScorer:
         return results
 
     def score(
-        self, events: pa.Table | pd.DataFrame, *, window_len: int | None = None
+        self, events: pa.Table | pd.DataFrame | EventColumns, *, window_len: int | None = None
     ) -> pd.DataFrame:
         """One row per entity: its key, events used, last event time and the prediction.
 
@@ -158,7 +169,7 @@ class SequenceScorer:
         return pd.DataFrame(rows)
 
     def score_rows(
-        self, events: pa.Table | pd.DataFrame, *, window_len: int | None = None
+        self, events: pa.Table | pd.DataFrame | EventColumns, *, window_len: int | None = None
     ) -> list[dict[str, Any]]:
         """:meth:`score`'s rows as plain dicts, in entity order, without the DataFrame: what
         the online endpoint answers with (a DataFrame built per request, then taken apart

@@ -39,10 +39,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
-from pipelines.features import TIME_DELTA, EncodedSequence, encode_small
+from pipelines.features import TIME_DELTA, EncodedSequence
 from pipelines.windows import time_us
 from seqmodels.stepping import (
     CELL_STEPS,
@@ -260,15 +259,7 @@ class StreamingScorer:
         }
 
     def _encode(self, events: pa.Table) -> EncodedSequence:
-        entity = self.schema.entity
-        if events.num_rows and entity in events.column_names:
-            keys = events.column(entity)
-            if events.num_rows == 1 or pc.count_distinct(keys).as_py() == 1:
-                name = str(keys[0].as_py())
-                small = encode_small(events, self.scorer.spec, self.schema, name)
-                if small is not None:
-                    return small
-        sequences = self.scorer.encode(events)
+        sequences = self.scorer.encode(events)  # a call's few events take no Arrow kernel
         if len(sequences) != 1:
             raise ValueError(f"stream: expected the events of one entity, got {len(sequences)}")
         return sequences[0]

@@ -129,3 +129,91 @@ def test_encode_sequences_orders_raw_events_like_the_shard_stage():
     one = encode_sequences(_table([("z", 5, 0, 1.0, 1234, "pos")]), spec, SCHEMA)
     assert one["z"].cat_ids.tolist() == [[OOV_ID, 2]]
     assert one["z"].num[0, 1] == pytest.approx(-spec.mean["time_delta"] / spec.std["time_delta"])
+
+
+def _assert_same_sequences(a, b):
+    assert [s.entity for s in a] == [s.entity for s in b]
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x.event_time_us, y.event_time_us)
+        np.testing.assert_array_equal(x.cat_ids, y.cat_ids)
+        np.testing.assert_array_equal(x.num, y.num)
+        assert x.cat_ids.dtype == y.cat_ids.dtype and x.num.dtype == y.num.dtype
+
+
+def _random_events(rng, n, int_keys=False):
+    """Events of a few entities in random order: time ties broken by seq, unseen and null
+    categories, a null and an infinite amount."""
+    keys = rng.integers(0, 6, n)
+    rows = [
+        (
+            int(k) * 7 if int_keys else f"e{k}",
+            int(rng.integers(0, 5)) * 60,  # few distinct times: many ties
+            int(rng.integers(0, 1_000)),
+            [1.5, -2.0, float("nan"), float("inf"), 1e6][int(rng.integers(0, 5))],
+            int(rng.choice([5411, 5812, 4111, 9999])),
+            ["pos", "web", "atm", None][int(rng.integers(0, 4))],
+        )
+        for k in keys
+    ]
+    table = _table(rows)
+    mcc = table["mcc"].cast(pa.string())  # string categories, as the serving path gets them
+    return table.set_column(4, "mcc", mcc)
+
+
+@pytest.mark.parametrize("int_keys", [False, True])
+def test_small_tables_encode_exactly_like_the_arrow_path(int_keys):
+    """encode_sequences takes plain lookups below SMALL_TABLE_ROWS: the same sequences,
+    bit for bit, as the Arrow kernels give, whatever the order and the types."""
+    from pipelines.features import encode_columns, encode_table, table_columns
+
+    config = FeatureConfig(numeric_transform={"amount": "log1p"})
+    spec = fit_features(_table(TRAIN), SCHEMA, config)
+    rng = np.random.default_rng(7)
+    for n in (1, 2, 17, 300):
+        table = _random_events(rng, n, int_keys)
+        columns = table_columns(table, SCHEMA, spec)
+        assert columns is not None
+        expected = list(encode_table(table, spec, SCHEMA).values())
+        _assert_same_sequences(encode_columns(columns, spec), expected)
+        _assert_same_sequences(list(encode_sequences(table, spec, SCHEMA).values()), expected)
+        # already ordered (no gather), dictionary-typed and integer categories
+        ordered = table.sort_by([("acct", "ascending"), ("ts", "ascending"), ("seq", "ascending")])
+        ordered = ordered.set_column(5, "channel", ordered["channel"].dictionary_encode())
+        ordered = ordered.set_column(4, "mcc", ordered["mcc"].cast(pa.int64()))
+        _assert_same_sequences(encode_columns(table_columns(ordered, SCHEMA, spec), spec), expected)
+
+
+def test_the_arrow_path_takes_what_plain_lookups_cannot_match():
+    from pipelines.features import table_columns
+
+    spec = fit_features(_table(TRAIN), SCHEMA, FeatureConfig())
+    table = _table(TRAIN)
+    null_seq = table.set_column(2, "seq", pa.array([0, None, 2, 0, 1], pa.int64()))
+    float_category = table.set_column(4, "mcc", pa.array([1.0, 2.0, 3.0, 4.0, 5.0]))
+    null_entity = table.set_column(0, "acct", pa.array(["a", None, "a", "b", "b"]))
+    for odd in (null_seq, float_category, null_entity):
+        assert table_columns(odd, SCHEMA, spec) is None
+        encode_sequences(odd, spec, SCHEMA)  # the general path still encodes it
+
+
+def test_event_columns_beyond_the_small_limit_take_the_arrow_path(monkeypatch):
+    """A serving batch larger than SMALL_TABLE_ROWS is encoded through an Arrow table: the
+    same sequences, still named and ordered as the batch's positions."""
+    import pipelines.features as features
+
+    spec = fit_features(_table(TRAIN), SCHEMA, FeatureConfig())
+    table = _random_events(np.random.default_rng(3), 200)
+    columns = features.table_columns(table, SCHEMA, spec)
+    columns = features.EventColumns(
+        names=[f"request-{i}" for i in range(len(columns.names))],
+        group=columns.group,
+        time_us=columns.time_us,
+        seq=columns.seq,
+        numeric=columns.numeric,
+        categorical=columns.categorical,
+    )
+    small = features.encode_event_columns(columns, spec, SCHEMA)
+    monkeypatch.setattr(features, "SMALL_TABLE_ROWS", 10)
+    large = features.encode_event_columns(columns, spec, SCHEMA)
+    assert [s.entity for s in small] == [f"request-{i}" for i in range(len(columns.names))]
+    _assert_same_sequences(large, small)

@@ -179,22 +179,3 @@ def test_events_before_the_last_streamed_one_are_refused(lstm, events):
         streamer.update("o", history.slice(0, 5))
     # A refused call changes nothing: the entity still has its 10 events.
     assert streamer.store.get("o")[0].events_seen == 10
-
-
-def test_small_inputs_encode_exactly_like_the_general_path(lstm, events):
-    from pipelines.features import encode_sequences, encode_small
-
-    history = _longest(events).slice(0, 40)
-    strings = [
-        f.with_type(pa.string()) if pa.types.is_dictionary(f.type) else f for f in history.schema
-    ]
-    history = history.cast(pa.schema(strings))
-    shuffled = history.take(pa.array(np.random.default_rng(3).permutation(history.num_rows)))
-    for table in (history.slice(0, 1), history, shuffled):
-        (general,) = encode_sequences(table, lstm.spec, lstm.schema).values()
-        small = encode_small(table, lstm.spec, lstm.schema, general.entity)
-        assert small is not None
-        np.testing.assert_array_equal(small.event_time_us, general.event_time_us)
-        np.testing.assert_array_equal(small.cat_ids, general.cat_ids)
-        np.testing.assert_array_equal(small.num, general.num)
-    assert encode_small(history.slice(0, 0), lstm.spec, lstm.schema, "x") is None
