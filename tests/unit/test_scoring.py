@@ -64,6 +64,12 @@ def test_scores_do_not_depend_on_row_order_batching_or_company(scorer, tiny_pipe
     tiny_batches = SequenceScorer(scorer.model, scorer.manifest, max_tokens=1)
     apart = tiny_batches.score(shuffled).set_index("entity")["score"]
     np.testing.assert_allclose(apart.loc[together.index].to_numpy(), together.to_numpy(), atol=1e-5)
+    # one call padding every sequence to the longest: calls priced far above padding
+    padded = SequenceScorer(scorer.model, scorer.manifest, max_tokens=10**9, call_tokens=10**12)
+    lengths = np.array([len(s.cat_ids) for s in padded.encode(events)])
+    assert len(padded._batches(np.minimum(lengths, padded.window_len))) == 1
+    once = padded.score(events).set_index("entity")["score"]
+    np.testing.assert_allclose(once.loc[together.index].to_numpy(), together.to_numpy(), atol=1e-5)
     one = together.index[0]
     alone = scorer.score(events.filter(pc.equal(events["account_id"], one)))
     assert alone["score"].iloc[0] == pytest.approx(together.loc[one], abs=1e-5)
@@ -90,3 +96,32 @@ def test_missing_columns_are_named(scorer, tiny_pipeline):
 
 def test_manifest_is_json_serialisable_inside_the_model(scorer):
     assert json.loads(json.dumps(scorer.manifest))["window"]["window_len"] == 64
+
+
+def _check_partition(batches, lengths, max_tokens):
+    members = np.concatenate(batches)
+    assert sorted(members.tolist()) == list(range(len(lengths)))  # each sequence once
+    for b in batches:  # under the budget, unless one sequence alone exceeds it
+        assert len(b) == 1 or len(b) * lengths[b].max() <= max_tokens
+
+
+def test_batches_group_by_length_at_the_least_cost(scorer):
+    """Short sequences are not padded to a long one's width when a call costs less."""
+    grouper = SequenceScorer(scorer.model, scorer.manifest, max_tokens=16384, call_tokens=384)
+    lengths = np.array([5, 7, 256, 6, 5, 8, 6, 7, 5, 6, 9, 5, 6, 7, 5, 8])
+    batches = grouper._batches(lengths)
+    _check_partition(batches, lengths, 16384)
+    assert [lengths[b].tolist() for b in batches][0] == [256]  # the long one alone
+    assert len(batches) == 2
+    # equal lengths, or a call priced above any padding: one call
+    assert len(grouper._batches(np.full(16, 40))) == 1
+    fewest = SequenceScorer(scorer.model, scorer.manifest, max_tokens=16384, call_tokens=10**12)
+    assert len(fewest._batches(lengths)) == 1
+    # the budget cuts a group into several calls; a sequence over the budget goes alone
+    rng = np.random.default_rng(0)
+    for max_tokens in (1, 100, 1000):
+        budget = SequenceScorer(scorer.model, scorer.manifest, max_tokens=max_tokens)
+        for n in (1, 5, 200):
+            lengths = rng.integers(1, 300, n)
+            _check_partition(budget._batches(lengths), lengths, max_tokens)
+    assert grouper._batches(np.array([], dtype=np.int64)) == []
