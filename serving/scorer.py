@@ -125,10 +125,10 @@ class SequenceScorer:
         width is its first length; a group over the budget is cut into several calls). For
         16 requests of the serving benchmark's lengths (4-256 events) the model ran 2-3
         groups instead of one padded to 256 (benchmarks/README.md, "Serving")."""
+        if len(lengths) <= 1:  # the common online case: nothing to choose
+            return [np.arange(len(lengths))] if len(lengths) else []
         order = np.argsort(-lengths, kind="stable")  # longest first
         ordered = lengths[order]
-        if not len(ordered):
-            return []
         starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
         width = ordered[starts].astype(np.float64)  # (m,) distinct lengths, descending
         ends = np.r_[starts[1:], len(ordered)]  # the runs of equal length
