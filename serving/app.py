@@ -625,7 +625,7 @@ class ScoringAPI(HoldsModel):
             parsed = parse_stream_request(body, self.stream_model, self.schema, self.limits)
             events, history = stream_batches(parsed, entity_id, self.schema)
             result = await self.stream.update.remote(
-                entity_id, events, history, parsed.expect_events_seen, parsed.reset
+                entity_id, events, history, parsed["expect_events_seen"], parsed["reset"]
             )
             if "error" in result:
                 raise RequestError(422, result["error"], result["field"])

