@@ -370,12 +370,16 @@ def table_columns(table: pa.Table, schema: SchemaConfig, spec: FeatureSpec) -> E
         if strings is None:
             return None
         categorical[col] = strings
-    keys = entity.to_numpy(zero_copy_only=False)
-    if len(keys) and keys.dtype == object:  # strings: numpy sorts them like Arrow (UTF-8 order)
-        keys = keys.astype(str)
-    uniques, group = np.unique(keys, return_inverse=True)
+    if pa.types.is_integer(entity.type):
+        uniques, group = np.unique(entity.to_numpy(zero_copy_only=False), return_inverse=True)
+        names = [str(k) for k in uniques.tolist()]
+    else:  # strings: Python sorts them by code point, as Arrow does (UTF-8 byte order)
+        keys = entity.to_pylist()
+        names = sorted(set(keys))
+        index = {name: i for i, name in enumerate(names)}
+        group = np.fromiter(map(index.__getitem__, keys), np.int64, count=len(keys))
     return EventColumns(
-        names=[str(k) for k in uniques.tolist()],
+        names=names,
         group=group.astype(np.int64, copy=False).reshape(-1),
         time_us=time_us(times),
         seq=seq,

@@ -100,7 +100,8 @@ class SequenceScorer:
             if isinstance(events, pa.Table)
             else pa.Table.from_pandas(events, preserve_index=False)
         )
-        missing = [c for c in self.required_columns if c not in table.column_names]
+        present = set(table.column_names)  # a new list per access: read it once
+        missing = [c for c in self.required_columns if c not in present]
         if missing:
             raise ValueError(
                 f"events lack column(s) {', '.join(missing)}; required: {', '.join(self.required_columns)}"
