@@ -254,7 +254,8 @@ class ModelServer:
         return await self._score_now(batches)
 
     async def _score_now(self, batches: list[EventBatch]) -> list[dict[str, Any]]:
-        """Score the requests together: one Arrow table, length groups under max_tokens."""
+        """Score the requests together: their columns encoded at once, length groups under
+        max_tokens."""
         model = self.model  # one model for the whole batch, even if reload swaps it meanwhile
         started = time.perf_counter()
         columns = event_columns(batches, model.scorer.schema)

@@ -10,8 +10,8 @@ columns themselves, so unknown and missing features are caught by the same valid
 checks types, and the JSON is parsed and validated in one pass by pydantic-core
 (``TypeAdapter.validate_json``), which reads ``NaN``/``Infinity`` as floats that the
 ``allow_inf_nan=False`` constraint then rejects. Validated events are plain dicts: half the
-cost of a model instance per event (0.32 against 0.60 ms for a 50-event request). Every problem becomes a
-:class:`RequestError`: an HTTP 4xx with ``{"error": ..., "field": "sequences[3].events[7].amount"}``.
+cost of a model instance per event (0.32 against 0.60 ms for a 50-event request). Every
+problem becomes a :class:`RequestError`: an HTTP 4xx with ``{"error": ..., "field": "sequences[3].events[7].amount"}``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import pyarrow as pa
 from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
-from pipelines.features import EventColumns
+from pipelines.features import EventColumns, columns_table
 from serving.config import Limits
 
 MAX_REPORTED_ERRORS = 20
@@ -325,20 +325,6 @@ def event_columns(batches: list[EventBatch], schema: Any) -> EventColumns:
 
 
 def events_table(batches: list[EventBatch], schema: Any) -> pa.Table:
-    """Requests' events as one table whose entity key is the sequence's position in the batch,
-    so that sequences never merge, even when two requests name the same entity."""
-    lengths = np.concatenate([b.lengths for b in batches])
-    columns = {
-        schema.entity: pa.array(np.repeat(np.arange(len(lengths)), lengths)),
-        schema.time: pa.array(
-            np.concatenate([b.time_us for b in batches]), pa.timestamp("us", "UTC")
-        ),
-    }
-    if schema.seq:
-        columns[schema.seq] = pa.array(np.concatenate([b.seq for b in batches]))
-    for col in schema.numeric:
-        columns[col] = pa.array(np.concatenate([b.numeric[col] for b in batches]))
-    for col in schema.categorical:
-        chained = itertools.chain.from_iterable(b.categorical[col] for b in batches)
-        columns[col] = pa.array(list(chained), pa.string())
-    return pa.table(columns)
+    """:func:`event_columns` as an Arrow table (what streaming reads); the entity key is the
+    sequence's position in the batch."""
+    return columns_table(event_columns(batches, schema), schema)

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from serving.config import Limits
 from serving.schemas import (
     EventSchema,
     RequestError,
+    events_table,
     parse_request,
     parse_stream_request,
     request_model,
@@ -60,6 +62,11 @@ def test_a_valid_request_becomes_columns():
     assert batch.seq.tolist() == [0, 1, 2]
     np.testing.assert_array_equal(batch.numeric["amount"], [0.0, 1.5, 3.0])
     assert batch.categorical == {"mcc": ["5411", "5411", "9999"], "json": ["web"] * 3}
+    table = events_table([batch, batch], SCHEMA)  # what a streaming replica reads
+    assert table.column_names == ["acct", "ts", "seq", "amount", "mcc", "json"]
+    assert table["acct"].to_pylist() == [0, 0, 1, 2, 2, 3]  # positions: sequences never merge
+    assert table["ts"].type == pa.timestamp("us", "UTC")
+    assert table["ts"].cast(pa.int64()).to_pylist()[:3] == batch.time_us.tolist()
 
 
 BAD = {
