@@ -35,7 +35,7 @@ from pipelines.predict import SplitPredictions, predict_split
 from pipelines.shard import part_path
 from pipelines.shard_reader import load_manifest
 from seqmodels import SequenceModel
-from serving.scorer import SequenceScorer
+from serving.scorer import FEWEST_CALLS, SequenceScorer
 
 log = logging.getLogger("seqops.evaluate")
 SPECIAL_IDS = ("<PAD>", "<OOV>")  # vocabulary ids 0 and 1; category i of the vocab has id i + 2
@@ -210,7 +210,7 @@ def invariance_check(
     lengths = np.array([min(len(s.cat_ids), scorer.window_len) for s in seqs], dtype=np.int64)
     # Calls priced far above padding: as few calls as the budget allows, so most are padded.
     batched = SequenceScorer(
-        scorer.model, scorer.manifest, max_tokens=4 * int(lengths.max()), call_tokens=10**12
+        scorer.model, scorer.manifest, max_tokens=4 * int(lengths.max()), call_cost=FEWEST_CALLS
     )
     together = batched.forward_sequences(seqs)
     alone = [batched.forward_sequences([s])[0] for s in seqs]

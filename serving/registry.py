@@ -71,6 +71,8 @@ def load_version(ref: ModelRef, version: Any, max_tokens: int) -> LoadedModel:
     """Download and load one resolved ModelVersion (``resolve_version``'s answer)."""
     import mlflow
 
+    from serving.scorer import measure_call_cost
+
     client = _client(ref)
     source = client.get_model_version_download_uri(ref.name, str(version.version))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -81,6 +83,7 @@ def load_version(ref: ModelRef, version: Any, max_tokens: int) -> LoadedModel:
         # The weights and code are read into memory here, so the download can go afterwards.
         scorer = mlflow.pyfunc.load_model(local).unwrap_python_model().scorer
     scorer.max_tokens = max_tokens
+    scorer.call_cost = measure_call_cost(scorer.model, scorer.window_len)  # on this machine
     manifest = scorer.manifest
     return LoadedModel(
         scorer=scorer,

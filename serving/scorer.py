@@ -12,7 +12,9 @@ a sequence scores the same alone or in any batch.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +36,66 @@ from seqmodels import ModelConfig, SequenceModel
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "model_config.json"
 MANIFEST_FILE = "manifest.json"
-CALL_TOKENS = 384
-STEP_TOKENS = 2
-"""A model call's fixed cost, and its cost per step of its width, in padded tokens, for
-:meth:`SequenceScorer._batches`. Fitted for the default LSTM (2 x 64, one torch thread) over
-batches of 1-32 rows x 8-256 steps: 0.96 ms a call + 5.7 us a step + 2.55 us a padded token."""
+
+
+@dataclass(frozen=True)
+class CallCost:
+    """What one model call costs, in seconds, for :meth:`SequenceScorer._batches`: a fixed
+    part, a part per step of its width (a recurrence's sequential loop), one per padded token,
+    and one per padded token and step of width (attention's pairs). The defaults were fitted
+    for the default LSTM (2 x 64, one torch thread) over batches of 1-32 rows x 8-256 steps;
+    :func:`measure_call_cost` fits them for a given model on the machine at hand (here a GRU's
+    steps cost several times an LSTM's, and a transformer's padding grows with the width)."""
+
+    call_s: float = 0.96e-3
+    step_s: float = 5.7e-6
+    token_s: float = 2.55e-6
+    pair_s: float = 0.0
+
+    def of(self, calls: Any, rows: Any, width: Any) -> Any:
+        """Cost of ``calls`` calls holding ``rows`` rows padded to ``width`` (numpy-broadcast)."""
+        per_row = width * (self.token_s + self.pair_s * width)
+        return calls * (self.call_s + self.step_s * width) + rows * per_row
+
+
+FEWEST_CALLS = CallCost(call_s=1e9)
+"""A call priced above any padding: as few calls as ``max_tokens`` allows, most sequences
+padded (what the evaluation's padding-invariance check wants)."""
+
+
+@torch.inference_mode()
+def measure_call_cost(model: SequenceModel, max_width: int, repeats: int = 3) -> CallCost:
+    """Time the model on full batches of 1 and 8 rows x 8 to ``max_width`` steps (the fastest
+    of ``repeats`` each) and fit :class:`CallCost` by least squares, dropping any term that
+    comes out negative. Takes 0.05-0.5 s; scores never depend on it, only speed does."""
+    config = model.config
+    widths = sorted({8, max(8, max_width // 4), max(8, max_width)})
+    shapes = [(rows, width) for rows in (1, 8) for width in widths]
+    seconds = []
+    for rows, width in shapes:
+        cat = torch.ones((rows, width, config.n_categorical), dtype=torch.int64)
+        num = torch.zeros((rows, width, config.n_numeric), dtype=torch.float32)
+        lengths = torch.full((rows,), width, dtype=torch.int64)
+        model(cat, num, lengths)  # warm-up: first calls allocate
+        best = float("inf")
+        for _ in range(repeats):
+            started = time.perf_counter()
+            model(cat, num, lengths)
+            best = min(best, time.perf_counter() - started)
+        seconds.append(best)
+    b = np.array([r for r, _ in shapes], dtype=np.float64)
+    t = np.array([w for _, w in shapes], dtype=np.float64)
+    features = np.stack([np.ones_like(b), t, b * t, b * t * t], axis=1)
+    keep, coef = [0, 1, 2, 3], np.zeros(4)
+    while keep:
+        fit, *_ = np.linalg.lstsq(features[:, keep], np.array(seconds), rcond=None)
+        if (fit >= 0).all():
+            coef[keep] = fit
+            break
+        keep = [k for k, c in zip(keep, fit, strict=True) if c >= 0]
+    if coef[0] <= 0 or coef[2] + coef[3] <= 0:  # too noisy to tell: keep the defaults
+        return CallCost()
+    return CallCost(call_s=coef[0], step_s=coef[1], token_s=coef[2], pair_s=coef[3])
 
 
 def schema_from_manifest(manifest: dict[str, Any]) -> SchemaConfig:
@@ -55,7 +112,7 @@ class SequenceScorer:
         manifest: dict[str, Any],
         *,
         max_tokens: int = 16384,
-        call_tokens: float = CALL_TOKENS,
+        call_cost: CallCost | None = None,
     ) -> None:
         self.model = model.eval()
         self.config: ModelConfig = model.config
@@ -64,7 +121,7 @@ class SequenceScorer:
         self.spec = FeatureSpec.from_dict(manifest["features"])
         self.window_len = int(manifest["window"]["window_len"])
         self.max_tokens = max_tokens
-        self.call_tokens = call_tokens
+        self.call_cost = call_cost or CallCost()
         targets = manifest.get("targets", {})
         self.next_event_vocab = self._vocab_values(targets.get("next_event", {}).get("column"))
 
@@ -119,13 +176,14 @@ class SequenceScorer:
         """Indices grouped by length into model calls that cost the least in all, each call
         under the token budget.
 
-        A call costs its padded tokens (rows x its longest sequence), ``STEP_TOKENS`` per
-        step of its width and a fixed ``call_tokens``. Padding a short sequence to a long one's width wastes tokens, and
-        a separate call costs ``call_tokens``: with the sequences sorted longest first,
-        a dynamic programme over the runs of equal lengths picks where to cut (each group's
-        width is its first length; a group over the budget is cut into several calls). For
-        16 requests of the serving benchmark's lengths (4-256 events) the model ran 2-3
-        groups instead of one padded to 256 (benchmarks/README.md, "Serving")."""
+        A call costs its padded tokens and fixed parts (:class:`CallCost`: the defaults or,
+        in a served model, :func:`measure_call_cost`'s fit). Padding a short sequence to a long
+        one's width wastes tokens, and a separate call costs its fixed part: with the
+        sequences sorted longest first, a dynamic programme over the runs of equal lengths
+        picks where to cut (each group's width is its first length; a group over the budget
+        is cut into several calls). For 16 requests of the serving benchmark's lengths (4-256
+        events) the LSTM ran 2-3 groups in 10-13 ms instead of one padded to 256 in 16-21 ms
+        (benchmarks/README.md, "Serving")."""
         if len(lengths) <= 1:  # the common online case: nothing to choose
             return [np.arange(len(lengths))] if len(lengths) else []
         order = np.argsort(-lengths, kind="stable")  # longest first
@@ -138,10 +196,7 @@ class SequenceScorer:
         cut = np.zeros(len(starts) + 1, dtype=np.int64)
         for j in range(1, len(starts) + 1):  # the last group holds runs i..j-1
             rows = ends[j - 1] - starts[:j]
-            calls = np.ceil(rows / per_call[:j])
-            cost = (
-                best[:j] + calls * (self.call_tokens + STEP_TOKENS * width[:j]) + rows * width[:j]
-            )
+            cost = best[:j] + self.call_cost.of(np.ceil(rows / per_call[:j]), rows, width[:j])
             cut[j] = int(np.argmin(cost))
             best[j] = cost[cut[j]]
         batches: list[np.ndarray] = []

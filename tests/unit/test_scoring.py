@@ -15,7 +15,7 @@ from pipelines.predict import predict_split
 from pipelines.shard_reader import load_manifest
 from pipelines.train import model_config
 from seqmodels import build_model
-from serving.scorer import SequenceScorer
+from serving.scorer import FEWEST_CALLS, CallCost, SequenceScorer, measure_call_cost
 from tests.conftest import tiny_params
 
 
@@ -65,7 +65,7 @@ def test_scores_do_not_depend_on_row_order_batching_or_company(scorer, tiny_pipe
     apart = tiny_batches.score(shuffled).set_index("entity")["score"]
     np.testing.assert_allclose(apart.loc[together.index].to_numpy(), together.to_numpy(), atol=1e-5)
     # one call padding every sequence to the longest: calls priced far above padding
-    padded = SequenceScorer(scorer.model, scorer.manifest, max_tokens=10**9, call_tokens=10**12)
+    padded = SequenceScorer(scorer.model, scorer.manifest, max_tokens=10**9, call_cost=FEWEST_CALLS)
     lengths = np.array([len(s.cat_ids) for s in padded.encode(events)])
     assert len(padded._batches(np.minimum(lengths, padded.window_len))) == 1
     once = padded.score(events).set_index("entity")["score"]
@@ -107,7 +107,7 @@ def _check_partition(batches, lengths, max_tokens):
 
 def test_batches_group_by_length_at_the_least_cost(scorer):
     """Short sequences are not padded to a long one's width when a call costs less."""
-    grouper = SequenceScorer(scorer.model, scorer.manifest, max_tokens=16384, call_tokens=384)
+    grouper = SequenceScorer(scorer.model, scorer.manifest, max_tokens=16384)
     lengths = np.array([5, 7, 256, 6, 5, 8, 6, 7, 5, 6, 9, 5, 6, 7, 5, 8])
     batches = grouper._batches(lengths)
     _check_partition(batches, lengths, 16384)
@@ -115,7 +115,7 @@ def test_batches_group_by_length_at_the_least_cost(scorer):
     assert len(batches) == 2
     # equal lengths, or a call priced above any padding: one call
     assert len(grouper._batches(np.full(16, 40))) == 1
-    fewest = SequenceScorer(scorer.model, scorer.manifest, max_tokens=16384, call_tokens=10**12)
+    fewest = SequenceScorer(scorer.model, scorer.manifest, max_tokens=16384, call_cost=FEWEST_CALLS)
     assert len(fewest._batches(lengths)) == 1
     # the budget cuts a group into several calls; a sequence over the budget goes alone
     rng = np.random.default_rng(0)
@@ -125,3 +125,17 @@ def test_batches_group_by_length_at_the_least_cost(scorer):
             lengths = rng.integers(1, 300, n)
             _check_partition(budget._batches(lengths), lengths, max_tokens)
     assert grouper._batches(np.array([], dtype=np.int64)) == []
+
+
+def test_call_cost_is_fitted_for_the_model_and_steers_the_grouping(scorer):
+    """measure_call_cost times the model itself; a transformer's cost per padded token grows
+    with the width (attention), which cuts mixed lengths into more groups."""
+    cost = measure_call_cost(scorer.model, scorer.window_len, repeats=2)
+    fields = (cost.call_s, cost.step_s, cost.token_s, cost.pair_s)
+    assert all(np.isfinite(f) and f >= 0 for f in fields) and cost.call_s > 0
+    lengths = np.array([64, 60, 48, 40, 32, 24, 16, 8] * 2)
+    linear = SequenceScorer(scorer.model, scorer.manifest, call_cost=CallCost(pair_s=0.0))
+    pairs = SequenceScorer(scorer.model, scorer.manifest, call_cost=CallCost(pair_s=1e-4))
+    assert len(pairs._batches(lengths)) > len(linear._batches(lengths))
+    for grouper in (linear, pairs, SequenceScorer(scorer.model, scorer.manifest, call_cost=cost)):
+        _check_partition(grouper._batches(lengths), lengths, grouper.max_tokens)
