@@ -69,6 +69,8 @@ def measure_call_cost(model: SequenceModel, max_width: int, repeats: int = 3) ->
     of ``repeats`` each) and fit :class:`CallCost` by least squares, dropping any term that
     comes out negative. Takes 0.05-0.5 s; scores never depend on it, only speed does."""
     config = model.config
+    if config.architecture == "transformer":
+        max_width = min(max_width, config.max_len)  # positions it has embeddings for
     widths = sorted({8, max(8, max_width // 4), max(8, max_width)})
     shapes = [(rows, width) for rows in (1, 8) for width in widths]
     seconds = []
