@@ -35,7 +35,7 @@ from pipelines.predict import SplitPredictions, predict_split
 from pipelines.shard import part_path
 from pipelines.shard_reader import load_manifest
 from seqmodels import SequenceModel
-from serving.scorer import FEWEST_CALLS, SequenceScorer
+from serving.scorer import SequenceScorer
 
 log = logging.getLogger("seqops.evaluate")
 SPECIAL_IDS = ("<PAD>", "<OOV>")  # vocabulary ids 0 and 1; category i of the vocab has id i + 2
@@ -196,9 +196,10 @@ def invariance_check(
 ) -> dict[str, Any]:
     """Score each entity's raw events alone and together in padded batches; compare.
 
-    Compares classify probabilities, and the last step's outputs of per-step tasks. A copy of
-    the scorer with a small token budget makes several batches of several sequences each, so
-    most sequences are really padded (``padded_sequences`` counts them).
+    Compares classify probabilities, and the last step's outputs of per-step tasks. The
+    sequences are scored together in random groups of four (fixed seed), not in the length
+    groups serving would choose, so most of them are really padded (``padded_sequences``
+    counts them).
     """
     column = scorer.schema.entity
     wanted = pa.array(sorted({str(e) for e in entities}), pa.string())
@@ -208,17 +209,15 @@ def invariance_check(
         return {"max_abs_diff": None, "entities": 0, "passed": False, "tolerance": tolerance,
                 "padded_sequences": 0, "reason": "none of the entities has events"}  # fmt: skip
     lengths = np.array([min(len(s.cat_ids), scorer.window_len) for s in seqs], dtype=np.int64)
-    # Calls priced far above padding: as few calls as the budget allows, so most are padded.
-    batched = SequenceScorer(
-        scorer.model, scorer.manifest, max_tokens=4 * int(lengths.max()), call_cost=FEWEST_CALLS
-    )
-    together = batched.forward_sequences(seqs)
-    alone = [batched.forward_sequences([s])[0] for s in seqs]
+    order = np.random.default_rng(0).permutation(len(seqs))
+    groups = [order[k : k + 4] for k in range(0, len(order), 4)]
+    together = scorer.forward_sequences(seqs, batches=groups)
+    alone = [scorer.forward_sequences([s])[0] for s in seqs]
     last = (lambda x: x) if scorer.config.task == "classify" else (lambda x: x[-1])
     diff = max(
         float(np.max(np.abs(last(a) - last(b)))) for a, b in zip(alone, together, strict=True)
     )
-    padded = sum(int((lengths[b] < lengths[b].max()).sum()) for b in batched._batches(lengths))
+    padded = sum(int((lengths[b] < lengths[b].max()).sum()) for b in groups)
     return {
         "max_abs_diff": diff,
         "entities": len(seqs),

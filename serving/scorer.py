@@ -59,8 +59,8 @@ class CallCost:
 
 
 FEWEST_CALLS = CallCost(call_s=1e9)
-"""A call priced above any padding: as few calls as ``max_tokens`` allows, most sequences
-padded (what the evaluation's padding-invariance check wants)."""
+"""A call priced above any padding: as few calls as ``max_tokens`` allows (the least padding
+among those), e.g. to score everything padded into one call."""
 
 
 @torch.inference_mode()
@@ -212,20 +212,24 @@ class SequenceScorer:
 
     @torch.inference_mode()
     def forward_sequences(
-        self, seqs: Sequence[EncodedSequence], window_len: int | None = None
+        self,
+        seqs: Sequence[EncodedSequence],
+        window_len: int | None = None,
+        batches: Sequence[np.ndarray] | None = None,
     ) -> list[np.ndarray]:
         """Model output per sequence over its last ``window_len`` events (default: the
         manifest's window, the one the model was trained on).
 
         classify: (num_classes,) probabilities; next_event: (T, V) probabilities per step;
-        forecast: (T, H) standardised predictions per step.
+        forecast: (T, H) standardised predictions per step. ``batches`` (index arrays) fixes
+        which sequences share a call instead of :meth:`_batches`.
         """
         window = self.window_len if window_len is None else window_len
         cats = [s.cat_ids[-window:] for s in seqs]
         nums = [s.num[-window:] for s in seqs]
         lengths = np.array([len(c) for c in cats], dtype=np.int64)
         results: list[np.ndarray] = [np.empty(0)] * len(seqs)
-        for batch in self._batches(lengths):
+        for batch in self._batches(lengths) if batches is None else batches:
             width = int(lengths[batch].max())
             cat = np.zeros((len(batch), width, cats[0].shape[1]), dtype=np.int64)  # (B, T, C)
             num = np.zeros((len(batch), width, nums[0].shape[1]), dtype=np.float32)  # (B, T, F)

@@ -159,7 +159,8 @@ def test_invariance_check_catches_a_model_that_padding_changes(trained_run, scor
     table = pq.read_table(trained_run["validated"])
     entities = list(dict.fromkeys(str(e) for e in table.column("account_id").to_pylist()))[:16]
     ok = evaluate.invariance_check(scorer, table, entities, 1e-5)
-    assert ok["passed"] and ok["entities"] == 16 and ok["padded_sequences"] > 0
+    assert ok["passed"] and ok["entities"] == 16
+    assert ok["padded_sequences"] >= 8  # random groups of four: most sequences really padded
     leaky = SequenceScorer(_PaddingLeak(scorer.model), scorer.manifest)
     bad = evaluate.invariance_check(leaky, table, entities, 1e-5)
     assert not bad["passed"] and bad["max_abs_diff"] > 1e-5
