@@ -182,6 +182,7 @@ def _plain_loop(events: Path, out: Path, model: dict[str, Any], chunk_rows: int)
     wall, cpu = time.perf_counter(), time.process_time()
     ref = ModelRef(name=model["name"], alias="champion", tracking_uri=model["tracking_uri"])
     scorer = load_model(ref, max_tokens=16384).scorer
+    scorer.time_calls()  # as score_dataset does
     table = pq.read_table(events, columns=list(dict.fromkeys(scorer.required_columns)))
     encoded = pc.dictionary_encode(table[scorer.schema.entity]).combine_chunks()
     n_chunks = max(1, -(-table.num_rows // chunk_rows))

@@ -409,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         past, new = history.slice(0, args.history), history.slice(args.history)
         ref = ModelRef(model["name"], tracking_uri=model["tracking_uri"])
         scorer = load_model(ref, 16384).scorer
+        scorer.time_calls()  # as the served champion does
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

@@ -162,6 +162,7 @@ class ModelServer:
         self.ref = config.model
         self.batching = config.batching
         self.model = load_model(self.ref, self.batching.max_tokens)
+        self.model.scorer.time_calls()
         self._apply_batching()
         self._stop = follow_alias(
             name,
@@ -208,6 +209,7 @@ class ModelServer:
 
     def _swap(self, loaded: LoadedModel) -> None:
         loaded.scorer.max_tokens = self.batching.max_tokens
+        loaded.scorer.time_calls()  # before it answers; the old version serves meanwhile
         self.model = loaded  # one assignment: batches already running keep the old model
 
     def stop(self) -> None:

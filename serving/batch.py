@@ -388,6 +388,7 @@ def score_dataset(
         ref_args["tracking_uri"] = tracking_uri
     loaded = load_model(ModelRef(**ref_args), max_tokens)  # the alias is resolved once
     scorer = loaded.scorer
+    scorer.time_calls()  # once, here: the tasks receive the scorer with its call costs
     lineage: dict[str, Any] = {
         "model_name": loaded.name,
         "model_version": loaded.version,

@@ -11,15 +11,12 @@ so one process can serve models from several stores and tests need no clean-up.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import tempfile
 from datetime import UTC, datetime
 from typing import Any
 
 from serving.config import ModelRef
-
-log = logging.getLogger(__name__)
 
 
 class ModelNotFoundError(LookupError):
@@ -74,8 +71,6 @@ def load_version(ref: ModelRef, version: Any, max_tokens: int) -> LoadedModel:
     """Download and load one resolved ModelVersion (``resolve_version``'s answer)."""
     import mlflow
 
-    from serving.scorer import measure_call_cost
-
     client = _client(ref)
     source = client.get_model_version_download_uri(ref.name, str(version.version))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -86,11 +81,6 @@ def load_version(ref: ModelRef, version: Any, max_tokens: int) -> LoadedModel:
         # The weights and code are read into memory here, so the download can go afterwards.
         scorer = mlflow.pyfunc.load_model(local).unwrap_python_model().scorer
     scorer.max_tokens = max_tokens
-    try:  # how this model's calls cost on this machine, for the length grouping
-        scorer.call_cost = measure_call_cost(scorer.model, scorer.window_len)
-    except Exception:  # a timing aid must not stop a model from loading: keep the defaults
-        log.warning("cannot time %s version %s; default call costs", ref.name, version.version,
-                    exc_info=True)  # fmt: skip
     manifest = scorer.manifest
     return LoadedModel(
         scorer=scorer,

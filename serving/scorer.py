@@ -12,6 +12,7 @@ a sequence scores the same alone or in any batch.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from seqmodels import ModelConfig, SequenceModel
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "model_config.json"
 MANIFEST_FILE = "manifest.json"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,11 +58,6 @@ class CallCost:
         """Cost of ``calls`` calls holding ``rows`` rows padded to ``width`` (numpy-broadcast)."""
         per_row = width * (self.token_s + self.pair_s * width)
         return calls * (self.call_s + self.step_s * width) + rows * per_row
-
-
-FEWEST_CALLS = CallCost(call_s=1e9)
-"""A call priced above any padding: as few calls as ``max_tokens`` allows (the least padding
-among those), e.g. to score everything padded into one call."""
 
 
 @torch.inference_mode()
@@ -138,6 +135,15 @@ class SequenceScorer:
         model.load_weights(path / WEIGHTS_FILE)
         manifest = json.loads((path / MANIFEST_FILE).read_text())
         return cls(model, manifest, **kwargs)
+
+    def time_calls(self) -> None:
+        """Fit :attr:`call_cost` for this model on this machine (:func:`measure_call_cost`),
+        for the length grouping of batches; a model that cannot be timed keeps the defaults.
+        Only callers that score batches need it (the online champion, batch scoring)."""
+        try:
+            self.call_cost = measure_call_cost(self.model, self.window_len)
+        except Exception:  # a timing aid must not stop a model from serving
+            log.warning("cannot time the model's calls; default call costs", exc_info=True)
 
     def _vocab_values(self, column: str | None) -> list[str]:
         if not column:
