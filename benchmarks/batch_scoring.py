@@ -78,12 +78,17 @@ CHUNK_ROWS = 100_000
 # --------------------------------------------------------------------------- inputs
 
 
-def build_registered_model(root: Path, seed: int = 0) -> dict[str, Any]:
-    """The default architecture, logged and registered as ``MODEL@champion`` under ``root``.
+def build_registered_model(
+    root: Path, seed: int = 0, architecture: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The default architecture (or params.yaml's with ``architecture``'s fields of
+    ``ModelConfig`` changed), logged and registered as ``MODEL@champion`` under ``root``.
 
     The shard manifest (vocabularies, statistics, window) is fitted on 300 generated accounts
     by the real shard stage; the weights are seeded, untrained.
     """
+    import dataclasses
+
     import mlflow
     import torch
     from mlflow.tracking import MlflowClient
@@ -99,7 +104,7 @@ def build_registered_model(root: Path, seed: int = 0) -> dict[str, Any]:
     params = load_params(PARAMS)
     write_generated_events(300, root / "events", seed=11)
     manifest = shard.run(params, root / "events", root / "shards")
-    config = model_config(params, manifest)
+    config = dataclasses.replace(model_config(params, manifest), **(architecture or {}))
     torch.manual_seed(seed)
     build_model(config).save_weights(root / "best.safetensors")
 

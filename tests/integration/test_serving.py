@@ -323,10 +323,11 @@ def test_cli_refuses_a_missing_model_before_starting_anything(registry):
     assert "models:/no-such-model@champion" in result.stderr and "not found" in result.stderr
 
 
-def test_cli_serves_through_the_proxy_and_direct_ingress_alike(registry, events):
-    """``python -m serving.cli serve --direct-ingress`` as a user runs it: a local cluster of
-    its own, the same scores through the proxy and on the ingress replica's own port, and
-    Ctrl-C stops it cleanly."""
+@pytest.mark.parametrize("ingress", ["--direct-ingress", "--high-throughput"])
+def test_cli_serves_through_the_proxy_and_direct_ingress_alike(registry, events, ingress):
+    """``python -m serving.cli serve --direct-ingress`` (or ``--high-throughput``) as a user
+    runs it: a local cluster of its own, the same scores on ``--port`` (Serve's proxy, or
+    HAProxy in its place) and on the ingress replica's own port, and Ctrl-C stops it."""
     import contextlib
     import queue
     import signal
@@ -338,10 +339,15 @@ def test_cli_serves_through_the_proxy_and_direct_ingress_alike(registry, events)
     port, direct = free_ports(1), free_ports(DIRECT_PORTS)
     env = stage_env()
     env.pop("RAY_ADDRESS", None)  # not the test session's cluster: one of its own
+    # HAProxy's stats and metrics ports, off Ray's fixed defaults (another cluster may hold them)
+    stats = free_ports(2)
+    env.update(
+        RAY_SERVE_HAPROXY_STATS_PORT=str(stats), RAY_SERVE_HAPROXY_METRICS_PORT=str(stats + 1)
+    )
     proc = subprocess.Popen(
         [sys.executable, "-m", "serving.cli", "serve", "--model-name", MODEL, "--alias",
          "champion", "--tracking-uri", registry["uri"], "--port", str(port),
-         "--direct-ingress", "--direct-port", str(direct)],
+         ingress, "--direct-port", str(direct)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     lines: queue.Queue[str] = queue.Queue()
@@ -365,8 +371,15 @@ def test_cli_serves_through_the_proxy_and_direct_ingress_alike(registry, events)
         _assert_matches_offline(via_direct.json()["scores"], registry, events.filter(
             pc.is_in(events["account_id"], pa.array([s["entity"] for s in body["sequences"]]))
         ))  # fmt: skip
-        bad = requests.post(url, data=b"{", headers={"Content-Type": "application/json"})
-        assert bad.status_code == 400 and bad.json()["field"] == "body"
+        for target in (url, f"http://127.0.0.1:{port}/v1/score"):
+            bad = requests.post(target, data=b"{", headers={"Content-Type": "application/json"})
+            assert bad.status_code == 400 and bad.json()["field"] == "body"
+        if ingress == "--high-throughput":  # HAProxy, not Serve's proxy, answers the port
+            assert any("through HAProxy" in line for line in seen), "".join(seen)
+            first = body["sequences"][0]
+            streamed = requests.post(f"http://127.0.0.1:{port}/v1/stream/{first['entity']}",
+                                     json={"events": first["events"], "reset": True}, timeout=60)  # fmt: skip
+            assert streamed.status_code == 200, streamed.text
     finally:
         proc.send_signal(signal.SIGINT)
         try:
