@@ -265,13 +265,14 @@ def main(argv: list[str] | None = None) -> int:
         "--port", type=int, default=None, help="HTTP port (default: the config's, 8000)"
     )
     run.add_argument("--config", default=str(DEFAULT_CONFIG), help="Serve config file")
-    run.add_argument(
+    ingress = run.add_mutually_exclusive_group()
+    ingress.add_argument(
         "--direct-ingress",
         action="store_true",
         help="also answer on each ScoringAPI replica's own port, without the proxy hop "
         "(Ray Serve's experimental direct ingress; starts a local cluster)",
     )
-    run.add_argument(
+    ingress.add_argument(
         "--high-throughput",
         action="store_true",
         help="Ray's high-throughput mode: HAProxy answers --port in place of Serve's proxy, "

@@ -323,6 +323,24 @@ def test_cli_refuses_a_missing_model_before_starting_anything(registry):
     assert "models:/no-such-model@champion" in result.stderr and "not found" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("flag", "variable"),
+    [("--direct-ingress", "RAY_SERVE_ENABLE_DIRECT_INGRESS=1"),
+     ("--high-throughput", "RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1")],
+)  # fmt: skip
+def test_cli_ingress_modes_refuse_a_running_cluster(registry, flag, variable):
+    """Both modes are settings of the cluster's processes: with ``RAY_ADDRESS`` the command
+    says how to start that cluster instead of serving without them."""
+    env = {**stage_env(), "RAY_ADDRESS": "127.0.0.1:1"}  # never reached
+    result = subprocess.run(
+        [sys.executable, "-m", "serving.cli", "serve", "--model-name", MODEL, "--alias",
+         "champion", "--tracking-uri", registry["uri"], flag],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert f"{flag} starts a local cluster" in result.stderr and variable in result.stderr
+
+
 @pytest.mark.parametrize("ingress", ["--direct-ingress", "--high-throughput"])
 def test_cli_serves_through_the_proxy_and_direct_ingress_alike(registry, events, ingress):
     """``python -m serving.cli serve --direct-ingress`` (or ``--high-throughput``) as a user
