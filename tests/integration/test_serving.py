@@ -394,10 +394,17 @@ def test_cli_serves_through_the_proxy_and_direct_ingress_alike(registry, events,
             assert bad.status_code == 400 and bad.json()["field"] == "body"
         if ingress == "--high-throughput":  # HAProxy, not Serve's proxy, answers the port
             assert any("through HAProxy" in line for line in seen), "".join(seen)
+            assert requests.get(f"http://127.0.0.1:{stats}/stats", timeout=10).status_code == 200
+            # A stream call crosses to the StreamHolder (gRPC between replicas in this mode):
+            # the whole history streamed equals its score, which reads it all (window).
             first = body["sequences"][0]
             streamed = requests.post(f"http://127.0.0.1:{port}/v1/stream/{first['entity']}",
                                      json={"events": first["events"], "reset": True}, timeout=60)  # fmt: skip
             assert streamed.status_code == 200, streamed.text
+            scored = via_direct.json()["scores"][0]
+            assert scored["entity"] == first["entity"]
+            assert scored["n_events"] == len(first["events"])
+            assert abs(streamed.json()["score"]["score"] - scored["score"]) <= 1e-5
     finally:
         proc.send_signal(signal.SIGINT)
         try:
