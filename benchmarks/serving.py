@@ -418,6 +418,42 @@ def streaming_inprocess(scorer: Any, history: pa.Table, rounds: int) -> dict[str
     return {"stream_ms": median(step) * 1000, "rescore_ms": median(full) * 1000}
 
 
+def phase_table(
+    name: str, phase: dict[str, Any], args: Any
+) -> tuple[list[list[str]], dict[str, float]]:
+    """One phase's rows (light load against in-process and the no-op floor, saturation with
+    batching on and off, streaming over HTTP where measured) and its ratios."""
+    p50 = {key: median(x["p50_ms"] for x in phase[key]) for key in ("light", "inprocess", "floor")}
+    p99 = {key: median(x["p99_ms"] for x in phase[key]) for key in ("light", "inprocess", "floor")}
+    overhead = p50["light"] - p50["inprocess"]
+    sat = phase["sat"]
+    ratios = [on["rps"] / off["rps"] for on, off in zip(sat["on"], sat["off"], strict=True)]
+    out = {"overhead_ms": overhead, "batching_ratio": median(ratios)}
+    rows = [
+        *[[f"{name}: {label} p50 / p99 (ms)", f"{p50[key]:.2f} / {p99[key]:.2f}", ""]
+          for label, key in (("/v1/score, light load", "light"), ("in-process", "inprocess"),
+                             ("no-op Serve app, the floor", "floor"))],
+        [f"{name}: p50 overhead (ms)", f"{overhead:.2f}",
+         f"{verdict(overhead <= TARGETS['overhead_ms'])} (<= {TARGETS['overhead_ms']:g} ms)"],
+        [f"{name}, {args.concurrency} clients: batching on / off req/s",
+         f"{median(x['rps'] for x in sat['on']):.0f} / {median(x['rps'] for x in sat['off']):.0f}",
+         ""],
+        [f"{name}: batching on / off",
+         f"{out['batching_ratio']:.2f}x ({min(ratios):.2f}-{max(ratios):.2f})",
+         f"{verdict(out['batching_ratio'] >= TARGETS['batching'])} (>= {TARGETS['batching']:g}x)"],
+    ]  # fmt: skip
+    if "stream_ms" in phase:
+        stream, rescore = median(phase["stream_ms"]), median(phase["rescore_ms"])
+        out["streaming_http"] = rescore / stream
+        rows.append(
+            [f"{name}: stream 1 event at history {args.history} / re-score it, HTTP (ms)",
+             f"{stream:.2f} / {rescore:.2f}: {out['streaming_http']:.1f}x",
+             f"{verdict(out['streaming_http'] >= TARGETS['streaming'])} "
+             f"(>= {TARGETS['streaming']:g}x)"]
+        )  # fmt: skip
+    return rows, out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
@@ -500,86 +536,32 @@ def main(argv: list[str] | None = None) -> int:
             serve.shutdown()
             ray.shutdown()
         direct = direct_ingress(model, root / "bodies.json", scorer, tables, args)
-        hap = direct_ingress(model, root / "bodies.json", scorer, tables, args, high_throughput=True,
-                             streams=(past, new, history, schema))  # fmt: skip
+        fast = direct_ingress(model, root / "bodies.json", scorer, tables, args,
+                              high_throughput=True, streams=(past, new, history, schema))  # fmt: skip
         model_batching = inprocess_batching(scorer, tables, max(5, args.rounds * 3))
 
-    overhead = median(x["p50_ms"] for x in light) - median(x["p50_ms"] for x in inproc)
-    direct_overhead = median(x["p50_ms"] for x in direct["light"]) - median(
-        x["p50_ms"] for x in direct["inprocess"]
-    )
-    direct_ratios = [
-        on["rps"] / off["rps"]
-        for on, off in zip(direct["sat"]["on"], direct["sat"]["off"], strict=True)
-    ]
-    direct_batching = median(direct_ratios)
-    hap_overhead = median(x["p50_ms"] for x in hap["light"]) - median(
-        x["p50_ms"] for x in hap["inprocess"]
-    )
-    hap_ratios = [
-        on["rps"] / off["rps"] for on, off in zip(hap["sat"]["on"], hap["sat"]["off"], strict=True)
-    ]
-    hap_batching = median(hap_ratios)
-    hap_stream = median(hap["rescore_ms"]) / median(hap["stream_ms"])
+    phases = {
+        "proxy": {"light": light, "inprocess": inproc, "floor": floor, "sat": sat,
+                  "stream_ms": stream_ms, "rescore_ms": rescore_ms},
+        "direct ingress": direct,
+        "high-throughput": fast,
+    }  # fmt: skip
     model_ratio = model_batching["alone_ms"] / model_batching["batched_ms"]
-    ratios = [on["rps"] / off["rps"] for on, off in zip(sat["on"], sat["off"], strict=True)]
-    batching = median(ratios)
-    http_stream = median(rescore_ms) / median(stream_ms)
     local_stream = local["rescore_ms"] / local["stream_ms"]
     served = scorer.config
     rows = [
         ["model served", f"{served.architecture}, {served.num_layers} layers, hidden "
          f"{served.hidden_size}" + ("" if args.architecture or args.hidden_size or
                                     args.num_layers else " (params.yaml's)"), ""],
-        ["light load: /v1/score p50 / p99 (ms)",
-         f"{median(x['p50_ms'] for x in light):.2f} / {median(x['p99_ms'] for x in light):.2f}", ""],
-        ["light load: in-process p50 / p99 (ms)",
-         f"{median(x['p50_ms'] for x in inproc):.2f} / {median(x['p99_ms'] for x in inproc):.2f}", ""],
-        ["light load: no-op Serve app p50 / p99 (ms), the floor",
-         f"{median(x['p50_ms'] for x in floor):.2f} / {median(x['p99_ms'] for x in floor):.2f}", ""],
-        ["p50 overhead (ms)", f"{overhead:.2f}",
-         f"{verdict(overhead <= TARGETS['overhead_ms'])} (<= {TARGETS['overhead_ms']:g} ms)"],
-        *[[f"direct ingress: {label} p50 / p99 (ms)",
-           f"{median(x['p50_ms'] for x in direct[key]):.2f} / "
-           f"{median(x['p99_ms'] for x in direct[key]):.2f}", ""]
-          for label, key in (("/v1/score", "light"), ("in-process", "inprocess"),
-                             ("no-op Serve app", "floor"))],
-        ["p50 overhead, direct ingress (ms)", f"{direct_overhead:.2f}",
-         f"{verdict(direct_overhead <= TARGETS['overhead_ms'])} (<= {TARGETS['overhead_ms']:g} ms)"],
-        ["direct ingress, saturation: batching on / off req/s",
-         f"{median(x['rps'] for x in direct['sat']['on']):.0f} / "
-         f"{median(x['rps'] for x in direct['sat']['off']):.0f}", ""],
-        ["direct ingress: batching on / off",
-         f"{direct_batching:.2f}x ({min(direct_ratios):.2f}-{max(direct_ratios):.2f})",
-         f"{verdict(direct_batching >= TARGETS['batching'])} (>= {TARGETS['batching']:g}x)"],
-        *[[f"high-throughput: {label} p50 / p99 (ms)",
-           f"{median(x['p50_ms'] for x in hap[key]):.2f} / "
-           f"{median(x['p99_ms'] for x in hap[key]):.2f}", ""]
-          for label, key in (("/v1/score", "light"), ("in-process", "inprocess"),
-                             ("no-op Serve app", "floor"))],
-        ["p50 overhead, high-throughput (ms)", f"{hap_overhead:.2f}",
-         f"{verdict(hap_overhead <= TARGETS['overhead_ms'])} (<= {TARGETS['overhead_ms']:g} ms)"],
-        ["high-throughput, saturation: batching on / off req/s",
-         f"{median(x['rps'] for x in hap['sat']['on']):.0f} / "
-         f"{median(x['rps'] for x in hap['sat']['off']):.0f}", ""],
-        ["high-throughput: batching on / off",
-         f"{hap_batching:.2f}x ({min(hap_ratios):.2f}-{max(hap_ratios):.2f})",
-         f"{verdict(hap_batching >= TARGETS['batching'])} (>= {TARGETS['batching']:g}x)"],
-        ["high-throughput: stream 1 event / re-score the history (ms)",
-         f"{median(hap['stream_ms']):.2f} / {median(hap['rescore_ms']):.2f}: {hap_stream:.1f}x",
-         f"{verdict(hap_stream >= TARGETS['streaming'])} (>= {TARGETS['streaming']:g}x)"],
+    ]  # fmt: skip
+    summary: dict[str, dict[str, float]] = {}
+    for name, phase in phases.items():
+        phase_rows, summary[name] = phase_table(name, phase, args)
+        rows += phase_rows
+    rows += [
         ["model alone: 16 requests one by one / in one batch (ms per request)",
          f"{model_batching['alone_ms']:.2f} / {model_batching['batched_ms']:.2f}: "
          f"{model_ratio:.2f}x", "(batching's ceiling)"],
-        [f"saturation ({args.concurrency} clients): batching on req/s",
-         f"{median(x['rps'] for x in sat['on']):.0f}", ""],
-        ["saturation: batching off req/s", f"{median(x['rps'] for x in sat['off']):.0f}", ""],
-        ["batching on / off", f"{batching:.2f}x ({min(ratios):.2f}-{max(ratios):.2f})",
-         f"{verdict(batching >= TARGETS['batching'])} (>= {TARGETS['batching']:g}x)"],
-        [f"stream 1 event at history {args.history}, HTTP (ms)", f"{median(stream_ms):.2f}", ""],
-        ["re-score the history via /v1/score (ms)", f"{median(rescore_ms):.2f}", ""],
-        ["streaming speed-up, HTTP", f"{http_stream:.1f}x",
-         f"{verdict(http_stream >= TARGETS['streaming'])} (>= {TARGETS['streaming']:g}x)"],
         ["stream 1 event / full re-score, in-process (ms)",
          f"{local['stream_ms']:.2f} / {local['rescore_ms']:.2f}", ""],
         ["streaming speed-up, in-process", f"{local_stream:.1f}x",
@@ -588,20 +570,8 @@ def main(argv: list[str] | None = None) -> int:
     print_table(["serving", "value", "target"], rows)
     errors = sum(
         x["errors"]
-        for x in [
-            *light,
-            *floor,
-            *sat["on"],
-            *sat["off"],
-            *direct["light"],
-            *direct["floor"],
-            *direct["sat"]["on"],
-            *direct["sat"]["off"],
-            *hap["light"],
-            *hap["floor"],
-            *hap["sat"]["on"],
-            *hap["sat"]["off"],
-        ]
+        for phase in phases.values()
+        for x in [*phase["light"], *phase["floor"], *phase["sat"]["on"], *phase["sat"]["off"]]
     )
     print(f"HTTP errors during the run: {errors}")
     write_result(
@@ -612,27 +582,13 @@ def main(argv: list[str] | None = None) -> int:
                 "num_layers": served.num_layers,
                 "hidden_size": served.hidden_size,
             },
-            "light": light,
-            "inprocess": inproc,
-            "saturation": sat,
-            "overhead_ms": overhead,
-            "direct": direct,
-            "direct_overhead_ms": direct_overhead,
-            "direct_batching_ratio": direct_batching,
-            "high_throughput": hap,
-            "high_throughput_overhead_ms": hap_overhead,
-            "high_throughput_batching_ratio": hap_batching,
-            "high_throughput_streaming_http": hap_stream,
+            "phases": phases,
+            "summary": summary,
             "model_batching": model_batching,
-            "batching_ratio": batching,
-            "batching_ratios": ratios,
-            "stream_ms": stream_ms,
-            "rescore_ms": rescore_ms,
-            "streaming_http": http_stream,
             "local": local,
             "streaming_inprocess": local_stream,
             "errors": errors,
-        },  # fmt: skip
+        },
     )
     return 0
 
