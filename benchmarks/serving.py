@@ -265,7 +265,27 @@ def free_ports(n: int) -> int:
     raise RuntimeError(f"no {n} consecutive free loopback ports")
 
 
-def direct_ingress(
+def measure_phase(
+    url: dict[str, str], bodies: Path, scorer: Any, tables: list[pa.Table], args: Any
+) -> dict[str, Any]:
+    """One phase's rounds against the applications at ``url[app]``: the in-process arm, light
+    load on ``/on`` and on the no-op app, and saturation of ``/on`` and ``/off`` in alternating
+    order."""
+    for arm in ("on", "off"):
+        load(url[arm], f"/{arm}/v1/score", bodies, 4, 1.0)  # warm up
+    out: dict[str, Any] = {"light": [], "inprocess": [], "floor": [], "sat": {"on": [], "off": []}}
+    for r in range(args.rounds):
+        out["inprocess"].append(inprocess_latency(scorer, tables, args.requests))
+        out["light"].append(load(url["on"], "/on/v1/score", bodies))
+        out["floor"].append(load(url["noop"], "/noop/v1/score", bodies))
+        for arm in ("on", "off") if r % 2 == 0 else ("off", "on"):
+            out["sat"][arm].append(
+                load(url[arm], f"/{arm}/v1/score", bodies, args.concurrency, args.seconds)
+            )
+    return out
+
+
+def ingress_phase(
     model: dict[str, Any],
     bodies: Path,
     scorer: Any,
@@ -309,17 +329,7 @@ def direct_ingress(
                 if not ports:
                     raise RuntimeError(f"direct ingress: /{app} answered on no port from {low}")
                 url[app] = f"http://127.0.0.1:{port if high_throughput else ports[0]}"
-            for arm in ("on", "off"):
-                load(url[arm], f"/{arm}/v1/score", bodies, 4, 1.0)  # warm up
-            out: dict[str, Any] = {"light": [], "inprocess": [], "floor": [],
-                                   "sat": {"on": [], "off": []}}  # fmt: skip
-            for r in range(args.rounds):
-                out["inprocess"].append(inprocess_latency(scorer, tables, args.requests))
-                out["light"].append(load(url["on"], "/on/v1/score", bodies))
-                out["floor"].append(load(url["noop"], "/noop/v1/score", bodies))
-                for arm in ("on", "off") if r % 2 == 0 else ("off", "on"):
-                    out["sat"][arm].append(load(url[arm], f"/{arm}/v1/score", bodies,
-                                                args.concurrency, args.seconds))  # fmt: skip
+            out = measure_phase(url, bodies, scorer, tables, args)
             if streams is not None:
                 out["stream_ms"], out["rescore_ms"] = http_streaming(port, *streams, args.rounds)
             return out
@@ -520,32 +530,21 @@ def main(argv: list[str] | None = None) -> int:
         _init_ray()
         try:
             start_apps(model, port)
-            load(base, "/on/v1/score", root / "bodies.json", 4, 1.0)  # warm both apps up
-            load(base, "/off/v1/score", root / "bodies.json", 4, 1.0)
-            light, inproc, floor, sat = [], [], [], {"on": [], "off": []}
-            for r in range(args.rounds):
-                inproc.append(inprocess_latency(scorer, tables, args.requests))
-                light.append(load(base, "/on/v1/score", root / "bodies.json", 1, 0.0))
-                floor.append(load(base, "/noop/v1/score", root / "bodies.json", 1, 0.0))
-                for arm in ("on", "off") if r % 2 == 0 else ("off", "on"):
-                    sat[arm].append(load(base, f"/{arm}/v1/score", root / "bodies.json",
-                                         args.concurrency, args.seconds))  # fmt: skip
-            stream_ms, rescore_ms = http_streaming(port, past, new, history, schema, args.rounds)
+            proxy = measure_phase(dict.fromkeys(("on", "off", "noop"), base),
+                                  root / "bodies.json", scorer, tables, args)  # fmt: skip
+            proxy["stream_ms"], proxy["rescore_ms"] = http_streaming(
+                port, past, new, history, schema, args.rounds
+            )
             local = streaming_inprocess(scorer, history, max(10, args.rounds * 5))
         finally:
             serve.shutdown()
             ray.shutdown()
-        direct = direct_ingress(model, root / "bodies.json", scorer, tables, args)
-        fast = direct_ingress(model, root / "bodies.json", scorer, tables, args,
-                              high_throughput=True, streams=(past, new, history, schema))  # fmt: skip
+        direct = ingress_phase(model, root / "bodies.json", scorer, tables, args)
+        fast = ingress_phase(model, root / "bodies.json", scorer, tables, args,
+                             high_throughput=True, streams=(past, new, history, schema))  # fmt: skip
         model_batching = inprocess_batching(scorer, tables, max(5, args.rounds * 3))
 
-    phases = {
-        "proxy": {"light": light, "inprocess": inproc, "floor": floor, "sat": sat,
-                  "stream_ms": stream_ms, "rescore_ms": rescore_ms},
-        "direct ingress": direct,
-        "high-throughput": fast,
-    }  # fmt: skip
+    phases = {"proxy": proxy, "direct ingress": direct, "high-throughput": fast}
     model_ratio = model_batching["alone_ms"] / model_batching["batched_ms"]
     local_stream = local["rescore_ms"] / local["stream_ms"]
     served = scorer.config
