@@ -30,7 +30,6 @@ equal the shard stage's (entities, lengths, bucket widths, categorical ids, nume
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import sys
@@ -60,8 +59,9 @@ from benchmarks._common import (
 )
 
 if TYPE_CHECKING:
-    from pipelines.config import SchemaConfig, WindowConfig
-    from pipelines.features import FeatureSpec
+    from pipelines.params.shard import WindowConfig
+    from seqcore.features import FeatureSpec
+    from seqcore.schema import SchemaConfig
 
 TARGET_OURS_VS_SORT = 3.0
 TARGET_PANDAS_VS_OURS = 5.0
@@ -136,15 +136,15 @@ def pandas_windows(
 
 def shard_windows(shard_dir: str | Path) -> dict[int, dict[str, np.ndarray]]:
     """The shard stage's written windows in ``pandas_windows``' layout, all splits together."""
-    from pipelines.features import FeatureSpec
-    from pipelines.shard_reader import load_manifest, read_bucket
+    from pipelines.shard_reader import read_bucket
+    from seqcore.manifest import load_manifest
 
     manifest = load_manifest(shard_dir)
-    spec = FeatureSpec.from_dict(manifest["features"])
+    spec = manifest.features
     parts: dict[int, list[dict[str, np.ndarray]]] = {}
-    for split, entry in manifest["splits"].items():
-        for bound in entry["buckets"]:
-            table, width = read_bucket(shard_dir, split, int(bound)), int(bound)
+    for split, entry in manifest.splits.items():
+        for bound in entry.buckets:
+            table, width = read_bucket(shard_dir, split, bound), bound
             n = table.num_rows
 
             def flat(name: str, table=table) -> np.ndarray:
@@ -204,7 +204,6 @@ def check_equivalence(
     """
     from pipelines import shard
     from pipelines.config import load_params
-    from pipelines.features import FeatureSpec
 
     params = load_params(PARAMS)
     own_tmp = work is None
@@ -212,8 +211,8 @@ def check_equivalence(
     try:
         write_generated_events(n_entities, root / "events", seed)
         manifest = shard.run(params, root / "events", root / "shards")
-        spec = FeatureSpec.from_dict(manifest["features"])
-        bounds = manifest["buckets"]["boundaries"]
+        spec = manifest.features
+        bounds = manifest.bucket_boundaries
         theirs = pandas_windows(
             root / "events", spec, bounds, params.shard.window, params.data.schema
         )
@@ -290,8 +289,9 @@ def step_validate(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def step_shard(args: argparse.Namespace) -> dict[str, Any]:
-    from pipelines import io, shard
+    from pipelines import shard
     from pipelines.config import load_params
+    from seqcore import io
 
     params = load_params(PARAMS)
     work = Path(args.work)
@@ -302,27 +302,27 @@ def step_shard(args: argparse.Namespace) -> dict[str, Any]:
     manifest, figures = phases.measure(
         lambda: shard.run(params, work / "validated" / "events.parquet", work / "shards")
     )
-    examples = sum(entry["examples"] for entry in manifest["splits"].values())
-    return {**figures, "rows": manifest["input"]["events_count"], "examples": examples}
+    examples = sum(entry.examples for entry in manifest.splits.values())
+    return {**figures, "rows": manifest.input.events_count, "examples": examples}
 
 
 def step_pandas(args: argparse.Namespace) -> dict[str, Any]:
     import pandas  # noqa: F401  (imported before the clock starts, like pyarrow elsewhere)
 
     from pipelines.config import load_params
-    from pipelines.features import FeatureSpec
+    from seqcore.manifest import Manifest
 
     params = load_params(PARAMS)
-    manifest = json.loads((Path(args.work) / "shards" / "manifest.json").read_text())
-    spec = FeatureSpec.from_dict(manifest["features"])
-    bounds = manifest["buckets"]["boundaries"]
+    manifest = Manifest.read(Path(args.work) / "shards")
+    spec = manifest.features
+    bounds = manifest.bucket_boundaries
     out, figures = Phases().measure(
         lambda: pandas_windows(
             args.events_dir, spec, bounds, params.shard.window, params.data.schema
         )
     )
     examples = sum(len(b["entity"]) for b in out.values())
-    return {**figures, "rows": manifest["input"]["events_count"], "examples": examples}
+    return {**figures, "rows": manifest.input.events_count, "examples": examples}
 
 
 STEPS = {

@@ -33,8 +33,9 @@ import numpy as np
 import pyarrow as pa
 
 from benchmarks._common import PARAMS, print_table, verdict
-from pipelines.config import BucketConfig, WindowConfig, load_params
+from pipelines.config import load_params
 from pipelines.generate import generate_arrays
+from pipelines.params.shard import BucketConfig, WindowConfig
 from pipelines.windows import bucket_boundaries, entity_split, make_windows, padded_tokens
 
 N_BUCKETS = (8, 12, 16, 24, 32)

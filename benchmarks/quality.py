@@ -40,15 +40,12 @@ def main() -> int:
     from pipelines import train
     from pipelines.config import load_params
     from pipelines.predict import order_blind_baseline, predict_split
-    from pipelines.shard_reader import load_manifest
+    from seqcore.manifest import load_manifest
 
     params = load_params(REPO / "params.yaml")
     shards = Path(args.shards)
     manifest = load_manifest(shards)
-    vocab = [
-        manifest["features"]["categorical"][c]["size"]
-        for c in manifest["features"]["categorical_order"]
-    ]
+    vocab = [manifest.features.vocab_size(c) for c in manifest.features.categorical]
     rows = []
     for arch in args.architectures.split(","):
         changes = {"architecture": arch, "task": "classify"}
@@ -75,7 +72,7 @@ def main() -> int:
         print(rows[-1], flush=True)
     base = order_blind_baseline(shards, vocab, seed=params.seed)
     rows.append({"model": "order-blind logistic regression", **base})
-    n_test = manifest["splits"]["test"]["examples"]
+    n_test = manifest.splits["test"].examples
     print(f"\nTest split: {n_test} entities (classify; label needs event order)\n")
     print("| model | accuracy | ROC-AUC |\n|---|---|---|")
     for row in rows:

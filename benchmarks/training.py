@@ -68,9 +68,10 @@ from benchmarks._common import (
 )
 from pipelines.config import Params, load_params
 from pipelines.sampler import TokenBudgetBatchSampler
-from pipelines.shard_reader import load_manifest, to_numpy_batch
+from pipelines.shard_reader import to_numpy_batch
 from pipelines.train import model_config
 from pipelines.train_loop import ShardData, _lr_lambda, _sums
+from seqcore.manifest import load_manifest
 from seqmodels import SequenceModel, build_model
 
 TARGET_BUCKETED_VS_MAX = 2.0
@@ -137,7 +138,7 @@ class PaddingInputs:
         params = _params()
         manifest = load_manifest(REPO / "data/shards")
         data = ShardData(str(REPO / "data/shards"), "train", 0, 1)
-        full = padded_to_max(data, int(manifest["window"]["window_len"]))
+        full = padded_to_max(data, manifest.window_len)
         sampler = TokenBudgetBatchSampler(
             data.padded, params.train.max_tokens, seed=params.seed, owner=data.owner,
             lengths=data.lengths,
@@ -392,8 +393,7 @@ def measure_ray(epochs: int, one_worker_fits: int, work: Path) -> dict[str, Any]
 
     n_train = int(
         sum(
-            b["examples"]
-            for b in load_manifest(REPO / "data/shards")["splits"]["train"]["buckets"].values()
+            b.examples for b in load_manifest(REPO / "data/shards").splits["train"].buckets.values()
         )
     )
     try:

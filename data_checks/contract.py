@@ -29,10 +29,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from data_checks import gx_suite, ordering
+from data_checks.config import CHECK_NAMES, ValidateConfig
 from data_checks.ordering import Finding
 from data_checks.results import CheckResult, ValidationReport, json_safe, skipped
 from data_checks.split import REASON, Split, split_rows
-from pipelines.config import CHECK_NAMES, SchemaConfig, ValidateConfig
+from seqcore.schema import SchemaConfig
 
 __all__ = ["REASON", "Split", "check_contract", "run_contract"]
 GX_CHECKS = {"schema", "types", "key_nulls", "value_ranges", "categorical_domain"}

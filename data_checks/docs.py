@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from data_checks.results import CheckResult, ValidationReport
-from pipelines.io import atomic_dir
+from seqcore.io import atomic_dir
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:72rem;

@@ -25,8 +25,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from data_checks.config import ValidateConfig
 from data_checks.ordering import ARRIVAL, EventIndex, Finding, describe
-from pipelines.config import SchemaConfig, ValidateConfig
+from seqcore.schema import SchemaConfig
 
 _INT = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"]
 _GX_TYPES = {

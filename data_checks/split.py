@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from pipelines.config import CHECK_NAMES
+from data_checks.config import CHECK_NAMES
 
 REASON = "_quarantine_reason"
 # pyarrow's default Parquet row-group size: streamed files keep write_table's row groups.

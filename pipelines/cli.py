@@ -20,8 +20,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import ConfigError, load_params
+from pipelines.config import load_params
 from pipelines.registry import Registry, RegistryError
+from seqcore.config import ConfigError
 
 
 def _print_table(rows: Sequence[dict[str, Any]]) -> None:

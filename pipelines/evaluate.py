@@ -29,13 +29,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines import metrics as M
-from pipelines.config import PRIMARY_METRICS, ConfigError, EvaluateConfig, Params, load_params
-from pipelines.io import atomic_dir, jsonable, write_json
+from pipelines.config import Params, load_params
+from pipelines.params.gate import PRIMARY_METRICS, EvaluateConfig
 from pipelines.predict import SplitPredictions, predict_split
-from pipelines.shard import part_path
-from pipelines.shard_reader import load_manifest
+from seqcore.config import ConfigError
+from seqcore.io import atomic_dir, jsonable, write_json
+from seqcore.loading import ModelLoadError, load_scorer
+from seqcore.manifest import Manifest, load_manifest, part_path
+from seqcore.scorer import SequenceScorer
 from seqmodels import SequenceModel
-from serving.scorer import SequenceScorer
 
 log = logging.getLogger("seqops.evaluate")
 SPECIAL_IDS = ("<PAD>", "<OOV>")  # vocabulary ids 0 and 1; category i of the vocab has id i + 2
@@ -53,21 +55,21 @@ class IncompatibleShardsError(EvaluateError):
 
 
 def last_event_values(
-    shard_dir: str | Path, split: str, manifest: dict[str, Any], columns: tuple[str, ...]
+    shard_dir: str | Path, split: str, manifest: Manifest, columns: tuple[str, ...]
 ) -> dict[str, np.ndarray]:
     """Per example (``read_split`` order), the category string of its window's last event."""
-    categorical = manifest["features"]["categorical"]
+    categorical = manifest.features.categorical
     unknown = [c for c in columns if c not in categorical]
     if unknown:
         raise EvaluateError(
             f"evaluate.slices: {unknown} not categorical features of the shards "
             f"(known: {', '.join(categorical)})"
         )
-    names = {c: np.array([*SPECIAL_IDS, *categorical[c]["vocab"]], dtype=object) for c in columns}
+    names = {c: np.array([*SPECIAL_IDS, *manifest.vocab(c)], dtype=object) for c in columns}
     parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
-    buckets = manifest["splits"][split]["buckets"]
-    for bound in sorted(int(b) for b in buckets):  # read_split's order: buckets, then parts
-        for k in range(len(buckets[str(bound)]["parts"])):
+    # read_split's order: buckets, then parts
+    for bound, bucket in manifest.splits[split].buckets.items():
+        for k in range(len(bucket.parts)):
             path = Path(shard_dir) / part_path(split, bound, k)
             table = pq.read_table(path, columns=["length", *(f"cat__{c}" for c in columns)])
             last = table.column("length").to_numpy().astype(np.int64) - 1
@@ -79,7 +81,7 @@ def last_event_values(
 
 
 def _group_metrics(
-    preds: SplitPredictions, manifest: dict[str, Any], task: str, config: EvaluateConfig
+    preds: SplitPredictions, manifest: Manifest, task: str, config: EvaluateConfig
 ) -> Callable[[np.ndarray], dict[str, Any]]:
     """A function: example indices -> the task's metrics over those examples."""
     if task == "classify":
@@ -88,11 +90,8 @@ def _group_metrics(
     if task == "next_event":
         stats = M.next_event_stats(preds.outputs, preds.next_event)
         return lambda idx: M.next_event_from_stats(stats[idx])
-    if task == "forecast":
-        from pipelines.features import FeatureSpec
-
-        spec = FeatureSpec.from_dict(manifest["features"])
-        column = manifest["targets"]["forecast"]["column"]
+    if task == "forecast" and manifest.targets.forecast is not None:
+        spec, column = manifest.features, manifest.targets.forecast.column
         fstats = M.forecast_stats(
             preds.outputs, preds.forecast, lambda z: spec.inverse_standardise(column, z)
         )
@@ -102,7 +101,7 @@ def _group_metrics(
 
 def evaluate_predictions(
     preds: SplitPredictions,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     task: str,
     config: EvaluateConfig,
     slice_values: dict[str, np.ndarray],
@@ -158,9 +157,9 @@ def evaluate_predictions(
     return jsonable(result)
 
 
-def _check_compatible(manifest: dict[str, Any], shard_dir: str | Path) -> None:
+def _check_compatible(manifest: Manifest, shard_dir: str | Path) -> None:
     shards = load_manifest(shard_dir)
-    if manifest.get("features") != shards.get("features"):
+    if manifest.features != shards.features:
         raise IncompatibleShardsError(
             f"{shard_dir}: the model was trained with other preprocessing (vocabularies or "
             "normalisation) than these shards; score it from raw events instead"
@@ -168,7 +167,7 @@ def _check_compatible(manifest: dict[str, Any], shard_dir: str | Path) -> None:
 
 
 def _evaluate(
-    model: SequenceModel, manifest: dict[str, Any], shard_dir: str | Path, config: EvaluateConfig
+    model: SequenceModel, manifest: Manifest, shard_dir: str | Path, config: EvaluateConfig
 ) -> tuple[dict[str, Any], SplitPredictions]:
     _check_compatible(manifest, shard_dir)
     preds = predict_split(model, shard_dir, config.split)
@@ -178,7 +177,7 @@ def _evaluate(
 
 
 def evaluate_model(
-    model: SequenceModel, manifest: dict[str, Any], shard_dir: str | Path, config: EvaluateConfig
+    model: SequenceModel, manifest: Manifest, shard_dir: str | Path, config: EvaluateConfig
 ) -> dict[str, Any]:
     """Score ``config.split`` of the shards and compute every metric (deterministic).
 
@@ -398,7 +397,6 @@ def _read_train_report(path: Path) -> dict[str, Any]:
 
 
 def _load_scorer(client: Any, run_id: str, model_uri: str, uri: str) -> SequenceScorer:
-    import mlflow
     from mlflow.exceptions import MlflowException
 
     try:
@@ -406,12 +404,9 @@ def _load_scorer(client: Any, run_id: str, model_uri: str, uri: str) -> Sequence
     except MlflowException:
         raise EvaluateError(f"training run {run_id} not found in MLflow at {uri}") from None
     try:
-        model = mlflow.pyfunc.load_model(model_uri)
-    except (MlflowException, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EvaluateError(f"model {model_uri} not found in MLflow at {uri}: {first}") from None
-    scorer: SequenceScorer = model.unwrap_python_model().scorer
-    return scorer
+        return load_scorer(model_uri, uri)
+    except ModelLoadError as exc:
+        raise EvaluateError(str(exc)) from None
 
 
 def _log_to_run(client: Any, run_id: str, report: dict, metrics_path: Path, plots: Path) -> None:

@@ -31,8 +31,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.config import GenerateConfig
 from pipelines.generate import US_PER_S, EventArrays, to_table
+from pipelines.params.data import GenerateConfig
 
 HOUR_US = 3600 * US_PER_S
 DAY_US = 86400 * US_PER_S

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from pipelines.config import GenerateConfig, parse_time
+from pipelines.params.data import GenerateConfig
+from seqcore.config import parse_time
 
 MCC_CODES = (
     "5411", "5541", "5812", "5814", "5912", "5311", "5999", "4111", "4121", "5732",

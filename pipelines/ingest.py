@@ -27,9 +27,11 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipelines.config import ConfigError, DataConfig, Params, load_params
+from pipelines.config import Params, load_params
 from pipelines.generate import generate_events
-from pipelines.io import atomic_dir, write_json
+from pipelines.params.data import DataConfig
+from seqcore.config import ConfigError
+from seqcore.io import atomic_dir, write_json
 
 log = logging.getLogger("seqops.ingest")
 ARRIVAL = "_arrival"

@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +25,8 @@ import torch
 
 from pipelines.sampler import TokenBudgetBatchSampler
 from pipelines.shard_reader import read_split, to_numpy_batch
+from seqcore.manifest import Manifest
+from seqcore.scorer import SequenceScorer
 from seqmodels import SequenceModel
 
 
@@ -116,7 +117,7 @@ def split_targets(shard_dir: str | Path, split: str) -> tuple[pa.Table, SplitPre
 
 
 def predict_split_raw(
-    scorer: Any, events: pa.Table, shard_dir: str | Path, split: str, manifest: dict
+    scorer: SequenceScorer, events: pa.Table, shard_dir: str | Path, split: str, manifest: Manifest
 ) -> SplitPredictions:
     """Score a split's windows from RAW events with a scorer's own preprocessing.
 
@@ -156,20 +157,17 @@ def predict_split_raw(
     return preds
 
 
-def _output_converter(own: dict, target: dict, task: str) -> Callable[[np.ndarray], np.ndarray]:
+def _output_converter(
+    own: Manifest, target: Manifest, task: str
+) -> Callable[[np.ndarray], np.ndarray]:
     """Map a model's outputs from its own manifest's space into ``target``'s."""
-    if own.get("features") == target.get("features"):
+    if own.features == target.features:
         return lambda out: out
-    from pipelines.features import FeatureSpec
-
-    if task == "next_event":
-        column = target["targets"]["next_event"]["column"]
-        own_vocab = own["features"]["categorical"][column]["vocab"]
-        target_ids = {
-            value: i + 2
-            for i, value in enumerate(target["features"]["categorical"][column]["vocab"])
-        }
-        size = int(target["targets"]["next_event"]["vocab_size"])
+    if task == "next_event" and target.targets.next_event is not None:
+        column = target.targets.next_event.column
+        own_vocab = own.vocab(column)
+        target_ids = {value: i + 2 for i, value in enumerate(target.vocab(column))}
+        size = target.targets.next_event.vocab_size
         index = np.array([0, 1, *(target_ids.get(v, 1) for v in own_vocab)])
 
         def remap(out: np.ndarray) -> np.ndarray:
@@ -180,12 +178,9 @@ def _output_converter(own: dict, target: dict, task: str) -> Callable[[np.ndarra
             return mapped
 
         return remap
-    if task == "forecast":
-        column = target["targets"]["forecast"]["column"]
-        own_spec, target_spec = (
-            FeatureSpec.from_dict(own["features"]),
-            FeatureSpec.from_dict(target["features"]),
-        )
+    if task == "forecast" and target.targets.forecast is not None:
+        column = target.targets.forecast.column
+        own_spec, target_spec = own.features, target.features
         return lambda out: target_spec.standardise(
             column, own_spec.inverse_standardise(column, out), np.nan
         )

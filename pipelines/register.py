@@ -31,10 +31,14 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from pipelines.config import LOWER_IS_BETTER, ConfigError, Params, RegisterConfig, load_params
-from pipelines.io import jsonable, write_json
+from pipelines.config import Params, load_params
+from pipelines.params.gate import LOWER_IS_BETTER, RegisterConfig
 from pipelines.registry import CHAMPION, Registry, RegistryError, now_iso
-from pipelines.shard_reader import load_manifest
+from seqcore.config import ConfigError
+from seqcore.io import jsonable, write_json
+from seqcore.loading import load_scorer
+from seqcore.manifest import Manifest, load_manifest
+from seqcore.scorer import SequenceScorer
 
 log = logging.getLogger("seqops.register")
 
@@ -127,7 +131,7 @@ def decide(
 def model_card(
     summary: dict[str, Any],
     run: Any,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     metrics: dict[str, Any],
     primary: str,
 ) -> str:
@@ -141,11 +145,11 @@ def model_card(
     )
     return f"""# seqops {summary["architecture"]} — {summary["task"]}
 
-**Intended task:** {summary["task"]} on per-entity event sequences (most recent {manifest["window"]["window_len"]} events per entity); \
+**Intended task:** {summary["task"]} on per-entity event sequences (most recent {manifest.window_len} events per entity); \
 scores raw events through the shard manifest's preprocessing, which travels inside the model.
 
-**Data:** shard manifest `{manifest.get("content_hash", "?")[:16]}`, events sha256 `{manifest.get("input", {}).get("sha256", "?")[:16]}`, \
-DVC shards `{tags.get("dvc_shards_md5", "?")}`, split `{manifest["split"]["method"]}`, {manifest["splits"]["test"]["examples"]} test examples.
+**Data:** shard manifest `{manifest.content_hash[:16]}`, events sha256 `{manifest.input.sha256[:16]}`, \
+DVC shards `{tags.get("dvc_shards_md5", "?")}`, split `{manifest.split_method}`, {manifest.splits["test"].examples} test examples.
 
 **Code:** git `{tags.get("git_commit", "?")[:12]}` (dirty: {tags.get("git_dirty", "?")}), run `{summary["run_id"]}`.
 
@@ -163,14 +167,12 @@ DVC shards `{tags.get("dvc_shards_md5", "?")}`, split `{manifest["split"]["metho
 """
 
 
-def _scorer(model_uri: str) -> Any:
-    import mlflow
-
-    return mlflow.pyfunc.load_model(model_uri).unwrap_python_model().scorer
+def _scorer(model_uri: str) -> SequenceScorer:
+    return load_scorer(model_uri)
 
 
 def _evaluate_on_test(
-    scorer: Any, events: Any, shards: Path, manifest: dict, params: Params
+    scorer: Any, events: Any, shards: Path, manifest: Manifest, params: Params
 ) -> dict[str, Any]:
     from pipelines.evaluate import evaluate_predictions
     from pipelines.predict import predict_split_raw
@@ -210,8 +212,8 @@ def run(
         f"metric.{k}": str(v) for k, v in overall(metrics).items() if _finite(v) is not None
     }
     version_tags.update({
-        "data.manifest_hash": str(manifest.get("content_hash")),
-        "data.events_sha256": str(manifest.get("input", {}).get("sha256")),
+        "data.manifest_hash": manifest.content_hash,
+        "data.events_sha256": manifest.input.sha256,
         "data.dvc_shards_md5": run_info.data.tags.get("dvc_shards_md5", "unknown"),
         "code.git_commit": run_info.data.tags.get("git_commit", "unknown"),
         "code.git_dirty": run_info.data.tags.get("git_dirty", "unknown"),
@@ -255,8 +257,8 @@ def run(
         "champion": None if rival is None or champion_eval is None else {
             "version": rival.version, "run_id": rival.run_id, "metrics": overall(champion_eval), "rescored": True,
         },
-        "test_data": {"split": params.evaluate.split, "manifest_hash": manifest.get("content_hash"),
-                      "examples": manifest["splits"][params.evaluate.split]["examples"]},
+        "test_data": {"split": params.evaluate.split, "manifest_hash": manifest.content_hash,
+                      "examples": manifest.splits[params.evaluate.split].examples},
         "thresholds": asdict(cfg),
     }  # fmt: skip
     if decision.passed and cfg.auto_promote:

@@ -13,6 +13,7 @@ GIL) overlap the next part's gather.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import sys
@@ -28,16 +29,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_checks.leakage import NO_TARGET, SplitExamples, check_split_leakage
-from pipelines import io
-from pipelines.config import (
-    ConfigError,
-    Params,
-    SchemaConfig,
-    ShardConfig,
-    load_params,
-    to_jsonable,
-)
-from pipelines.features import FeatureSpec, fit_features
+from pipelines.config import Params, load_params
+from pipelines.params.shard import ShardConfig
 from pipelines.windows import (
     SPLITS,
     PaddedIndex,
@@ -50,8 +43,23 @@ from pipelines.windows import (
     time_cutoffs,
     visible_counts,
 )
+from seqcore import io
+from seqcore.config import ConfigError, to_jsonable
+from seqcore.features import FeatureSpec, fit_features
+from seqcore.manifest import (
+    BucketEntry,
+    ForecastTarget,
+    InputInfo,
+    LabelTarget,
+    Manifest,
+    NextEventTarget,
+    SplitEntry,
+    Targets,
+    WindowInfo,
+    part_path,
+)
+from seqcore.schema import SchemaConfig
 
-FORMAT_VERSION = 1
 HASH_RULE = "fnv1a64(salt + utf8(key)) + splitmix64; u = (h >> 11) / 2**53; cumsum(fractions)"
 # Padded list columns: Parquet dictionaries and statistics cost more than they save there.
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 1, "use_dictionary": False,
@@ -60,10 +68,6 @@ PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 1, "use_dictionar
 
 class ShardError(RuntimeError):
     """The data cannot be sharded as configured (or the result would leak across splits)."""
-
-
-def part_path(split: str, bound: int, k: int) -> str:
-    return f"{split}/bucket={bound}/part-{k:05d}.parquet"
 
 
 def _iso(us: int) -> str:
@@ -221,7 +225,7 @@ def _stats(examples: int, real: int, padded: int) -> dict[str, Any]:
 def _write_split(
     root: Path, split: str, win: Windows, plan: Plan, bounds: tuple[int, ...], cfg: ShardConfig,
     pool: ThreadPoolExecutor, pending: list[Future],
-) -> tuple[dict[str, Any], SplitExamples, np.ndarray]:  # fmt: skip
+) -> tuple[SplitEntry, SplitExamples, np.ndarray]:  # fmt: skip
     """Write one split's part files; return its manifest entry, leakage inputs and labels."""
     ev, n_visible = plan.events, plan.prefixes[split][0]
     lengths, bucket_of = win.length, assign_buckets(win.length, bounds)
@@ -229,7 +233,7 @@ def _write_split(
     limit = ev.offsets[win.group] + n_visible[win.group]
     # An empty split still gets max_workers (empty) parts, so every worker finds its files.
     present = [b for b in range(len(bounds)) if (bucket_of == b).any()] or [len(bounds) - 1]
-    buckets: dict[str, Any] = {}
+    buckets: dict[int, BucketEntry] = {}
     written: list[pa.Table] = []  # what the leakage check reads: the rows as written
     targets: list[np.ndarray] = []
     for b in present:
@@ -248,38 +252,38 @@ def _write_split(
             targets.append(np.where(offset >= 0, ev.t[at], NO_TARGET))
         stats = _stats(len(members), int(lengths[members].sum()), len(members) * width)
         parts = [part_path(split, width, k) for k in range(cfg.max_workers)]
-        buckets[str(width)] = {**stats, "parts": parts}
+        buckets[width] = BucketEntry(**stats, parts=tuple(parts))
     rows = pa.concat_tables(written).combine_chunks()
     examples = SplitExamples(
         entity=rows.column("entity"),
         window_end=rows.column("window_end").cast(pa.int64()).to_numpy(),
         target_end=np.concatenate(targets),
     )
-    padded = sum(v["padded_tokens"] for v in buckets.values())
-    entry = {**_stats(len(win), int(lengths.sum()), padded), "entities": len(np.unique(win.group))}
-    return {**entry, "buckets": buckets}, examples, rows.column("label").to_numpy()
+    padded = sum(v.padded_tokens for v in buckets.values())
+    stats = _stats(len(win), int(lengths.sum()), padded)
+    entry = SplitEntry(**stats, entities=len(np.unique(win.group)), buckets=buckets)
+    return entry, examples, rows.column("label").to_numpy()
 
 
-def _targets(spec: FeatureSpec, params: Params, train_labels: np.ndarray) -> dict[str, Any]:
-    schema, out = params.data.schema, {}
-    classes = np.unique(train_labels[train_labels >= 0]).tolist()
-    out["label"] = schema.label and {"column": schema.label, "classes": classes, "missing": -1}
-    out["next_event"] = schema.next_event and {
-        "column": schema.next_event,
-        "vocab_size": spec.vocab_size(schema.next_event),
-        "no_target": 0,
-    }
+def _targets(spec: FeatureSpec, params: Params, train_labels: np.ndarray) -> Targets:
+    schema = params.data.schema
+    classes = tuple(np.unique(train_labels[train_labels >= 0]).tolist())
     col = schema.forecast
-    out["forecast"] = col and {
-        "column": col,
-        "horizon": params.shard.forecast_horizon,
-        "transform": spec.numeric_transform.get(col, "none"),
-        "mean": spec.mean[col],
-        "std": spec.std[col],
-        "inverse": "x = z * std + mean; then sign(x) * expm1(|x|) if transform is log1p",
-        "no_target": "NaN",
-    }
-    return out
+    return Targets(
+        label=LabelTarget(schema.label, classes) if schema.label else None,
+        next_event=NextEventTarget(schema.next_event, spec.vocab_size(schema.next_event))
+        if schema.next_event
+        else None,
+        forecast=ForecastTarget(
+            column=col,
+            horizon=params.shard.forecast_horizon,
+            transform=spec.numeric_transform.get(col, "none"),
+            mean=spec.mean[col],
+            std=spec.std[col],
+        )
+        if col
+        else None,
+    )
 
 
 def _input_hash(path: Path) -> str:
@@ -300,7 +304,7 @@ def run(params: Params, validated_path: Path, out_dir: Path) -> dict[str, Any]:
             raise ShardError("no training examples (no train window reaches window.min_length)")
         width = cfg.window.window_len
         bounds, derived = bucket_boundaries(windows["train"].length, cfg.buckets, width)
-        splits: dict[str, Any] = {}
+        splits: dict[str, SplitEntry] = {}
         checked: dict[str, SplitExamples] = {}
         labels: dict[str, np.ndarray] = {}
         pending: list[Future] = []
@@ -319,32 +323,32 @@ def run(params: Params, validated_path: Path, out_dir: Path) -> dict[str, Any]:
         if not leakage.passed:
             raise ShardError(f"leakage between splits, shards not written: {leakage.summary()}")
         files = io.sha256_tree(tmp)
-        manifest: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
-            "schema": to_jsonable(params.data.schema),
-            "features": plan.spec.to_dict(),
-            "targets": _targets(plan.spec, params, labels["train"]),
-            "buckets": {"boundaries": list(bounds), "derived": derived},
-            "window": {**to_jsonable(cfg.window), "window_len": width},
-            "split": plan.split_info,
-            "splits": splits,
-            "leakage": leakage.to_dict(),
-            "input": {
-                "events": validated_path.name,
-                "sha256": input_hash.result(),
-                "events_count": n_events,
-                "entities": len(plan.events.offsets) - 1,
-                "reordered_entities": plan.reordered,
-            },
-            "max_workers": cfg.max_workers,
-            "seed": params.seed,
-            "files": files,
-        }
+        manifest = Manifest(
+            schema=params.data.schema,
+            features=plan.spec,
+            targets=_targets(plan.spec, params, labels["train"]),
+            bucket_boundaries=tuple(bounds),
+            buckets_derived=derived,
+            window=WindowInfo(**to_jsonable(cfg.window), window_len=width),
+            split=plan.split_info,
+            splits=splits,
+            leakage=leakage.to_dict(),
+            input=InputInfo(
+                events=validated_path.name,
+                sha256=input_hash.result(),
+                events_count=n_events,
+                entities=len(plan.events.offsets) - 1,
+                reordered_entities=plan.reordered,
+            ),
+            max_workers=cfg.max_workers,
+            seed=params.seed,
+            files=files,
+        )
         # One hash naming the whole output: every shard file plus the rest of the manifest.
-        body = json.dumps(manifest, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        body = json.dumps(manifest.body(), sort_keys=True, separators=(",", ":"), allow_nan=False)
         files_and_body = {**files, "manifest.json": hashlib.sha256(body.encode()).hexdigest()}
-        manifest["content_hash"] = io.combined_hash(files_and_body)
-        io.write_json(tmp / "manifest.json", manifest)
+        manifest = dataclasses.replace(manifest, content_hash=io.combined_hash(files_and_body))
+        io.write_json(tmp / "manifest.json", manifest.to_json())
     return manifest
 
 
@@ -363,11 +367,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ShardError as exc:
         print(f"shard: failed: {exc}", file=sys.stderr)
         return 1
-    metrics: dict[str, Any] = {"n_buckets": len(manifest["buckets"]["boundaries"])}
-    for split, entry in manifest["splits"].items():
-        metrics[split] = {"examples": entry["examples"], "pad_fraction": entry["pad_fraction"]}
-        print(f"shard: {split}: {entry['examples']} examples, pad {entry['pad_fraction']:.1%}")
-    print(f"shard: buckets {manifest['buckets']['boundaries']} ({manifest['buckets']['derived']})")
+    metrics: dict[str, Any] = {"n_buckets": len(manifest.bucket_boundaries)}
+    for split, entry in manifest.splits.items():
+        metrics[split] = {"examples": entry.examples, "pad_fraction": entry.pad_fraction}
+        print(f"shard: {split}: {entry.examples} examples, pad {entry.pad_fraction:.1%}")
+    print(f"shard: buckets {list(manifest.bucket_boundaries)} ({manifest.buckets_derived})")
     if args.metrics:
         io.write_json(args.metrics, metrics)
     return 0

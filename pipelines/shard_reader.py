@@ -1,4 +1,4 @@
-"""Reading shards back for training: the manifest, a split's rows, numpy batches.
+"""Reading shards back for training: a split's rows, numpy batches.
 
 The inverse of ``pipelines.shard``'s row layout (ARCHITECTURE §3). A split mixes buckets of
 different padded length L, so ``read_split`` returns one table whose list columns are
@@ -10,32 +10,17 @@ Python loop per row.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.shard import FORMAT_VERSION, part_path
+from seqcore.manifest import load_manifest, part_path
 
 LIST_COLUMNS = ("num", "next_event", "forecast")
-
-
-def load_manifest(shard_dir: str | Path) -> dict[str, Any]:
-    """The shard manifest; refuses a format this code does not know."""
-    path = Path(shard_dir) / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found (run the shard stage first)")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{path}: shard format {manifest.get('format_version')!r}, expected {FORMAT_VERSION}"
-        )
-    return manifest
 
 
 def _as_variable_lists(table: pa.Table) -> pa.Table:
@@ -55,8 +40,8 @@ def read_bucket(
 ) -> pa.Table:
     """One bucket's rows with their fixed-size list columns, parts in index order."""
     manifest = load_manifest(shard_dir)
-    entry = manifest["splits"][split]["buckets"][str(bound)]
-    wanted = range(len(entry["parts"])) if parts is None else sorted(set(parts))
+    entry = manifest.splits[split].buckets[bound]
+    wanted = range(len(entry.parts)) if parts is None else sorted(set(parts))
     tables = [pq.read_table(Path(shard_dir) / part_path(split, bound, k)) for k in wanted]
     return pa.concat_tables(tables) if tables else pa.table({})
 
@@ -70,12 +55,9 @@ def read_split(shard_dir: str | Path, split: str, parts: Iterable[int] | None = 
     manifest = load_manifest(shard_dir)
     wanted = None if parts is None else sorted(set(parts))
     tables = []
-    for bound_key, entry in sorted(
-        manifest["splits"][split]["buckets"].items(), key=lambda kv: int(kv[0])
-    ):
-        bound = int(bound_key)
-        for k in range(len(entry["parts"])) if wanted is None else wanted:
-            if k >= len(entry["parts"]):
+    for bound, entry in manifest.splits[split].buckets.items():
+        for k in range(len(entry.parts)) if wanted is None else wanted:
+            if k >= len(entry.parts):
                 continue
             table = pq.read_table(Path(shard_dir) / part_path(split, bound, k))
             table = _as_variable_lists(table)

@@ -9,7 +9,6 @@ and library versions, so a run can be traced to exactly the code and data that m
 
 from __future__ import annotations
 
-import os
 import platform
 import subprocess
 from importlib import metadata
@@ -18,17 +17,9 @@ from typing import Any
 
 import yaml
 
-DEFAULT_DB = "mlflow.db"
-DEFAULT_ARTIFACTS = "mlartifacts"
+from seqcore.loading import DEFAULT_ARTIFACTS, tracking_uri
+
 LIBRARIES = ("torch", "ray", "mlflow", "pyarrow", "numpy", "great-expectations", "dvc")
-
-
-def tracking_uri(root: str | Path = ".") -> str:
-    """The tracking (and registry) URI: the environment's, else the repository's SQLite file."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
-    return f"sqlite:///{(Path(root).resolve() / DEFAULT_DB).as_posix()}"
 
 
 def configure(root: str | Path = ".") -> str:
@@ -97,13 +88,14 @@ def library_versions() -> dict[str, str]:
 
 
 def lineage_tags(
-    root: str | Path, manifest: dict[str, Any], shards_out: str = "data/shards"
+    root: str | Path, manifest_hash: str, events_sha256: str, shards_out: str = "data/shards"
 ) -> dict[str, str]:
-    """Tags that tie a run to its code, data and environment."""
+    """Tags that tie a run to its code, data (the shard manifest's content hash, the events'
+    sha256) and environment."""
     tags = dict(git_state(root))
-    tags["shard_manifest_hash"] = str(manifest.get("content_hash", "unknown"))
+    tags["shard_manifest_hash"] = manifest_hash or "unknown"
     tags["dvc_shards_md5"] = dvc_out_hash(root, "shard", shards_out) or "not-in-dvc.lock"
-    tags["events_sha256"] = str(manifest.get("input", {}).get("sha256", "unknown"))
+    tags["events_sha256"] = events_sha256 or "unknown"
     tags.update({f"version.{k}": v for k, v in library_versions().items()})
     return tags
 

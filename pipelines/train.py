@@ -27,11 +27,12 @@ from typing import Any
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.config import ConfigError, Params, load_params, to_jsonable
-from pipelines.io import atomic_dir, write_json
-from pipelines.shard_reader import load_manifest
+from pipelines.config import Params, load_params
 from pipelines.tracking import configure, ensure_experiment, flatten, lineage_tags, tracking_uri
 from pipelines.train_loop import FAIL_ENV, train_loop_per_worker
+from seqcore.config import ConfigError, to_jsonable
+from seqcore.io import atomic_dir, write_json
+from seqcore.manifest import Manifest, load_manifest
 from seqmodels import ModelConfig
 
 log = logging.getLogger("seqops.train")
@@ -42,38 +43,32 @@ class TrainError(RuntimeError):
     """Training could not run or finish; the message says why."""
 
 
-def model_config(params: Params, manifest: dict[str, Any]) -> ModelConfig:
+def model_config(params: Params, manifest: Manifest) -> ModelConfig:
     """The model's config: architecture from params, input sizes from the shard manifest."""
     t = params.train
-    features = manifest["features"]
-    targets = manifest.get("targets", {})
-    if t.task == "classify" and not targets.get("label"):
+    features, targets = manifest.features, manifest.targets
+    if t.task == "classify" and targets.label is None:
         raise TrainError("train.task=classify but the shards have no label (data.schema.label)")
-    next_event = targets.get("next_event") or {}
-    if t.task == "next_event" and not next_event:
+    next_event = targets.next_event
+    if t.task == "next_event" and next_event is None:
         raise TrainError("train.task=next_event but data.schema.next_event is not set")
-    if t.task == "forecast" and not targets.get("forecast"):
+    if t.task == "forecast" and targets.forecast is None:
         raise TrainError("train.task=forecast but data.schema.forecast is not set")
-    classes = (targets.get("label") or {}).get("classes") or [0, 1]
     return ModelConfig(
         architecture=t.architecture,
         task=t.task,
-        vocab_sizes=tuple(
-            features["categorical"][c]["size"] for c in features["categorical_order"]
-        ),
-        n_numeric=len(features["numeric_order"]),
+        vocab_sizes=tuple(features.vocab_size(c) for c in features.categorical),
+        n_numeric=len(features.numeric_order),
         embedding_dim=t.embedding_dim,
         hidden_size=t.hidden_size,
         num_layers=t.num_layers,
         dropout=t.dropout,
         num_heads=t.num_heads,
         ffn_size=t.ffn_size,
-        max_len=int(manifest["window"]["window_len"]),
-        num_classes=max(2, int(max(classes)) + 1),
-        next_event_vocab=int(next_event["vocab_size"]) if next_event else None,
-        horizon=int(manifest["forecast_horizon"])
-        if "forecast_horizon" in manifest
-        else params.shard.forecast_horizon,
+        max_len=manifest.window_len,
+        num_classes=targets.label.num_classes if targets.label else 2,
+        next_event_vocab=next_event.vocab_size if next_event else None,
+        horizon=targets.forecast.horizon if targets.forecast else params.shard.forecast_horizon,
     )
 
 
@@ -93,19 +88,17 @@ def _init_ray(params: Params) -> dict[str, float]:
     return ray.cluster_resources()
 
 
-def _input_example(validated: Path, manifest: dict[str, Any], rows: int = 12):
+def _input_example(validated: Path, manifest: Manifest, rows: int = 12):
     """A few raw events of two entities, as a user would send them."""
-    schema = manifest["schema"]
-    columns = [schema["entity"], schema["time"], *([schema["seq"]] if schema.get("seq") else []),
-               *schema["numeric"], *schema["categorical"]]  # fmt: skip
-    table = pq.read_table(validated, columns=columns).slice(0, 4000)
-    entities = pc.unique(table[schema["entity"]]).slice(0, 2)
-    table = table.filter(pc.is_in(table[schema["entity"]], value_set=entities)).slice(0, rows)
+    schema = manifest.schema
+    table = pq.read_table(validated, columns=schema.event_columns).slice(0, 4000)
+    entities = pc.unique(table[schema.entity]).slice(0, 2)
+    table = table.filter(pc.is_in(table[schema.entity], value_set=entities)).slice(0, rows)
     frame = table.to_pandas()
-    for col in schema["categorical"]:
+    for col in schema.categorical:
         frame[col] = frame[col].astype(str)
     # MLflow signatures hold naive datetimes only: the model reads naive times as UTC.
-    frame[schema["time"]] = frame[schema["time"]].dt.tz_convert("UTC").dt.tz_localize(None)
+    frame[schema.time] = frame[schema.time].dt.tz_convert("UTC").dt.tz_localize(None)
     return frame
 
 
@@ -123,20 +116,22 @@ def _log_model(
     run_id: str,
     best: Path,
     config: ModelConfig,
-    manifest: dict,
+    manifest: Manifest,
     validated: Path,
     model_dir: Path | None,
 ) -> str:
     import mlflow
     from mlflow.models import infer_signature
 
-    from serving.scorer import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, SequenceScorer
+    from seqcore.scorer import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, SequenceScorer
 
     with tempfile.TemporaryDirectory(prefix="seqops-model-") as tmp:
         folder = Path(tmp)
         shutil.copy(best, folder / WEIGHTS_FILE)
         (folder / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True))
-        (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        (folder / MANIFEST_FILE).write_text(
+            json.dumps(manifest.to_json(), indent=2, sort_keys=True)
+        )
         if model_dir is not None:  # the stage's DVC output: the same files MLflow gets
             with atomic_dir(model_dir) as out:
                 for item in folder.iterdir():
@@ -149,13 +144,13 @@ def _log_model(
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT,
-                python_model=str(package_root / "serving" / "mlflow_model.py"),
+                python_model=str(package_root / "seqcore" / "mlflow_model.py"),
                 artifacts={
                     "weights": str(folder / WEIGHTS_FILE),
                     "model_config": str(folder / CONFIG_FILE),
                     "manifest": str(folder / MANIFEST_FILE),
                 },
-                code_paths=[str(package_root / p) for p in ("pipelines", "seqmodels", "serving")],
+                code_paths=[str(package_root / p) for p in ("seqcore", "seqmodels")],
                 signature=signature,
                 input_example=example,
                 pip_requirements=_pip_requirements(),
@@ -178,9 +173,9 @@ def run(
 
     t = params.train
     manifest = load_manifest(shards)
-    if t.num_workers > int(manifest["max_workers"]):
+    if t.num_workers > manifest.max_workers:
         raise TrainError(
-            f"train.num_workers={t.num_workers} exceeds shard.max_workers={manifest['max_workers']}: "
+            f"train.num_workers={t.num_workers} exceeds shard.max_workers={manifest.max_workers}: "
             "each worker reads its own part files; raise shard.max_workers and rerun the shard stage"
         )
     config = model_config(params, manifest)
@@ -192,7 +187,7 @@ def run(
     uri = tracking_uri(root)
     experiment_id = ensure_experiment(t.experiment, root)
     client = MlflowClient(uri)
-    tags = lineage_tags(root, manifest)
+    tags = lineage_tags(root, manifest.content_hash, manifest.input.sha256)
     tags.update(
         {"seqops.stage": "train", "seqops.task": t.task, "seqops.architecture": t.architecture}
     )
@@ -280,7 +275,7 @@ def run(
     return summary
 
 
-def _log_dataset(run_id: str, shards: Path, manifest: dict[str, Any]) -> None:
+def _log_dataset(run_id: str, shards: Path, manifest: Manifest) -> None:
     """Register the shards as the run's input dataset (digest = manifest content hash)."""
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -289,7 +284,7 @@ def _log_dataset(run_id: str, shards: Path, manifest: dict[str, Any]) -> None:
     dataset = MetaDataset(  # type: ignore[abstract]
         source=resolve_dataset_source(str(shards.resolve())),
         name="shards",
-        digest=str(manifest["content_hash"])[:32],
+        digest=manifest.content_hash[:32],
     )
     with mlflow.start_run(run_id=run_id):
         mlflow.log_input(dataset, context="training")

@@ -29,8 +29,8 @@ import torch
 import torch.distributed as dist
 
 from pipelines.sampler import TokenBudgetBatchSampler
-from pipelines.shard import part_path
-from pipelines.shard_reader import load_manifest, read_split, to_numpy_batch
+from pipelines.shard_reader import read_split, to_numpy_batch
+from seqcore.manifest import load_manifest, part_path
 from seqmodels import ModelConfig, SequenceModel, build_model
 from seqmodels.heads import classify_loss, forecast_loss, next_event_loss
 
@@ -46,14 +46,10 @@ class ShardData:
     def __init__(self, shard_dir: str, split: str, rank: int, world_size: int) -> None:
         manifest = load_manifest(shard_dir)
         padded, lengths, parts = [], [], []
-        for bound_key, entry in sorted(
-            manifest["splits"][split]["buckets"].items(), key=lambda kv: int(kv[0])
-        ):
-            for k in range(len(entry["parts"])):
-                n = pq.read_table(
-                    Path(shard_dir) / part_path(split, int(bound_key), k), columns=["length"]
-                )
-                padded.append(np.full(n.num_rows, int(bound_key)))
+        for bound, entry in manifest.splits[split].buckets.items():
+            for k in range(len(entry.parts)):
+                n = pq.read_table(Path(shard_dir) / part_path(split, bound, k), columns=["length"])
+                padded.append(np.full(n.num_rows, bound))
                 lengths.append(n.column("length").to_numpy().astype(np.int64))
                 parts.append(np.full(n.num_rows, k))
         self.padded = np.concatenate(padded) if padded else np.zeros(0, np.int64)
@@ -62,7 +58,7 @@ class ShardData:
         mine = self.owner == rank
         self.local_of_global = np.cumsum(mine) - 1
         self.mine = np.flatnonzero(mine)
-        own_parts = [k for k in range(int(manifest["max_workers"])) if k % world_size == rank]
+        own_parts = [k for k in range(manifest.max_workers) if k % world_size == rank]
         self.table = read_split(shard_dir, split, parts=own_parts)
 
     def batch(

@@ -29,8 +29,9 @@ import pyarrow as pa
 from data_checks.contract import check_contract
 from data_checks.docs import write_docs
 from data_checks.results import ValidationReport
-from pipelines.config import ConfigError, Params, load_params
-from pipelines.io import read_events, write_json, write_parquet_chunks
+from pipelines.config import Params, load_params
+from seqcore.config import ConfigError
+from seqcore.io import read_events, write_json, write_parquet_chunks
 
 log = logging.getLogger("seqops.validate")
 VALIDATED_FILE = "events.parquet"

@@ -12,63 +12,19 @@ solution found by dynamic programming over the length histogram.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.config import BucketConfig, WindowConfig
+from pipelines.params.shard import BucketConfig, WindowConfig
+from seqcore.arrays import group_ids, run_offsets, time_us
 
 SPLITS = ("train", "val", "test")
 
 _FNV_OFFSET = 0xCBF29CE484222325
 _FNV_PRIME = 0x100000001B3
 _MASK64 = (1 << 64) - 1
-
-
-# --------------------------------------------------------------------------- grouping
-
-
-def run_offsets(keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """Offsets (G+1,) of the runs of equal adjacent keys: the entity groups of a grouped table."""
-    if isinstance(keys, pa.ChunkedArray):
-        keys = keys.combine_chunks()
-    n = len(keys)
-    if n == 0:
-        return np.zeros(1, dtype=np.int64)
-    if pa.types.is_dictionary(keys.type):
-        keys = keys.dictionary_decode()
-    if pa.types.is_integer(keys.type) and keys.null_count == 0:
-        values = keys.to_numpy()
-        change = values[1:] != values[:-1]
-    else:
-        change = pc.fill_null(pc.not_equal(keys[1:], keys[:-1]), True).to_numpy(
-            zero_copy_only=False
-        )
-    starts = np.flatnonzero(change) + 1
-    return np.concatenate(([0], starts, [n])).astype(np.int64)
-
-
-def group_ids(offsets: np.ndarray) -> np.ndarray:
-    """Per-row group index (N,) from offsets."""
-    return np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
-
-
-def time_us(values: Any) -> np.ndarray:
-    """Event times as int64 microseconds since the epoch (UTC)."""
-    if isinstance(values, np.ndarray) and np.issubdtype(values.dtype, np.datetime64):
-        return values.astype("datetime64[us]").view(np.int64)
-    arr = values if isinstance(values, pa.Array | pa.ChunkedArray) else pa.array(values)
-    if isinstance(arr, pa.ChunkedArray):
-        arr = arr.combine_chunks()
-    if pa.types.is_timestamp(arr.type):
-        if arr.type.unit != "us":
-            arr = arr.cast(pa.timestamp("us", arr.type.tz), safe=False)
-        arr = arr.view(pa.int64())  # the same int64 values as a cast, without a kernel call
-    if arr.type != pa.int64():
-        arr = arr.cast(pa.int64())
-    return arr.to_numpy(zero_copy_only=False)
 
 
 def order_events(

@@ -1,7 +1,9 @@
-"""PyTorch sequence encoders (LSTM, GRU, Transformer) and task heads; no I/O (ARCHITECTURE §4)."""
+"""PyTorch sequence encoders (LSTM, GRU, Transformer) and task heads; no I/O.
+
+The models of docs/architecture.md §4.
+"""
 
 from seqmodels.config import ModelConfig, ModelConfigError
-from seqmodels.gru import GRUEncoder
 from seqmodels.heads import (
     ClassifyHead,
     ForecastHead,
@@ -10,7 +12,6 @@ from seqmodels.heads import (
     forecast_loss,
     next_event_loss,
 )
-from seqmodels.lstm import LSTMEncoder
 from seqmodels.masking import (
     OOV,
     PAD,
@@ -23,6 +24,7 @@ from seqmodels.masking import (
     masked_mean,
 )
 from seqmodels.model import SequenceModel, build_model
+from seqmodels.recurrent import RecurrentEncoder
 from seqmodels.transformer import TransformerEncoder
 
 __all__ = [
@@ -32,11 +34,10 @@ __all__ = [
     "EncoderOutput",
     "EventEmbedding",
     "ForecastHead",
-    "GRUEncoder",
-    "LSTMEncoder",
     "ModelConfig",
     "ModelConfigError",
     "NextEventHead",
+    "RecurrentEncoder",
     "RecurrentState",
     "SequenceModel",
     "TransformerEncoder",

@@ -1,4 +1,4 @@
-"""ModelConfig: the typed, validated description of one sequence model (ARCHITECTURE §4).
+"""ModelConfig: the typed, validated description of one sequence model (docs/architecture.md §4).
 
 One frozen dataclass says which encoder (``lstm``, ``gru``, ``transformer``), which task head
 (``classify``, ``next_event``, ``forecast``) and which sizes; ``build_model(config)`` turns it

@@ -1,4 +1,4 @@
-"""Task heads and their padding-aware losses (ARCHITECTURE §4; targets as in the shard layout §3).
+"""Task heads and their padding-aware losses (docs/architecture.md §4; targets as in §3).
 
 * ``classify``: pooled (B, H) -> (B, num_classes) logits; one entity-level label per sequence
   (the shard's ``label``; -1 means "no label" and is skipped).

@@ -1,11 +1,12 @@
 """Padding-correct pieces every encoder imports: masks, pooling, the input layer, the output type.
 
-Batches are right padded (real steps are positions ``[0, length)``, ARCHITECTURE §3), so one
-``lengths`` vector describes the padding of every tensor in a batch. The rule these helpers
-enforce is ARCHITECTURE §4's "padding must never change a result": whatever sits in a padded
-position (zeros from the shard writer, or garbage) is replaced before it can reach a real
-step, and summaries (last step, mean) read real steps only. Kept as free functions and one
-small module rather than a base class, so each encoder file reads top to bottom on its own.
+Batches are right padded (real steps are positions ``[0, length)``, docs/architecture.md §3),
+so one ``lengths`` vector describes the padding of every tensor in a batch. The rule these
+helpers enforce is docs/architecture.md §4's "padding must never change a result": whatever
+sits in a padded position (zeros from the shard writer, or garbage) is replaced before it can
+reach a real step, and summaries (last step, mean) read real steps only. Kept as free
+functions and one small module rather than a base class, so each encoder file reads top to
+bottom on its own.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""SequenceModel: one encoder plus one task head, built from a ModelConfig (ARCHITECTURE §4).
+"""SequenceModel: one encoder plus one task head, built from a ModelConfig.
 
-The model keeps the encoders' shared signature, ``(categorical, numeric, lengths, state)``,
-and returns the task's output tensor, so training, batch scoring and serving call every
-architecture the same way. Weights are stored with safetensors only (no pickle: loading a
-stored model never executes code); the config travels in the file's metadata as JSON so a
-weights file alone can be rebuilt with ``SequenceModel.from_weights``.
+The models of docs/architecture.md §4. The model keeps the encoders' shared signature,
+``(categorical, numeric, lengths, state)``, and returns the task's output tensor, so training,
+batch scoring and serving call every architecture the same way. Weights are stored with
+safetensors only (no pickle: loading a stored model never executes code); the config travels
+in the file's metadata as JSON so a weights file alone can be rebuilt with
+``SequenceModel.from_weights``.
 """
 
 from __future__ import annotations
@@ -19,19 +20,18 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from seqmodels.config import ModelConfig
-from seqmodels.gru import GRUEncoder
 from seqmodels.heads import HEADS, classify_loss, forecast_loss, next_event_loss
-from seqmodels.lstm import LSTMEncoder
 from seqmodels.masking import EncoderOutput, RecurrentState
+from seqmodels.recurrent import RecurrentEncoder
 from seqmodels.transformer import TransformerEncoder
 
 ENCODERS: dict[str, type[nn.Module]] = {
-    "lstm": LSTMEncoder,
-    "gru": GRUEncoder,
+    "lstm": RecurrentEncoder,  # the architecture picks nn.LSTM or nn.GRU inside
+    "gru": RecurrentEncoder,
     "transformer": TransformerEncoder,
 }
 
-# The shard column holding each task's target (ARCHITECTURE §3), for mapping-style targets.
+# The shard column holding each task's target (docs/architecture.md §3), for mapping-style targets.
 TARGET_COLUMNS = {"classify": "label", "next_event": "next_event", "forecast": "forecast"}
 
 _CONFIG_KEY = "seqops.model_config"

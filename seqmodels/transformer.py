@@ -3,7 +3,7 @@
 Follows Vaswani et al. (2017), "Attention Is All You Need", with the pre-norm placement of
 Xiong et al. (2020), "On Layer Normalization in the Transformer Architecture" (``norm_first``,
 plus a final LayerNorm, which pre-norm stacks need because the residual stream is never
-normalised otherwise). Same interface as ``seqmodels/lstm.py``.
+normalised otherwise). Same interface as ``seqmodels/recurrent.py``.
 
 * Padding: a key-padding mask keeps every query from attending to pads, and the input layer
   clears pads first (a masked weight of 0 times a NaN value is still NaN). Every real query

@@ -51,6 +51,7 @@ from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Gauge, Histogram
 from starlette.exceptions import HTTPException
 
+from seqcore.config import to_jsonable
 from serving.config import (
     Batching,
     Limits,
@@ -222,7 +223,7 @@ class ModelServer:
         return {
             **m.describe(),
             "task": m.scorer.config.task,
-            "schema": m.scorer.manifest["schema"],
+            "schema": to_jsonable(m.scorer.manifest.schema),
             "batching": dataclasses.asdict(self.batching),
         }
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.config import ConfigError
+from seqcore.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "serving" / "serve_config.yaml"

@@ -20,8 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines.config import ConfigError
-from pipelines.tracking import tracking_uri
+from seqcore.config import ConfigError
+from seqcore.loading import tracking_uri
 
 ORDER_POLICIES = ("sort", "reject")
 

@@ -11,11 +11,10 @@ so one process can serve models from several stores and tests need no clean-up.
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from datetime import UTC, datetime
 from typing import Any
 
+from seqcore.loading import load_scorer
 from serving.config import ModelRef
 
 
@@ -69,17 +68,8 @@ class LoadedModel:
 
 def load_version(ref: ModelRef, version: Any, max_tokens: int) -> LoadedModel:
     """Download and load one resolved ModelVersion (``resolve_version``'s answer)."""
-    import mlflow
-
-    client = _client(ref)
-    source = client.get_model_version_download_uri(ref.name, str(version.version))
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    with tempfile.TemporaryDirectory(prefix="seqops-model-") as tmp:
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=source, dst_path=tmp, tracking_uri=ref.tracking_uri
-        )
-        # The weights and code are read into memory here, so the download can go afterwards.
-        scorer = mlflow.pyfunc.load_model(local).unwrap_python_model().scorer
+    source = _client(ref).get_model_version_download_uri(ref.name, str(version.version))
+    scorer = load_scorer(source, ref.tracking_uri)
     scorer.max_tokens = max_tokens
     manifest = scorer.manifest
     return LoadedModel(
@@ -88,8 +78,8 @@ def load_version(ref: ModelRef, version: Any, max_tokens: int) -> LoadedModel:
         alias=ref.alias,
         version=str(version.version),
         run_id=str(version.run_id),
-        data_hash=str(manifest.get("content_hash", "unknown")),
-        events_sha256=str(manifest.get("input", {}).get("sha256", "unknown")),
+        data_hash=manifest.content_hash or "unknown",
+        events_sha256=manifest.input.sha256 or "unknown",
         loaded_at=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
     )
 

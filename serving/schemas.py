@@ -27,7 +27,7 @@ import pyarrow as pa
 from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
-from pipelines.features import EventColumns, columns_table
+from seqcore.encoding import EventColumns, columns_table
 from serving.config import Limits
 
 MAX_REPORTED_ERRORS = 20

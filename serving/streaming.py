@@ -41,8 +41,9 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from pipelines.features import TIME_DELTA, EncodedSequence
-from pipelines.windows import time_us
+from seqcore.arrays import time_us
+from seqcore.encoding import EncodedSequence
+from seqcore.features import TIME_DELTA
 from seqmodels.stepping import (
     CELL_STEPS,
     NumpyState,

@@ -113,7 +113,7 @@ def test_batch_scores_equal_online_scores(ray_cluster, registry, tmp_path):
         assert set(pc.unique(scores["model_name"]).to_pylist()) == {MODEL}
         assert set(pc.unique(scores["model_version"]).to_pylist()) == {registry["version"]}
         assert set(pc.unique(scores["run_id"]).to_pylist()) == {registry["run_id"]}
-        content_hash = registry["scorer"].manifest["content_hash"]
+        content_hash = registry["scorer"].manifest.content_hash
         assert set(pc.unique(scores["data_hash"]).to_pylist()) == {content_hash}
         assert scores["scored_at"].null_count == 0
         assert summary["model_version"] == registry["version"]

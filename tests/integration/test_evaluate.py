@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pipelines import evaluate
-from pipelines.shard_reader import load_manifest
+from seqcore.manifest import Manifest, load_manifest
 from tests.conftest import REPO, tiny_params
 
 pytestmark = pytest.mark.integration
@@ -74,14 +74,14 @@ def test_metrics_json_has_classify_metrics_buckets_slices_and_invariance(evaluat
     assert metrics["primary_metric"] == "roc_auc"
     assert metrics["primary_value"] == metrics["overall"]["roc_auc"]
 
-    expected = manifest["splits"][split]["examples"]
+    expected = manifest.splits[split].examples
     assert metrics["examples"] == metrics["overall"]["examples"] == expected
     assert sum(b["examples"] for b in metrics["by_bucket"].values()) == expected
-    assert set(metrics["by_bucket"]) <= {str(b) for b in manifest["buckets"]["boundaries"]}
+    assert set(metrics["by_bucket"]) <= {str(b) for b in manifest.bucket_boundaries}
     for values in metrics["by_bucket"].values():
         assert set(CLASSIFY_METRICS) <= set(values)
     channels = metrics["slices"]["channel"]
-    assert set(channels) <= set(manifest["features"]["categorical"]["channel"]["vocab"])
+    assert set(channels) <= set(manifest.vocab("channel"))
     assert sum(v["examples"] for v in channels.values()) == expected
 
     invariance = metrics["invariance"]
@@ -132,8 +132,9 @@ def test_evaluate_model_is_deterministic_and_matches_the_stage(evaluated, traine
 
 
 def test_evaluate_model_refuses_shards_with_other_preprocessing(trained_run, scorer):
-    manifest = json.loads(json.dumps(scorer.manifest))
-    manifest["features"]["categorical"]["channel"]["vocab"].reverse()
+    raw = json.loads(json.dumps(scorer.manifest.to_json()))
+    raw["features"]["categorical"]["channel"]["vocab"].reverse()
+    manifest = Manifest.from_json(raw)
     with pytest.raises(evaluate.IncompatibleShardsError, match="other preprocessing"):
         evaluate.evaluate_model(
             scorer.model, manifest, trained_run["shards"], tiny_params().evaluate
@@ -154,7 +155,7 @@ class _PaddingLeak(torch.nn.Module):
 
 
 def test_invariance_check_catches_a_model_that_padding_changes(trained_run, scorer):
-    from serving.scorer import SequenceScorer
+    from seqcore.scorer import SequenceScorer
 
     table = pq.read_table(trained_run["validated"])
     entities = list(dict.fromkeys(str(e) for e in table.column("account_id").to_pylist()))[:16]

@@ -133,8 +133,8 @@ def test_online_scores_equal_offline_predictions_and_name_their_model(served, re
     assert body["model"]["name"] == MODEL and body["model"]["alias"] == "champion"
     assert body["model"]["version"] == registry["version"]
     assert body["model"]["run_id"] == registry["run_id"]
-    assert body["model"]["data_hash"] == manifest["content_hash"]
-    assert body["model"]["events_sha256"] == manifest["input"]["sha256"]
+    assert body["model"]["data_hash"] == manifest.content_hash
+    assert body["model"]["events_sha256"] == manifest.input.sha256
     assert [s["entity"] for s in body["scores"]] == [s["entity"] for s in _sequences(events)]
     _assert_matches_offline(body["scores"], registry, events)
 

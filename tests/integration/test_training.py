@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines import train
-from pipelines.shard_reader import load_manifest
 from pipelines.train_loop import FAIL_ENV
+from seqcore.manifest import load_manifest
 from tests.conftest import tiny_params
 from tests.integration.conftest import stage_env
 
@@ -62,7 +62,7 @@ def test_two_workers_train_and_log_lineage_metrics_and_a_loadable_model(
     assert run.data.params["model.vocab_sizes"]
     manifest = load_manifest(tiny_pipeline["shards"])
     tags = run.data.tags
-    assert tags["shard_manifest_hash"] == manifest["content_hash"]
+    assert tags["shard_manifest_hash"] == manifest.content_hash
     assert tags["git_commit"] and "git_dirty" in tags and "dvc_shards_md5" in tags
     assert tags["version.torch"] and tags["version.ray"]
     assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["shards"]

@@ -16,7 +16,6 @@ from benchmarks import data_throughput, padding
 from benchmarks._common import PARAMS, write_generated_events
 from pipelines import shard
 from pipelines.config import load_params
-from pipelines.features import FeatureSpec
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +27,8 @@ def windows(tmp_path_factory):
     manifest = shard.run(params, root / "events", root / "shards")
     theirs = data_throughput.pandas_windows(
         root / "events",
-        FeatureSpec.from_dict(manifest["features"]),
-        manifest["buckets"]["boundaries"],
+        manifest.features,
+        manifest.bucket_boundaries,
         params.shard.window,
         params.data.schema,
     )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.config import CHECK_NAMES, ConfigError, params_from_dict, parse_duration
+from data_checks.config import CHECK_NAMES
+from pipelines.config import params_from_dict
+from seqcore.config import ConfigError, parse_duration
 
 
 def test_repository_params_are_valid(default_params):

@@ -15,9 +15,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from data_checks.config import ValidateConfig
 from data_checks.contract import REASON, run_contract
 from data_checks.docs import render
-from pipelines.config import FAULT_NAMES, GenerateConfig, SchemaConfig, ValidateConfig
+from pipelines.params.data import FAULT_NAMES, GenerateConfig
+from seqcore.schema import SchemaConfig
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 T0 = datetime(2025, 3, 1, tzinfo=UTC)

@@ -8,8 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipelines.config import FeatureConfig, SchemaConfig
-from pipelines.features import OOV_ID, PAD_ID, FeatureSpec, encode_sequences, fit_features
+from seqcore.encoding import encode
+from seqcore.features import OOV_ID, PAD_ID, FeatureConfig, FeatureSpec, fit_features
+from seqcore.schema import SchemaConfig
 
 SCHEMA = SchemaConfig(
     entity="acct",
@@ -119,14 +120,14 @@ def test_spec_round_trips_through_json():
 def test_encode_sequences_orders_raw_events_like_the_shard_stage():
     spec = fit_features(_table(TRAIN), SCHEMA, FeatureConfig())
     shuffled = _table([TRAIN[i] for i in (4, 2, 0, 3, 1)])
-    encoded = encode_sequences(shuffled, spec, SCHEMA)
+    encoded = {s.entity: s for s in encode(shuffled, spec, SCHEMA)}
     assert list(encoded) == ["a", "b"]
     cat, num = spec.transform(_table(TRAIN))
     assert np.array_equal(encoded["a"].cat_ids, cat[:3])
     assert np.array_equal(encoded["b"].num, num[3:])
     assert encoded["b"].cat_ids[:, 0].tolist() == [3, 4]  # (time, seq) order within the tie
     # a handful of serving events with an unseen category
-    one = encode_sequences(_table([("z", 5, 0, 1.0, 1234, "pos")]), spec, SCHEMA)
+    one = {s.entity: s for s in encode(_table([("z", 5, 0, 1.0, 1234, "pos")]), spec, SCHEMA)}
     assert one["z"].cat_ids.tolist() == [[OOV_ID, 2]]
     assert one["z"].num[0, 1] == pytest.approx(-spec.mean["time_delta"] / spec.std["time_delta"])
 
@@ -162,9 +163,9 @@ def _random_events(rng, n, int_keys=False):
 
 @pytest.mark.parametrize("int_keys", [False, True])
 def test_small_tables_encode_exactly_like_the_arrow_path(int_keys):
-    """encode_sequences takes plain lookups below SMALL_TABLE_ROWS: the same sequences,
+    """encode takes plain lookups below SMALL_TABLE_ROWS: the same sequences,
     bit for bit, as the Arrow kernels give, whatever the order and the types."""
-    from pipelines.features import encode_columns, encode_table, table_columns
+    from seqcore.encoding import encode_columns, encode_table, table_columns
 
     config = FeatureConfig(numeric_transform={"amount": "log1p"})
     spec = fit_features(_table(TRAIN), SCHEMA, config)
@@ -173,9 +174,9 @@ def test_small_tables_encode_exactly_like_the_arrow_path(int_keys):
         table = _random_events(rng, n, int_keys)
         columns = table_columns(table, SCHEMA, spec)
         assert columns is not None
-        expected = list(encode_table(table, spec, SCHEMA).values())
+        expected = encode_table(table, spec, SCHEMA)
         _assert_same_sequences(encode_columns(columns, spec), expected)
-        _assert_same_sequences(list(encode_sequences(table, spec, SCHEMA).values()), expected)
+        _assert_same_sequences(encode(table, spec, SCHEMA), expected)
         # already ordered (no gather), dictionary-typed and integer categories
         ordered = table.sort_by([("acct", "ascending"), ("ts", "ascending"), ("seq", "ascending")])
         ordered = ordered.set_column(5, "channel", ordered["channel"].dictionary_encode())
@@ -184,7 +185,7 @@ def test_small_tables_encode_exactly_like_the_arrow_path(int_keys):
 
 
 def test_the_arrow_path_takes_what_plain_lookups_cannot_match():
-    from pipelines.features import table_columns
+    from seqcore.encoding import table_columns
 
     spec = fit_features(_table(TRAIN), SCHEMA, FeatureConfig())
     table = _table(TRAIN)
@@ -193,13 +194,13 @@ def test_the_arrow_path_takes_what_plain_lookups_cannot_match():
     null_entity = table.set_column(0, "acct", pa.array(["a", None, "a", "b", "b"]))
     for odd in (null_seq, float_category, null_entity):
         assert table_columns(odd, SCHEMA, spec) is None
-        encode_sequences(odd, spec, SCHEMA)  # the general path still encodes it
+        encode(odd, spec, SCHEMA)  # the general path still encodes it
 
 
 def test_event_columns_beyond_the_small_limit_take_the_arrow_path(monkeypatch):
     """A serving batch larger than SMALL_TABLE_ROWS is encoded through an Arrow table: the
     same sequences, still named and ordered as the batch's positions."""
-    import pipelines.features as features
+    import seqcore.encoding as features
 
     spec = fit_features(_table(TRAIN), SCHEMA, FeatureConfig())
     table = _random_events(np.random.default_rng(3), 200)
@@ -212,8 +213,8 @@ def test_event_columns_beyond_the_small_limit_take_the_arrow_path(monkeypatch):
         numeric=columns.numeric,
         categorical=columns.categorical,
     )
-    small = features.encode_event_columns(columns, spec, SCHEMA)
+    small = features.encode(columns, spec, SCHEMA)
     monkeypatch.setattr(features, "SMALL_TABLE_ROWS", 10)
-    large = features.encode_event_columns(columns, spec, SCHEMA)
+    large = features.encode(columns, spec, SCHEMA)
     assert [s.entity for s in small] == [f"request-{i}" for i in range(len(columns.names))]
     _assert_same_sequences(large, small)

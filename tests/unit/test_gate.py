@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from pipelines.config import RegisterConfig
+from pipelines.params.gate import RegisterConfig
 from pipelines.register import decide
 
 CFG = RegisterConfig(min_improvement=0.01, max_slice_regression=0.02, min_slice_examples=20)

@@ -9,8 +9,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from pipelines.config import FAULT_NAMES, ConfigError, GenerateConfig
 from pipelines.generate import generate_arrays, generate_events
+from pipelines.params.data import FAULT_NAMES, GenerateConfig
+from seqcore.config import ConfigError
 
 SMALL = GenerateConfig(n_entities=400, median_length=25)
 

@@ -8,7 +8,8 @@ import pyarrow.compute as pc
 import pytest
 
 from data_checks import gx_suite, ordering
-from pipelines.config import SchemaConfig, ValidateConfig
+from data_checks.config import ValidateConfig
+from seqcore.schema import SchemaConfig
 from tests.unit.test_contract import CHANNELS, config, make_events, make_rows, table_from_rows
 
 SCHEMA = SchemaConfig()

@@ -10,9 +10,10 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.config import DataConfig, GenerateConfig, Params
+from pipelines.config import Params
 from pipelines.ingest import ARRIVAL, IngestError, run
-from pipelines.io import read_events
+from pipelines.params.data import DataConfig, GenerateConfig
+from seqcore.io import read_events
 
 
 def _params(default_params: Params, **data_changes) -> Params:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from sklearn import metrics as skm
 
 from pipelines import metrics as M
-from pipelines.config import EvaluateConfig
 from pipelines.evaluate import evaluate_predictions, jsonable
-from pipelines.features import FeatureSpec
+from pipelines.params.gate import EvaluateConfig
 from pipelines.predict import SplitPredictions
+from seqcore.features import FeatureSpec
+from seqcore.manifest import ForecastTarget, Targets
 
 
 def _binary(p1):
@@ -259,7 +261,9 @@ def test_evaluate_predictions_forecast_keeps_horizon_detail_overall_only():
         next_event=[np.zeros(2), np.zeros(1)],
         forecast=[np.full((2, 2), 0.5), np.array([[np.nan, np.nan]])],
     )
-    manifest = {"features": spec.to_dict(), "targets": {"forecast": {"column": "amount"}}}
+    target = ForecastTarget("amount", horizon=2, transform="none", mean=0.0, std=1.0)
+    # evaluate_predictions reads a manifest's features and targets only
+    manifest = SimpleNamespace(features=spec, targets=Targets(forecast=target))
     result = evaluate_predictions(preds, manifest, "forecast", EvaluateConfig(slices=()), {})
     assert result["primary_metric"] == "mae" and "mae_h2" in result["overall"]
     assert "mae_h2" not in result["by_bucket"]["2"] and result["by_bucket"]["2"]["examples"] == 2

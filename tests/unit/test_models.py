@@ -335,6 +335,35 @@ def test_save_load_round_trip(arch, task, extra, seqs, tmp_path):
     assert torch.equal(rebuilt(*batch), expected)
 
 
+@pytest.mark.parametrize(("arch", "cell"), [("lstm", torch.nn.LSTM), ("gru", torch.nn.GRU)])
+def test_recurrent_weights_keep_their_stored_names(arch, cell):
+    # Weights already saved (registered models, serving) load by these names with strict=True.
+    model = make_model(arch, "classify", num_layers=1)
+    assert type(model.encoder.rnn) is cell
+    assert list(model.state_dict()) == [
+        "encoder.embed.embeddings.0.weight",
+        "encoder.embed.embeddings.1.weight",
+        "encoder.embed.project.weight",
+        "encoder.embed.project.bias",
+        "encoder.rnn.weight_ih_l0",
+        "encoder.rnn.weight_hh_l0",
+        "encoder.rnn.bias_ih_l0",
+        "encoder.rnn.bias_hh_l0",
+        "head.out.weight",
+        "head.out.bias",
+    ]
+
+
+@torch.no_grad()
+def test_recurrent_encoders_refuse_the_other_cells_state(seqs):
+    batch = pad_batch(seqs)
+    h = torch.zeros(2, len(seqs), 16)  # (num_layers, B, H)
+    with pytest.raises(ValueError, match=re.escape("LSTM state is a tuple (h, c)")):
+        make_model("lstm", "classify").forward_with_state(*batch, h)
+    with pytest.raises(ValueError, match=re.escape("GRU state is one tensor h")):
+        make_model("gru", "classify").forward_with_state(*batch, (h, h))
+
+
 def test_load_weights_rejects_another_shape(tmp_path):
     path = tmp_path / "model.safetensors"
     make_model("lstm", "classify").save_weights(path)

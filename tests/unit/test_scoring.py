@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from pipelines.predict import predict_split
-from pipelines.shard_reader import load_manifest
 from pipelines.train import model_config
+from seqcore.manifest import Manifest, load_manifest
+from seqcore.scorer import CallCost, SequenceScorer, measure_call_cost
 from seqmodels import build_model
-from serving.scorer import CallCost, SequenceScorer, measure_call_cost
 from tests.conftest import tiny_params
 
 FEWEST_CALLS = CallCost(call_s=1e9)  # a call priced above any padding: fewest calls
@@ -38,8 +38,8 @@ def scorer(request, tiny_pipeline):
 def _test_events(tiny_pipeline, manifest):
     table = pq.read_table(tiny_pipeline["validated"])
     test_entities = set()
-    for bucket in manifest["splits"]["test"]["buckets"].values():
-        for part in bucket["parts"]:
+    for bucket in manifest.splits["test"].buckets.values():
+        for part in bucket.parts:
             test_entities |= set(
                 pq.read_table(tiny_pipeline["shards"] / part, columns=["entity"])[
                     "entity"
@@ -97,7 +97,9 @@ def test_missing_columns_are_named(scorer, tiny_pipeline):
 
 
 def test_manifest_is_json_serialisable_inside_the_model(scorer):
-    assert json.loads(json.dumps(scorer.manifest))["window"]["window_len"] == 64
+    raw = json.loads(json.dumps(scorer.manifest.to_json()))
+    assert raw["window"]["window_len"] == 64
+    assert Manifest.from_json(raw) == scorer.manifest
 
 
 def _check_partition(batches, lengths, max_tokens):

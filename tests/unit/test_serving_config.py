@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.config import ConfigError
+from seqcore.config import ConfigError
 from serving.config import (
     Batching,
     Limits,

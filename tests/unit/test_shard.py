@@ -13,12 +13,13 @@ import pytest
 import yaml
 
 from data_checks.leakage import NO_TARGET, SplitExamples, check_split_leakage
-from pipelines import io, shard
+from pipelines import shard
 from pipelines.config import params_from_dict
-from pipelines.features import FeatureSpec
 from pipelines.sampler import TokenBudgetBatchSampler
-from pipelines.shard_reader import load_manifest, read_split, to_numpy_batch
+from pipelines.shard_reader import read_split, to_numpy_batch
 from pipelines.windows import entity_split
+from seqcore import io
+from seqcore.manifest import FORMAT_VERSION, Manifest, load_manifest
 
 MCC = [str(5000 + i) for i in range(12)]
 SHARD = {
@@ -86,32 +87,33 @@ def _rows(out, split):
 def test_manifest_describes_what_was_written(built):
     root, events, manifest = built
     out = root / "shards"
-    assert json.loads((out / "manifest.json").read_text()) == manifest
-    assert manifest["format_version"] == shard.FORMAT_VERSION
-    assert manifest["input"]["sha256"] == io.sha256_file(root / "events.parquet")
-    assert manifest["input"]["events_count"] == len(events)
+    raw = json.loads((out / "manifest.json").read_text())
+    assert raw == manifest.to_json() and Manifest.from_json(raw) == manifest
+    assert manifest.format_version == FORMAT_VERSION
+    assert manifest.input.sha256 == io.sha256_file(root / "events.parquet")
+    assert manifest.input.events_count == len(events)
     on_disk = io.sha256_tree(out)
-    assert on_disk.pop("manifest.json") and on_disk == manifest["files"]
-    body = {k: v for k, v in manifest.items() if k != "content_hash"}
+    assert on_disk.pop("manifest.json") and on_disk == manifest.files
+    body = {k: v for k, v in raw.items() if k != "content_hash"}
     digest = hashlib.sha256(
         json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
     ).hexdigest()
-    assert manifest["content_hash"] == io.combined_hash({**on_disk, "manifest.json": digest})
-    bounds = manifest["buckets"]["boundaries"]
+    assert manifest.content_hash == io.combined_hash({**on_disk, "manifest.json": digest})
+    bounds = list(manifest.bucket_boundaries)
     assert bounds[-1] == 32 and len(bounds) <= 4 and bounds == sorted(bounds)
-    for split, entry in manifest["splits"].items():
-        assert entry["examples"] == sum(b["examples"] for b in entry["buckets"].values())
-        assert entry["pad_fraction"] == pytest.approx(
-            1 - entry["real_tokens"] / entry["padded_tokens"], abs=1e-6
+    for split, entry in manifest.splits.items():
+        assert entry.examples == sum(b.examples for b in entry.buckets.values())
+        assert entry.pad_fraction == pytest.approx(
+            1 - entry.real_tokens / entry.padded_tokens, abs=1e-6
         )
-        for bound, bucket in entry["buckets"].items():
-            assert int(bound) in bounds and len(bucket["parts"]) == 2  # max_workers parts
-            rows = sum(pq.read_metadata(out / p).num_rows for p in bucket["parts"])
-            assert rows == bucket["examples"]
-        assert len(read_split(out, split)) == entry["examples"]
-    assert manifest["leakage"]["status"] == "pass"
-    assert manifest["targets"]["next_event"]["vocab_size"] == len(MCC) + 2
-    assert manifest["features"]["numeric_order"] == ["amount", "time_delta"]
+        for bound, bucket in entry.buckets.items():
+            assert bound in bounds and len(bucket.parts) == 2  # max_workers parts
+            rows = sum(pq.read_metadata(out / p).num_rows for p in bucket.parts)
+            assert rows == bucket.examples
+        assert len(read_split(out, split)) == entry.examples
+    assert manifest.leakage["status"] == "pass"
+    assert manifest.targets.next_event.vocab_size == len(MCC) + 2
+    assert manifest.features.numeric_order == ("amount", "time_delta")
 
 
 def test_entity_split_is_disjoint_and_vocab_is_fitted_on_train_only(built):
@@ -119,19 +121,19 @@ def test_entity_split_is_disjoint_and_vocab_is_fitted_on_train_only(built):
     entities = {s: {r["entity"] for r in _rows(root / "shards", s)} for s in shard.SPLITS}
     assert not entities["train"] & entities["val"] and not entities["train"] & entities["test"]
     assert not entities["val"] & entities["test"]
-    assert "XTEST" not in manifest["features"]["categorical"]["mcc"]["vocab"]
+    assert "XTEST" not in manifest.vocab("mcc")
     planted = [r for r in _rows(root / "shards", "test") if 1 in r["cat__mcc"][: r["length"]]]
     assert planted, "the test-only category must be encoded as OOV"
 
 
 def test_rows_hold_the_latest_events_with_pads_exactly_beyond_length(built):
     root, events, manifest = built
-    spec = FeatureSpec.from_dict(manifest["features"])
+    spec = manifest.features
     src = events.to_pydict()
     by_entity: dict[str, list[int]] = {}
     for i, key in enumerate(src["account_id"]):
         by_entity.setdefault(key, []).append(i)
-    vocab = manifest["features"]["categorical"]["mcc"]["vocab"]
+    vocab = manifest.vocab("mcc")
     ids = {v: i + 2 for i, v in enumerate(vocab)}
     checked = 0
     for row in _rows(root / "shards", "train"):
@@ -152,7 +154,7 @@ def test_rows_hold_the_latest_events_with_pads_exactly_beyond_length(built):
         assert np.allclose(fc[: n - 2, 1], amount[2:], atol=1e-5)
         assert np.isnan(fc[n - 1]).all() and np.isnan(fc[n:]).all()
         checked += 1
-    assert checked == manifest["splits"]["train"]["examples"] > 100
+    assert checked == manifest.splits["train"].examples > 100
 
 
 def test_same_inputs_give_identical_bytes_and_sorting_is_restored(built, tmp_path):
@@ -166,7 +168,7 @@ def test_same_inputs_give_identical_bytes_and_sorting_is_restored(built, tmp_pat
     perm = np.random.default_rng(1).permutation(len(events))
     pq.write_table(events.take(pa.array(perm)), tmp_path / "scrambled.parquet")
     scrambled = shard.run(_params(), tmp_path / "scrambled.parquet", tmp_path / "s")
-    assert scrambled["files"] == manifest["files"]
+    assert scrambled.files == manifest.files
 
 
 def test_interrupted_run_keeps_the_previous_shards(built, tmp_path, monkeypatch):
@@ -222,7 +224,7 @@ def test_time_split_windows_and_targets_never_look_ahead(tmp_path):
         window={"policy": "sliding", "length": 16, "stride": 8, "min_length": 2},
     )
     manifest = shard.run(params, tmp_path / "events.parquet", tmp_path / "out")
-    cut = manifest["split"]
+    cut = manifest.split
     train_end, val_end = (datetime.fromisoformat(cut[k]) for k in ("train_end", "val_end"))
     times: dict[str, list] = {}
     for key, t in zip(
@@ -240,7 +242,7 @@ def test_time_split_windows_and_targets_never_look_ahead(tmp_path):
             later = [t for t in entity_times if t > end]
             visible = bool(later) and (high is None or later[0] <= high)
             assert (row["next_event"][n - 1] != 0) == visible  # target only if visible
-    assert manifest["leakage"]["status"] == "pass"
+    assert manifest.leakage["status"] == "pass"
 
 
 def test_empty_splits_still_get_a_part_per_worker(tmp_path):
@@ -248,8 +250,8 @@ def test_empty_splits_still_get_a_part_per_worker(tmp_path):
     manifest = shard.run(
         _params(split={"fractions": [1, 0, 0]}), tmp_path / "e.parquet", tmp_path / "o"
     )
-    assert manifest["splits"]["val"]["examples"] == 0
-    assert manifest["splits"]["val"]["buckets"]["32"]["parts"] == [
+    assert manifest.splits["val"].examples == 0
+    assert list(manifest.splits["val"].buckets[32].parts) == [
         "val/bucket=32/part-00000.parquet",
         "val/bucket=32/part-00001.parquet",
     ]

@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipelines.shard_reader import load_manifest
 from pipelines.train import model_config
+from seqcore.manifest import load_manifest
+from seqcore.scorer import SequenceScorer
 from seqmodels import build_model
-from serving.scorer import SequenceScorer
 from serving.streaming import StateStore, StreamingScorer, StreamOrderError
 from tests.conftest import tiny_params
 

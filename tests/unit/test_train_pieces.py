@@ -8,10 +8,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from pipelines.shard_reader import load_manifest
 from pipelines.tracking import dvc_out_hash, flatten, git_state, lineage_tags
 from pipelines.train import TrainError, model_config
 from pipelines.train_loop import ShardData, _lr_lambda, _maybe_fail
+from seqcore.manifest import load_manifest
 from tests.conftest import tiny_params
 
 
@@ -53,18 +53,18 @@ def test_model_config_takes_sizes_from_the_manifest(tiny_pipeline):
     manifest = load_manifest(tiny_pipeline["shards"])
     params = tiny_params()
     config = model_config(params, manifest)
-    features = manifest["features"]
-    assert config.vocab_sizes == tuple(
-        features["categorical"][c]["size"] for c in features["categorical_order"]
-    )
-    assert config.n_numeric == len(features["numeric_order"])
-    assert config.max_len == manifest["window"]["window_len"]
+    features = manifest.features
+    assert config.vocab_sizes == tuple(features.vocab_size(c) for c in features.categorical)
+    assert config.n_numeric == len(features.numeric_order)
+    assert config.max_len == manifest.window.window_len
     nxt = model_config(
         dataclasses.replace(params, train=dataclasses.replace(params.train, task="next_event")),
         manifest,
     )
-    assert nxt.next_event_vocab == manifest["targets"]["next_event"]["vocab_size"]
-    broken = {**manifest, "targets": {**manifest["targets"], "label": None}}
+    assert nxt.next_event_vocab == manifest.targets.next_event.vocab_size
+    broken = dataclasses.replace(
+        manifest, targets=dataclasses.replace(manifest.targets, label=None)
+    )
     with pytest.raises(TrainError, match="label"):
         model_config(params, broken)
 
@@ -99,7 +99,7 @@ def test_lineage_tags_name_commit_dirtiness_data_hashes_and_versions(tmp_path):
         "schema: '2.0'\nstages:\n  shard:\n    outs:\n    - path: data/shards\n      md5: abc.dir\n"
     )
     assert dvc_out_hash(tmp_path, "shard", "data/shards") == "abc.dir"
-    tags = lineage_tags(tmp_path, {"content_hash": "h1", "input": {"sha256": "h2"}})
+    tags = lineage_tags(tmp_path, "h1", "h2")
     assert tags["shard_manifest_hash"] == "h1" and tags["dvc_shards_md5"] == "abc.dir"
     assert tags["events_sha256"] == "h2" and tags["version.torch"] != "missing"
     assert git_state(tmp_path / "nowhere")["git_commit"] == "unknown"

@@ -14,7 +14,7 @@ from data_checks import split as split_module
 from data_checks.contract import REASON, Split, check_contract, run_contract
 from pipelines import validate
 from pipelines.config import Params, params_from_dict
-from pipelines.io import write_parquet_chunks
+from seqcore.io import write_parquet_chunks
 from tests.unit.test_contract import (
     NOW,
     SCHEMA,

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipelines.config import BucketConfig, WindowConfig
+from pipelines.params.shard import BucketConfig, WindowConfig
 from pipelines.windows import (
     PaddedIndex,
     assign_buckets,
@@ -17,10 +17,10 @@ from pipelines.windows import (
     make_windows,
     order_events,
     padded_tokens,
-    run_offsets,
     stable_hash,
     visible_counts,
 )
+from seqcore.arrays import run_offsets
 
 
 def _windows(n, min_end=0, **cfg):

@@ -18,7 +18,7 @@ import mlflow
 import pandas as pd
 from mlflow.pyfunc import PythonModel
 
-from serving.scorer import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, SequenceScorer
+from seqcore.scorer import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, SequenceScorer
 
 
 class SeqopsModel(PythonModel):

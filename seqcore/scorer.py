@@ -24,19 +24,14 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from pipelines.config import SchemaConfig
-from pipelines.features import (
-    EncodedSequence,
-    EventColumns,
-    FeatureSpec,
-    encode_event_columns,
-    encode_sequences,
-)
+from seqcore.encoding import EncodedSequence, EventColumns, encode
+from seqcore.features import FeatureSpec
+from seqcore.manifest import MANIFEST_FILE, Manifest
+from seqcore.schema import SchemaConfig
 from seqmodels import ModelConfig, SequenceModel
 
 WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "model_config.json"
-MANIFEST_FILE = "manifest.json"
 log = logging.getLogger(__name__)
 
 
@@ -97,18 +92,13 @@ def measure_call_cost(model: SequenceModel, max_width: int, repeats: int = 3) ->
     return CallCost(call_s=coef[0], step_s=coef[1], token_s=coef[2], pair_s=coef[3])
 
 
-def schema_from_manifest(manifest: dict[str, Any]) -> SchemaConfig:
-    raw: dict[str, Any] = dict(manifest["schema"])
-    return SchemaConfig(**{k: raw[k] for k in SchemaConfig.__dataclass_fields__ if k in raw})
-
-
 class SequenceScorer:
     """Scores raw events with a model and the preprocessing of its shard manifest."""
 
     def __init__(
         self,
         model: SequenceModel,
-        manifest: dict[str, Any],
+        manifest: Manifest,
         *,
         max_tokens: int = 16384,
         call_cost: CallCost | None = None,
@@ -116,13 +106,15 @@ class SequenceScorer:
         self.model = model.eval()
         self.config: ModelConfig = model.config
         self.manifest = manifest
-        self.schema = schema_from_manifest(manifest)
-        self.spec = FeatureSpec.from_dict(manifest["features"])
-        self.window_len = int(manifest["window"]["window_len"])
+        self.schema: SchemaConfig = manifest.schema
+        self.spec: FeatureSpec = manifest.features
+        self.window_len = manifest.window_len
         self.max_tokens = max_tokens
         self.call_cost = call_cost or CallCost()
-        targets = manifest.get("targets", {})
-        self.next_event_vocab = self._vocab_values(targets.get("next_event", {}).get("column"))
+        next_event = manifest.targets.next_event
+        self.next_event_vocab = (
+            ["<PAD>", "<OOV>", *manifest.vocab(next_event.column)] if next_event else []
+        )
 
     # ------------------------------------------------------------------ loading
 
@@ -133,8 +125,7 @@ class SequenceScorer:
         config = ModelConfig.from_dict(json.loads((path / CONFIG_FILE).read_text()))
         model = SequenceModel(config)
         model.load_weights(path / WEIGHTS_FILE)
-        manifest = json.loads((path / MANIFEST_FILE).read_text())
-        return cls(model, manifest, **kwargs)
+        return cls(model, Manifest.read(path / MANIFEST_FILE), **kwargs)
 
     def time_calls(self) -> None:
         """Fit :attr:`call_cost` for this model on this machine (:func:`measure_call_cost`),
@@ -145,12 +136,6 @@ class SequenceScorer:
         except Exception:  # a timing aid must not stop a model from serving
             log.warning("cannot time the model's calls; default call costs", exc_info=True)
 
-    def _vocab_values(self, column: str | None) -> list[str]:
-        if not column:
-            return []
-        vocab = self.manifest["features"]["categorical"][column]["vocab"]
-        return ["<PAD>", "<OOV>", *vocab]
-
     # ------------------------------------------------------------------ encoding
 
     def encode(self, events: pa.Table | pd.DataFrame | EventColumns) -> list[EncodedSequence]:
@@ -159,7 +144,7 @@ class SequenceScorer:
         :class:`EventColumns` (a validated serving request, already in the schema's columns)
         come back in their ``names`` order, tables in sorted entity order."""
         if isinstance(events, EventColumns):
-            return encode_event_columns(events, self.spec, self.schema)
+            return encode(events, self.spec, self.schema)
         table = (
             events
             if isinstance(events, pa.Table)
@@ -171,12 +156,11 @@ class SequenceScorer:
             raise ValueError(
                 f"events lack column(s) {', '.join(missing)}; required: {', '.join(self.required_columns)}"
             )
-        return list(encode_sequences(table, self.spec, self.schema).values())
+        return encode(table, self.spec, self.schema)
 
     @property
     def required_columns(self) -> list[str]:
-        s = self.schema
-        return [s.entity, s.time, *([s.seq] if s.seq else []), *s.numeric, *s.categorical]
+        return self.schema.event_columns
 
     # ------------------------------------------------------------------ scoring
 
@@ -312,6 +296,10 @@ class SequenceScorer:
                     self.next_event_vocab[int(i)] if self.next_event_vocab else int(i) for i in top
                 ],
             }
-        column = self.manifest["targets"]["forecast"]["column"]
-        values = self.spec.inverse_standardise(column, out[-1])  # back to the column's units
+        forecast = self.manifest.targets.forecast
+        if forecast is None:
+            raise ValueError("a forecast model's manifest names no forecast column")
+        values = self.spec.inverse_standardise(
+            forecast.column, out[-1]
+        )  # back to the column's units
         return {"forecast": values.tolist(), "score": float(values[0])}

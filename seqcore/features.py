@@ -11,18 +11,17 @@ vocabulary ids, so no Python object is created per event.
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.config import FeatureConfig, SchemaConfig
-from pipelines.windows import run_offsets, time_us
+from seqcore.arrays import run_offsets, time_us
+from seqcore.config import fail
+from seqcore.schema import SchemaConfig
 
 PAD_ID = 0
 OOV_ID = 1
@@ -32,7 +31,28 @@ TIME_DELTA = "time_delta"
 Events: TypeAlias = pa.Table | Mapping[str, Any]
 
 
-def _column(events: Events, name: str) -> pa.Array:
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Preprocessing fitted on the training split and stored in the manifest."""
+
+    numeric_transform: Mapping[str, str] = field(default_factory=dict)
+    """Per numeric column: ``none`` or ``log1p`` (sign-preserving), then standardised."""
+    time_delta: bool = True
+    """Add log1p(seconds since the entity's previous event), standardised."""
+    min_category_count: int = 1
+    """Categories seen fewer times than this in train map to OOV."""
+
+    def __post_init__(self) -> None:
+        transforms = dict(self.numeric_transform)
+        for col, t in transforms.items():
+            if t not in ("none", "log1p"):
+                raise fail(f"shard.features.numeric_transform.{col}", t, "expected none or log1p")
+        object.__setattr__(self, "numeric_transform", transforms)
+        if self.min_category_count < 1:
+            raise fail("shard.features.min_category_count", self.min_category_count, "must be >= 1")
+
+
+def column(events: Events, name: str) -> pa.Array:
     """One column as a single contiguous Arrow array (chunks combined, dictionaries unified)."""
     col = events.column(name) if isinstance(events, pa.Table) else events[name]
     if isinstance(col, pa.ChunkedArray):
@@ -70,7 +90,7 @@ def _signed_log1p(x: np.ndarray) -> np.ndarray:
     return np.copysign(np.log1p(np.abs(x)), x)
 
 
-def _numeric(values: pa.Array) -> np.ndarray:
+def numeric_values(values: pa.Array) -> np.ndarray:
     if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)):
         raise TypeError(f"numeric feature has type {values.type}; expected an integer or float")
     if values.type != pa.float64():
@@ -156,17 +176,17 @@ class FeatureSpec:
         ``offsets`` (entity boundaries, length G+1) skips re-deriving them from the entity column.
         Both outputs are column-major so that per-column gathers read contiguous memory.
         """
-        n = len(events) if isinstance(events, pa.Table) else len(_column(events, self.time))
+        n = len(events) if isinstance(events, pa.Table) else len(column(events, self.time))
         cat = np.empty((len(self.categorical), n), dtype=np.int32)
         for i, col in enumerate(self.categorical):
-            cat[i] = self.category_ids(col, _column(events, col))
+            cat[i] = self.category_ids(col, column(events, col))
         num = np.empty((len(self.numeric_order), n), dtype=np.float32)
         for i, col in enumerate(self.numeric):
-            num[i] = self.standardise(col, _numeric(_column(events, col)))
+            num[i] = self.standardise(col, numeric_values(column(events, col)))
         if self.time_delta:
             if offsets is None:
-                offsets = run_offsets(_column(events, self.entity))
-            delta = time_deltas(time_us(_column(events, self.time)), offsets)
+                offsets = run_offsets(column(events, self.entity))
+            delta = time_deltas(time_us(column(events, self.time)), offsets)
             num[len(self.numeric)] = self.standardise(TIME_DELTA, delta)
         return cat.T, num.T
 
@@ -253,21 +273,21 @@ def fit_features(
     the training rows of an entity are a prefix, so each one's time delta uses train rows only.
     """
     vocab = {
-        col: _fit_vocab(_column(events, col), rows, config.min_category_count)
+        col: _fit_vocab(column(events, col), rows, config.min_category_count)
         for col in schema.categorical
     }
     transform = {col: config.numeric_transform.get(col, "none") for col in schema.numeric}
     mean: dict[str, float] = {}
     std: dict[str, float] = {}
     for col in schema.numeric:
-        x = _numeric(_column(events, col))
+        x = numeric_values(column(events, col))
         x = x if rows is None else x[rows]
         x = _signed_log1p(x) if transform[col] == "log1p" else x
         mean[col], std[col] = _fit_stats(x)
     if config.time_delta:
         if offsets is None:
-            offsets = run_offsets(_column(events, schema.entity))
-        delta = time_deltas(time_us(_column(events, schema.time)), offsets)
+            offsets = run_offsets(column(events, schema.entity))
+        delta = time_deltas(time_us(column(events, schema.time)), offsets)
         mean[TIME_DELTA], std[TIME_DELTA] = _fit_stats(delta if rows is None else delta[rows])
         transform[TIME_DELTA] = "none"
     return FeatureSpec(
@@ -281,224 +301,3 @@ def fit_features(
         std=std,
         time_delta=config.time_delta,
     )
-
-
-@dataclass(frozen=True)
-class EncodedSequence:
-    """One entity's events, time-ordered and encoded as the model sees them."""
-
-    entity: str
-    event_time_us: np.ndarray  # (n,) int64
-    cat_ids: np.ndarray  # (n, C) int32
-    num: np.ndarray  # (n, F) float32
-
-
-SMALL_TABLE_ROWS = 1024
-"""Up to this many events, :func:`encode_sequences` replaces Arrow kernels with numpy and
-dictionary lookups (:func:`encode_columns`): the kernel calls have a fixed cost, 1.4 ms in all
-for one serving request or one streaming call whatever its size (0.3-0.5 ms without them at
-17 events, 0.9 against 1.6-1.9 ms at 256), and plain lookups catch up near 1,000 events
-(2.0-2.1 ms each way; 6.3 against 3.0-4.1 ms at 4,096)."""
-
-
-@dataclass(frozen=True)
-class EventColumns:
-    """Raw events of several sequences as plain columns: what a validated serving request
-    holds, or a small Arrow table's columns (:func:`table_columns`).
-
-    Rows may come in any order; ``group[i]`` says which sequence (an index into ``names``)
-    event ``i`` belongs to. No nulls in ``group``, ``time_us`` or ``seq``.
-    """
-
-    names: Sequence[str]
-    group: np.ndarray  # (N,) int64
-    time_us: np.ndarray  # (N,) int64 microseconds since the epoch (UTC)
-    seq: np.ndarray | None  # (N,) int64
-    numeric: Mapping[str, np.ndarray]  # column -> (N,) float64, NaN for null
-    categorical: Mapping[str, Sequence[str | None]]  # column -> N strings, None for null
-
-    @property
-    def num_rows(self) -> int:
-        return len(self.time_us)
-
-
-def _vocab_index(spec: FeatureSpec, column: str) -> dict[str | None, int]:
-    cache: dict[str, dict[str | None, int]] = spec.__dict__.setdefault("_vocab_index", {})
-    if column not in cache:
-        cache[column] = {value: i + 2 for i, value in enumerate(spec.vocab[column])}
-    return cache[column]
-
-
-def _strings(values: pa.Array) -> list[str | None] | None:
-    """A categorical column as Python strings, as Arrow's cast to string writes them; None
-    for types whose string form only Arrow knows (floats, timestamps, ...)."""
-    if pa.types.is_dictionary(values.type):
-        values = values.dictionary_decode()
-    if pa.types.is_null(values.type):
-        return [None] * len(values)
-    if pa.types.is_integer(values.type):
-        values = pc.cast(values, pa.string())
-    elif not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
-        return None
-    return values.to_pylist()
-
-
-def table_columns(table: pa.Table, schema: SchemaConfig, spec: FeatureSpec) -> EventColumns | None:
-    """A table's events as :class:`EventColumns`, entities numbered in sorted key order (the
-    order :func:`encode_sequences` returns them in); None where only the Arrow path gives the
-    same result: nulls in the entity, time or seq column, or keys or categories that are
-    neither strings nor integers."""
-    entity = _column(table, schema.entity)
-    if pa.types.is_dictionary(entity.type):
-        entity = entity.dictionary_decode()
-    if entity.null_count or not (
-        pa.types.is_integer(entity.type) or pa.types.is_string(entity.type)
-    ):
-        return None
-    times = _column(table, schema.time)
-    seq = None
-    if schema.seq and schema.seq in table.column_names:
-        seq_col = _column(table, schema.seq)
-        if seq_col.null_count or not pa.types.is_integer(seq_col.type):
-            return None
-        seq = seq_col.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
-    if times.null_count:
-        return None
-    categorical = {}
-    for col in spec.categorical:
-        strings = _strings(_column(table, col))
-        if strings is None:
-            return None
-        categorical[col] = strings
-    if pa.types.is_integer(entity.type):
-        uniques, group = np.unique(entity.to_numpy(zero_copy_only=False), return_inverse=True)
-        names = [str(k) for k in uniques.tolist()]
-    else:  # strings: Python sorts them by code point, as Arrow does (UTF-8 byte order)
-        keys = entity.to_pylist()
-        names = sorted(set(keys))
-        index = {name: i for i, name in enumerate(names)}
-        group = np.fromiter(map(index.__getitem__, keys), np.int64, count=len(keys))
-    return EventColumns(
-        names=names,
-        group=group.astype(np.int64, copy=False).reshape(-1),
-        time_us=time_us(times),
-        seq=seq,
-        numeric={col: _numeric(_column(table, col)) for col in spec.numeric},
-        categorical=categorical,
-    )
-
-
-def _sorted_order(group: np.ndarray, t: np.ndarray, seq: np.ndarray | None) -> np.ndarray | None:
-    """The stable permutation that orders events by (group, time, seq); None if they already
-    are (a request that arrives in order costs no gather)."""
-    if len(group) > 1:
-        dg, dt = np.diff(group), np.diff(t)
-        ahead = (dg > 0) | ((dg == 0) & (dt > 0))
-        level = (dg == 0) & (dt == 0)
-        if seq is not None:
-            ahead |= level & (np.diff(seq) >= 0)
-        else:
-            ahead |= level
-        if ahead.all():
-            return None
-        return np.lexsort((seq, t, group) if seq is not None else (t, group))
-    return None
-
-
-def encode_columns(columns: EventColumns, spec: FeatureSpec) -> list[EncodedSequence]:
-    """:class:`EventColumns` -> one encoded sequence per named group that has events, in
-    ``names`` order: exactly what :func:`encode_sequences` gives for the same events (the same
-    ordering, vocabularies, :meth:`FeatureSpec.standardise_columns` and :func:`time_deltas`),
-    without an Arrow kernel call."""
-    n = columns.num_rows
-    if n == 0:
-        return []
-    order = _sorted_order(columns.group, columns.time_us, columns.seq)
-
-    def ordered(values: np.ndarray) -> np.ndarray:
-        return values if order is None else values[order]
-
-    group, t = ordered(columns.group), ordered(columns.time_us)
-    starts = np.flatnonzero(group[1:] != group[:-1]) + 1
-    offsets = np.concatenate(([0], starts, [n])).astype(np.int64)
-    cat = np.empty((n, len(spec.categorical)), dtype=np.int32)
-    for i, col in enumerate(spec.categorical):
-        lookup = _vocab_index(spec, col).get
-        ids = np.fromiter(
-            map(lookup, columns.categorical[col], itertools.repeat(OOV_ID)), np.int32, count=n
-        )
-        cat[:, i] = ordered(ids)
-    raw = np.empty((n, len(spec.numeric_order)), dtype=np.float64)
-    for i, col in enumerate(spec.numeric):
-        raw[:, i] = ordered(np.asarray(columns.numeric[col], dtype=np.float64))
-    if spec.time_delta:
-        raw[:, len(spec.numeric)] = time_deltas(t, offsets)
-    num = spec.standardise_columns(spec.numeric_order, raw)
-    names = columns.names
-    return [
-        EncodedSequence(names[int(group[a])], t[a:b], cat[a:b], num[a:b])
-        for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)
-    ]
-
-
-def encode_sequences(
-    table: pa.Table, spec: FeatureSpec, schema: SchemaConfig
-) -> dict[str, EncodedSequence]:
-    """Raw events in any order (e.g. a serving request) -> per-entity encoded sequences.
-
-    Events are grouped by entity and ordered by (time, seq), exactly like the shard stage
-    orders them, and the result is keyed by the entity key as a string, in sorted order.
-    Up to ``SMALL_TABLE_ROWS`` events take :func:`encode_columns` (same result, no kernels).
-    """
-    if table.num_rows <= SMALL_TABLE_ROWS:
-        columns = table_columns(table, schema, spec)
-        if columns is not None:
-            return {s.entity: s for s in encode_columns(columns, spec)}
-    return encode_table(table, spec, schema)
-
-
-def columns_table(columns: EventColumns, schema: SchemaConfig) -> pa.Table:
-    """:class:`EventColumns` as an events table for :func:`encode_table`; the entity key is
-    the group's index (``names`` maps it back)."""
-    data: dict[str, Any] = {
-        schema.entity: pa.array(columns.group, pa.int64()),
-        schema.time: pa.array(columns.time_us, pa.timestamp("us", "UTC")),
-    }
-    if schema.seq and columns.seq is not None:
-        data[schema.seq] = pa.array(columns.seq, pa.int64())
-    for col, values in columns.numeric.items():
-        data[col] = pa.array(values, pa.float64())
-    for col, strings in columns.categorical.items():
-        data[col] = pa.array(strings, pa.string())
-    return pa.table(data)
-
-
-def encode_event_columns(
-    columns: EventColumns, spec: FeatureSpec, schema: SchemaConfig
-) -> list[EncodedSequence]:
-    """:func:`encode_columns` up to ``SMALL_TABLE_ROWS`` events, :func:`encode_table` beyond:
-    the same sequences either way, in ``names`` order."""
-    if columns.num_rows <= SMALL_TABLE_ROWS:
-        return encode_columns(columns, spec)
-    encoded = encode_table(columns_table(columns, schema), spec, schema)
-    found = sorted(encoded.values(), key=lambda s: int(s.entity))
-    return [dataclasses.replace(s, entity=columns.names[int(s.entity)]) for s in found]
-
-
-def encode_table(
-    table: pa.Table, spec: FeatureSpec, schema: SchemaConfig
-) -> dict[str, EncodedSequence]:
-    """:func:`encode_sequences` with Arrow kernels, for any number of events and any types."""
-    keys = [(schema.entity, "ascending"), (schema.time, "ascending")]
-    if schema.seq and schema.seq in table.column_names:
-        keys.append((schema.seq, "ascending"))
-    table = table.take(pc.sort_indices(table, sort_keys=keys))
-    entity = _column(table, schema.entity)
-    offsets = run_offsets(entity)
-    cat, num = spec.transform(table, offsets=offsets)
-    t = time_us(_column(table, schema.time))
-    names = pc.cast(entity.take(pa.array(offsets[:-1])), pa.string()).to_pylist()
-    return {
-        name: EncodedSequence(name, t[a:b], cat[a:b], num[a:b])
-        for name, a, b in zip(names, offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)
-    }

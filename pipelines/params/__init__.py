@@ -1,0 +1,2 @@
+"""The sections of ``params.yaml`` that the pipeline stages own, one module per concern;
+``pipelines.config`` assembles them into ``Params``."""

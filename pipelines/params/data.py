@@ -1,0 +1,99 @@
+"""``data``: where events come from (the seeded generator or a user's file) and their schema."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from seqcore.config import fail, parse_time
+from seqcore.schema import SchemaConfig
+
+FAULT_NAMES = (
+    "out_of_order",
+    "duplicates",
+    "seq_gaps",
+    "null_keys",
+    "future_timestamps",
+    "before_floor",
+    "late_events",
+    "nan_inf",
+    "wrong_type",
+    "missing_column",
+    "unseen_categories",
+    "empty",
+)
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """The seeded generator of card-transaction event logs (source ``generate``)."""
+
+    n_entities: int = 3000
+    """Number of accounts (entities)."""
+    median_length: float = 30.0
+    """Median events per entity; lengths are log-normal (heavy-tailed)."""
+    length_sigma: float = 1.25
+    """Sigma of log length: larger means a heavier tail."""
+    max_length: int = 3000
+    """Longest sequence (lengths are clipped to [1, max_length])."""
+    start: str = "2025-01-01T00:00:00Z"
+    """Earliest possible first event."""
+    span_days: float = 365.0
+    """Every event lies within this many days after ``start``; entities start in its first half."""
+    pattern_rate: float = 0.5
+    """Share of entities with a burst/large pattern: half in fraud order (label 1), half in decoy order."""
+    label_noise: float = 0.02
+    """Share of labels flipped at random."""
+    faults: tuple[str, ...] = ()
+    """Faults to plant (see FAULT_NAMES), or ('all',)."""
+    fault_rate: float = 0.002
+    """Share of rows (or entities) touched by each planted row fault."""
+
+    def __post_init__(self) -> None:
+        faults = tuple(self.faults or ())
+        if faults == ("all",):
+            faults = FAULT_NAMES
+        bad = [f for f in faults if f not in FAULT_NAMES]
+        if bad:
+            raise fail(
+                "data.generate.faults", bad, f"unknown fault; known: {', '.join(FAULT_NAMES)}, all"
+            )
+        object.__setattr__(self, "faults", faults)
+        if self.n_entities < 0:
+            raise fail("data.generate.n_entities", self.n_entities, "must be >= 0")
+        if self.median_length < 1:
+            raise fail("data.generate.median_length", self.median_length, "must be >= 1")
+        if self.max_length < 1:
+            raise fail("data.generate.max_length", self.max_length, "must be >= 1")
+        for name in ("pattern_rate", "label_noise", "fault_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise fail(f"data.generate.{name}", value, "must be within [0, 1]")
+        parse_time("data.generate.start", self.start)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where events come from and how their columns map onto roles."""
+
+    source: str = "generate"
+    """``generate`` (the seeded generator) or ``file`` (a user's Parquet/CSV)."""
+    path: str | None = None
+    """For ``file``: a local path or pyarrow/fsspec URL (s3://, gs://, file://)."""
+    format: str = "auto"
+    """``auto`` (from the suffix), ``parquet`` or ``csv``."""
+    source_timezone: str = "UTC"
+    """Zone of naive timestamps in a user's file; times are stored as UTC."""
+    rows_per_part: int = 2_000_000
+    """Above this many rows the events output is split into entity-hash parts."""
+    schema: SchemaConfig = field(default_factory=SchemaConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+
+    def __post_init__(self) -> None:
+        if self.source not in ("generate", "file"):
+            raise fail("data.source", self.source, "expected 'generate' or 'file'")
+        if self.source == "file" and not self.path:
+            raise fail("data.path", self.path, "data.source=file needs data.path")
+        if self.format not in ("auto", "parquet", "csv"):
+            raise fail("data.format", self.format, "expected auto, parquet or csv")
+        if self.rows_per_part < 1:
+            raise fail("data.rows_per_part", self.rows_per_part, "must be >= 1")

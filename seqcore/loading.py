@@ -1,0 +1,64 @@
+"""Where the MLflow store is, and the one way to load a logged model's scorer from it.
+
+Tracking URI: ``MLFLOW_TRACKING_URI`` when set (a team's server), else a SQLite store
+``mlflow.db`` plus an artifact folder ``mlartifacts/`` in the repository, the same for tracking
+and registry (docs/architecture.md, "Defaults that run on one laptop"). Every part that scores
+a logged model (evaluation, the promotion gate, online and batch serving) loads it through
+:func:`load_scorer`, by URI (``models:/<name>@<alias>``, ``models:/<name>/<version>``,
+``runs:/<run>/model`` or an artifact location), never by a file path of the run that made it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from seqcore.scorer import SequenceScorer
+
+DEFAULT_DB = "mlflow.db"
+DEFAULT_ARTIFACTS = "mlartifacts"
+
+
+class ModelLoadError(LookupError):
+    """The model URI names nothing loadable in the store; the message says which and where."""
+
+
+def tracking_uri(root: str | Path = ".") -> str:
+    """The tracking (and registry) URI: the environment's, else the repository's SQLite file."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{(Path(root).resolve() / DEFAULT_DB).as_posix()}"
+
+
+def load_scorer(model_uri: str, store_uri: str | None = None) -> SequenceScorer:
+    """Download the model at ``model_uri`` from the store at ``store_uri`` (default:
+    :func:`tracking_uri`) and build its scorer; the download is removed afterwards, as the
+    weights are then in memory. Touches no MLflow global state, so one process can load from
+    several stores."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    store = store_uri or tracking_uri()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        source = model_uri
+        if model_uri.startswith("models:/"):  # the registry names the version's artifacts
+            name, _, ref = model_uri.removeprefix("models:/").partition("@")
+            client = MlflowClient(tracking_uri=store, registry_uri=store)
+            if ref:
+                version = client.get_model_version_by_alias(name, ref).version
+            else:
+                name, _, version = name.rpartition("/")
+            source = client.get_model_version_download_uri(name, str(version))
+        with tempfile.TemporaryDirectory(prefix="seqops-model-") as tmp:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=source, dst_path=tmp, tracking_uri=store
+            )
+            scorer: SequenceScorer = mlflow.pyfunc.load_model(local).unwrap_python_model().scorer
+    except (MlflowException, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"model {model_uri} not found in MLflow at {store}: {first}") from None
+    return scorer

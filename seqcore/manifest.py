@@ -1,0 +1,398 @@
+"""The shard manifest: the typed, versioned contract between the stages and serving.
+
+The shard stage writes ``data/shards/manifest.json`` (docs/architecture.md §3); training
+reads its splits and sizes, evaluation its buckets and vocabularies, and every logged model
+carries it so that the model alone can score raw events (§5, §7). One class holds it, built
+and validated in one place (:meth:`Manifest.from_json`): a missing key or a wrong type fails
+at load with the key's path, not later and far away in a reader. Optional parts are explicit:
+a target the data does not have is ``None``.
+
+``to_json`` writes the same JSON that ``from_json`` reads, key for key, so the content hash
+over the written manifest stays the one that lineage tags and served responses repeat.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from seqcore.config import to_jsonable
+from seqcore.features import FeatureSpec
+from seqcore.schema import SchemaConfig
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+SPLITS = ("train", "val", "test")
+T = TypeVar("T")
+
+
+class ManifestError(ValueError):
+    """A manifest is missing, of another format, or lacks or mistypes a key (named)."""
+
+
+def part_path(split: str, bound: int, k: int) -> str:
+    """Where part ``k`` of bucket ``bound`` of ``split`` lies, relative to the shard folder."""
+    return f"{split}/bucket={bound}/part-{k:05d}.parquet"
+
+
+# --------------------------------------------------------------------------- reading helpers
+
+
+def _get(raw: Mapping[str, Any], key: str, where: str, kind: type | tuple[type, ...]) -> Any:
+    if not isinstance(raw, Mapping):
+        raise ManifestError(f"{where}: expected an object, found {type(raw).__name__}")
+    if key not in raw:
+        raise ManifestError(f"{where}.{key}: missing")
+    value = raw[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise ManifestError(f"{where}.{key}: expected {names}, found {value!r}")
+    return value
+
+
+def _optional(
+    raw: Mapping[str, Any], key: str, where: str, build: Callable[[Mapping[str, Any], str], T]
+) -> T | None:
+    value = raw.get(key)
+    return None if value is None else build(value, f"{where}.{key}")
+
+
+# --------------------------------------------------------------------------- parts
+
+
+@dataclass(frozen=True)
+class BucketEntry:
+    """One length bucket of one split: token counts and its part files."""
+
+    examples: int
+    real_tokens: int
+    padded_tokens: int
+    pad_fraction: float
+    parts: tuple[str, ...]
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any], where: str) -> BucketEntry:
+        return cls(
+            examples=_get(raw, "examples", where, int),
+            real_tokens=_get(raw, "real_tokens", where, int),
+            padded_tokens=_get(raw, "padded_tokens", where, int),
+            pad_fraction=float(_get(raw, "pad_fraction", where, (int, float))),
+            parts=tuple(_get(raw, "parts", where, list)),
+        )
+
+
+@dataclass(frozen=True)
+class SplitEntry:
+    """One split: counts over all its buckets, and each bucket by its padded length."""
+
+    examples: int
+    real_tokens: int
+    padded_tokens: int
+    pad_fraction: float
+    entities: int
+    buckets: Mapping[int, BucketEntry]
+    """Padded length L -> bucket, in increasing L."""
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any], where: str) -> SplitEntry:
+        buckets = _get(raw, "buckets", where, dict)
+        try:
+            bounds = sorted(int(b) for b in buckets)
+        except ValueError:
+            raise ManifestError(f"{where}.buckets: keys must be padded lengths") from None
+        return cls(
+            examples=_get(raw, "examples", where, int),
+            real_tokens=_get(raw, "real_tokens", where, int),
+            padded_tokens=_get(raw, "padded_tokens", where, int),
+            pad_fraction=float(_get(raw, "pad_fraction", where, (int, float))),
+            entities=_get(raw, "entities", where, int),
+            buckets={
+                b: BucketEntry.from_json(buckets[str(b)], f"{where}.buckets.{b}") for b in bounds
+            },
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["buckets"] = {str(b): to_jsonable(e) for b, e in self.buckets.items()}
+        return out
+
+
+@dataclass(frozen=True)
+class LabelTarget:
+    """classify: the entity label column and the classes seen in training."""
+
+    column: str
+    classes: tuple[int, ...]
+    missing: int = -1
+    """Label value of an example without one."""
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any], where: str) -> LabelTarget:
+        return cls(
+            column=_get(raw, "column", where, str),
+            classes=tuple(_get(raw, "classes", where, list)),
+            missing=_get(raw, "missing", where, int),
+        )
+
+    @property
+    def num_classes(self) -> int:
+        """Classes a classifier needs: labels are 0..max, at least two."""
+        return max(2, max(self.classes, default=1) + 1)
+
+
+@dataclass(frozen=True)
+class NextEventTarget:
+    """next_event: the categorical column whose next value is predicted at each step."""
+
+    column: str
+    vocab_size: int
+    no_target: int = 0
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any], where: str) -> NextEventTarget:
+        return cls(
+            column=_get(raw, "column", where, str),
+            vocab_size=_get(raw, "vocab_size", where, int),
+            no_target=_get(raw, "no_target", where, int),
+        )
+
+
+@dataclass(frozen=True)
+class ForecastTarget:
+    """forecast: the numeric column predicted ``horizon`` steps ahead, and how to map the
+    standardised prediction back to its units."""
+
+    column: str
+    horizon: int
+    transform: str
+    mean: float
+    std: float
+    inverse: str = "x = z * std + mean; then sign(x) * expm1(|x|) if transform is log1p"
+    no_target: str = "NaN"
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any], where: str) -> ForecastTarget:
+        return cls(
+            column=_get(raw, "column", where, str),
+            horizon=_get(raw, "horizon", where, int),
+            transform=_get(raw, "transform", where, str),
+            mean=float(_get(raw, "mean", where, (int, float))),
+            std=float(_get(raw, "std", where, (int, float))),
+            inverse=_get(raw, "inverse", where, str),
+            no_target=_get(raw, "no_target", where, str),
+        )
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What the shards can train: each target is None when the schema maps no column."""
+
+    label: LabelTarget | None = None
+    next_event: NextEventTarget | None = None
+    forecast: ForecastTarget | None = None
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any], where: str) -> Targets:
+        return cls(
+            label=_optional(raw, "label", where, LabelTarget.from_json),
+            next_event=_optional(raw, "next_event", where, NextEventTarget.from_json),
+            forecast=_optional(raw, "forecast", where, ForecastTarget.from_json),
+        )
+
+
+@dataclass(frozen=True)
+class WindowInfo:
+    """The windowing policy the shards were cut with (``shard.window``) and its longest
+    example, which is also the window a scorer keeps per entity."""
+
+    policy: str
+    length: int
+    stride: int
+    max_len: int
+    min_length: int
+    window_len: int
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any], where: str) -> WindowInfo:
+        return cls(
+            policy=_get(raw, "policy", where, str),
+            **{k: _get(raw, k, where, int) for k in ("length", "stride", "max_len")},
+            min_length=_get(raw, "min_length", where, int),
+            window_len=_get(raw, "window_len", where, int),
+        )
+
+
+@dataclass(frozen=True)
+class InputInfo:
+    """The validated events the shards were built from."""
+
+    events: str
+    sha256: str
+    events_count: int
+    entities: int
+    reordered_entities: int
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any], where: str) -> InputInfo:
+        return cls(
+            events=_get(raw, "events", where, str),
+            sha256=_get(raw, "sha256", where, str),
+            events_count=_get(raw, "events_count", where, int),
+            entities=_get(raw, "entities", where, int),
+            reordered_entities=_get(raw, "reordered_entities", where, int),
+        )
+
+
+# --------------------------------------------------------------------------- the manifest
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything needed to read the shards and to rebuild their preprocessing at serving."""
+
+    schema: SchemaConfig
+    features: FeatureSpec
+    targets: Targets
+    bucket_boundaries: tuple[int, ...]
+    buckets_derived: str
+    """How the boundaries were chosen (explicit, quantile or optimal over train lengths)."""
+    window: WindowInfo
+    split: Mapping[str, Any]
+    """The split rule and its parameters (method, fractions and salt, or time cutoffs)."""
+    splits: Mapping[str, SplitEntry]
+    leakage: Mapping[str, Any]
+    """The split-leakage check's report (``data_checks.leakage``)."""
+    input: InputInfo
+    max_workers: int
+    """Part files per split and bucket: the most training workers the shards can feed."""
+    seed: int
+    files: Mapping[str, str] = field(default_factory=dict)
+    """sha256 of every shard file, by path relative to the shard folder."""
+    content_hash: str = ""
+    """One hash over every shard file and the rest of the manifest ("" until computed)."""
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def window_len(self) -> int:
+        return self.window.window_len
+
+    @property
+    def split_method(self) -> str:
+        return str(self.split.get("method", "?"))
+
+    def vocab(self, column: str) -> tuple[str, ...]:
+        """A categorical column's training vocabulary (ids from 2; 0 is PAD, 1 is OOV)."""
+        return tuple(self.features.vocab[column])
+
+    # ------------------------------------------------------------------ JSON
+
+    def body(self) -> dict[str, Any]:
+        """The manifest as JSON types, without ``content_hash`` (what the hash covers)."""
+        return {
+            "format_version": self.format_version,
+            "schema": to_jsonable(self.schema),
+            "features": self.features.to_dict(),
+            "targets": to_jsonable(self.targets),
+            "buckets": {
+                "boundaries": list(self.bucket_boundaries),
+                "derived": self.buckets_derived,
+            },
+            "window": to_jsonable(self.window),
+            "split": to_jsonable(self.split),
+            "splits": {name: entry.to_json() for name, entry in self.splits.items()},
+            "leakage": to_jsonable(self.leakage),
+            "input": to_jsonable(self.input),
+            "max_workers": self.max_workers,
+            "seed": self.seed,
+            "files": dict(self.files),
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.body(), "content_hash": self.content_hash}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any], source: str = "manifest") -> Manifest:
+        """Build and validate; errors name ``source`` and the key's path."""
+        where = source
+        version = raw.get("format_version") if isinstance(raw, Mapping) else None
+        if version != FORMAT_VERSION:
+            raise ManifestError(
+                f"{where}: shard format {version!r}, expected {FORMAT_VERSION} "
+                "(rebuild the shards with this version: dvc repro shard)"
+            )
+        schema_raw = _get(raw, "schema", where, dict)
+        try:
+            schema = SchemaConfig(
+                **{k: v for k, v in schema_raw.items() if k in SchemaConfig.__dataclass_fields__}
+            )
+            features = FeatureSpec.from_dict(_get(raw, "features", where, dict))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ManifestError(f"{where}: schema or features unreadable: {exc}") from None
+        buckets = _get(raw, "buckets", where, dict)
+        splits_raw = _get(raw, "splits", where, dict)
+        manifest = cls(
+            schema=schema,
+            features=features,
+            targets=Targets.from_json(_get(raw, "targets", where, dict), f"{where}.targets"),
+            bucket_boundaries=tuple(_get(buckets, "boundaries", f"{where}.buckets", list)),
+            buckets_derived=str(buckets.get("derived", "")),
+            window=WindowInfo.from_json(_get(raw, "window", where, dict), f"{where}.window"),
+            split=dict(_get(raw, "split", where, dict)),
+            splits={
+                name: SplitEntry.from_json(entry, f"{where}.splits.{name}")
+                for name, entry in splits_raw.items()
+            },
+            leakage=dict(raw.get("leakage") or {}),
+            input=InputInfo.from_json(_get(raw, "input", where, dict), f"{where}.input"),
+            max_workers=_get(raw, "max_workers", where, int),
+            seed=_get(raw, "seed", where, int),
+            files=dict(raw.get("files") or {}),
+            content_hash=str(raw.get("content_hash") or ""),
+        )
+        manifest._check(where)
+        return manifest
+
+    def _check(self, where: str) -> None:
+        """Facts that tie the parts together, checked once here instead of in every reader."""
+        missing = [s for s in SPLITS if s not in self.splits]
+        if missing:
+            raise ManifestError(f"{where}.splits: missing {', '.join(missing)}")
+        for name, target in (("next_event", self.targets.next_event),):
+            if target is not None and target.column not in self.features.categorical:
+                raise ManifestError(
+                    f"{where}.targets.{name}.column: {target.column!r} is not a categorical "
+                    "feature of this manifest"
+                )
+        forecast = self.targets.forecast
+        if forecast is not None and forecast.column not in self.features.numeric:
+            raise ManifestError(
+                f"{where}.targets.forecast.column: {forecast.column!r} is not a numeric "
+                "feature of this manifest"
+            )
+        if self.max_workers < 1:
+            raise ManifestError(f"{where}.max_workers: must be >= 1, found {self.max_workers}")
+
+    # ------------------------------------------------------------------ files
+
+    @classmethod
+    def read(cls, path: str | Path) -> Manifest:
+        """Read a ``manifest.json`` file (or the one inside a shard folder)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / MANIFEST_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not found (run the shard stage first)")
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{path}: not valid JSON: {exc}") from None
+        return cls.from_json(raw, str(path))
+
+
+def load_manifest(shard_dir: str | Path) -> Manifest:
+    """The shard folder's manifest, validated; refuses a format this code does not know."""
+    return Manifest.read(shard_dir)
