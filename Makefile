@@ -15,15 +15,16 @@ setup: ## Create .venv and install seqops (CPU torch on CPU machines); idempoten
 pipeline: setup ## Set up, then run the whole DVC pipeline (dvc repro) on the bundled default data
 	$(BIN)/dvc repro
 
-test: setup ## Set up, then run lint and the whole test suite
+test: setup ## Set up, then run lint, the import-layer contracts and the whole test suite
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 test-unit: setup ## Only the fast unit tests (no Ray, no dvc repro)
 	$(BIN)/python -m pytest tests/unit
 
-lint: setup ## ruff lint and format check
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+lint: setup ## ruff lint and format check, and the import-layer contracts
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports
 
 format: setup ## ruff format the code
 	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
