@@ -84,8 +84,9 @@ Batch = dict[str, torch.Tensor]
 
 def _params(arch: str | None = None, **train: Any) -> Params:
     params = load_params(PARAMS)
-    fields = {"architecture": arch or params.train.architecture, "use_gpu": "never", **train}
-    return dataclasses.replace(params, train=dataclasses.replace(params.train, **fields))
+    fields = {"use_gpu": "never", **train}
+    t = params.train.with_model(architecture=arch) if arch else params.train
+    return dataclasses.replace(params, train=dataclasses.replace(t, **fields))
 
 
 # --------------------------------------------------------------------------- 1. padding

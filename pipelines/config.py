@@ -4,11 +4,14 @@ Each section is a frozen dataclass validated on construction, whose errors name 
 and the bad value: ``data.schema`` (``seqcore.schema``), ``validate`` (``data_checks.config``),
 ``shard.features`` (``seqcore.features``) and the stage sections in ``pipelines/params/``.
 Stages receive these objects, never raw dicts; ``load_params`` checks the whole file before
-any stage runs.
+any stage runs. ``params_schema`` is the file's JSON Schema, generated from the same dataclasses
+(``python -m pipelines.config --schema > params.schema.json``; a unit test keeps it current).
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +23,7 @@ from data_checks.config import ValidateConfig
 from pipelines.params.data import DataConfig, GenerateConfig
 from pipelines.params.gate import EvaluateConfig, RegisterConfig
 from pipelines.params.shard import BucketConfig, ShardConfig, SplitConfig, WindowConfig
-from pipelines.params.train import TrainConfig
+from pipelines.params.train import TrainConfig, train_from_dict
 from seqcore.config import ConfigError, build, fail, only_keys
 from seqcore.features import FeatureConfig
 from seqcore.schema import SchemaConfig
@@ -31,6 +34,7 @@ class Params:
     """All of params.yaml."""
 
     seed: int = 7
+    """Seed of the generator, the split hashes, batch order and weight initialisation."""
     data: DataConfig = field(default_factory=DataConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
@@ -64,7 +68,7 @@ def params_from_dict(raw: Mapping[str, Any]) -> Params:
         buckets=build(BucketConfig, "shard.buckets", shard_raw.get("buckets")),
         features=build(FeatureConfig, "shard.features", shard_raw.get("features")),
     )
-    train = build(TrainConfig, "train", raw.get("train"))
+    train = train_from_dict(raw.get("train"))
     evaluate = build(EvaluateConfig, "evaluate", raw.get("evaluate"))
     register = build(RegisterConfig, "register", raw.get("register"))
     known = {"seed", "data", "validate", "shard", "train", "evaluate", "register"}
@@ -94,3 +98,39 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except yaml.YAMLError as exc:
         raise ConfigError(f"params: {path} is not valid YAML: {exc}") from None
     return params_from_dict(raw)
+
+
+def params_schema() -> dict[str, Any]:
+    """The JSON Schema of params.yaml (the committed ``params.schema.json``)."""
+    from pipelines.params.schema import json_schema
+
+    return json_schema(Params, "seqops params.yaml")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Check params.yaml, or print its JSON Schema (params.schema.json)."
+    )
+    parser.add_argument("--params", default="params.yaml", help="the file to check")
+    parser.add_argument(
+        "--schema",
+        action="store_true",
+        help="print the JSON Schema instead: python -m pipelines.config --schema > params.schema.json",
+    )
+    args = parser.parse_args(argv)
+    if args.schema:
+        from pipelines.params.schema import schema_text
+
+        sys.stdout.write(schema_text(params_schema()))
+        return 0
+    try:
+        load_params(args.params)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"{args.params}: valid")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,14 +1,18 @@
-"""ModelConfig: the typed, validated description of one sequence model (docs/architecture.md §4).
+"""ModelSpec and ModelConfig: the typed, validated description of one sequence model
+(docs/architecture.md §4).
 
-One frozen dataclass says which encoder (``lstm``, ``gru``, ``transformer``), which task head
-(``classify``, ``next_event``, ``forecast``) and which sizes; ``build_model(config)`` turns it
-into a module. It is stored next to the weights in MLflow, so ``to_dict``/``from_dict`` are a
-JSON-safe round trip. Every value is checked on construction and errors name the field and the
-bad value (the habit of litgpt's ``args.py``, as in ``pipelines/config.py``).
+``ModelSpec`` holds the user's choices, the model's hyperparameters (which encoder, its widths
+and depth, dropout, the transformer's switches, the forecast loss), with the one set of
+defaults: the training config holds a ``ModelSpec`` (``params.yaml``'s ``train.model``) instead
+of copying its fields. ``ModelConfig`` is a spec plus the task head and the sizes that the data
+decides (vocabularies, numeric features, longest window, classes, horizon); ``build_model``
+turns it into a module. A ``ModelConfig`` is stored next to the weights in MLflow, so
+``to_dict``/``from_dict`` are a flat, JSON-safe round trip. Every value is checked on
+construction and errors name the field and the bad value (the habit of litgpt's ``args.py``).
 
 Values that depend on other fields (``pooling``, ``causal``) default to ``None`` and are
 resolved by properties rather than rewritten in ``__post_init__``: that way
-``dataclasses.replace(config, architecture="transformer")`` in a sweep gets the transformer's
+``dataclasses.replace(spec, architecture="transformer")`` in a sweep gets the transformer's
 defaults instead of the LSTM's frozen choice.
 """
 
@@ -17,22 +21,40 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, TypeVar, get_args
 
-ARCHITECTURES = ("lstm", "gru", "transformer")
-TASKS = ("classify", "next_event", "forecast")
+Architecture = Literal["lstm", "gru", "transformer"]
+Task = Literal["classify", "next_event", "forecast"]
+Pooling = Literal["last", "mean"]
+Positions = Literal["learned", "sinusoidal"]
+ForecastLoss = Literal["huber", "mse"]
+
+ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
+TASKS: tuple[str, ...] = get_args(Task)
 PER_STEP_TASKS = ("next_event", "forecast")
-POOLINGS = ("last", "mean")
-POSITIONS = ("learned", "sinusoidal")
-FORECAST_LOSSES = ("huber", "mse")
+POOLINGS: tuple[str, ...] = get_args(Pooling)
+POSITIONS: tuple[str, ...] = get_args(Positions)
+FORECAST_LOSSES: tuple[str, ...] = get_args(ForecastLoss)
+
+_Config = TypeVar("_Config", bound="ModelSpec")
 
 
 class ModelConfigError(ValueError):
-    """A model setting is missing or invalid; the message names the field (``model.<field>``)."""
+    """A model setting is missing or invalid; the message names the field (``model.<field>``).
+
+    ``field``, ``value`` and ``reason`` let a caller that reads the setting from elsewhere
+    (``params.yaml``'s ``train.model``) name it by its own key.
+    """
+
+    def __init__(
+        self, message: str, *, field: str | None = None, value: Any = None, reason: str = ""
+    ) -> None:
+        super().__init__(message)
+        self.field, self.value, self.reason = field, value, reason or message
 
 
 def _fail(name: str, value: Any, why: str) -> ModelConfigError:
-    return ModelConfigError(f"model.{name}={value!r}: {why}")
+    return ModelConfigError(f"model.{name}={value!r}: {why}", field=name, value=value, reason=why)
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -43,23 +65,22 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
         raise _fail(name, value, f"must be >= {minimum}")
 
 
+def _check_number(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(name, value, "expected a number")
+
+
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise _fail(name, value, f"expected one of {', '.join(choices)}")
 
 
 @dataclass(frozen=True, kw_only=True)
-class ModelConfig:
-    """Encoder, task head and sizes of one sequence model."""
+class ModelSpec:
+    """The model's hyperparameters: encoder, widths, depth and the switches a user picks."""
 
-    architecture: str = "lstm"
+    architecture: Architecture = "lstm"
     """Encoder: ``lstm`` | ``gru`` (unidirectional) | ``transformer`` (pre-norm)."""
-    task: str = "classify"
-    """Head: ``classify`` (one label per sequence) | ``next_event`` | ``forecast`` (per step)."""
-    vocab_sizes: tuple[int, ...]
-    """One vocabulary size per categorical input feature, each counting PAD=0 and OOV=1."""
-    n_numeric: int
-    """Numeric features per step (the shard's ``features.numeric_order``, time delta included)."""
     embedding_dim: int = 16
     """Embedding width of each categorical feature."""
     hidden_size: int = 64
@@ -70,47 +91,24 @@ class ModelConfig:
     """Dropout on the input embedding, between layers and before the head; in [0, 1)."""
     num_heads: int = 4
     """Transformer attention heads; must divide ``hidden_size``."""
-    ffn_size: int = 256
+    ffn_size: int = 128
     """Transformer feed-forward width."""
-    max_len: int = 256
-    """Transformer positions: the longest padded length T it accepts."""
-    positions: str = "learned"
+    positions: Positions = "learned"
     """Transformer position encoding: ``learned`` | ``sinusoidal``."""
     causal: bool | None = None
-    """Transformer attends only to earlier steps; None = causal for per-step tasks, else not."""
-    pooling: str | None = None
-    """Sequence summary for classify: ``last`` | ``mean``; None = last for RNNs, mean for the transformer."""
-    num_classes: int = 2
-    """classify: number of classes."""
-    next_event_vocab: int | None = None
-    """next_event: size of the target vocabulary (PAD=0 is never a target); required for that task."""
-    horizon: int = 3
-    """forecast: steps ahead predicted at each step (the shard's ``forecast_horizon``)."""
-    forecast_loss: str = "huber"
+    """Transformer attends only to earlier steps; null = causal for per-step tasks, else not."""
+    pooling: Pooling | None = None
+    """Sequence summary for classify: ``last`` | ``mean``; null = last for RNNs, mean for the transformer."""
+    forecast_loss: ForecastLoss = "huber"
     """forecast: ``huber`` (robust to heavy-tailed amounts) | ``mse``."""
     huber_delta: float = 1.0
     """forecast: Huber threshold, in standardised units."""
 
     def __post_init__(self) -> None:
         _check_choice("architecture", self.architecture, ARCHITECTURES)
-        _check_choice("task", self.task, TASKS)
-        if isinstance(self.vocab_sizes, str | bytes) or not isinstance(
-            self.vocab_sizes, tuple | list
-        ):
-            raise _fail("vocab_sizes", self.vocab_sizes, "expected a list of integers")
-        object.__setattr__(self, "vocab_sizes", tuple(self.vocab_sizes))
-        for i, size in enumerate(self.vocab_sizes):
-            _check_int(f"vocab_sizes[{i}]", size, 2)  # PAD and OOV at least
-        _check_int("n_numeric", self.n_numeric, 0)
-        if not self.vocab_sizes and self.n_numeric == 0:
-            raise _fail(
-                "n_numeric", 0, "a model needs at least one input feature (vocab_sizes empty)"
-            )
         for name in ("embedding_dim", "hidden_size", "num_layers", "num_heads", "ffn_size"):
             _check_int(name, getattr(self, name), 1)
-        _check_int("max_len", self.max_len, 1)
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, int | float):
-            raise _fail("dropout", self.dropout, "expected a number")
+        _check_number("dropout", self.dropout)
         if not 0.0 <= self.dropout < 1.0:
             raise _fail("dropout", self.dropout, "must be within [0, 1)")
         _check_choice("positions", self.positions, POSITIONS)
@@ -126,32 +124,23 @@ class ModelConfig:
                 False,
                 f"{self.architecture} is unidirectional; only the transformer can be bidirectional",
             )
-        if self.task in PER_STEP_TASKS and self.causal is False:
-            # The target at step t describes events after t; a bidirectional encoder sees it.
-            raise _fail("causal", False, f"task {self.task} needs a causal encoder")
-        _check_int("num_classes", self.num_classes, 2)
-        if self.next_event_vocab is not None:
-            _check_int("next_event_vocab", self.next_event_vocab, 2)
-        elif self.task == "next_event":
-            raise _fail("next_event_vocab", None, "required for task next_event")
-        _check_int("horizon", self.horizon, 1)
         _check_choice("forecast_loss", self.forecast_loss, FORECAST_LOSSES)
-        if isinstance(self.huber_delta, bool) or not isinstance(self.huber_delta, int | float):
-            raise _fail("huber_delta", self.huber_delta, "expected a number")
+        _check_number("huber_delta", self.huber_delta)
         if self.huber_delta <= 0:
             raise _fail("huber_delta", self.huber_delta, "must be > 0")
 
-    @property
-    def n_categorical(self) -> int:
-        """Categorical input features (C in ``categorical: (B, T, C)``)."""
-        return len(self.vocab_sizes)
+    def check_task(self, task: str) -> None:
+        """Refuse a task this spec cannot serve (a bidirectional encoder for a per-step task)."""
+        _check_choice("task", task, TASKS)
+        if task in PER_STEP_TASKS and self.causal is False:
+            # The target at step t describes events after t; a bidirectional encoder sees it.
+            raise _fail("causal", False, f"task {task} needs a causal encoder")
 
-    @property
-    def resolved_causal(self) -> bool:
-        """Whether step t may only see steps <= t (always true for the RNNs)."""
+    def causal_for(self, task: str) -> bool:
+        """Whether step t may only see steps <= t under ``task`` (always true for the RNNs)."""
         if self.causal is not None:
             return self.causal
-        return self.architecture != "transformer" or self.task in PER_STEP_TASKS
+        return self.architecture != "transformer" or task in PER_STEP_TASKS
 
     @property
     def resolved_pooling(self) -> str:
@@ -160,8 +149,13 @@ class ModelConfig:
             return self.pooling
         return "mean" if self.architecture == "transformer" else "last"
 
+    @property
+    def spec(self) -> ModelSpec:
+        """The hyperparameters alone (a ``ModelConfig`` without its task and data sizes)."""
+        return ModelSpec(**_spec_values(self))
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON types (tuples as lists); ``from_dict(to_dict())`` gives an equal config."""
+        """Plain JSON types (tuples as lists), one flat mapping; ``from_dict`` inverts it."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -169,7 +163,7 @@ class ModelConfig:
         return out
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> ModelConfig:
+    def from_dict(cls: type[_Config], raw: Mapping[str, Any]) -> _Config:
         """Build from a mapping (a stored ``to_dict`` or a params section); unknown keys fail."""
         if not isinstance(raw, Mapping):
             raise ModelConfigError(f"model: expected a mapping, got {type(raw).__name__}")
@@ -189,3 +183,69 @@ class ModelConfig:
         if missing:
             raise ModelConfigError(f"model: missing required key(s) {', '.join(missing)}")
         return cls(**dict(raw))
+
+
+def _spec_values(spec: ModelSpec) -> dict[str, Any]:
+    return {f.name: getattr(spec, f.name) for f in dataclasses.fields(ModelSpec)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig(ModelSpec):
+    """A ``ModelSpec`` plus the task head and the sizes the data decides: one buildable model.
+
+    Stored as ``model_config.json`` next to the weights; ``to_dict`` is one flat mapping of
+    every field, the spec's and these, so stored files keep loading with ``from_dict``.
+    """
+
+    task: Task = "classify"
+    """Head: ``classify`` (one label per sequence) | ``next_event`` | ``forecast`` (per step)."""
+    vocab_sizes: tuple[int, ...]
+    """One vocabulary size per categorical input feature, each counting PAD=0 and OOV=1."""
+    n_numeric: int
+    """Numeric features per step (the shard's ``features.numeric_order``, time delta included)."""
+    max_len: int = 256
+    """Transformer positions: the longest padded length T it accepts."""
+    num_classes: int = 2
+    """classify: number of classes."""
+    next_event_vocab: int | None = None
+    """next_event: size of the target vocabulary (PAD=0 is never a target); required for that task."""
+    horizon: int = 3
+    """forecast: steps ahead predicted at each step (the shard's ``forecast_horizon``)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_task(self.task)
+        if isinstance(self.vocab_sizes, str | bytes) or not isinstance(
+            self.vocab_sizes, tuple | list
+        ):
+            raise _fail("vocab_sizes", self.vocab_sizes, "expected a list of integers")
+        object.__setattr__(self, "vocab_sizes", tuple(self.vocab_sizes))
+        for i, size in enumerate(self.vocab_sizes):
+            _check_int(f"vocab_sizes[{i}]", size, 2)  # PAD and OOV at least
+        _check_int("n_numeric", self.n_numeric, 0)
+        if not self.vocab_sizes and self.n_numeric == 0:
+            raise _fail(
+                "n_numeric", 0, "a model needs at least one input feature (vocab_sizes empty)"
+            )
+        _check_int("max_len", self.max_len, 1)
+        _check_int("num_classes", self.num_classes, 2)
+        if self.next_event_vocab is not None:
+            _check_int("next_event_vocab", self.next_event_vocab, 2)
+        elif self.task == "next_event":
+            raise _fail("next_event_vocab", None, "required for task next_event")
+        _check_int("horizon", self.horizon, 1)
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, **task_and_sizes: Any) -> ModelConfig:
+        """``spec``'s hyperparameters with the task and the data's sizes (``vocab_sizes``, ...)."""
+        return cls(**_spec_values(spec), **task_and_sizes)
+
+    @property
+    def n_categorical(self) -> int:
+        """Categorical input features (C in ``categorical: (B, T, C)``)."""
+        return len(self.vocab_sizes)
+
+    @property
+    def resolved_causal(self) -> bool:
+        """Whether step t may only see steps <= t (always true for the RNNs)."""
+        return self.causal_for(self.task)

@@ -30,11 +30,9 @@ TINY_OVERRIDES = {
         "window": {"length": 64, "max_len": 64},
     },
     "train": {
-        "hidden_size": 16,
-        "embedding_dim": 4,
+        "model": {"hidden_size": 16, "embedding_dim": 4, "ffn_size": 32},
         "epochs": 2,
         "max_tokens": 2048,
-        "ffn_size": 32,
     },
 }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from seqcore.config import fail, parse_time
 from seqcore.schema import SchemaConfig
@@ -75,11 +76,11 @@ class GenerateConfig:
 class DataConfig:
     """Where events come from and how their columns map onto roles."""
 
-    source: str = "generate"
+    source: Literal["generate", "file"] = "generate"
     """``generate`` (the seeded generator) or ``file`` (a user's Parquet/CSV)."""
     path: str | None = None
     """For ``file``: a local path or pyarrow/fsspec URL (s3://, gs://, file://)."""
-    format: str = "auto"
+    format: Literal["auto", "parquet", "csv"] = "auto"
     """``auto`` (from the suffix), ``parquet`` or ``csv``."""
     source_timezone: str = "UTC"
     """Zone of naive timestamps in a user's file; times are stored as UTC."""

@@ -4,6 +4,7 @@ that reads it (docs/architecture.md §6)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from seqcore.config import fail
 
@@ -15,7 +16,7 @@ LOWER_IS_BETTER = frozenset({"mae", "rmse", "smape", "log_loss", "ece", "perplex
 class EvaluateConfig:
     """The evaluate stage: metrics on a held-out split, slices, plots, invariance check."""
 
-    split: str = "test"
+    split: Literal["train", "val", "test"] = "test"
     """Split scored (test by default; val for model selection experiments)."""
     slices: tuple[str, ...] = ("channel",)
     """Categorical columns to slice metrics by (value at each window's last event)."""
@@ -40,7 +41,7 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class RegisterConfig:
-    """The register stage and its promotion gate (ARCHITECTURE §6)."""
+    """The register stage and its promotion gate (docs/architecture.md §6)."""
 
     model_name: str = "seqops-classifier"
     """Registered model name in the MLflow registry."""

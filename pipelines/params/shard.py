@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Literal
 
 from seqcore.config import fail, parse_time
 from seqcore.features import FeatureConfig
@@ -14,7 +15,7 @@ from seqcore.features import FeatureConfig
 class SplitConfig:
     """How examples are split into train/validation/test."""
 
-    method: str = "entity"
+    method: Literal["entity", "time"] = "entity"
     """``entity``: by a hash of the entity key; ``time``: by event-time cutoffs."""
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     """entity method: shares of train/validation/test."""
@@ -58,13 +59,16 @@ class SplitConfig:
 class WindowConfig:
     """How one entity's ordered events become training examples."""
 
-    policy: str = "last"
+    policy: Literal["last", "sliding", "full"] = "last"
     """``last``: the most recent ``length`` events; ``sliding``: windows of ``length`` every
     ``stride`` events, aligned on the most recent event; ``full``: the whole sequence,
     truncated to the most recent ``max_len``."""
     length: int = 256
+    """last/sliding: events per window."""
     stride: int = 64
+    """sliding: step, in events, between consecutive windows."""
     max_len: int = 256
+    """full: the most recent events kept of each sequence."""
     min_length: int = 2
     """Windows shorter than this are dropped."""
 
@@ -91,9 +95,10 @@ class BucketConfig:
 
     boundaries: tuple[int, ...] | None = None
     """Explicit increasing upper bounds; the last is raised to the window length if lower."""
-    method: str = "optimal"
+    method: Literal["quantile", "optimal"] = "optimal"
     """Derived boundaries: ``quantile`` (equal-count) or ``optimal`` (least padded tokens)."""
     n_buckets: int = 32
+    """Derived boundaries: how many buckets."""
 
     def __post_init__(self) -> None:
         if self.boundaries is not None:
@@ -113,7 +118,7 @@ class BucketConfig:
 
 @dataclass(frozen=True)
 class ShardConfig:
-    """The shard stage (ARCHITECTURE §3)."""
+    """The shard stage (docs/architecture.md §3)."""
 
     split: SplitConfig = field(default_factory=SplitConfig)
     window: WindowConfig = field(default_factory=WindowConfig)

@@ -19,11 +19,9 @@ TINY = {
         "window": {"length": 64, "max_len": 64},
     },
     "train": {
-        "hidden_size": 16,
-        "embedding_dim": 4,
+        "model": {"hidden_size": 16, "embedding_dim": 4, "ffn_size": 32},
         "epochs": 2,
         "max_tokens": 2048,
-        "ffn_size": 32,
     },
     "evaluate": {"invariance_entities": 16},
 }
@@ -60,7 +58,7 @@ def test_repro_ends_with_a_champion_and_experiments_compare(repo_copy, monkeypat
     assert "reports/metrics.json" in shown.stdout
     dvc(repo, "plots", "show", "--json")
 
-    exp = dvc(repo, "exp", "run", "-S", "train.architecture=transformer")
+    exp = dvc(repo, "exp", "run", "-S", "train.model.architecture=transformer")
     assert {"train", "evaluate", "register"} <= _ran(exp.stdout) and "ingest" not in _ran(
         exp.stdout
     )

@@ -57,7 +57,7 @@ def test_two_workers_train_and_log_lineage_metrics_and_a_loadable_model(
     client = MlflowClient(mlflow_store)
     run = client.get_run(summary["run_id"])
     assert run.info.status == "FINISHED"
-    assert run.data.params["train.architecture"] == "lstm"
+    assert run.data.params["train.model.architecture"] == "lstm"
     assert run.data.params["train.num_workers"] == "2"
     assert run.data.params["model.vocab_sizes"]
     manifest = load_manifest(tiny_pipeline["shards"])
@@ -123,7 +123,9 @@ def test_every_task_and_encoder_trains_with_ddp(
     params = tiny_params()
     params = dataclasses.replace(
         params,
-        train=dataclasses.replace(params.train, architecture=architecture, task=task, epochs=1),
+        train=dataclasses.replace(
+            params.train.with_model(architecture=architecture), task=task, epochs=1
+        ),
     )
     summary = train.run(
         params, tiny_pipeline["shards"], tiny_pipeline["validated"], None, root=_git_root(tmp_path)

@@ -1,12 +1,20 @@
-"""params.yaml parsing: the repository's file is valid; bad values name their key."""
+"""params.yaml parsing: the repository's file is valid; bad values name their key; the JSON
+Schema that editors read is current and agrees with the loader."""
 
 from __future__ import annotations
 
+import json
+import re
+
 import pytest
+import yaml
 
 from data_checks.config import CHECK_NAMES
-from pipelines.config import params_from_dict
+from pipelines.config import params_from_dict, params_schema
+from pipelines.params.schema import schema_text
+from pipelines.params.train import TrainConfig
 from seqcore.config import ConfigError, parse_duration
+from seqmodels import ModelSpec
 
 
 def test_repository_params_are_valid(default_params):
@@ -15,6 +23,18 @@ def test_repository_params_are_valid(default_params):
     assert default_params.validate.checks["late_events"].allowed_lateness == 86400
     assert default_params.validate.checks["future_timestamps"].max_ahead == 300
     assert default_params.shard.window.window_len == 256
+    assert isinstance(default_params.train.model, ModelSpec)
+    assert default_params.train.model.architecture == "lstm"
+
+
+def test_model_defaults_are_written_once():
+    """params.yaml spells out the model's defaults; code and file must not drift apart again."""
+    assert TrainConfig().model == ModelSpec()
+    assert params_from_dict({}).train.model == ModelSpec()
+
+
+def test_repository_params_spell_out_the_model_defaults(default_params):
+    assert default_params.train.model == ModelSpec()
 
 
 @pytest.mark.parametrize(
@@ -37,11 +57,65 @@ def test_repository_params_are_valid(default_params):
         ({"shard": {"buckets": {"boundaries": [32, 16]}}}, "shard.buckets.boundaries"),
         ({"shard": {"split": {"method": "time", "train_end": "2025-02-01"}}}, "both cutoffs"),
         ({"seed": "seven"}, "seed"),
+        ({"train": {"task": "regress"}}, "train.task"),
+        ({"train": {"use_gpu": "maybe"}}, "train.use_gpu"),
+        ({"train": {"model": "lstm"}}, "train.model"),
+        ({"train": {"model": {"architecture": "rnn"}}}, "train.model.architecture"),
+        ({"train": {"model": {"colour": 1}}}, "train.model: unknown key"),
+        ({"train": {"model": {"dropout": 1.0}}}, "train.model.dropout"),
+        (
+            {"train": {"model": {"architecture": "transformer", "num_heads": 3}}},
+            "train.model.num_heads",
+        ),
+        (
+            {
+                "train": {
+                    "task": "forecast",
+                    "model": {"architecture": "transformer", "causal": False},
+                }
+            },
+            "train.model.causal",
+        ),
     ],
 )
 def test_bad_values_name_their_key(raw, key):
     with pytest.raises(ConfigError, match=key):
         params_from_dict(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"model": {"hidden_size": 0}}, "params: train.model.hidden_size=0: must be >= 1"),
+        (
+            {"model": {"num_layers": True}},
+            "params: train.model.num_layers=True: expected an integer",
+        ),
+        (
+            {"architecture": "gru"},
+            "params: train: unknown key(s) architecture; moved to train.model.architecture",
+        ),
+        (
+            {"hidden_size": 8, "ffn_size": 16},
+            "unknown key(s) hidden_size, ffn_size; moved to train.model.hidden_size, "
+            "train.model.ffn_size",
+        ),
+        (
+            {"model": {"task": "forecast"}},
+            "params: train.model: unknown key task; the task is train.task",
+        ),
+    ],
+)
+def test_model_keys_are_named_under_train_model(raw, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        params_from_dict({"train": raw})
+
+
+def test_model_section_overrides_only_what_it_names():
+    params = params_from_dict({"train": {"model": {"architecture": "gru", "hidden_size": 32}}})
+    assert params.train.model == ModelSpec(architecture="gru", hidden_size=32)
+    changed = params.train.with_model(architecture="transformer")
+    assert changed.model.hidden_size == 32 and changed.model.resolved_pooling == "mean"
 
 
 def test_durations():
@@ -50,3 +124,62 @@ def test_durations():
     assert parse_duration("k", 12) == 12
     with pytest.raises(ConfigError):
         parse_duration("k", "-1d")
+
+
+# --------------------------------------------------------------------------- JSON Schema
+
+
+@pytest.fixture(scope="module")
+def committed_schema(repo_root):
+    return json.loads((repo_root / "params.schema.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def validator(committed_schema):
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.Draft202012Validator.check_schema(committed_schema)
+    return jsonschema.Draft202012Validator(committed_schema)
+
+
+def test_committed_schema_is_the_generated_one(repo_root):
+    committed = (repo_root / "params.schema.json").read_text()
+    assert committed == schema_text(params_schema()), (
+        "params.schema.json is stale: python -m pipelines.config --schema > params.schema.json"
+    )
+
+
+def test_params_yaml_names_its_schema_and_validates(repo_root, validator):
+    text = (repo_root / "params.yaml").read_text()
+    assert text.splitlines()[0] == "# yaml-language-server: $schema=params.schema.json"
+    errors = [f"{e.json_path}: {e.message}" for e in validator.iter_errors(yaml.safe_load(text))]
+    assert errors == []
+
+
+@pytest.mark.parametrize(
+    ("doc", "valid"),
+    [
+        ({"validate": {"checks": {"future_timestamps": {"max_ahead": "5m"}}}}, True),
+        ({"validate": {"checks": {"future_timestamps": {"max_ahead": 300}}}}, True),
+        ({"validate": {"checks": {"future_timestamps": {"max_ahead": "soon"}}}}, False),
+        ({"validate": {"checks": {"late_events": {"allowed_lateness": "1.5h"}}}}, True),
+        ({"validate": {"checks": {"nonsense": {}}}}, False),
+        ({"validate": {"checks": {"schema": {"policy": "ignore"}}}}, False),
+        ({"validate": {"now": "2025-03-01T00:00:00Z"}}, True),
+        ({"shard": {"split": {"train_end": "2025-02-01", "val_end": "2025-03-01"}}}, True),
+        ({"data": {"generate": {"start": "tomorrow"}}}, False),
+        ({"train": {"model": {"architecture": "gru", "pooling": "mean"}}}, True),
+        ({"train": {"model": {"architecture": "rnn"}}}, False),
+        ({"train": {"model": {"hidden_size": "wide"}}}, False),
+        ({"train": {"architecture": "lstm"}}, False),  # the old flat key
+        ({"shard": {"window": {"policy": "random"}}}, False),
+        ({"shard": {"features": {"numeric_transform": {"amount": "sqrt"}}}}, False),
+    ],
+)
+def test_schema_agrees_with_the_loader(validator, doc, valid):
+    """What the schema accepts, load_params accepts; what it flags, the loader refuses."""
+    assert validator.is_valid(doc) == valid
+    if valid:
+        params_from_dict(doc)
+    else:
+        with pytest.raises(ConfigError):
+            params_from_dict(doc)

@@ -7,6 +7,7 @@ than zeros, so "padding never changes a result" is tested against the worst a wr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from seqmodels import ModelConfig, ModelConfigError, SequenceModel, build_model
+from seqmodels import ModelConfig, ModelConfigError, ModelSpec, SequenceModel, build_model
 
 VOCABS = (7, 5)  # two categorical features; ids 0 = PAD, 1 = OOV
 N_NUMERIC = 3
@@ -416,6 +417,81 @@ def test_config_errors_name_the_field(changes, field):
 def test_config_requires_inputs():
     with pytest.raises(ModelConfigError, match="n_numeric, vocab_sizes"):
         ModelConfig.from_dict({"architecture": "gru"})
+
+
+# A model_config.json as the train stage has always written it (json.dumps(..., indent=2,
+# sort_keys=True)): stored models must keep loading, and rewriting one must not change a byte.
+STORED_CONFIG = """{
+  "architecture": "lstm",
+  "causal": null,
+  "dropout": 0.1,
+  "embedding_dim": 16,
+  "ffn_size": 128,
+  "forecast_loss": "huber",
+  "hidden_size": 64,
+  "horizon": 3,
+  "huber_delta": 1.0,
+  "max_len": 256,
+  "n_numeric": 2,
+  "next_event_vocab": 22,
+  "num_classes": 2,
+  "num_heads": 4,
+  "num_layers": 2,
+  "pooling": null,
+  "positions": "learned",
+  "task": "classify",
+  "vocab_sizes": [
+    22,
+    6,
+    12,
+    7
+  ]
+}"""
+
+
+def test_stored_model_config_loads_and_writes_back_unchanged():
+    config = ModelConfig.from_dict(json.loads(STORED_CONFIG))
+    assert json.dumps(config.to_dict(), indent=2, sort_keys=True) == STORED_CONFIG
+    assert config.vocab_sizes == (22, 6, 12, 7) and config.ffn_size == 128
+
+
+def test_config_is_the_spec_plus_task_and_data_sizes():
+    spec = ModelSpec(
+        architecture="transformer", hidden_size=32, num_heads=8, positions="sinusoidal"
+    )
+    config = ModelConfig.from_spec(
+        spec, task="forecast", vocab_sizes=VOCABS, n_numeric=N_NUMERIC, horizon=HORIZON
+    )
+    assert config.spec == spec and config.hidden_size == 32 and config.task == "forecast"
+    assert config.resolved_causal  # per-step task: causal although the spec leaves it open
+    sizes = {"task", "vocab_sizes", "n_numeric", "max_len", "num_classes", "next_event_vocab"}
+    assert not sizes & set(spec.to_dict())
+    assert set(config.to_dict()) == set(spec.to_dict()) | sizes | {"horizon"}
+    # A sweep replaces the spec's architecture and gets that architecture's resolved defaults.
+    assert dataclasses.replace(ModelSpec(), architecture="transformer").resolved_pooling == "mean"
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"hidden_size": 0}, "hidden_size"),
+        ({"architecture": "transformer", "hidden_size": 10, "num_heads": 4}, "num_heads"),
+        ({"architecture": "gru", "causal": False}, "causal"),
+        ({"huber_delta": 0}, "huber_delta"),
+        ({"pooling": "max"}, "pooling"),
+    ],
+)
+def test_spec_errors_carry_the_field_and_value(changes, field):
+    with pytest.raises(ModelConfigError, match=re.escape(f"model.{field}=")) as caught:
+        ModelSpec(**changes)
+    assert caught.value.field == field and caught.value.value == changes.get(field, False)
+
+
+def test_spec_refuses_task_and_data_keys():
+    with pytest.raises(ModelConfigError, match="unknown key"):
+        ModelSpec.from_dict({"architecture": "gru", "task": "classify"})
+    with pytest.raises(ModelConfigError, match="causal"):
+        ModelSpec(architecture="transformer", causal=False).check_task("next_event")
 
 
 @torch.no_grad()
