@@ -40,6 +40,7 @@ def main() -> int:
     from pipelines import train
     from pipelines.config import load_params
     from pipelines.predict import order_blind_baseline, predict_split
+    from seqcore.loading import load_scorer
     from seqcore.manifest import load_manifest
 
     params = load_params(REPO / "params.yaml")
@@ -48,16 +49,17 @@ def main() -> int:
     vocab = [manifest.features.vocab_size(c) for c in manifest.features.categorical]
     rows = []
     for arch in args.architectures.split(","):
-        changes = {"architecture": arch, "task": "classify"}
+        changes = {"task": "classify"}
         if args.epochs:
             changes["epochs"] = args.epochs
-        p = dataclasses.replace(params, train=dataclasses.replace(params.train, **changes))
+        train_config = dataclasses.replace(params.train.with_model(architecture=arch), **changes)
+        p = dataclasses.replace(params, train=train_config)
         with tempfile.TemporaryDirectory(prefix=f"seqops-quality-{arch}-") as tmp:
             # A throw-away store per model (set_tracking_uri also exports the env variable).
             os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"
             mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
             summary = train.run(p, shards, Path(args.events), None, root=Path(tmp))
-            scorer = mlflow.pyfunc.load_model(summary["model_uri"]).unwrap_python_model().scorer
+            scorer = load_scorer(summary["model_uri"], os.environ["MLFLOW_TRACKING_URI"])
             preds = predict_split(scorer.model, shards, "test")
         probs = preds.probabilities
         rows.append(

@@ -79,7 +79,7 @@ class CheckConfig:
 
 @dataclass(frozen=True)
 class ValidateConfig:
-    """The ordering contract (ARCHITECTURE §2)."""
+    """The ordering contract (docs/architecture.md §2)."""
 
     now: datetime | None = None
     """Reference time of the future check; None means the wall clock at run time."""

@@ -1,6 +1,6 @@
 """The ordering contract: run every check on the events table, apply policies, split rows.
 
-Order (ARCHITECTURE §2): ``non_empty`` (an empty table skips everything else), ``schema``,
+Order (docs/architecture.md §2): ``non_empty`` (an empty table skips everything else), ``schema``,
 ``types``, then the row checks. A check whose columns are missing or mistyped is
 ``skipped`` with the reason, so one fault is reported by its own check and nothing crashes.
 Policies: ``fail`` reports and the stage exits non-zero; ``quarantine`` sets the offending

@@ -1,4 +1,4 @@
-"""The split-leakage check of the ordering contract (ARCHITECTURE §2), run on shard output.
+"""The split-leakage check of the ordering contract (docs/architecture.md §2), run on shard output.
 
 Two ways an evaluation can be inflated by the split itself: the same entity on both sides of
 an entity split (its habits are memorised, not generalised), or, for a time split, a model

@@ -1,22 +1,22 @@
-"""Per-entity ordering checks, vectorised over Arrow and numpy (ARCHITECTURE §2).
+"""Per-entity ordering checks, vectorised over Arrow and numpy (docs/architecture.md §2).
 
 Great Expectations has no group-by (``ExpectColumnValuesToBeIncreasing`` sees one column),
 so the checks that need an entity's own sequence are computed here: time order, duplicate
 (entity, time, seq) events, gaps in sequence numbers, timestamps in the future or before a
 floor, events behind the watermark, null keys and non-finite numbers.
 
-How it stays fast at 10M+ events: the entity key is dictionary-encoded once, and the
-(entity, arrival) grouping is one ``np.sort`` of int64 keys ``code * N + row`` (rows of a part
-are in arrival order and an entity lives in one part, so the row number is its arrival
-rank). Every check then works on flat arrays in that order: a running max within entities
-is ``np.maximum.accumulate`` over ``time + code * span``, boundaries are comparisons of
-neighbours, and the few entities that need a finer sort (duplicates, unsorted sequence
-numbers) are sorted alone. No Python object per event, no pandas, no per-row loop.
+How it scales to tens of millions of events: the entity key is dictionary-encoded once,
+and the (entity, arrival) grouping is one ``np.sort`` of int64 keys ``code * N + row`` (rows
+of a part are in arrival order and an entity lives in one part, so the row number is its
+arrival rank). Every check then works on flat arrays in that order: a running max within
+entities is one ``np.maximum.accumulate`` (``data_checks.group_scan``), boundaries are
+comparisons of neighbours, and the few entities that need a finer sort (duplicates, unsorted
+sequence numbers) are sorted alone. No Python object per event, no pandas, no per-row loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from data_checks.group_scan import below_running_max, group_order, not_above_earlier
 
 ARRIVAL = "_arrival"
 INT64_MIN = np.iinfo(np.int64).min
@@ -75,7 +77,7 @@ class EventIndex:
         """A fast gather of the entity column for grouped row ids, or None if not possible.
 
         In grouped order the entity codes ascend, so taking from the small dictionary of
-        keys reads memory sequentially: ~10x faster than a random-access string take.
+        keys reads memory sequentially, unlike a random-access take of the string column.
         """
         if self.entity is None or self.table[self.entity].type != self.keys.type:
             return None
@@ -126,7 +128,7 @@ def build_index(
         n_codes = len(keys)
         indices = pa.chunked_array([c.indices for c in encoded.chunks], pa.int32())
         codes = pc.fill_null(indices, n_codes).to_numpy()
-    order = _group_order(codes, n_codes) if grouped else np.arange(n, dtype=np.int64)
+    order = group_order(codes, n_codes) if grouped else np.arange(n, dtype=np.int64)
 
     valid = np.ones(n, dtype=bool)
     for name in (entity, time):
@@ -153,21 +155,6 @@ def build_index(
     )
 
 
-def _group_order(codes: np.ndarray, n_codes: int) -> np.ndarray:
-    """Row ids sorted by (code, row): one SIMD int64 sort instead of a string sort."""
-    n = codes.size
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    if (n_codes + 1) * n >= 2**63:  # keys would overflow int64: a stable argsort is exact
-        return np.argsort(codes, kind="stable").astype(np.int64)
-    key = codes.astype(np.int64)
-    key *= n
-    key += np.arange(n, dtype=np.int64)
-    key.sort()
-    np.remainder(key, n, out=key)
-    return key
-
-
 def arrival_order(table: pa.Table) -> np.ndarray | None:
     """Row ids in global arrival order (``_arrival``); None when rows already are in it.
 
@@ -189,55 +176,6 @@ def arrival_order(table: pa.Table) -> np.ndarray | None:
         if bool(np.all(inverse >= 0)):  # a true permutation: every slot filled once
             return inverse
     return np.argsort(arrival, kind="stable").astype(np.int64)
-
-
-def _lifted_blocks(
-    values: np.ndarray, groups: np.ndarray
-) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
-    """Blocks ``(lo, hi, key, running)`` for a running max within groups.
-
-    ``groups`` ascends (rows of a group contiguous). Lifting each group above the previous
-    one (``key = (value - low) + group * span``) turns the segmented running max into a
-    single ``np.maximum.accumulate`` (``running``); groups are taken in as few blocks as
-    keep the keys inside int64 (one block for any realistic span).
-    """
-    if values.size == 0:
-        return
-    low = int(values.min())
-    span = int(values.max()) - low + 1
-    per_block = max(1, (2**62) // span)
-    first = int(groups[0])
-    edges = [0, values.size]
-    if int(groups[-1]) - first >= per_block:  # several blocks: cut where the block id changes
-        block = (groups.astype(np.int64) - first) // per_block
-        edges = [0, *(np.flatnonzero(block[1:] != block[:-1]) + 1).tolist(), values.size]
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        key = np.subtract(groups[lo:hi], groups[lo], dtype=np.int64)
-        if per_block == 1:  # a huge span: one group per block, no lift needed
-            key[:] = values[lo:hi]
-        else:
-            key *= span
-            key += values[lo:hi]
-            key -= low
-        yield lo, hi, key, np.maximum.accumulate(key)
-
-
-def below_running_max(values: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Where ``values`` drop below the running max of their group: (mask, behind[mask])."""
-    bad = np.zeros(values.size, dtype=bool)
-    behind = [np.zeros(0, dtype=np.int64)]
-    for lo, hi, key, running in _lifted_blocks(values, groups):
-        np.less(key, running, out=bad[lo:hi])
-        behind.append(running[bad[lo:hi]] - key[bad[lo:hi]])
-    return bad, np.concatenate(behind)
-
-
-def not_above_earlier(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """Rows whose value is not above every earlier value of their group (ties and drops)."""
-    out = np.zeros(values.size, dtype=bool)
-    for lo, hi, key, running in _lifted_blocks(values, groups):
-        np.less_equal(key[1:], running[:-1], out=out[lo + 1 : hi])
-    return out
 
 
 def describe(

@@ -1,6 +1,6 @@
 """Structured results of the ordering contract: one ``CheckResult`` per check, one report.
 
-Every check reports the same fields (ARCHITECTURE §2): name, status, policy, how many rows
+Every check reports the same fields (docs/architecture.md §2): name, status, policy, how many rows
 and entities violate it and a small sample of offenders. The report is what
 ``reports/validation.json`` holds and what the data docs and the stage's exit summary are
 rendered from, so everything in it is plain JSON (no NaN, no datetimes, no numpy scalars).

@@ -2,7 +2,7 @@
 
 Off by default (``data.generate.faults: []``); tests and demos turn faults on one at a time
 or all at once. Each fault is planted so that exactly one check of the contract
-(ARCHITECTURE §2, ``data_checks``) should fire for it:
+(docs/architecture.md §2, ``data_checks``) should fire for it:
 
 =================  =================================================  ====================
 fault              how it is planted                                  caught by
@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.generate import US_PER_S, EventArrays, to_table
+from pipelines.card_events import US_PER_S, EventArrays, to_table
 from pipelines.params.data import GenerateConfig
 
 HOUR_US = 3600 * US_PER_S
@@ -40,15 +40,6 @@ DAY_US = 86400 * US_PER_S
 
 def _count(rate: float, n: int) -> int:
     return 0 if n == 0 else max(1, round(rate * n))
-
-
-def _concat(a: EventArrays, extra: EventArrays) -> EventArrays:
-    merged = {
-        name: np.concatenate([getattr(a, name), getattr(extra, name)])
-        for name in ("entity", "time", "time_valid", "arrival", "seq", "amount", "mcc",
-                     "channel", "country", "device", "label")
-    }  # fmt: skip
-    return EventArrays(**merged, entity_ids=a.entity_ids, channels=a.channels)
 
 
 def _out_of_order(rng: np.random.Generator, a: EventArrays, rate: float) -> None:
@@ -124,7 +115,7 @@ def _apply_row_faults(
     if "late_events" in faults:
         extras.append(_late_entities(rng, a, cfg.fault_rate))
     for extra in extras:
-        a = _concat(a, extra)
+        a = a.concat(extra)
     return a
 
 

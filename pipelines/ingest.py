@@ -1,6 +1,6 @@
 """The ingest stage: events in (generated, or a user's Parquet/CSV), the events table out.
 
-Output (ARCHITECTURE §1): ``data/events/part-<k>.parquet`` with the mapped columns, times as
+Output (docs/architecture.md §1): ``data/events/part-<k>.parquet`` with the mapped columns, times as
 UTC timestamps, and ``_arrival`` (the row's position in the source stream, so that arrival
 order survives partitioning). Above ``data.rows_per_part`` rows the table is split into parts
 by a stable hash of the entity key; each part keeps arrival order.
@@ -27,10 +27,10 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipelines.config import Params, load_params
+from pipelines.config import Params
 from pipelines.generate import generate_events
 from pipelines.params.data import DataConfig
-from seqcore.config import ConfigError
+from pipelines.stage import stage_main
 from seqcore.io import atomic_dir, write_json
 
 log = logging.getLogger("seqops.ingest")
@@ -203,21 +203,24 @@ def run(params: Params, out_dir: Path, metrics_path: Path | None = None) -> dict
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params", default="params.yaml")
+# --------------------------------------------------------------------------- command line
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="data/events")
     parser.add_argument("--metrics", default="reports/ingest.json")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        params = load_params(args.params)
-        summary = run(params, Path(args.out), Path(args.metrics) if args.metrics else None)
-    except (ConfigError, IngestError) as exc:
-        print(f"ingest: {exc}", file=sys.stderr)
-        return 2
+
+
+def _command(params: Params, args: argparse.Namespace) -> int:
+    summary = run(params, Path(args.out), Path(args.metrics) if args.metrics else None)
     log.info("wrote %s rows in %s part(s) to %s", summary["rows"], summary["parts"], args.out)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main(
+        "ingest", _arguments, _command, argv, doc=__doc__, input_errors=(IngestError,)
+    )
 
 
 if __name__ == "__main__":

@@ -10,9 +10,10 @@
   in the column's original units, and their mean over steps.
 
 A metric that a slice cannot define (ROC-AUC with a single class present, top-k without a
-target) is NaN here, and its reason is listed under the result's ``undefined`` key; the
-evaluate stage turns NaN into JSON null. The per-step tasks reduce each example to sufficient
-statistics first (``*_stats``), so overall, per-bucket and per-slice metrics only sum rows.
+target) is NaN here, and its reason is listed under the result's ``undefined`` key;
+``pipelines.split_metrics`` turns NaN into JSON null. The per-step tasks reduce each example
+to sufficient statistics first (``*_stats``), so overall, per-bucket and per-slice metrics
+only sum rows.
 """
 
 from __future__ import annotations

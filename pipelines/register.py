@@ -2,7 +2,7 @@
 
 The new model is registered with a model card as its description and lineage/metric tags,
 and gets the ``challenger`` alias. The gate then decides whether it replaces the ``champion``
-(ARCHITECTURE §6):
+(docs/architecture.md §6):
 
 * both models are scored on the *same* test windows, through each model's own preprocessing
   from raw events (``predict_split_raw``): the champion is re-scored, never trusted from
@@ -29,16 +29,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.config import Params, load_params
+from pipelines.config import Params
 from pipelines.params.gate import LOWER_IS_BETTER, RegisterConfig
+from pipelines.predict import predict_split_raw
 from pipelines.registry import CHAMPION, Registry, RegistryError, now_iso
-from seqcore.config import ConfigError
+from pipelines.split_metrics import evaluate_predictions
+from pipelines.stage import stage_main
 from seqcore.io import jsonable, write_json
 from seqcore.loading import load_scorer
 from seqcore.manifest import Manifest, load_manifest
-from seqcore.scorer import SequenceScorer
 
 log = logging.getLogger("seqops.register")
 
@@ -137,7 +139,7 @@ def model_card(
 ) -> str:
     params = run.data.params
     tags = run.data.tags
-    keep = ("train.architecture", "train.task", "train.hidden_size", "train.num_layers", "train.epochs", "train.lr",
+    keep = ("train.model.architecture", "train.task", "train.model.hidden_size", "train.model.num_layers", "train.epochs", "train.lr",
             "train.max_tokens", "train.num_workers", "shard.window.policy", "shard.window.length", "shard.split.method")  # fmt: skip
     rows = "\n".join(f"| {k} | {params[k]} |" for k in keep if k in params)
     scores = "\n".join(
@@ -167,16 +169,11 @@ DVC shards `{tags.get("dvc_shards_md5", "?")}`, split `{manifest.split_method}`,
 """
 
 
-def _scorer(model_uri: str) -> SequenceScorer:
-    return load_scorer(model_uri)
-
-
 def _evaluate_on_test(
-    scorer: Any, events: Any, shards: Path, manifest: Manifest, params: Params
+    model_uri: str, events: pa.Table, shards: Path, manifest: Manifest, params: Params
 ) -> dict[str, Any]:
-    from pipelines.evaluate import evaluate_predictions
-    from pipelines.predict import predict_split_raw
-
+    """A registered model's metrics on the test windows, scored from raw events."""
+    scorer = load_scorer(model_uri)
     preds = predict_split_raw(scorer, events, shards, params.evaluate.split, manifest)
     return evaluate_predictions(preds, manifest, scorer.config.task, params.evaluate, {})
 
@@ -227,18 +224,14 @@ def run(
 
     events = pq.read_table(validated)
     challenger_eval = _evaluate_on_test(
-        _scorer(f"models:/{cfg.model_name}/{version.version}"), events, shards, manifest, params
+        f"models:/{cfg.model_name}/{version.version}", events, shards, manifest, params
     )
     champion = registry.alias(CHAMPION)
     champion_eval: dict[str, Any] | None = None
     rival = champion if champion is not None and champion.version != version.version else None
     if rival is not None:
         champion_eval = _evaluate_on_test(
-            _scorer(f"models:/{cfg.model_name}/{rival.version}"),
-            events,
-            shards,
-            manifest,
-            params,
+            f"models:/{cfg.model_name}/{rival.version}", events, shards, manifest, params
         )
     invariance = bool(metrics.get("invariance", {}).get("passed"))
     decision = decide(challenger_eval, champion_eval, invariance, primary, cfg)
@@ -279,35 +272,32 @@ def run(
     return record
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params", default="params.yaml")
+# --------------------------------------------------------------------------- command line
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-report", default="reports/train.json")
     parser.add_argument("--metrics", default="reports/metrics.json")
     parser.add_argument("--shards", default="data/shards")
     parser.add_argument("--events", default="data/validated/events.parquet")
     parser.add_argument("--out", default="reports/promotion.json")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        params = load_params(args.params)
-        record = run(
-            params,
-            Path(args.train_report),
-            Path(args.metrics),
-            Path(args.shards),
-            Path(args.events),
-            Path(args.out),
-        )
-    except (ConfigError, RegistryError, FileNotFoundError) as exc:
-        print(f"register: {exc}", file=sys.stderr)
-        return 2
+
+
+def _command(params: Params, args: argparse.Namespace) -> int:
+    record = run(params, Path(args.train_report), Path(args.metrics), Path(args.shards),
+                 Path(args.events), Path(args.out))  # fmt: skip
     print(
         f"register: {record['model_name']} v{record['challenger']['version']}: {record['decision']}"
     )
     for reason in record["gate"]["reasons"]:
         print(f"  - {reason}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main(
+        "register", _arguments, _command, argv, doc=__doc__, input_errors=(RegistryError,)
+    )
 
 
 if __name__ == "__main__":

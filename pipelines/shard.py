@@ -1,13 +1,13 @@
 """The shard stage: validated events -> split, windowed, bucketed, padded Parquet shards.
 
-Follows ARCHITECTURE §3: ``<out>/<split>/bucket=<L>/part-<k>.parquet`` plus ``manifest.json``
-holding everything needed to read the shards and to rebuild the same preprocessing at
-serving time. Splits are decided first, preprocessing is fitted on training rows only, and
-the split-leakage check runs on what was actually written. The output directory is built
-aside and renamed into place (``atomic_dir``), so an interrupted run leaves the previous
-shards intact. Per-event work is vectorised (``pipelines.windows``): one read, one encode
-per column, one gather per output column and part file; Parquet writes (which release the
-GIL) overlap the next part's gather.
+Follows docs/architecture.md §3: ``<out>/<split>/bucket=<L>/part-<k>.parquet`` plus
+``manifest.json`` holding everything needed to read the shards and to rebuild the same
+preprocessing at serving time. Splits are decided first, preprocessing is fitted on
+training rows only, and the split-leakage check runs on what was actually written. The
+output directory is built aside and renamed into place (``atomic_dir``), so an interrupted
+run leaves the previous shards intact. Per-event work is vectorised (``pipelines.windows``):
+one read, one encode per column, one gather per output column and part file; Parquet writes
+(which release the GIL) overlap the next part's gather.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import sys
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -29,8 +28,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_checks.leakage import NO_TARGET, SplitExamples, check_split_leakage
-from pipelines.config import Params, load_params
+from pipelines.config import Params
 from pipelines.params.shard import ShardConfig
+from pipelines.stage import stage_main
 from pipelines.windows import (
     SPLITS,
     PaddedIndex,
@@ -44,7 +44,7 @@ from pipelines.windows import (
     visible_counts,
 )
 from seqcore import io
-from seqcore.config import ConfigError, to_jsonable
+from seqcore.config import to_jsonable
 from seqcore.features import FeatureSpec, fit_features
 from seqcore.manifest import (
     BucketEntry,
@@ -290,7 +290,7 @@ def _input_hash(path: Path) -> str:
     return io.sha256_file(path) if path.is_file() else io.combined_hash(io.sha256_tree(path))
 
 
-def run(params: Params, validated_path: Path, out_dir: Path) -> dict[str, Any]:
+def run(params: Params, validated_path: Path, out_dir: Path) -> Manifest:
     """Write the shards and ``manifest.json`` into ``out_dir`` atomically; return the manifest."""
     cfg, validated_path = params.shard, Path(validated_path)
     table = _read(validated_path, params.data.schema)
@@ -352,21 +352,17 @@ def run(params: Params, validated_path: Path, out_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Split, window, bucket and pad validated events.")
-    parser.add_argument("--params", default="params.yaml")
+# --------------------------------------------------------------------------- command line
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", default="data/validated/events.parquet")
     parser.add_argument("--out", default="data/shards")
     parser.add_argument("--metrics", default=None, help="also write a small metrics JSON here")
-    args = parser.parse_args(argv)
-    try:
-        manifest = run(load_params(args.params), Path(args.events), Path(args.out))
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"shard: {exc}", file=sys.stderr)
-        return 2
-    except ShardError as exc:
-        print(f"shard: failed: {exc}", file=sys.stderr)
-        return 1
+
+
+def _command(params: Params, args: argparse.Namespace) -> int:
+    manifest = run(params, Path(args.events), Path(args.out))
     metrics: dict[str, Any] = {"n_buckets": len(manifest.bucket_boundaries)}
     for split, entry in manifest.splits.items():
         metrics[split] = {"examples": entry.examples, "pad_fraction": entry.pad_fraction}
@@ -375,6 +371,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.metrics:
         io.write_json(args.metrics, metrics)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return stage_main("shard", _arguments, _command, argv, doc=__doc__, failures=(ShardError,))
 
 
 if __name__ == "__main__":

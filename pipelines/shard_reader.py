@@ -1,11 +1,11 @@
 """Reading shards back for training: a split's rows, numpy batches.
 
-The inverse of ``pipelines.shard``'s row layout (ARCHITECTURE §3). A split mixes buckets of
-different padded length L, so ``read_split`` returns one table whose list columns are
-variable-size lists plus ``bucket`` (L) and ``part`` columns; the batch sampler draws every
-batch from one bucket (``bucket`` gives its padded length, ``part % world_size`` its owner
-rank), and ``to_numpy_batch`` reshapes that batch's flat lists to dense arrays without a
-Python loop per row.
+The inverse of ``pipelines.shard``'s row layout (docs/architecture.md §3). A split mixes
+buckets of different padded length L, so ``read_split`` returns one table whose list columns
+are variable-size lists plus ``bucket`` (L) and ``part`` columns; the batch sampler draws
+every batch from one bucket (``bucket`` gives its padded length, ``part % world_size`` its
+owner rank), and ``to_numpy_batch`` reshapes that batch's flat lists to dense arrays without
+a Python loop per row.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""MLflow store selection and the lineage every training run records (ARCHITECTURE §5).
+"""MLflow store selection and the lineage every training run records.
 
-Tracking URI: ``MLFLOW_TRACKING_URI`` when set (a team's server), else a SQLite store
-``mlflow.db`` plus an artifact folder ``mlartifacts/`` in the repository (both git-ignored),
-the same defaults for tracking and registry. Lineage: the git commit and whether the tree was
-dirty, the shard manifest's content hash, the DVC hash of the shard output from ``dvc.lock``,
-and library versions, so a run can be traced to exactly the code and data that made it.
+Follows docs/architecture.md §5. Tracking URI: ``MLFLOW_TRACKING_URI`` when set (a team's
+server), else a SQLite store ``mlflow.db`` plus an artifact folder ``mlartifacts/`` in the
+repository (both git-ignored), the same defaults for tracking and registry. Lineage: the git
+commit and whether the tree was dirty, the shard manifest's content hash, the DVC hash of the
+shard output from ``dvc.lock``, and library versions, so a run can be traced to exactly the
+code and data that made it.
 """
 
 from __future__ import annotations

@@ -27,10 +27,11 @@ from typing import Any
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.config import Params, load_params
+from pipelines.config import Params
+from pipelines.stage import stage_main
 from pipelines.tracking import configure, ensure_experiment, flatten, lineage_tags, tracking_uri
 from pipelines.train_loop import FAIL_ENV, train_loop_per_worker
-from seqcore.config import ConfigError, to_jsonable
+from seqcore.config import to_jsonable
 from seqcore.io import atomic_dir, write_json
 from seqcore.manifest import Manifest, load_manifest
 from seqmodels import ModelConfig
@@ -44,7 +45,7 @@ class TrainError(RuntimeError):
 
 
 def model_config(params: Params, manifest: Manifest) -> ModelConfig:
-    """The model's config: architecture from params, input sizes from the shard manifest."""
+    """The model's config: the spec and task from params, input sizes from the shard manifest."""
     t = params.train
     features, targets = manifest.features, manifest.targets
     if t.task == "classify" and targets.label is None:
@@ -54,17 +55,11 @@ def model_config(params: Params, manifest: Manifest) -> ModelConfig:
         raise TrainError("train.task=next_event but data.schema.next_event is not set")
     if t.task == "forecast" and targets.forecast is None:
         raise TrainError("train.task=forecast but data.schema.forecast is not set")
-    return ModelConfig(
-        architecture=t.architecture,
+    return ModelConfig.from_spec(
+        t.model,
         task=t.task,
         vocab_sizes=tuple(features.vocab_size(c) for c in features.categorical),
         n_numeric=len(features.numeric_order),
-        embedding_dim=t.embedding_dim,
-        hidden_size=t.hidden_size,
-        num_layers=t.num_layers,
-        dropout=t.dropout,
-        num_heads=t.num_heads,
-        ffn_size=t.ffn_size,
         max_len=manifest.window_len,
         num_classes=targets.label.num_classes if targets.label else 2,
         next_event_vocab=next_event.vocab_size if next_event else None,
@@ -189,9 +184,11 @@ def run(
     client = MlflowClient(uri)
     tags = lineage_tags(root, manifest.content_hash, manifest.input.sha256)
     tags.update(
-        {"seqops.stage": "train", "seqops.task": t.task, "seqops.architecture": t.architecture}
+        {"seqops.stage": "train", "seqops.task": t.task, "seqops.architecture": config.architecture}
     )
-    mlflow_run = client.create_run(experiment_id, tags=tags, run_name=f"{t.architecture}-{t.task}")
+    mlflow_run = client.create_run(
+        experiment_id, tags=tags, run_name=f"{config.architecture}-{t.task}"
+    )
     run_id = mlflow_run.info.run_id
     try:
         flat = flatten(
@@ -256,7 +253,7 @@ def run(
             "experiment_id": experiment_id,
             "model_uri": model_uri,
             "task": t.task,
-            "architecture": t.architecture,
+            "architecture": config.architecture,
             "epochs_run": int(state["epoch"]) + 1,
             "best_epoch": int(state["best_epoch"]),
             "best_val_loss": float(state["best"]),
@@ -290,30 +287,26 @@ def _log_dataset(run_id: str, shards: Path, manifest: Manifest) -> None:
         mlflow.log_input(dataset, context="training")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params", default="params.yaml")
+# --------------------------------------------------------------------------- command line
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shards", default="data/shards")
     parser.add_argument("--events", default="data/validated/events.parquet")
     parser.add_argument("--report", default="reports/train.json")
     parser.add_argument("--model-dir", default="models/model", help="best model's files (DVC out)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        params = load_params(args.params)
-        summary = run(
-            params,
-            Path(args.shards),
-            Path(args.events),
-            Path(args.report),
-            model_dir=Path(args.model_dir),
-        )
-    except (ConfigError, TrainError, FileNotFoundError) as exc:
-        print(f"train: {exc}", file=sys.stderr)
-        return 2 if not isinstance(exc, TrainError) else 1
+
+
+def _command(params: Params, args: argparse.Namespace) -> int:
+    summary = run(params, Path(args.shards), Path(args.events), Path(args.report),
+                  model_dir=Path(args.model_dir))  # fmt: skip
     log.info("run %s: best epoch %s, val loss %.4f, model %s", summary["run_id"], summary["best_epoch"],
              summary["best_val_loss"], summary["model_uri"])  # fmt: skip
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main("train", _arguments, _command, argv, doc=__doc__, failures=(TrainError,))
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ Fault tolerance follows Ray Train's checkpoint/restore contract: rank 0 writes a
 at the end of every epoch (weights, best weights so far, optimizer, scheduler, early-stopping
 state); after a worker failure ``ray.train.get_checkpoint()`` returns the latest one and the
 loop resumes at the next epoch, logging to the same MLflow run (its id is in the config).
-Metrics go to MLflow from rank 0 only, batched into one ``log_batch`` call per epoch
-(PERFORMANCE.md: one call per value is slow on SQL stores).
+Metrics go to MLflow from rank 0 only, batched into one ``log_batch`` call per epoch:
+every MLflow call is a round trip and, on an SQL store, a transaction of its own.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The validate stage: the events table in, validated events, quarantine and reports out.
 
 A thin CLI over a pure ``run()`` (STYLE.md 2). It reads ``data/events`` once, runs the
-ordering contract (``data_checks.contract``; ARCHITECTURE §2) and writes:
+ordering contract (``data_checks.contract``; docs/architecture.md §2) and writes:
 
 * ``data/validated/events.parquet``: rows that passed, grouped by entity, arrival order
   within an entity; written only when no ``fail``-policy check failed. It is gathered and
@@ -29,8 +29,8 @@ import pyarrow as pa
 from data_checks.contract import check_contract
 from data_checks.docs import write_docs
 from data_checks.results import ValidationReport
-from pipelines.config import Params, load_params
-from seqcore.config import ConfigError
+from pipelines.config import Params
+from pipelines.stage import stage_main
 from seqcore.io import read_events, write_json, write_parquet_chunks
 
 log = logging.getLogger("seqops.validate")
@@ -73,9 +73,10 @@ def _quiet_gx(record: logging.LogRecord) -> bool:
     return record.levelno >= logging.WARNING or not record.name.startswith("great_expectations")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="validate", description=__doc__.split("\n")[0])
-    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+# --------------------------------------------------------------------------- command line
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", type=Path, default=Path("data/events"))
     parser.add_argument("--out", type=Path, default=Path("data/validated"))
     parser.add_argument(
@@ -83,24 +84,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--report", type=Path, default=Path("reports/validation.json"))
     parser.add_argument("--docs", type=Path, default=Path("reports/data_docs"))
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def _command(params: Params, args: argparse.Namespace) -> int:
     for handler in logging.getLogger().handlers:  # GX forces some of its loggers to INFO
         handler.addFilter(_quiet_gx)
-    try:
-        params = load_params(args.params)
-        report = run(params, args.events, args.out, args.quarantine, args.report, args.docs)
-    except ConfigError as exc:
-        print(f"validate: {exc}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as exc:
-        print(f"validate: {exc}", file=sys.stderr)
-        return 2
+    report = run(params, args.events, args.out, args.quarantine, args.report, args.docs)
     if report.failed():
         print(report.summary(), file=sys.stderr)
         return 1
     print(report.summary())
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return stage_main("validate", _arguments, _command, argv, doc=__doc__)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipelines import evaluate
+from pipelines import evaluate, invariance, split_metrics
+from seqcore.loading import load_scorer
 from seqcore.manifest import Manifest, load_manifest
 from tests.conftest import REPO, tiny_params
 
@@ -49,15 +50,7 @@ def evaluated(trained_run, tmp_path_factory):
 @pytest.fixture(scope="module")
 def scorer(trained_run):
     """The trained model loaded through MLflow, as the stage loads it."""
-    import mlflow
-
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(trained_run["tracking_uri"])
-    try:
-        model = mlflow.pyfunc.load_model(trained_run["summary"]["model_uri"])
-    finally:
-        mlflow.set_tracking_uri(previous)
-    return model.unwrap_python_model().scorer
+    return load_scorer(trained_run["summary"]["model_uri"], trained_run["tracking_uri"])
 
 
 def test_metrics_json_has_classify_metrics_buckets_slices_and_invariance(evaluated, trained_run):
@@ -124,8 +117,12 @@ def test_the_training_run_gets_test_metrics_and_evaluation_artifacts(evaluated, 
 
 def test_evaluate_model_is_deterministic_and_matches_the_stage(evaluated, trained_run, scorer):
     config = tiny_params().evaluate
-    first = evaluate.evaluate_model(scorer.model, scorer.manifest, trained_run["shards"], config)
-    second = evaluate.evaluate_model(scorer.model, scorer.manifest, trained_run["shards"], config)
+    first = split_metrics.evaluate_model(
+        scorer.model, scorer.manifest, trained_run["shards"], config
+    )
+    second = split_metrics.evaluate_model(
+        scorer.model, scorer.manifest, trained_run["shards"], config
+    )
     assert first == second
     assert first["overall"] == evaluated["report"]["overall"]
     assert first["by_bucket"] == evaluated["report"]["by_bucket"]
@@ -135,8 +132,8 @@ def test_evaluate_model_refuses_shards_with_other_preprocessing(trained_run, sco
     raw = json.loads(json.dumps(scorer.manifest.to_json()))
     raw["features"]["categorical"]["channel"]["vocab"].reverse()
     manifest = Manifest.from_json(raw)
-    with pytest.raises(evaluate.IncompatibleShardsError, match="other preprocessing"):
-        evaluate.evaluate_model(
+    with pytest.raises(split_metrics.IncompatibleShardsError, match="other preprocessing"):
+        split_metrics.evaluate_model(
             scorer.model, manifest, trained_run["shards"], tiny_params().evaluate
         )
 
@@ -159,11 +156,11 @@ def test_invariance_check_catches_a_model_that_padding_changes(trained_run, scor
 
     table = pq.read_table(trained_run["validated"])
     entities = list(dict.fromkeys(str(e) for e in table.column("account_id").to_pylist()))[:16]
-    ok = evaluate.invariance_check(scorer, table, entities, 1e-5)
+    ok = invariance.invariance_check(scorer, table, entities, 1e-5)
     assert ok["passed"] and ok["entities"] == 16
     assert ok["padded_sequences"] >= 8  # random groups of four: most sequences really padded
     leaky = SequenceScorer(_PaddingLeak(scorer.model), scorer.manifest)
-    bad = evaluate.invariance_check(leaky, table, entities, 1e-5)
+    bad = invariance.invariance_check(leaky, table, entities, 1e-5)
     assert not bad["passed"] and bad["max_abs_diff"] > 1e-5
     assert np.isfinite(bad["max_abs_diff"])
 

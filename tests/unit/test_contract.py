@@ -308,8 +308,9 @@ def test_every_generated_fault_is_mapped():
 
 @pytest.mark.parametrize("fault", sorted(GENERATED))
 def test_generated_fault_fires_only_its_own_check(fault):
-    from pipelines.generate import CHANNELS as GEN_CHANNELS
-    from pipelines.generate import COUNTRIES, DEVICES, generate_events
+    from pipelines.card_events import CHANNELS as GEN_CHANNELS
+    from pipelines.card_events import COUNTRIES, DEVICES
+    from pipelines.generate import generate_events
 
     table = generate_events(GenerateConfig(n_entities=60, faults=(fault,)), seed=3)
     if table.num_rows:

@@ -11,10 +11,11 @@ import pytest
 from sklearn import metrics as skm
 
 from pipelines import metrics as M
-from pipelines.evaluate import evaluate_predictions, jsonable
 from pipelines.params.gate import EvaluateConfig
 from pipelines.predict import SplitPredictions
+from pipelines.split_metrics import evaluate_predictions
 from seqcore.features import FeatureSpec
+from seqcore.io import jsonable
 from seqcore.manifest import ForecastTarget, Targets
 
 

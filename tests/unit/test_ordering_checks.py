@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from data_checks import ordering
+from data_checks import group_scan, ordering
 from tests.unit.test_contract import T0, make_rows, table_from_rows
 
 COLUMNS = {"account_id", "event_time", "seq_no", "amount", "_arrival"}
@@ -57,7 +57,7 @@ def test_below_running_max_matches_a_per_group_loop(span):
     rng = np.random.default_rng(1)
     groups = np.sort(rng.integers(0, 40, size=400)).astype(np.int32)
     values = rng.integers(-(span // 2), span // 2, size=400, dtype=np.int64)
-    bad, behind = ordering.below_running_max(values, groups)
+    bad, behind = group_scan.below_running_max(values, groups)
     expected, gaps = np.zeros(400, dtype=bool), []
     for g in np.unique(groups):
         idx = np.flatnonzero(groups == g)
@@ -109,7 +109,7 @@ def test_duplicates_after_an_out_of_range_time_are_still_found():
     found = ordering.duplicates(index(table), seq_of(table), k=5, exclude=exclude)
     assert found.rows.tolist() == [3, 4]
     assert [s["duplicate_of_row"] for s in found.sample] == [2, 1]
-    ties_and_drops = ordering.not_above_earlier(np.array([1, 3, 3, 2, 5]), np.zeros(5, np.int32))
+    ties_and_drops = group_scan.not_above_earlier(np.array([1, 3, 3, 2, 5]), np.zeros(5, np.int32))
     assert ties_and_drops.tolist() == [False, False, True, True, False]
 
 

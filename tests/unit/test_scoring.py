@@ -26,9 +26,7 @@ def scorer(request, tiny_pipeline):
     params = tiny_params()
     import dataclasses
 
-    params = dataclasses.replace(
-        params, train=dataclasses.replace(params.train, architecture=request.param)
-    )
+    params = dataclasses.replace(params, train=params.train.with_model(architecture=request.param))
     manifest = load_manifest(tiny_pipeline["shards"])
     torch.manual_seed(0)
     model = build_model(model_config(params, manifest))
