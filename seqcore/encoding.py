@@ -37,10 +37,9 @@ class EncodedSequence:
 
 SMALL_TABLE_ROWS = 1024
 """Up to this many events, :func:`encode` replaces Arrow kernels with numpy and
-dictionary lookups (:func:`encode_columns`): the kernel calls have a fixed cost, 1.4 ms in all
-for one serving request or one streaming call whatever its size (0.3-0.5 ms without them at
-17 events, 0.9 against 1.6-1.9 ms at 256), and plain lookups catch up near 1,000 events
-(2.0-2.1 ms each way; 6.3 against 3.0-4.1 ms at 4,096)."""
+dictionary lookups (:func:`encode_columns`): each kernel call has a fixed cost that dominates
+a serving request or a streaming call, and plain lookups only lose near a thousand events
+(figures in benchmarks/README.md, "Encoding small tables")."""
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 ``fit_features`` learns categorical vocabularies and numeric standardisation statistics from
 training rows only; ``FeatureSpec`` stores them JSON-safe in the shard manifest
-(ARCHITECTURE §3) so that training and online serving apply exactly the same mapping to raw
+(docs/architecture.md §3) so that training and online serving apply exactly the same mapping to raw
 events. Vocabularies follow the usual PAD=0 / OOV=1 convention (torchtext, fairseq's
 ``Dictionary``), then categories by descending training frequency. Everything is vectorised:
 categorical columns are dictionary-encoded once and only the (small) dictionary is mapped to

@@ -45,14 +45,18 @@ def load_scorer(model_uri: str, store_uri: str | None = None) -> SequenceScorer:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         source = model_uri
-        if model_uri.startswith("models:/"):  # the registry names the version's artifacts
-            name, _, ref = model_uri.removeprefix("models:/").partition("@")
+        if model_uri.startswith("models:/"):  # the store says where the artifacts lie
             client = MlflowClient(tracking_uri=store, registry_uri=store)
-            if ref:
-                version = client.get_model_version_by_alias(name, ref).version
-            else:
-                name, _, version = name.rpartition("/")
-            source = client.get_model_version_download_uri(name, str(version))
+            path = model_uri.removeprefix("models:/")
+            name, _, alias = path.partition("@")
+            if alias:  # models:/<name>@<alias>
+                version = client.get_model_version_by_alias(name, alias).version
+                source = client.get_model_version_download_uri(name, str(version))
+            elif "/" in path:  # models:/<name>/<version>
+                name, _, version = path.rpartition("/")
+                source = client.get_model_version_download_uri(name, version)
+            else:  # models:/<model id>, a logged model that no registry version names yet
+                source = client.get_logged_model(path).artifact_location
         with tempfile.TemporaryDirectory(prefix="seqops-model-") as tmp:
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=source, dst_path=tmp, tracking_uri=store

@@ -4,7 +4,7 @@ MLflow runs this file to build the model when it is loaded (``mlflow.models.set_
 pickled Python object is stored; the weights are a safetensors file and the config and shard
 manifest are JSON artifacts. ``predict`` takes raw events (a DataFrame with the manifest's
 schema columns, any order, several entities) and returns one row per entity, so that the
-model alone is enough to score raw events (ARCHITECTURE §5).
+model alone is enough to score raw events (docs/architecture.md §5).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ manifest's preprocessing (vocabularies, normalisation, time deltas fitted on the
 split) to raw events, keeps each entity's most recent ``window_len`` events (the window the
 model was trained on), and batches sequences of similar length under a token budget, padding
 each batch to its own longest sequence, never to a global maximum (PERFORMANCE.md: bucketed
-padding keeps ~99% real tokens). Padding never changes a score (ARCHITECTURE §4), so
+padding keeps ~99% real tokens). Padding never changes a score (docs/architecture.md §4), so
 a sequence scores the same alone or in any batch.
 """
 
@@ -59,7 +59,7 @@ class CallCost:
 def measure_call_cost(model: SequenceModel, max_width: int, repeats: int = 3) -> CallCost:
     """Time the model on full batches of 1 and 8 rows x 8 to ``max_width`` steps (the fastest
     of ``repeats`` each) and fit :class:`CallCost` by least squares, dropping any term that
-    comes out negative. Takes 0.05-0.5 s; scores never depend on it, only speed does."""
+    comes out negative. Scores never depend on it, only speed does."""
     config = model.config
     if config.architecture == "transformer":
         max_width = min(max_width, config.max_len)  # positions it has embeddings for
@@ -173,9 +173,8 @@ class SequenceScorer:
         one's width wastes tokens, and a separate call costs its fixed part: with the
         sequences sorted longest first, a dynamic programme over the runs of equal lengths
         picks where to cut (each group's width is its first length; a group over the budget
-        is cut into several calls). For 16 requests of the serving benchmark's lengths (4-256
-        events) the LSTM ran 2-3 groups in 10-13 ms instead of one padded to 256 in 16-21 ms
-        (benchmarks/README.md, "Serving")."""
+        is cut into several calls). What this saves on mixed lengths is measured in
+        benchmarks/README.md, "Serving"."""
         if len(lengths) <= 1:  # the common online case: nothing to choose
             return [np.arange(len(lengths))] if len(lengths) else []
         order = np.argsort(-lengths, kind="stable")  # longest first
@@ -256,8 +255,8 @@ class SequenceScorer:
         self, events: pa.Table | pd.DataFrame | EventColumns, *, window_len: int | None = None
     ) -> list[dict[str, Any]]:
         """:meth:`score`'s rows as plain dicts, in entity order, without the DataFrame: what
-        the online endpoint answers with (a DataFrame built per request, then taken apart
-        again, cost 1.4 ms of a one-sequence request)."""
+        the online endpoint answers with (a DataFrame built per request, only to be taken
+        apart again, would cost more than a small model's forward pass)."""
         seqs = self.encode(events)
         if not seqs:
             return []
