@@ -1,9 +1,8 @@
 """Streaming steps of a recurrent model: a few new events of one sequence, in numpy.
 
 A streaming call usually brings one event. Through PyTorch that event pays a fixed cost per
-operator call that dwarfs the arithmetic (one step of a 2-layer, 64-unit LSTM: ``nn.LSTM``
-0.44 ms, ``torch.lstm_cell`` per layer 0.05-0.1 ms, for ~33k multiply-adds; 1,000 steps
-through ``nn.LSTM`` take 7.4 ms), and the model's padded-batch path adds masks and input
+operator call that dwarfs the arithmetic of one step of a small recurrent model (figures in
+benchmarks/README.md, "Streaming"), and the model's padded-batch path adds masks and input
 checks that one unpadded sequence does not need. :class:`RecurrentStepper` holds an
 eval-mode LSTM/GRU model's weights as numpy arrays and runs the same equations (PyTorch's
 documented ``nn.LSTM``/``nn.GRU`` cells, the ``EventEmbedding`` input layer and the task
