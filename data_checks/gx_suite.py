@@ -4,7 +4,7 @@ The suite (schema, types, key nulls, value ranges, categorical domains) is the d
 documented part of the contract and runs through GX's own machinery: an ephemeral context,
 a pandas data source, a whole-dataframe batch definition and ``Batch.validate(suite)``
 (docs.greatexpectations.io, "Validate data" for GX Core 1.x). Converting to pandas and
-GX's per-expectation metrics cost ~0.4 s per million rows (PERFORMANCE.md), so above
+GX's per-expectation metrics are costly on millions of rows (benchmarks/README.md), so above
 ``validate.gx_sample_rows`` rows the suite sees an evenly spaced, deterministic sample and
 the report says so. Counting and quarantining must be exact on every row, so key nulls,
 value ranges and domains are decided by Arrow kernels over the whole table (milliseconds)

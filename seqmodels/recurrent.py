@@ -12,7 +12,7 @@ Unidirectional on purpose: the output at step t depends only on events <= t, so 
 encoder serves the per-step tasks (next_event, forecast) without leaking targets, and
 streaming scoring can continue from a carried state.
 
-Padding and state (PERFORMANCE.md "Padding and bucketing"; pytorch/pytorch#149194):
+Padding and state (benchmarks/README.md, "Padding"; pytorch/pytorch#149194):
 
 * Outputs. With right padding the output at every real step t < length is computed before
   any pad is read, so a plain padded run is already correct there. Plain padded batches are
