@@ -51,7 +51,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -62,6 +62,9 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from benchmarks._common import median, print_table, verdict, write_result
+
+if TYPE_CHECKING:  # torch loads only in the processes that score
+    from seqcore.scorer import SequenceScorer
 
 TARGETS = {"overhead_ms": 5.0, "batching": 3.0, "streaming": 10.0}
 
@@ -266,7 +269,7 @@ def free_ports(n: int) -> int:
 
 
 def measure_phase(
-    url: dict[str, str], bodies: Path, scorer: Any, tables: list[pa.Table], args: Any
+    url: dict[str, str], bodies: Path, scorer: SequenceScorer, tables: list[pa.Table], args: Any
 ) -> dict[str, Any]:
     """One phase's rounds against the applications at ``url[app]``: the in-process arm, light
     load on ``/on`` and on the no-op app, and saturation of ``/on`` and ``/off`` in alternating
@@ -288,7 +291,7 @@ def measure_phase(
 def ingress_phase(
     model: dict[str, Any],
     bodies: Path,
-    scorer: Any,
+    scorer: SequenceScorer,
     tables: list[pa.Table],
     args: Any,
     high_throughput: bool = False,
@@ -376,7 +379,9 @@ def http_streaming(
     return stream_ms, rescore_ms
 
 
-def inprocess_batching(scorer: Any, tables: list[pa.Table], rounds: int) -> dict[str, float]:
+def inprocess_batching(
+    scorer: SequenceScorer, tables: list[pa.Table], rounds: int
+) -> dict[str, float]:
     """The model's own gain from batching: 16 one-sequence requests scored one by one
     against the same 16 in one call (ms per request)."""
     group = tables[:16]
@@ -401,7 +406,7 @@ def _init_ray() -> None:
              runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}})  # fmt: skip
 
 
-def inprocess_latency(scorer: Any, tables: list[pa.Table], n: int) -> dict[str, float]:
+def inprocess_latency(scorer: SequenceScorer, tables: list[pa.Table], n: int) -> dict[str, float]:
     lat = []
     for i in range(n):
         table = tables[i % len(tables)]
@@ -411,11 +416,13 @@ def inprocess_latency(scorer: Any, tables: list[pa.Table], n: int) -> dict[str, 
     return {"p50_ms": _percentile(lat, 50), "p99_ms": _percentile(lat, 99)}
 
 
-def streaming_inprocess(scorer: Any, history: pa.Table, rounds: int) -> dict[str, float]:
+def streaming_inprocess(scorer: SequenceScorer, history: pa.Table, rounds: int) -> dict[str, float]:
     from serving.streaming import StateStore, StreamingScorer
 
     streamer = StreamingScorer(scorer, "bench", StateStore(10, 3600))
-    past, new = history.slice(0, history.num_rows - 1), history.slice(history.num_rows - 1)
+    # As a StreamHolder receives them: columns, validated from the request.
+    past = streamer.columns(history.slice(0, history.num_rows - 1))
+    new = streamer.columns(history.slice(history.num_rows - 1))
     step, full = [], []
     for _ in range(rounds):
         streamer.update("e", past, reset=True)

@@ -22,7 +22,7 @@ from seqcore.scorer import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, SequenceSco
 
 
 class SeqopsModel(PythonModel):
-    """Raw events -> per-entity predictions via :class:`serving.scorer.SequenceScorer`."""
+    """Raw events -> per-entity predictions via :class:`seqcore.scorer.SequenceScorer`."""
 
     def load_context(self, context: Any) -> None:
         folder = Path(tempfile.mkdtemp(prefix="seqops-model-"))

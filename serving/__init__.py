@@ -1,1 +1,1 @@
-"""Ray Serve online/streaming scoring and Ray Data batch scoring (ARCHITECTURE §7)."""
+"""Ray Serve online/streaming scoring and Ray Data batch scoring (docs/architecture.md §7)."""

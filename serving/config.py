@@ -1,4 +1,4 @@
-"""Typed configuration of the online scoring application (ARCHITECTURE §7).
+"""Typed configuration of the online scoring application (docs/architecture.md §7).
 
 Frozen dataclasses, validated on construction with messages that name the field and the bad
 value (STYLE habit 3, after litgpt's ``args.py``): which registered model to serve

@@ -1,6 +1,6 @@
 """Resolve and load registered model versions, without touching MLflow's global state.
 
-Serving and batch scoring load models only from the MLflow registry (ARCHITECTURE §7): an
+Serving and batch scoring load models only from the MLflow registry (docs/architecture.md §7): an
 alias (``models:/<name>@champion``) is resolved once to a version, and exactly that version is
 downloaded and loaded, so a promotion that moves the alias in between never mixes versions.
 Everything goes through an ``MlflowClient`` and ``download_artifacts(tracking_uri=...)`` for
@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from seqcore.loading import load_scorer
+from seqcore.scorer import SequenceScorer
 from serving.config import ModelRef
 
 
@@ -48,7 +49,7 @@ def resolve_version(ref: ModelRef) -> Any:
 class LoadedModel:
     """A scorer and the registry facts that every response repeats."""
 
-    scorer: Any
+    scorer: SequenceScorer
     name: str
     alias: str | None
     version: str
@@ -59,8 +60,8 @@ class LoadedModel:
 
     def describe(self) -> dict[str, Any]:
         """The registry facts (every field but the scorer). Not ``dataclasses.asdict``: it
-        deep-copies every field, the scorer's model included, before any can be dropped:
-        4.5 ms of every response's time in a replica here."""
+        deep-copies every field, the scorer's model included, before any can be dropped, and
+        every response calls this."""
         return {
             f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "scorer"
         }

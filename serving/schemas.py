@@ -1,17 +1,20 @@
 """The HTTP contract of online scoring: request validation and the JSON error body.
 
 A request holds ``sequences``: ``[{"entity": str, "events": [event, ...]}, ...]``, where an
-event carries the columns of the model's shard manifest schema (ARCHITECTURE §1): the time
-as an ISO-8601 string (a zone offset or ``Z``; naive times are UTC, as in the events table),
-the sequence number as an integer, numeric features as finite JSON numbers and categorical
-features as strings. The request type is built per served model as ``TypedDict``s with
-``extra="forbid"`` (pydantic docs, "TypedDict" and "TypeAdapter"), whose keys are the
-columns themselves, so unknown and missing features are caught by the same validator that
-checks types, and the JSON is parsed and validated in one pass by pydantic-core
+event carries the columns of the model's shard manifest schema (docs/architecture.md §1): the
+time as an ISO-8601 string (a zone offset or ``Z``; naive times are UTC, as in the events
+table), the sequence number as an integer, numeric features as finite JSON numbers and
+categorical features as strings. The request type is built per served model as
+``TypedDict``s with ``extra="forbid"`` (pydantic docs, "TypedDict" and "TypeAdapter"), whose
+keys are the columns themselves, so unknown and missing features are caught by the same
+validator that checks types, and the JSON is parsed and validated in one pass by pydantic-core
 (``TypeAdapter.validate_json``), which reads ``NaN``/``Infinity`` as floats that the
-``allow_inf_nan=False`` constraint then rejects. Validated events are plain dicts: half the
-cost of a model instance per event (0.32 against 0.60 ms for a 50-event request). Every
-problem becomes a :class:`RequestError`: an HTTP 4xx with ``{"error": ..., "field": "sequences[3].events[7].amount"}``.
+``allow_inf_nan=False`` constraint then rejects. Validated events are plain dicts (cheaper than
+a model instance per event), turned in one pass into :class:`seqcore.encoding.EventColumns`,
+the one container the encoder takes (docs/architecture.md §7): what the scorer, the
+challenger and the streaming state holder all receive. Every problem becomes a
+:class:`RequestError`: an HTTP 4xx with
+``{"error": ..., "field": "sequences[3].events[7].amount"}``.
 """
 
 from __future__ import annotations
@@ -23,11 +26,11 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Required
 
 import numpy as np
-import pyarrow as pa
 from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
-from seqcore.encoding import EventColumns, columns_table
+from seqcore.encoding import EventColumns
+from seqcore.schema import SchemaConfig
 from serving.config import Limits
 
 MAX_REPORTED_ERRORS = 20
@@ -68,29 +71,10 @@ FiniteNumber = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Time = Annotated[str, Field(strict=True), AfterValidator(_time_us)]
 
 
-@dataclass(frozen=True)
-class EventSchema:
-    """The event columns a model expects, from its shard manifest's ``schema``."""
-
-    entity: str
-    time: str
-    seq: str | None
-    numeric: tuple[str, ...]
-    categorical: tuple[str, ...]
-
-    @classmethod
-    def from_manifest(cls, schema: Mapping[str, Any]) -> EventSchema:
-        return cls(
-            entity=schema["entity"],
-            time=schema["time"],
-            seq=schema.get("seq") or None,
-            numeric=tuple(schema.get("numeric") or ()),
-            categorical=tuple(schema.get("categorical") or ()),
-        )
-
-    @property
-    def columns(self) -> list[str]:
-        return [self.time, *([self.seq] if self.seq else []), *self.numeric, *self.categorical]
+def feature_columns(schema: SchemaConfig) -> list[str]:
+    """The keys of one event: every column the model reads but the entity key, which a
+    request carries once per sequence (or in the URL)."""
+    return [c for c in schema.event_columns if c != schema.entity]
 
 
 def _typed_dict(name: str, fields: dict[str, Any], total: bool = True) -> Any:
@@ -105,7 +89,7 @@ def _typed_dict(name: str, fields: dict[str, Any], total: bool = True) -> Any:
 _FORBID = ConfigDict(extra="forbid")
 
 
-def event_model(schema: EventSchema) -> Any:
+def event_model(schema: SchemaConfig) -> Any:
     """The ``TypedDict`` of one raw event of a model's schema."""
     fields: dict[str, Any] = {schema.time: Time}
     if schema.seq:
@@ -117,7 +101,7 @@ def event_model(schema: EventSchema) -> Any:
     return _typed_dict("Event", fields)
 
 
-def request_model(schema: EventSchema, limits: Limits) -> TypeAdapter:
+def request_model(schema: SchemaConfig, limits: Limits) -> TypeAdapter:
     """The validator of ``POST /v1/score`` bodies for one model schema and limits."""
     event = event_model(schema)
     sequence = _typed_dict(
@@ -137,7 +121,7 @@ def request_model(schema: EventSchema, limits: Limits) -> TypeAdapter:
     return TypeAdapter(_typed_dict("ScoreRequest", {"sequences": sequences}))
 
 
-def stream_request_model(schema: EventSchema, limits: Limits) -> TypeAdapter:
+def stream_request_model(schema: SchemaConfig, limits: Limits) -> TypeAdapter:
     """``POST /v1/stream/{entity_id}``: new events, and optionally the history to rebuild from.
 
     ``expect_events_seen`` is the ``state.events_seen`` of the client's previous reply: a
@@ -164,7 +148,7 @@ def stream_request_model(schema: EventSchema, limits: Limits) -> TypeAdapter:
     )
 
 
-def _describe(err: Mapping[str, Any], schema: EventSchema, limits: Limits) -> str:
+def _describe(err: Mapping[str, Any], schema: SchemaConfig, limits: Limits) -> str:
     """A pydantic error as a sentence a client can act on."""
     kind, loc = err["type"], err["loc"]
     name = loc[-1] if loc else "body"
@@ -175,7 +159,8 @@ def _describe(err: Mapping[str, Any], schema: EventSchema, limits: Limits) -> st
         if in_event:
             where = "the URL" if loc[0] != "sequences" else "sequences[i].entity"
             hint = f"; the entity goes in {where}" if name == schema.entity else ""
-            return f"unknown feature {name!r}; expected: {', '.join(schema.columns)}{hint}"
+            expected = ", ".join(feature_columns(schema))
+            return f"unknown feature {name!r}; expected: {expected}{hint}"
         return f"unknown field {name!r}"
     if kind == "too_long":
         limit = (
@@ -195,32 +180,51 @@ def _describe(err: Mapping[str, Any], schema: EventSchema, limits: Limits) -> st
     return f"{err['msg']} (got {type(err.get('input')).__name__})"
 
 
-def parse_request(body: bytes, model: TypeAdapter, schema: EventSchema, limits: Limits) -> Any:
-    """Validate a request body, raising :class:`RequestError` (400 or 422) on any problem."""
+def parse_request(
+    body: bytes, model: TypeAdapter, schema: SchemaConfig, limits: Limits
+) -> EventColumns:
+    """A ``/v1/score`` body -> its sequences as :class:`EventColumns`, in request order (one
+    group per sequence, named by its entity). Raises :class:`RequestError` (400 or 422) on
+    any problem."""
     request = _validate(body, model, schema, limits)
+    sequences = request["sequences"]
     if limits.order_policy == "reject":
-        for i, seq in enumerate(request["sequences"]):
+        for i, seq in enumerate(sequences):
             check_order(seq["events"], schema, f"sequences[{i}].events")
-    return request
+    return _columns([s["entity"] for s in sequences], [s["events"] for s in sequences], schema)
+
+
+@dataclass(frozen=True)
+class StreamRequest:
+    """A validated ``/v1/stream/{entity_id}`` body: the new events and the history to rebuild
+    from (None when absent), each one sequence named by the entity."""
+
+    events: EventColumns
+    history: EventColumns | None = None
+    expect_events_seen: int | None = None
+    reset: bool = False
 
 
 def parse_stream_request(
-    body: bytes, model: TypeAdapter, schema: EventSchema, limits: Limits
-) -> Any:
+    body: bytes, entity: str, model: TypeAdapter, schema: SchemaConfig, limits: Limits
+) -> StreamRequest:
     """Validate a ``/v1/stream`` body (:func:`stream_request_model`) the same way; absent
-    optional fields come back with their defaults."""
+    optional fields take their defaults."""
     request = _validate(body, model, schema, limits)
-    request.setdefault("history", None)
-    request.setdefault("expect_events_seen", None)
-    request.setdefault("reset", False)
+    history = request.get("history")
     if limits.order_policy == "reject":
         check_order(request["events"], schema, "events")
-        if request["history"] is not None:
-            check_order(request["history"], schema, "history")
-    return request
+        if history is not None:
+            check_order(history, schema, "history")
+    return StreamRequest(
+        events=_columns([entity], [request["events"]], schema),
+        history=None if history is None else _columns([entity], [history], schema),
+        expect_events_seen=request.get("expect_events_seen"),
+        reset=request.get("reset", False),
+    )
 
 
-def _validate(body: bytes, model: TypeAdapter, schema: EventSchema, limits: Limits) -> Any:
+def _validate(body: bytes, model: TypeAdapter, schema: SchemaConfig, limits: Limits) -> Any:
     try:
         request = model.validate_json(body)
     except ValidationError as exc:
@@ -238,7 +242,7 @@ def _validate(body: bytes, model: TypeAdapter, schema: EventSchema, limits: Limi
     return request
 
 
-def check_order(events: Sequence[Any], schema: EventSchema, path: str) -> None:
+def check_order(events: Sequence[Any], schema: SchemaConfig, path: str) -> None:
     """Policy ``reject``: events must come in (time, seq) order."""
     prev: tuple[int, int] | None = None
     time, seq = schema.time, schema.seq
@@ -255,48 +259,15 @@ def check_order(events: Sequence[Any], schema: EventSchema, path: str) -> None:
         prev = key
 
 
-@dataclass
-class EventBatch:
-    """One request's events as columns, ready for the model deployment.
-
-    ``lengths[i]`` events of sequence ``i`` lie consecutively in every column; times are
-    int64 microseconds since the epoch (UTC). Plain numpy and lists pickle cheaply between
-    Serve replicas.
-    """
-
-    entities: list[str]
-    lengths: np.ndarray  # (S,) int64
-    time_us: np.ndarray  # (N,) int64
-    seq: np.ndarray | None  # (N,) int64
-    numeric: dict[str, np.ndarray]  # column -> (N,) float64
-    categorical: dict[str, list[str]]  # column -> N strings
-
-    @property
-    def n_events(self) -> int:
-        return len(self.time_us)
-
-
-def to_batch(request: Any, schema: EventSchema) -> EventBatch:
-    """A validated request -> columns (one pass over the events)."""
-    sequences = request["sequences"]
-    return _columns([s["entity"] for s in sequences], [s["events"] for s in sequences], schema)
-
-
-def stream_batches(
-    request: Any, entity: str, schema: EventSchema
-) -> tuple[EventBatch, EventBatch | None]:
-    """A validated stream request -> (new events, history or None) as one-sequence batches."""
-    history = (
-        None if request["history"] is None else _columns([entity], [request["history"]], schema)
-    )
-    return _columns([entity], [request["events"]], schema), history
-
-
-def _columns(entities: list[str], sequences: list[Any], schema: EventSchema) -> EventBatch:
+def _columns(names: list[str], sequences: list[Any], schema: SchemaConfig) -> EventColumns:
+    """Validated events -> columns in one pass; sequence ``i`` is group ``i``. Times are int64
+    microseconds since the epoch (UTC); plain numpy and lists pickle cheaply between Serve
+    replicas."""
     events = [e for seq in sequences for e in seq]
-    return EventBatch(
-        entities=entities,
-        lengths=np.array([len(seq) for seq in sequences], dtype=np.int64),
+    lengths = np.array([len(seq) for seq in sequences], dtype=np.int64)
+    return EventColumns(
+        names=names,
+        group=np.repeat(np.arange(len(names), dtype=np.int64), lengths),
         time_us=np.array([e[schema.time] for e in events], dtype=np.int64),
         seq=np.array([e[schema.seq] for e in events], dtype=np.int64) if schema.seq else None,
         numeric={
@@ -306,25 +277,23 @@ def _columns(entities: list[str], sequences: list[Any], schema: EventSchema) -> 
     )
 
 
-def event_columns(batches: list[EventBatch], schema: Any) -> EventColumns:
-    """Requests' events as one :class:`EventColumns` whose sequences are named by their
-    position in the batch, so that sequences never merge, even when two requests name the
-    same entity; no Arrow table in between (SequenceScorer encodes them with numpy)."""
-    lengths = np.concatenate([b.lengths for b in batches])
+def concat_columns(parts: Sequence[EventColumns]) -> EventColumns:
+    """Several requests' events as one :class:`EventColumns` for one model call: every part's
+    sequences stay apart (their groups are renumbered after the previous parts'), even when
+    two requests name the same entity, and come back from the encoder in this order."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    offsets = np.cumsum([0, *(len(p.names) for p in parts[:-1])])
+    seqs = [p.seq for p in parts if p.seq is not None]
     return EventColumns(
-        names=[str(i) for i in range(len(lengths))],
-        group=np.repeat(np.arange(len(lengths), dtype=np.int64), lengths),
-        time_us=np.concatenate([b.time_us for b in batches]),
-        seq=np.concatenate([b.seq for b in batches]) if schema.seq else None,
-        numeric={c: np.concatenate([b.numeric[c] for b in batches]) for c in schema.numeric},
+        names=list(itertools.chain.from_iterable(p.names for p in parts)),
+        group=np.concatenate([p.group + o for p, o in zip(parts, offsets, strict=True)]),
+        time_us=np.concatenate([p.time_us for p in parts]),
+        seq=np.concatenate(seqs) if len(seqs) == len(parts) else None,
+        numeric={c: np.concatenate([p.numeric[c] for p in parts]) for c in first.numeric},
         categorical={
-            c: list(itertools.chain.from_iterable(b.categorical[c] for b in batches))
-            for c in schema.categorical
+            c: list(itertools.chain.from_iterable(p.categorical[c] for p in parts))
+            for c in first.categorical
         },
     )
-
-
-def events_table(batches: list[EventBatch], schema: Any) -> pa.Table:
-    """:func:`event_columns` as an Arrow table (what streaming reads); the entity key is the
-    sequence's position in the batch."""
-    return columns_table(event_columns(batches, schema), schema)

@@ -5,21 +5,23 @@ call stopped, so the cost of a call depends on the new events, not on the entity
 
 * LSTM/GRU: the recurrent state after the last event, plus the running sum of step outputs
   when the model pools by mean. A call of up to ``CELL_STEPS`` events steps through numpy
-  copies of the model (``seqmodels.stepping.RecurrentStepper``: one event costs a few tenths
-  of a millisecond, where PyTorch's per-operator overhead alone cost more); longer calls go
-  through the model (``SequenceModel.encode``). The streamed score is the model applied to the
+  copies of the model (``seqmodels.stepping.RecurrentStepper``: for a few events PyTorch's
+  fixed cost per operator call outweighs the arithmetic); longer calls go through the model
+  (``SequenceModel.encode``). The streamed score is the model applied to the
   **whole** history seen so far: it equals ``SequenceScorer.score(history,
   window_len=<no limit>)`` (tested to 1e-5).
 * Transformer: a rolling window of the last ``window_len`` encoded events (the model's
   training window), re-encoded on each call: bounded cost, and the streamed score equals
   ``SequenceScorer.score(history)``, which reads the same last ``window_len`` events.
 
-Preprocessing is the manifest's (``FeatureSpec``), applied to the new events only; the one
-feature that crosses calls, the time since the previous event, is taken from the kept last
-event time with the same float operations as ``pipelines.features.time_deltas``.
+Events arrive as :class:`seqcore.encoding.EventColumns` of one entity (what the request
+validator, ``serving.schemas``, emits), and go to the encoder as they are. Preprocessing is the
+manifest's (``FeatureSpec``), applied to the new events only; the one feature that crosses
+calls, the time since the previous event, is taken from the kept last event time with the same
+float operations as ``seqcore.features.time_deltas``.
 
-State is bounded (:class:`StateStore`): a time-to-live and a maximum number of entities with
-least-recently-used eviction. An entity whose state is gone is never scored as if it were
+State is bounded (:class:`serving.stream_state.StateStore`): a time-to-live and a maximum
+number of entities with least-recently-used eviction. An entity whose state is gone is never scored as if it were
 there: the reply's ``state.status`` says ``reset`` (scored from the new events alone, with
 the reason: evicted, expired, model changed, unknown to this replica) or ``rebuilt`` (the
 client sent ``history`` and the state was recomputed from it). A client that sends
@@ -30,10 +32,6 @@ entity, e.g. after a restart, say ``reset`` instead of ``new``.
 from __future__ import annotations
 
 import dataclasses
-import threading
-import time
-from collections import OrderedDict
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -41,16 +39,17 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from seqcore.arrays import time_us
-from seqcore.encoding import EncodedSequence
+from seqcore.encoding import EncodedSequence, EventColumns, table_columns
 from seqcore.features import TIME_DELTA
+from seqcore.scorer import SequenceScorer
 from seqmodels.stepping import (
     CELL_STEPS,
-    NumpyState,
     RecurrentStepper,
     to_numpy_state,
     to_torch_state,
 )
+from serving.schemas import concat_columns
+from serving.stream_state import EntityState, StateStore
 
 UNLIMITED_WINDOW = 2**62
 """``window_len`` that keeps every event: how a recurrent model reads a whole history."""
@@ -64,118 +63,14 @@ class StreamOrderError(ValueError):
         self.index, self.column = index, column
 
 
-@dataclasses.dataclass
-class EntityState:
-    """What one entity's next call needs; nothing here grows with its history."""
-
-    model_version: str
-    events_seen: int
-    last_time_us: int
-    last_seq: int | None
-    recurrent: NumpyState | None = None
-    """LSTM (h, c) or GRU h, each (num_layers, H) float32 (``seqmodels.stepping``)."""
-    step_sum: np.ndarray | None = None
-    """(H,) float64 sum of the encoder's step outputs so far (RNN with mean pooling)."""
-    window_cat: np.ndarray | None = None
-    """(W, C) last encoded events (transformer)."""
-    window_num: np.ndarray | None = None
-    window_time_us: np.ndarray | None = None
-    last_output: np.ndarray | None = None
-    touched: float = 0.0
-
-
-class StateStore:
-    """Per-entity state with a time-to-live and least-recently-used eviction.
-
-    Remembers (bounded, newest first) why recent entities lost their state, so that a call
-    after an eviction is answered as a reset with its reason rather than as a new entity.
-    Thread-safe: a replica may score on worker threads.
-    """
-
-    def __init__(
-        self, max_entities: int, ttl_s: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.max_entities, self.ttl_s, self.clock = max_entities, ttl_s, clock
-        self._states: OrderedDict[str, EntityState] = OrderedDict()  # least recent first
-        self._gone: OrderedDict[str, str] = OrderedDict()
-        self._lock = threading.Lock()
-        self.evicted = {"lru": 0, "ttl": 0}
-
-    def __len__(self) -> int:
-        return len(self._states)
-
-    def _forget(self, entity: str, reason: str) -> None:
-        self._gone[entity] = reason
-        self._gone.move_to_end(entity)
-        while len(self._gone) > 4 * self.max_entities:
-            self._gone.popitem(last=False)
-
-    def get(self, entity: str) -> tuple[EntityState | None, str | None]:
-        """(state, None) or (None, why it is gone: ``ttl_expired``/``lru_evicted``/None)."""
-        with self._lock:
-            state = self._states.get(entity)
-            if state is not None and self.clock() - state.touched > self.ttl_s:
-                del self._states[entity]
-                self.evicted["ttl"] += 1
-                self._forget(entity, "ttl_expired")
-                state = None
-            if state is None:
-                return None, self._gone.get(entity)
-            return state, None
-
-    def put(self, entity: str, state: EntityState) -> None:
-        with self._lock:
-            state.touched = self.clock()
-            self._states[entity] = state
-            self._states.move_to_end(entity)
-            self._gone.pop(entity, None)
-            while len(self._states) > self.max_entities:
-                old, _ = self._states.popitem(last=False)
-                self.evicted["lru"] += 1
-                self._forget(old, "lru_evicted")
-
-    def drop(self, entity: str, reason: str) -> None:
-        with self._lock:
-            if self._states.pop(entity, None) is not None:
-                self._forget(entity, reason)
-
-    def sweep(self) -> int:
-        """Drop every expired state now (a replica calls this periodically); returns how many."""
-        with self._lock:
-            now, expired = self.clock(), []
-            for entity, state in self._states.items():  # least recently touched first
-                if now - state.touched <= self.ttl_s:
-                    break
-                expired.append(entity)
-            for entity in expired:
-                del self._states[entity]
-                self.evicted["ttl"] += 1
-                self._forget(entity, "ttl_expired")
-            return len(expired)
-
-    def clear(self, reason: str) -> None:
-        with self._lock:
-            for entity in list(self._states):
-                self._forget(entity, reason)
-            self._states.clear()
-
-    def resize(self, max_entities: int, ttl_s: float) -> None:
-        with self._lock:
-            self.max_entities, self.ttl_s = max_entities, ttl_s
-            while len(self._states) > self.max_entities:
-                old, _ = self._states.popitem(last=False)
-                self.evicted["lru"] += 1
-                self._forget(old, "lru_evicted")
-
-
 class StreamingScorer:
     """Streams events of many entities through one loaded model (see the module docstring)."""
 
-    def __init__(self, scorer: Any, version: str, store: StateStore) -> None:
+    def __init__(self, scorer: SequenceScorer, version: str, store: StateStore) -> None:
         self.store = store
         self._bind(scorer, version)
 
-    def _bind(self, scorer: Any, version: str) -> None:
+    def _bind(self, scorer: SequenceScorer, version: str) -> None:
         self.scorer, self.version = scorer, str(version)
         self.model = scorer.model
         self.config = scorer.config
@@ -191,11 +86,22 @@ class StreamingScorer:
         """Events the model reads: the whole history (RNN) or the training window."""
         return UNLIMITED_WINDOW if self.recurrent else int(self.scorer.window_len)
 
-    def reference(self, history: pa.Table) -> pd.DataFrame:
+    def reference(self, history: pa.Table | EventColumns) -> pd.DataFrame:
         """The full re-score a streamed result must equal (one row per entity)."""
         return self.scorer.score(history, window_len=self.window_len)
 
-    def swap_model(self, scorer: Any, version: str) -> None:
+    def columns(self, events: pa.Table) -> EventColumns:
+        """An events table as the :class:`EventColumns` that :meth:`update` takes, for callers
+        that hold a table (replays, tests, benchmarks); requests arrive as columns already."""
+        columns = table_columns(events, self.schema, self.scorer.spec)
+        if columns is None:
+            raise ValueError(
+                "stream: events need non-null keys, times and seq, and categories that are "
+                "strings or integers"
+            )
+        return columns
+
+    def swap_model(self, scorer: SequenceScorer, version: str) -> None:
         """Serve another version; kept states belong to the old one and are dropped."""
         self._bind(scorer, version)
         self.store.clear("model_changed")
@@ -205,9 +111,9 @@ class StreamingScorer:
     def update(
         self,
         entity: str,
-        events: pa.Table,
+        events: EventColumns,
         *,
-        history: pa.Table | None = None,
+        history: EventColumns | None = None,
         expect_events_seen: int | None = None,
         reset: bool = False,
     ) -> dict[str, Any]:
@@ -230,7 +136,10 @@ class StreamingScorer:
         if state is None and history is not None:
             status = "rebuilt"
             reason = reason or "history_given"
-            events = pa.concat_tables([history, events.select(history.column_names)])
+            joined = concat_columns([history, events])
+            events = dataclasses.replace(  # one sequence: the history, then the new events
+                joined, names=[entity], group=np.zeros(joined.num_rows, dtype=np.int64)
+            )
         elif state is None:
             status = "reset" if reason else "new"
         else:
@@ -259,35 +168,36 @@ class StreamingScorer:
             },
         }
 
-    def _encode(self, events: pa.Table) -> EncodedSequence:
-        sequences = self.scorer.encode(events)  # a call's few events take no Arrow kernel
+    def _encode(self, events: EventColumns) -> EncodedSequence:
+        sequences = self.scorer.encode(events)
         if len(sequences) != 1:
             raise ValueError(f"stream: expected the events of one entity, got {len(sequences)}")
         return sequences[0]
 
-    def _check_follows(self, seq: EncodedSequence, events: pa.Table, state: EntityState) -> None:
+    def _check_follows(
+        self, seq: EncodedSequence, events: EventColumns, state: EntityState
+    ) -> None:
         """New events may not go back in time: the recurrent state cannot be rewound."""
         first = int(seq.event_time_us[0])
         if first > state.last_time_us:
             return
-        if first == state.last_time_us and self.schema.seq and state.last_seq is not None:
-            seqs = np.asarray(events.column(self.schema.seq).to_numpy(zero_copy_only=False))
+        tied, column, seqs = first == state.last_time_us, self.schema.seq, events.seq
+        if tied and column and seqs is not None and state.last_seq is not None:
             if int(seqs.min()) > state.last_seq:
                 return
             raise StreamOrderError(
-                f"event with {self.schema.seq}={int(seqs.min())} at the entity's last streamed "
-                f"time does not follow the last streamed {self.schema.seq}={state.last_seq}",
+                f"event with {column}={int(seqs.min())} at the entity's last streamed "
+                f"time does not follow the last streamed {column}={state.last_seq}",
                 int(seqs.argmin()),
-                self.schema.seq,
+                column,
             )
-        if first == state.last_time_us:
+        if tied:
             return
-        times = time_us(events.column(self.schema.time))
         last = pd.Timestamp(state.last_time_us, unit="us", tz="UTC").isoformat()
         raise StreamOrderError(
             f"event at {pd.Timestamp(first, unit='us', tz='UTC').isoformat()} precedes the "
             f"entity's last streamed event at {last}; send events in time order, or reset",
-            int(times.argmin()),
+            int(events.time_us.argmin()),
             self.schema.time,
         )
 
@@ -303,16 +213,14 @@ class StreamingScorer:
         num[0, self._delta_column] = self.scorer.spec.standardise(TIME_DELTA, gap)[0]
         return num
 
-    def _last_seq(self, events: pa.Table) -> int | None:
+    def _last_seq(self, events: EventColumns) -> int | None:
         """The sequence number of the last event in (time, seq) order."""
-        if not self.schema.seq or self.schema.seq not in events.column_names:
+        seqs = events.seq
+        if seqs is None:
             return None
-        if events.num_rows == 1:  # the common streaming call: no Arrow kernel needed
-            value = events.column(self.schema.seq)[0].as_py()
-            return None if value is None else int(value)
-        seqs = np.asarray(events.column(self.schema.seq).to_numpy(zero_copy_only=False))
-        times = time_us(events.column(self.schema.time))
-        return int(seqs[np.lexsort((seqs, times))[-1]])
+        if events.num_rows == 1:  # the common streaming call: nothing to sort
+            return int(seqs[0])
+        return int(seqs[np.lexsort((seqs, events.time_us))[-1]])
 
     def _step_recurrent(
         self, seq: EncodedSequence, state: EntityState | None

@@ -1,7 +1,7 @@
 """Batch scoring on Ray against the session's tiny registered model.
 
 The model is registered under this module's own name with alias ``champion``; batch scores
-must be the numbers :class:`serving.scorer.SequenceScorer` gives (the online code path) for
+must be the numbers :class:`seqcore.scorer.SequenceScorer` gives (the online code path) for
 every entity, exactly once, with lineage naming the version that produced them, whichever
 plan ran: ``files`` (entity-disjoint files: grouped ranges, hash shares, packed small files),
 ``shuffle`` (entities span files) or ``local``. The planner's units are checked on their own

@@ -1,30 +1,31 @@
 """The HTTP request contract in-process: what validates, what each bad body is told, and the
-columns a valid body becomes (the integration tests send the same over HTTP)."""
+columns a valid body becomes, the encoder's one container (the integration tests send the same
+over HTTP)."""
 
 from __future__ import annotations
 
 import json
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
+from seqcore.encoding import EventColumns
+from seqcore.schema import SchemaConfig
 from serving.config import Limits
 from serving.schemas import (
-    EventSchema,
     RequestError,
-    events_table,
+    concat_columns,
+    feature_columns,
     parse_request,
     parse_stream_request,
     request_model,
-    stream_batches,
     stream_request_model,
-    to_batch,
 )
 
-SCHEMA = EventSchema(
-    entity="acct", time="ts", seq="seq", numeric=("amount",), categorical=("mcc", "json")
-)
+SCHEMA = SchemaConfig(
+    entity="acct", time="ts", seq="seq", numeric=("amount",), categorical=("mcc", "json"),
+    label=None, next_event=None, forecast=None,
+)  # fmt: skip
 LIMITS = Limits(max_sequences_per_request=4, max_events_per_sequence=5)
 
 
@@ -55,18 +56,20 @@ def test_a_valid_request_becomes_columns():
             ]
         }  # fmt: skip
     ).encode()
-    batch = to_batch(_parse(body), SCHEMA)
-    assert batch.entities == ["a", "b"] and batch.lengths.tolist() == [2, 1]
+    columns = _parse(body)
+    assert isinstance(columns, EventColumns)  # what the encoder takes, no table in between
+    assert columns.names == ["a", "b"] and columns.group.tolist() == [0, 0, 1]
     start = 1_735_689_600_000_000  # 2025-01-01T00:00:00Z in microseconds
-    assert batch.time_us.tolist() == [start, start + 1_000_000, start + 2_000_000]
-    assert batch.seq.tolist() == [0, 1, 2]
-    np.testing.assert_array_equal(batch.numeric["amount"], [0.0, 1.5, 3.0])
-    assert batch.categorical == {"mcc": ["5411", "5411", "9999"], "json": ["web"] * 3}
-    table = events_table([batch, batch], SCHEMA)  # what a streaming replica reads
-    assert table.column_names == ["acct", "ts", "seq", "amount", "mcc", "json"]
-    assert table["acct"].to_pylist() == [0, 0, 1, 2, 2, 3]  # positions: sequences never merge
-    assert table["ts"].type == pa.timestamp("us", "UTC")
-    assert table["ts"].cast(pa.int64()).to_pylist()[:3] == batch.time_us.tolist()
+    assert columns.time_us.tolist() == [start, start + 1_000_000, start + 2_000_000]
+    assert columns.seq.tolist() == [0, 1, 2]
+    np.testing.assert_array_equal(columns.numeric["amount"], [0.0, 1.5, 3.0])
+    assert columns.categorical == {"mcc": ["5411", "5411", "9999"], "json": ["web"] * 3}
+    joined = concat_columns([columns, columns])  # two requests in one model batch
+    assert [*joined.numeric, *joined.categorical] == ["amount", "mcc", "json"]
+    assert joined.group.tolist() == [0, 0, 1, 2, 2, 3]  # sequences never merge
+    assert joined.names == ["a", "b", "a", "b"] and joined.time_us.dtype == np.int64
+    assert joined.time_us.tolist()[:3] == columns.time_us.tolist()
+    assert feature_columns(SCHEMA) == ["ts", "seq", "amount", "mcc", "json"]
 
 
 BAD = {
@@ -112,33 +115,33 @@ def test_every_problem_is_listed_up_to_a_limit():
 def test_order_policy_reject_names_the_first_event_out_of_order():
     reject = Limits(max_events_per_sequence=5, order_policy="reject")
     in_order = _body(_event(0), _event(1), _event(1, seq=2))
-    assert _parse(in_order, reject)["sequences"][0]["events"][2]["seq"] == 2
+    assert _parse(in_order, reject).seq.tolist() == [0, 1, 2]
     with pytest.raises(RequestError) as caught:
         _parse(_body(_event(0), _event(2), _event(1)), reject)
     assert caught.value.field == "sequences[0].events[2].ts"
     with pytest.raises(RequestError) as caught:
         _parse(_body(_event(1, seq=5), _event(1, seq=4)), reject)
     assert caught.value.field == "sequences[0].events[1].seq"
-    assert _parse(_body(_event(2), _event(1)))  # policy "sort" takes them in any order
+    assert _parse(_body(_event(2), _event(1))).num_rows == 2  # "sort" takes any order
 
 
 def test_stream_requests_default_their_optional_fields():
     model = stream_request_model(SCHEMA, LIMITS)
     parsed = parse_stream_request(
-        json.dumps({"events": [_event(3)]}).encode(), model, SCHEMA, LIMITS
+        json.dumps({"events": [_event(3)]}).encode(), "e-1", model, SCHEMA, LIMITS
     )
-    assert (parsed["history"], parsed["expect_events_seen"], parsed["reset"]) == (None, None, False)
-    events, history = stream_batches(parsed, "e-1", SCHEMA)
-    assert events.entities == ["e-1"] and history is None and events.seq.tolist() == [3]
+    assert (parsed.history, parsed.expect_events_seen, parsed.reset) == (None, None, False)
+    events = parsed.events
+    assert events.names == ["e-1"] and events.group.tolist() == [0] and events.seq.tolist() == [3]
     full = {"events": [_event(3)], "history": [_event(1), _event(2)], "expect_events_seen": 2,
             "reset": True}  # fmt: skip
-    parsed = parse_stream_request(json.dumps(full).encode(), model, SCHEMA, LIMITS)
-    events, history = stream_batches(parsed, "e-1", SCHEMA)
-    assert history.lengths.tolist() == [2] and parsed["reset"] is True
+    parsed = parse_stream_request(json.dumps(full).encode(), "e-1", model, SCHEMA, LIMITS)
+    assert parsed.history.group.tolist() == [0, 0] and parsed.reset is True
+    assert parsed.expect_events_seen == 2
     for bad, field in (({"events": []}, "events"), ({}, "events"),
                        ({"events": [_event(0)], "history": None}, "history"),
                        ({"events": [_event(0)], "expect_events_seen": -1}, "expect_events_seen"),
                        ({"events": [_event(0)], "reset": "yes"}, "reset")):  # fmt: skip
         with pytest.raises(RequestError) as caught:
-            parse_stream_request(json.dumps(bad).encode(), model, SCHEMA, LIMITS)
+            parse_stream_request(json.dumps(bad).encode(), "e-1", model, SCHEMA, LIMITS)
         assert caught.value.field == field, (bad, caught.value.body())

@@ -25,9 +25,8 @@ def _scorer(
     tiny_pipeline, architecture: str, task: str = "classify", pooling: str | None = None
 ) -> SequenceScorer:
     params = tiny_params()
-    params = dataclasses.replace(
-        params, train=dataclasses.replace(params.train, architecture=architecture, task=task)
-    )
+    train = dataclasses.replace(params.train.with_model(architecture=architecture), task=task)
+    params = dataclasses.replace(params, train=train)
     manifest = load_manifest(tiny_pipeline["shards"])
     torch.manual_seed(0)
     model = build_model(dataclasses.replace(model_config(params, manifest), pooling=pooling))
@@ -48,10 +47,17 @@ def _longest(events: pa.Table, rank: int = 0) -> pa.Table:
     return mine.sort_by([("event_time", "ascending"), ("seq_no", "ascending")])
 
 
+def _update(streamer: StreamingScorer, entity: str, events: pa.Table, history=None, **kwargs):
+    """``update`` with the events as a request brings them: columns, not a table."""
+    if history is not None:
+        history = streamer.columns(history)
+    return streamer.update(entity, streamer.columns(events), history=history, **kwargs)
+
+
 def _stream(streamer: StreamingScorer, history: pa.Table, chunks: list[int], entity="e"):
     results, start = [], 0
     for size in chunks:
-        results.append(streamer.update(entity, history.slice(start, size)))
+        results.append(_update(streamer, entity, history.slice(start, size)))
         start += size
     return results
 
@@ -116,22 +122,22 @@ def lstm(tiny_pipeline) -> SequenceScorer:
 def test_lru_eviction_is_reported_and_history_rebuilds(lstm, events):
     streamer = StreamingScorer(lstm, "1", StateStore(max_entities=2, ttl_s=3600))
     a, b, c = (_longest(events, rank=r).slice(0, 40) for r in range(3))
-    streamer.update("a", a.slice(0, 30))
-    streamer.update("b", b.slice(0, 30))
-    streamer.update("c", c.slice(0, 30))  # evicts a, the least recently used
+    _update(streamer, "a", a.slice(0, 30))
+    _update(streamer, "b", b.slice(0, 30))
+    _update(streamer, "c", c.slice(0, 30))  # evicts a, the least recently used
     assert len(streamer.store) == 2 and streamer.store.evicted["lru"] == 1
-    gone = streamer.update("a", a.slice(30))
+    gone = _update(streamer, "a", a.slice(30))
     assert gone["state"]["status"] == "reset" and gone["state"]["reason"] == "lru_evicted"
     assert gone["state"]["events_seen"] == 10  # scored from the new events alone, and says so
     assert gone["score"] == pytest.approx(
         streamer.reference(a.slice(30)).iloc[0]["score"], abs=1e-5
     )
     streamer.store.drop("a", "test")
-    rebuilt = streamer.update("a", a.slice(30), history=a.slice(0, 30))
+    rebuilt = _update(streamer, "a", a.slice(30), history=a.slice(0, 30))
     assert rebuilt["state"]["status"] == "rebuilt" and rebuilt["state"]["events_seen"] == 40
     assert rebuilt["score"] == pytest.approx(streamer.reference(a).iloc[0]["score"], abs=1e-5)
     # Kept now: c, then a (most recent). A new entity pushes out c, not a.
-    streamer.update("d", c.slice(0, 5))
+    _update(streamer, "d", c.slice(0, 5))
     assert streamer.store.get("c") == (None, "lru_evicted")
     assert streamer.store.get("a")[0].events_seen == 40
 
@@ -141,10 +147,10 @@ def test_ttl_expiry_and_sweep(lstm, events):
     store = StateStore(max_entities=10, ttl_s=60, clock=lambda: now[0])
     streamer = StreamingScorer(lstm, "1", store)
     history = _longest(events).slice(0, 20)
-    streamer.update("x", history.slice(0, 10))
-    streamer.update("y", history.slice(0, 10))
+    _update(streamer, "x", history.slice(0, 10))
+    _update(streamer, "y", history.slice(0, 10))
     now[0] = 61.0
-    late = streamer.update("x", history.slice(10))
+    late = _update(streamer, "x", history.slice(10))
     assert late["state"]["status"] == "reset" and late["state"]["reason"] == "ttl_expired"
     assert store.sweep() == 1 and len(store) == 1  # y expired too; x was just renewed
     assert store.evicted == {"lru": 0, "ttl": 2}
@@ -153,29 +159,29 @@ def test_ttl_expiry_and_sweep(lstm, events):
 def test_a_replica_that_never_saw_the_entity_says_reset(lstm, events):
     streamer = StreamingScorer(lstm, "1", StateStore(10, 3600))
     history = _longest(events).slice(0, 20)
-    fresh = streamer.update("z", history.slice(10), expect_events_seen=10)
+    fresh = _update(streamer, "z", history.slice(10), expect_events_seen=10)
     assert fresh["state"]["status"] == "reset" and fresh["state"]["reason"] == "unknown_entity"
-    mismatch = streamer.update("z", history.slice(0, 1), expect_events_seen=3)
+    mismatch = _update(streamer, "z", history.slice(0, 1), expect_events_seen=3)
     assert mismatch["state"]["status"] == "reset"
     assert mismatch["state"]["reason"].startswith("events_seen_mismatch")
-    asked = streamer.update("z", history.slice(1, 1), reset=True)
+    asked = _update(streamer, "z", history.slice(1, 1), reset=True)
     assert asked["state"] == {**asked["state"], "status": "reset", "reason": "requested"}
 
 
 def test_a_new_model_version_drops_old_state(lstm, events):
     streamer = StreamingScorer(lstm, "1", StateStore(10, 3600))
     history = _longest(events).slice(0, 20)
-    streamer.update("m", history.slice(0, 10))
+    _update(streamer, "m", history.slice(0, 10))
     streamer.swap_model(lstm, "2")
-    after = streamer.update("m", history.slice(10))
+    after = _update(streamer, "m", history.slice(10))
     assert after["state"]["status"] == "reset" and after["state"]["reason"] == "model_changed"
 
 
 def test_events_before_the_last_streamed_one_are_refused(lstm, events):
     streamer = StreamingScorer(lstm, "1", StateStore(10, 3600))
     history = _longest(events).slice(0, 20)
-    streamer.update("o", history.slice(10, 10))
+    _update(streamer, "o", history.slice(10, 10))
     with pytest.raises(StreamOrderError, match="precedes the entity's last streamed event"):
-        streamer.update("o", history.slice(0, 5))
+        _update(streamer, "o", history.slice(0, 5))
     # A refused call changes nothing: the entity still has its 10 events.
     assert streamer.store.get("o")[0].events_seen == 10

@@ -1,0 +1,122 @@
+"""The HTTP edge of online scoring: reading bodies, JSON replies, their metrics and error kinds.
+
+What every route of the ingress (``serving.app``) shares, kept out of the deployment class so
+that it reads as its routes (STYLE habit 11). A body is refused on its headers (415, 413)
+before a byte of it is read, and bounded while it is read; every reply is JSON, errors
+included, in the shape ``{"error": ..., "field": ...}`` of :class:`serving.schemas.RequestError`
+(unknown routes and methods too); every reply is counted by route and status, errors also by
+kind, and timed, through Ray Serve's custom metrics (Ray docs, "Custom Metrics").
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads the annotations of what it calls.
+import logging
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray.serve.metrics import Counter, Histogram
+from starlette.exceptions import HTTPException
+
+from serving.schemas import RequestError
+
+log = logging.getLogger("ray.serve")
+MAX_ENTITY_CHARS = 256
+LATENCY_BOUNDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]
+ERROR_KINDS = {
+    400: "malformed",
+    413: "too_large",
+    415: "content_type",
+    422: "invalid",
+    500: "internal",
+    503: "unavailable",
+}
+INTERNAL_ERROR = {"error": "internal error while scoring", "field": None}
+
+
+def json_api(title: str) -> FastAPI:
+    """A FastAPI app whose unknown routes and methods answer in the same JSON shape as every
+    other error."""
+    api = FastAPI(title=title, docs_url=None, redoc_url=None)
+
+    @api.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail), "field": None}, status_code=exc.status_code)
+
+    return api
+
+
+def jsonable(value: Any) -> Any:
+    """A scorer's value as JSON: numpy scalars as Python numbers, times as ISO-8601 UTC."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if hasattr(value, "isoformat"):  # pandas/py datetimes: ISO-8601 in UTC
+        return value.isoformat().replace("+00:00", "Z")
+    return value
+
+
+def check_entity_id(entity_id: str) -> None:
+    """An entity key taken from the URL: printable and bounded, or a 422."""
+    if len(entity_id) > MAX_ENTITY_CHARS or not entity_id.isprintable():
+        raise RequestError(
+            422, f"entity_id must be 1 to {MAX_ENTITY_CHARS} printable characters", "path.entity_id"
+        )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused (413/415) on its headers before a byte of it is read."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise RequestError(
+            415,
+            f"Content-Type must be application/json, not {media or 'none'!r}",
+            "headers.content-type",
+        )
+    declared = request.headers.get("content-length", "")  # digits: checked by uvicorn
+    if declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"body of {declared} bytes exceeds max_body_bytes={limit}", "body")
+    chunks, size = [], 0
+    async for chunk in request.stream():  # also bounds chunked or mis-declared bodies
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"body exceeds max_body_bytes={limit}", "body")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class Replies:
+    """One replica's JSON replies, each counted (``seqops_requests`` by route and status,
+    ``seqops_request_errors`` by route and kind) and timed (``seqops_request_latency_s``)."""
+
+    def __init__(self) -> None:
+        # Ray annotates tag_keys as tuple[str] though it takes any number of keys.
+        by_status: Any = ("route", "status")
+        self.requests = Counter("seqops_requests", "HTTP requests by route, status", by_status)
+        by_kind: Any = ("route", "kind")
+        self.errors = Counter("seqops_request_errors", "Failed requests by route, kind", by_kind)
+        self.latency = Histogram(
+            "seqops_request_latency_s", "Request latency (s)", LATENCY_BOUNDS, tag_keys=("route",)
+        )
+
+    def send(self, route: str, status: int, body: dict, started: float) -> JSONResponse:
+        """``body`` as the reply, counted and timed from ``started`` (``time.perf_counter``)."""
+        self.requests.inc(tags={"route": route, "status": str(status)})
+        if status >= 400:
+            self.errors.inc(tags={"route": route, "kind": ERROR_KINDS.get(status, str(status))})
+        self.latency.observe(time.perf_counter() - started, tags={"route": route})
+        return JSONResponse(body, status_code=status)
+
+    async def answer(self, route: str, work: Awaitable[dict[str, Any]]) -> JSONResponse:
+        """200 with what ``work`` returns; a :class:`RequestError` becomes its 4xx reply and
+        anything else a logged 500 that tells the client nothing internal."""
+        started = time.perf_counter()
+        try:
+            body = await work
+        except RequestError as exc:
+            return self.send(route, exc.status, exc.body(), started)
+        except Exception:
+            log.exception("%s failed", route)
+            return self.send(route, 500, dict(INTERNAL_ERROR), started)
+        return self.send(route, 200, body, started)
