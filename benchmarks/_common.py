@@ -57,15 +57,22 @@ class ChildRun:
     """The whole child, interpreter start and imports included."""
 
 
-def run_child(args: Sequence[str], timeout_s: float = 3600.0) -> ChildRun:
-    """Run ``python <args> --result <file>`` and read back the JSON the child wrote there."""
+def run_child(
+    args: Sequence[str],
+    timeout_s: float = 3600.0,
+    cwd: Path = REPO,
+    env: dict[str, str] | None = None,
+) -> ChildRun:
+    """Run ``python <args> --result <file>`` and read back the JSON the child wrote there.
+
+    ``cwd`` and ``env`` run it in another checkout (``benchmarks/revisions.py``)."""
     with tempfile.TemporaryDirectory(prefix="bench-child-") as tmp:
         result_path = Path(tmp) / "result.json"
         log_path = Path(tmp) / "log.txt"
         cmd = [sys.executable, *args, "--result", str(result_path)]
         started = time.perf_counter()
         with open(log_path, "w") as log:
-            proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
             deadline = started + timeout_s
             while True:
                 pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
