@@ -170,10 +170,10 @@ DVC shards `{tags.get("dvc_shards_md5", "?")}`, split `{manifest.split_method}`,
 
 
 def _evaluate_on_test(
-    model_uri: str, events: pa.Table, shards: Path, manifest: Manifest, params: Params
+    model_uri: str, store: str, events: pa.Table, shards: Path, manifest: Manifest, params: Params
 ) -> dict[str, Any]:
     """A registered model's metrics on the test windows, scored from raw events."""
-    scorer = load_scorer(model_uri)
+    scorer = load_scorer(model_uri, store)
     preds = predict_split_raw(scorer, events, shards, params.evaluate.split, manifest)
     return evaluate_predictions(preds, manifest, scorer.config.task, params.evaluate, {})
 
@@ -224,14 +224,14 @@ def run(
 
     events = pq.read_table(validated)
     challenger_eval = _evaluate_on_test(
-        f"models:/{cfg.model_name}/{version.version}", events, shards, manifest, params
+        f"models:/{cfg.model_name}/{version.version}", uri, events, shards, manifest, params
     )
     champion = registry.alias(CHAMPION)
     champion_eval: dict[str, Any] | None = None
     rival = champion if champion is not None and champion.version != version.version else None
     if rival is not None:
         champion_eval = _evaluate_on_test(
-            f"models:/{cfg.model_name}/{rival.version}", events, shards, manifest, params
+            f"models:/{cfg.model_name}/{rival.version}", uri, events, shards, manifest, params
         )
     invariance = bool(metrics.get("invariance", {}).get("passed"))
     decision = decide(challenger_eval, champion_eval, invariance, primary, cfg)

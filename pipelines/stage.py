@@ -8,10 +8,12 @@ and the tests read:
 * 0: the stage ran and wrote its outputs;
 * 1: the stage ran and failed (a blocking data check, no training examples, a failed fit);
   the message says ``<stage>: failed: ...``;
-* 2: bad params or a missing or unusable input (``ConfigError``, ``FileNotFoundError`` and
-  the stage's own input errors); the message says ``<stage>: ...``.
+* 2: bad params or a missing or unusable input (``ConfigError``, ``FileNotFoundError``, a
+  shard manifest or logged model that cannot be read, and the stage's own input errors); the
+  message says ``<stage>: ...``.
 
-Messages are one line on stderr, without a traceback: they name the key, file or column.
+These messages are one line on stderr, without a traceback: they name the key, file or
+column. Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from collections.abc import Callable, Sequence
 
 from pipelines.config import Params, load_params
 from seqcore.config import ConfigError
+from seqcore.loading import ModelLoadError
+from seqcore.manifest import ManifestError
 
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
@@ -52,7 +56,13 @@ def stage_main(
     add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    bad_input: ErrorTypes = (ConfigError, FileNotFoundError, *input_errors)
+    bad_input: ErrorTypes = (
+        ConfigError,
+        FileNotFoundError,
+        ManifestError,
+        ModelLoadError,
+        *input_errors,
+    )
     try:
         return body(load_params(args.params), args)
     except bad_input as exc:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from seqcore.scorer import SequenceScorer
+if TYPE_CHECKING:  # torch loads with the scorer, only where a model is loaded
+    from seqcore.scorer import SequenceScorer
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
@@ -49,14 +51,15 @@ def load_scorer(model_uri: str, store_uri: str | None = None) -> SequenceScorer:
             client = MlflowClient(tracking_uri=store, registry_uri=store)
             path = model_uri.removeprefix("models:/")
             name, _, alias = path.partition("@")
+            head, _, version = path.rpartition("/")
             if alias:  # models:/<name>@<alias>
                 version = client.get_model_version_by_alias(name, alias).version
                 source = client.get_model_version_download_uri(name, str(version))
-            elif "/" in path:  # models:/<name>/<version>
-                name, _, version = path.rpartition("/")
-                source = client.get_model_version_download_uri(name, version)
-            else:  # models:/<model id>, a logged model that no registry version names yet
+            elif version.isdigit():  # models:/<name>/<version>
+                source = client.get_model_version_download_uri(head, version)
+            elif not head and path.startswith("m-"):  # a logged model no version names yet
                 source = client.get_logged_model(path).artifact_location
+            # Anything else (models:/<name>/latest, ...) MLflow resolves itself below.
         with tempfile.TemporaryDirectory(prefix="seqops-model-") as tmp:
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=source, dst_path=tmp, tracking_uri=store

@@ -10,8 +10,8 @@
 
 Scoring runs in Ray Data *tasks* of ``cpus`` CPUs (``TaskPoolStrategy``), not an actor pool:
 actors holding every CPU of a small cluster starved Ray Data's own tasks and hung
-(../shared/PERFORMANCE.md), while a task holds its CPU only while it runs. The scorer goes to
-the object store once and each worker process deserialises it once
+(benchmarks/README.md, "Batch scoring"), while a task holds its CPU only while it runs. The
+scorer goes to the object store once and each worker process deserialises it once
 (:func:`serving.batch_scores.worker_scorer`). Calls return Arrow tables of scores (one row per
 entity, far smaller than the events) plus their CPU seconds; :func:`run_plan` consumes them
 in plan order (``preserve_order``) into the driver's one writer.

@@ -8,6 +8,8 @@ import pytest
 
 from pipelines.config import Params
 from pipelines.stage import stage_main
+from seqcore.loading import ModelLoadError
+from seqcore.manifest import ManifestError
 from tests.conftest import REPO
 
 PARAMS = str(REPO / "params.yaml")
@@ -49,6 +51,12 @@ def test_success_passes_params_and_arguments_and_returns_the_body_code():
         (FileNotFoundError("events.parquet not found"), 2, "demo: events.parquet not found"),
         (_BadInput("column 'x' missing"), 2, "demo: column 'x' missing"),
         (_Failed("no training examples"), 1, "demo: failed: no training examples"),
+        (
+            ManifestError("shards/manifest.json: shard format 9"),
+            2,
+            "demo: shards/manifest.json: shard format 9",
+        ),
+        (ModelLoadError("model models:/m not found"), 2, "demo: model models:/m not found"),
     ],
 )
 def test_errors_become_exit_codes_with_one_line_on_stderr(error, code, message, capsys):
