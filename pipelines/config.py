@@ -76,7 +76,7 @@ def params_from_dict(raw: Mapping[str, Any]) -> Params:
     seed = raw.get("seed", 7)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise fail("seed", seed, "expected an integer")
-    return Params(
+    params = Params(
         seed=seed,
         data=data,
         validate=validate,
@@ -86,6 +86,45 @@ def params_from_dict(raw: Mapping[str, Any]) -> Params:
         register=register,
         extra=extra,
     )
+    check_across_sections(params)
+    return params
+
+
+# The column each task learns from, by its data.schema key.
+TASK_TARGETS = {"classify": "label", "next_event": "next_event", "forecast": "forecast"}
+
+
+def check_across_sections(params: Params) -> None:
+    """What no single section can check: settings that must agree across sections. Checked
+    when params are loaded, so a mismatch stops ``dvc repro`` before ingest, not after an
+    hour of training."""
+    schema, task = params.data.schema, params.train.task
+    target = TASK_TARGETS[task]
+    if not getattr(schema, target):
+        mapped = [t for t, key in TASK_TARGETS.items() if getattr(schema, key)]
+        others = f"; or a task whose target is mapped: {', '.join(mapped)}" if mapped else ""
+        raise fail(
+            "train.task",
+            task,
+            f"needs data.schema.{target} (the column it learns to predict), which is not set; "
+            f"map it in data.schema{others}",
+        )
+    unknown = [c for c in params.evaluate.slices if c not in schema.categorical]
+    if unknown:
+        known = ", ".join(schema.categorical) or "none"
+        raise fail(
+            "evaluate.slices",
+            list(params.evaluate.slices),
+            f"{', '.join(map(repr, unknown))} not in data.schema.categorical ({known}); "
+            "slice by categorical columns only, or set evaluate.slices: []",
+        )
+    if params.train.num_workers > params.shard.max_workers:
+        raise fail(
+            "train.num_workers",
+            params.train.num_workers,
+            f"exceeds shard.max_workers={params.shard.max_workers}: each worker reads its own "
+            "part files; raise shard.max_workers or lower train.num_workers",
+        )
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

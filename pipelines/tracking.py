@@ -55,11 +55,32 @@ def _git(root: Path, *args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def pipeline_outputs(root: str | Path = ".") -> list[str]:
+    """What the pipeline writes itself: ``dvc.lock`` and every out, metric and plot that
+    ``dvc.yaml`` declares (paths relative to ``root``)."""
+    path = Path(root) / "dvc.yaml"
+    if not path.is_file():
+        return []
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        return ["dvc.lock"]
+    entries: list[Any] = list(data.get("plots") or [])
+    for stage in (data.get("stages") or {}).values():
+        for key in ("outs", "metrics", "plots"):
+            entries += stage.get(key) or []
+    names = {next(iter(e)) if isinstance(e, dict) else e for e in entries}
+    return sorted({"dvc.lock", *(str(n) for n in names if isinstance(n, str))})
+
+
 def git_state(root: str | Path = ".") -> dict[str, str]:
-    """Commit and dirtiness of the working tree (``unknown`` outside a git checkout)."""
+    """Commit and dirtiness of the working tree (``unknown`` outside a git checkout).
+
+    Dirty means edited code, params or anything else tracked, not the outputs and lock file
+    that ``dvc repro`` itself rewrites: a clean clone that ran the pipeline stays clean."""
     root = Path(root)
     commit = _git(root, "rev-parse", "HEAD")
-    status = _git(root, "status", "--porcelain", "--untracked-files=no")
+    excluded = [f":(exclude){p}" for p in pipeline_outputs(root)]
+    status = _git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", *excluded)
     return {
         "git_commit": commit or "unknown",
         "git_dirty": "unknown" if status is None else str(bool(status)).lower(),

@@ -183,3 +183,51 @@ def test_schema_agrees_with_the_loader(validator, doc, valid):
     else:
         with pytest.raises(ConfigError):
             params_from_dict(doc)
+
+
+NUMERIC_ONLY = {"entity": "id", "time": "t", "seq": None, "numeric": ["x", "y"],
+                "categorical": [], "label": "cls", "next_event": None, "forecast": "x"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (
+            {"data": {"schema": {**NUMERIC_ONLY, "label": None}}},
+            r"train\.task='classify': needs data\.schema\.label .*not set; map it in "
+            r"data\.schema; or a task whose target is mapped: forecast",
+        ),
+        (
+            {
+                "data": {"schema": NUMERIC_ONLY},
+                "train": {"task": "next_event"},
+                "evaluate": {"slices": []},
+            },  # fmt: skip
+            r"train\.task='next_event': needs data\.schema\.next_event",
+        ),
+        (
+            {"data": {"schema": {**NUMERIC_ONLY, "forecast": None}}, "train": {"task": "forecast"}},
+            r"train\.task='forecast': needs data\.schema\.forecast",
+        ),
+        (
+            {"data": {"schema": NUMERIC_ONLY}},  # the default evaluate.slices is [channel]
+            r"evaluate\.slices=\['channel'\]: 'channel' not in data\.schema\.categorical \(none\)"
+            r".*evaluate\.slices: \[\]",
+        ),
+        (
+            {"train": {"num_workers": 4}},
+            r"train\.num_workers=4: exceeds shard\.max_workers=2.*raise shard\.max_workers",
+        ),
+    ],
+)
+def test_settings_that_must_agree_across_sections_fail_at_load(raw, message):
+    """A mismatch between sections stops the pipeline before ingest, naming the key and the
+    fix, instead of failing after training (a numeric-only schema kept evaluate's default
+    slice by `channel`)."""
+    with pytest.raises(ConfigError, match=message):
+        params_from_dict(raw)
+
+
+def test_a_numeric_only_schema_loads_when_the_sections_agree():
+    params = params_from_dict({"data": {"schema": NUMERIC_ONLY}, "evaluate": {"slices": []}})
+    assert params.data.schema.categorical == () and params.train.task == "classify"

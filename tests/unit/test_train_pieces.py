@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from pipelines.tracking import dvc_out_hash, flatten, git_state, lineage_tags
+from pipelines.tracking import dvc_out_hash, flatten, git_state, lineage_tags, pipeline_outputs
 from pipelines.train import TrainError, model_config
 from pipelines.train_loop import ShardData, _lr_lambda, _maybe_fail
 from seqcore.manifest import load_manifest
@@ -114,3 +114,35 @@ def test_flatten_params():
         "a.c": "[1, 2]",
         "d": "None",
     }
+
+
+def test_pipeline_outputs_do_not_make_the_tree_dirty(tmp_path):
+    """A clean clone that ran `dvc repro` (which rewrites dvc.lock, metrics and plots) is
+    still clean; an edited file is not."""
+
+    def git(*args):
+        subprocess.run(
+            ["git", "-c", "user.email=t@t", "-c", "user.name=t", *args],
+            cwd=tmp_path, check=True, capture_output=True,
+        )  # fmt: skip
+
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  s:\n    cmd: x\n    outs: [data/out]\n"
+        "    metrics:\n      - reports/m.json:\n          cache: false\n"
+        "plots:\n  - reports/plots\n"
+    )
+    files = ["dvc.lock", "reports/m.json", "code.py", "params.yaml"]
+    for name in files:
+        (tmp_path / name).write_text("one")
+    git("init", "-q")
+    git("add", "dvc.yaml", *files)
+    git("commit", "-qm", "first")
+    assert pipeline_outputs(tmp_path) == ["data/out", "dvc.lock", "reports/m.json", "reports/plots"]
+    (tmp_path / "dvc.lock").write_text("two")
+    (tmp_path / "reports" / "m.json").write_text("two")
+    assert git_state(tmp_path)["git_dirty"] == "false"
+    for edited in ("params.yaml", "code.py"):
+        (tmp_path / edited).write_text("two")
+        assert git_state(tmp_path)["git_dirty"] == "true"
+        git("checkout", "-q", "--", edited)
