@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Mapping
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -48,17 +49,32 @@ def _get(raw: Mapping[str, Any], key: str, where: str, kind: type | tuple[type, 
     if key not in raw:
         raise ManifestError(f"{where}.{key}: missing")
     value = raw[key]
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
+    if not isinstance(value, kind) or isinstance(value, bool):  # no field holds a bool
         names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
         raise ManifestError(f"{where}.{key}: expected {names}, found {value!r}")
     return value
 
 
-def _optional(
-    raw: Mapping[str, Any], key: str, where: str, build: Callable[[Mapping[str, Any], str], T]
-) -> T | None:
+def _read(cls: type[T], raw: Mapping[str, Any], where: str, **given: Any) -> T:
+    """A dataclass from JSON: every field not ``given`` is required and checked against its
+    annotated type (``int``, ``float``, ``str``; a ``tuple`` is read from a list)."""
+    values = dict(given)
+    for name, hint in typing.get_type_hints(cls).items():
+        if name in values:
+            continue
+        if typing.get_origin(hint) is tuple:
+            values[name] = tuple(_get(raw, name, where, list))
+        elif hint is float:  # JSON writes 0.0 as 0
+            values[name] = float(_get(raw, name, where, (int, float)))
+        else:
+            values[name] = _get(raw, name, where, hint)
+    return cls(**values)
+
+
+def _optional(raw: Mapping[str, Any], key: str, where: str, cls: type[T]) -> T | None:
+    """An optional part: ``None`` when absent or null, else read as :func:`_read` reads it."""
     value = raw.get(key)
-    return None if value is None else build(value, f"{where}.{key}")
+    return None if value is None else _read(cls, value, f"{where}.{key}")
 
 
 # --------------------------------------------------------------------------- parts
@@ -73,16 +89,6 @@ class BucketEntry:
     padded_tokens: int
     pad_fraction: float
     parts: tuple[str, ...]
-
-    @classmethod
-    def from_json(cls, raw: Mapping[str, Any], where: str) -> BucketEntry:
-        return cls(
-            examples=_get(raw, "examples", where, int),
-            real_tokens=_get(raw, "real_tokens", where, int),
-            padded_tokens=_get(raw, "padded_tokens", where, int),
-            pad_fraction=float(_get(raw, "pad_fraction", where, (int, float))),
-            parts=tuple(_get(raw, "parts", where, list)),
-        )
 
 
 @dataclass(frozen=True)
@@ -104,16 +110,8 @@ class SplitEntry:
             bounds = sorted(int(b) for b in buckets)
         except ValueError:
             raise ManifestError(f"{where}.buckets: keys must be padded lengths") from None
-        return cls(
-            examples=_get(raw, "examples", where, int),
-            real_tokens=_get(raw, "real_tokens", where, int),
-            padded_tokens=_get(raw, "padded_tokens", where, int),
-            pad_fraction=float(_get(raw, "pad_fraction", where, (int, float))),
-            entities=_get(raw, "entities", where, int),
-            buckets={
-                b: BucketEntry.from_json(buckets[str(b)], f"{where}.buckets.{b}") for b in bounds
-            },
-        )
+        entries = {b: _read(BucketEntry, buckets[str(b)], f"{where}.buckets.{b}") for b in bounds}
+        return _read(cls, raw, where, buckets=entries)
 
     def to_json(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -130,14 +128,6 @@ class LabelTarget:
     missing: int = -1
     """Label value of an example without one."""
 
-    @classmethod
-    def from_json(cls, raw: Mapping[str, Any], where: str) -> LabelTarget:
-        return cls(
-            column=_get(raw, "column", where, str),
-            classes=tuple(_get(raw, "classes", where, list)),
-            missing=_get(raw, "missing", where, int),
-        )
-
     @property
     def num_classes(self) -> int:
         """Classes a classifier needs: labels are 0..max, at least two."""
@@ -151,14 +141,6 @@ class NextEventTarget:
     column: str
     vocab_size: int
     no_target: int = 0
-
-    @classmethod
-    def from_json(cls, raw: Mapping[str, Any], where: str) -> NextEventTarget:
-        return cls(
-            column=_get(raw, "column", where, str),
-            vocab_size=_get(raw, "vocab_size", where, int),
-            no_target=_get(raw, "no_target", where, int),
-        )
 
 
 @dataclass(frozen=True)
@@ -174,18 +156,6 @@ class ForecastTarget:
     inverse: str = "x = z * std + mean; then sign(x) * expm1(|x|) if transform is log1p"
     no_target: str = "NaN"
 
-    @classmethod
-    def from_json(cls, raw: Mapping[str, Any], where: str) -> ForecastTarget:
-        return cls(
-            column=_get(raw, "column", where, str),
-            horizon=_get(raw, "horizon", where, int),
-            transform=_get(raw, "transform", where, str),
-            mean=float(_get(raw, "mean", where, (int, float))),
-            std=float(_get(raw, "std", where, (int, float))),
-            inverse=_get(raw, "inverse", where, str),
-            no_target=_get(raw, "no_target", where, str),
-        )
-
 
 @dataclass(frozen=True)
 class Targets:
@@ -198,9 +168,9 @@ class Targets:
     @classmethod
     def from_json(cls, raw: Mapping[str, Any], where: str) -> Targets:
         return cls(
-            label=_optional(raw, "label", where, LabelTarget.from_json),
-            next_event=_optional(raw, "next_event", where, NextEventTarget.from_json),
-            forecast=_optional(raw, "forecast", where, ForecastTarget.from_json),
+            label=_optional(raw, "label", where, LabelTarget),
+            next_event=_optional(raw, "next_event", where, NextEventTarget),
+            forecast=_optional(raw, "forecast", where, ForecastTarget),
         )
 
 
@@ -216,15 +186,6 @@ class WindowInfo:
     min_length: int
     window_len: int
 
-    @classmethod
-    def from_json(cls, raw: Mapping[str, Any], where: str) -> WindowInfo:
-        return cls(
-            policy=_get(raw, "policy", where, str),
-            **{k: _get(raw, k, where, int) for k in ("length", "stride", "max_len")},
-            min_length=_get(raw, "min_length", where, int),
-            window_len=_get(raw, "window_len", where, int),
-        )
-
 
 @dataclass(frozen=True)
 class InputInfo:
@@ -235,16 +196,6 @@ class InputInfo:
     events_count: int
     entities: int
     reordered_entities: int
-
-    @classmethod
-    def from_json(cls, raw: Mapping[str, Any], where: str) -> InputInfo:
-        return cls(
-            events=_get(raw, "events", where, str),
-            sha256=_get(raw, "sha256", where, str),
-            events_count=_get(raw, "events_count", where, int),
-            entities=_get(raw, "entities", where, int),
-            reordered_entities=_get(raw, "reordered_entities", where, int),
-        )
 
 
 # --------------------------------------------------------------------------- the manifest
@@ -340,14 +291,14 @@ class Manifest:
             targets=Targets.from_json(_get(raw, "targets", where, dict), f"{where}.targets"),
             bucket_boundaries=tuple(_get(buckets, "boundaries", f"{where}.buckets", list)),
             buckets_derived=str(buckets.get("derived", "")),
-            window=WindowInfo.from_json(_get(raw, "window", where, dict), f"{where}.window"),
+            window=_read(WindowInfo, _get(raw, "window", where, dict), f"{where}.window"),
             split=dict(_get(raw, "split", where, dict)),
             splits={
                 name: SplitEntry.from_json(entry, f"{where}.splits.{name}")
                 for name, entry in splits_raw.items()
             },
             leakage=dict(raw.get("leakage") or {}),
-            input=InputInfo.from_json(_get(raw, "input", where, dict), f"{where}.input"),
+            input=_read(InputInfo, _get(raw, "input", where, dict), f"{where}.input"),
             max_workers=_get(raw, "max_workers", where, int),
             seed=_get(raw, "seed", where, int),
             files=dict(raw.get("files") or {}),
