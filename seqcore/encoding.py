@@ -63,6 +63,29 @@ class EventColumns:
         return len(self.time_us)
 
 
+def concat_columns(parts: Sequence[EventColumns]) -> EventColumns:
+    """Several :class:`EventColumns` as one (requests batched into one model call, a stream's
+    history and its new events): every part's sequences stay apart (their groups are
+    renumbered after the previous parts'), even when two parts name the same entity, and
+    :func:`encode` returns them in this order."""
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    offsets = np.cumsum([0, *(len(p.names) for p in parts[:-1])])
+    seqs = [p.seq for p in parts if p.seq is not None]
+    return EventColumns(
+        names=list(itertools.chain.from_iterable(p.names for p in parts)),
+        group=np.concatenate([p.group + o for p, o in zip(parts, offsets, strict=True)]),
+        time_us=np.concatenate([p.time_us for p in parts]),
+        seq=np.concatenate(seqs) if len(seqs) == len(parts) else None,
+        numeric={c: np.concatenate([p.numeric[c] for p in parts]) for c in first.numeric},
+        categorical={
+            c: list(itertools.chain.from_iterable(p.categorical[c] for p in parts))
+            for c in first.categorical
+        },
+    )
+
+
 def _vocab_index(spec: FeatureSpec, column: str) -> dict[str | None, int]:
     cache: dict[str, dict[str | None, int]] = spec.__dict__.setdefault("_vocab_index", {})
     if column not in cache:

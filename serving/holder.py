@@ -30,11 +30,10 @@ from ray import serve
 from ray.serve.metrics import Histogram
 
 from seqcore.config import to_jsonable
-from seqcore.encoding import EventColumns
+from seqcore.encoding import EventColumns, concat_columns
 from serving.config import ModelRef, ServingConfig, apply_user_config
 from serving.http_edge import LATENCY_BOUNDS, jsonable
 from serving.registry import LoadedModel, load_model, load_version, resolve_version
-from serving.schemas import concat_columns
 
 log = logging.getLogger("ray.serve")
 

@@ -19,7 +19,6 @@ challenger and the streaming state holder all receive. Every problem becomes a
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -274,26 +273,4 @@ def _columns(names: list[str], sequences: list[Any], schema: SchemaConfig) -> Ev
             col: np.array([e[col] for e in events], dtype=np.float64) for col in schema.numeric
         },
         categorical={col: [e[col] for e in events] for col in schema.categorical},
-    )
-
-
-def concat_columns(parts: Sequence[EventColumns]) -> EventColumns:
-    """Several requests' events as one :class:`EventColumns` for one model call: every part's
-    sequences stay apart (their groups are renumbered after the previous parts'), even when
-    two requests name the same entity, and come back from the encoder in this order."""
-    if len(parts) == 1:
-        return parts[0]
-    first = parts[0]
-    offsets = np.cumsum([0, *(len(p.names) for p in parts[:-1])])
-    seqs = [p.seq for p in parts if p.seq is not None]
-    return EventColumns(
-        names=list(itertools.chain.from_iterable(p.names for p in parts)),
-        group=np.concatenate([p.group + o for p, o in zip(parts, offsets, strict=True)]),
-        time_us=np.concatenate([p.time_us for p in parts]),
-        seq=np.concatenate(seqs) if len(seqs) == len(parts) else None,
-        numeric={c: np.concatenate([p.numeric[c] for p in parts]) for c in first.numeric},
-        categorical={
-            c: list(itertools.chain.from_iterable(p.categorical[c] for p in parts))
-            for c in first.categorical
-        },
     )

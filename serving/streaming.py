@@ -39,7 +39,7 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from seqcore.encoding import EncodedSequence, EventColumns, table_columns
+from seqcore.encoding import EncodedSequence, EventColumns, concat_columns, table_columns
 from seqcore.features import TIME_DELTA
 from seqcore.scorer import SequenceScorer
 from seqmodels.stepping import (
@@ -48,7 +48,6 @@ from seqmodels.stepping import (
     to_numpy_state,
     to_torch_state,
 )
-from serving.schemas import concat_columns
 from serving.stream_state import EntityState, StateStore
 
 UNLIMITED_WINDOW = 2**62

@@ -9,12 +9,11 @@ import json
 import numpy as np
 import pytest
 
-from seqcore.encoding import EventColumns
+from seqcore.encoding import EventColumns, concat_columns
 from seqcore.schema import SchemaConfig
 from serving.config import Limits
 from serving.schemas import (
     RequestError,
-    concat_columns,
     feature_columns,
     parse_request,
     parse_stream_request,
