@@ -191,7 +191,8 @@ def write_generated_events(
     """
     from pipelines.config import load_params
     from pipelines.generate import generate_events
-    from pipelines.ingest import ARRIVAL, write_events
+    from pipelines.ingest import write_events
+    from seqcore.schema import ARRIVAL
 
     params = load_params(PARAMS)
     schema = params.data.schema

@@ -26,8 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from data_checks.config import ValidateConfig
-from data_checks.ordering import ARRIVAL, EventIndex, Finding, describe
-from seqcore.schema import SchemaConfig
+from data_checks.ordering import EventIndex, Finding, describe
+from seqcore.schema import ARRIVAL, SchemaConfig
 
 _INT = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"]
 _GX_TYPES = {

@@ -26,8 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from data_checks.group_scan import below_running_max, group_order, not_above_earlier
+from seqcore.schema import ARRIVAL
 
-ARRIVAL = "_arrival"
 INT64_MIN = np.iinfo(np.int64).min
 _UNITS_PER_S = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -1,9 +1,10 @@
 """The ingest stage: events in (generated, or a user's Parquet/CSV), the events table out.
 
-Output (docs/architecture.md §1): ``data/events/part-<k>.parquet`` with the mapped columns, times as
-UTC timestamps, and ``_arrival`` (the row's position in the source stream, so that arrival
-order survives partitioning). Above ``data.rows_per_part`` rows the table is split into parts
-by a stable hash of the entity key; each part keeps arrival order.
+Output (docs/architecture.md §1): ``data/events/part-<k>.parquet`` with the mapped columns,
+times as UTC timestamps, and ``_arrival`` (``seqcore.schema.ARRIVAL``: the row's position in
+the source stream, so that arrival order survives partitioning). Above ``data.rows_per_part``
+rows the table is split into parts by a stable hash of the entity key; each part keeps
+arrival order.
 
 A user's file is checked here for what ingest itself needs (mapped columns present, types
 convertible, times normalised to UTC) with messages that name the column; everything else is
@@ -32,9 +33,9 @@ from pipelines.generate import generate_events
 from pipelines.params.data import DataConfig
 from pipelines.stage import stage_main
 from seqcore.io import atomic_dir, write_json
+from seqcore.schema import ARRIVAL
 
 log = logging.getLogger("seqops.ingest")
-ARRIVAL = "_arrival"
 
 
 class IngestError(ValueError):

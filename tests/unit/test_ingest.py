@@ -11,9 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.config import Params
-from pipelines.ingest import ARRIVAL, IngestError, run
+from pipelines.ingest import IngestError, run
 from pipelines.params.data import DataConfig, GenerateConfig
 from seqcore.io import read_events
+from seqcore.schema import ARRIVAL
 
 
 def _params(default_params: Params, **data_changes) -> Params:
