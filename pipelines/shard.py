@@ -32,7 +32,6 @@ from pipelines.config import Params
 from pipelines.params.shard import ShardConfig
 from pipelines.stage import stage_main
 from pipelines.windows import (
-    SPLITS,
     PaddedIndex,
     Windows,
     assign_buckets,
@@ -47,6 +46,7 @@ from seqcore import io
 from seqcore.config import to_jsonable
 from seqcore.features import FeatureSpec, fit_features
 from seqcore.manifest import (
+    SPLITS,
     BucketEntry,
     ForecastTarget,
     InputInfo,

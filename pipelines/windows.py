@@ -20,8 +20,6 @@ import pyarrow.compute as pc
 from pipelines.params.shard import BucketConfig, WindowConfig
 from seqcore.arrays import group_ids, run_offsets, time_us
 
-SPLITS = ("train", "val", "test")
-
 _FNV_OFFSET = 0xCBF29CE484222325
 _FNV_PRIME = 0x100000001B3
 _MASK64 = (1 << 64) - 1
