@@ -69,8 +69,7 @@ class LoadedModel:
 
 def load_version(ref: ModelRef, version: Any, max_tokens: int) -> LoadedModel:
     """Download and load one resolved ModelVersion (``resolve_version``'s answer)."""
-    source = _client(ref).get_model_version_download_uri(ref.name, str(version.version))
-    scorer = load_scorer(source, ref.tracking_uri)
+    scorer = load_scorer(f"models:/{ref.name}/{version.version}", ref.tracking_uri)
     scorer.max_tokens = max_tokens
     manifest = scorer.manifest
     return LoadedModel(
