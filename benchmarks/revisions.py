@@ -81,7 +81,7 @@ def compare_data(trees: dict[str, Path], n_events: int, rounds: int) -> None:
     rows = []
     for step in ("validate", "shard"):
         base, ours = runs[("base", step)], runs[("ours", step)]
-        wall = [median(r.result[k] for r in x) for x in (base, ours) for k in ("seconds",)]
+        wall = [median(r.result["seconds"] for r in x) for x in (base, ours)]
         cpu = [median(r.result["cpu_seconds"] for r in x) for x in (base, ours)]
         rss = [max(r.peak_rss for r in x) for x in (base, ours)]
         rows.append([step, f"{wall[0]:.2f}", f"{wall[1]:.2f}", f"{wall[1] / wall[0]:.2f}x",
