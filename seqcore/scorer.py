@@ -4,9 +4,9 @@ A ``SequenceScorer`` holds a trained ``SequenceModel`` and the shard manifest. I
 manifest's preprocessing (vocabularies, normalisation, time deltas fitted on the training
 split) to raw events, keeps each entity's most recent ``window_len`` events (the window the
 model was trained on), and batches sequences of similar length under a token budget, padding
-each batch to its own longest sequence, never to a global maximum (bucketed
-padding keeps nearly every token real: benchmarks/README.md, "Padding"). Padding never changes a score (docs/architecture.md §4), so
-a sequence scores the same alone or in any batch.
+each batch to its own longest sequence, never to a global maximum (bucketed padding keeps
+nearly every token real: benchmarks/README.md, "Padding"). Padding never changes a score
+(docs/architecture.md §4), so a sequence scores the same alone or in any batch.
 """
 
 from __future__ import annotations

@@ -90,10 +90,10 @@ def score_dataset(
     torch threads each (the ``local`` plan uses as many threads), at most ``actors`` at once
     (default: as many as the cluster's CPUs hold). Units hold about ``rows_per_block`` events
     where the layout allows (:func:`serving.batch_plan.plan_units`); the ``shuffle`` plan
-    makes ``max(slots, events / rows_per_block)`` partitions. The summary says which plan ran (``plan``), its scoring
-    calls (``blocks``: units or partitions), the events read (``rows_read``: above ``events``
-    where shares re-read a file or ranges a row group), the scoring calls' CPU seconds
-    (``task_cpu_s``) and the seconds per phase.
+    makes ``max(slots, events / rows_per_block)`` partitions. The summary says which plan ran
+    (``plan``), its scoring calls (``blocks``: units or partitions), the events read
+    (``rows_read``: above ``events`` where shares re-read a file or ranges a row group), the
+    scoring calls' CPU seconds (``task_cpu_s``) and the seconds per phase.
     """
     from serving.config import ModelRef
     from serving.registry import load_model
