@@ -22,9 +22,9 @@ float operations as ``seqcore.features.time_deltas``.
 
 State is bounded (:class:`serving.stream_state.StateStore`): a time-to-live and a maximum
 number of entities with least-recently-used eviction. An entity whose state is gone is never
-scored as if it were there: the reply's ``state.status`` says ``reset`` (scored from the new events alone, with
-the reason: evicted, expired, model changed, unknown to this replica) or ``rebuilt`` (the
-client sent ``history`` and the state was recomputed from it). A client that sends
+scored as if it were there: the reply's ``state.status`` says ``reset`` (scored from the new
+events alone, with the reason: evicted, expired, model changed, unknown to this replica) or
+``rebuilt`` (the client sent ``history`` and the state was recomputed from it). A client that sends
 ``expect_events_seen`` (the count from its previous reply) lets a replica that never saw the
 entity, e.g. after a restart, say ``reset`` instead of ``new``.
 """
