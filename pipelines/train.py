@@ -29,10 +29,11 @@ import pyarrow.parquet as pq
 
 from pipelines.config import Params
 from pipelines.stage import stage_main
-from pipelines.tracking import configure, ensure_experiment, flatten, lineage_tags, tracking_uri
+from pipelines.tracking import configure, ensure_experiment, flatten, lineage_tags
 from pipelines.train_loop import FAIL_ENV, train_loop_per_worker
 from seqcore.config import to_jsonable
 from seqcore.io import atomic_dir, write_json
+from seqcore.loading import tracking_uri
 from seqcore.manifest import Manifest, load_manifest
 from seqmodels import ModelConfig
 
