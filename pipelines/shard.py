@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 
 from data_checks.leakage import NO_TARGET, SplitExamples, check_split_leakage
 from pipelines.config import Params
-from pipelines.params.shard import ShardConfig
+from pipelines.params.shard import ShardConfig, SplitConfig
 from pipelines.stage import stage_main
 from pipelines.windows import (
     PaddedIndex,
@@ -85,7 +85,7 @@ class EventArrays:
     num: np.ndarray  # (N, F) float32, column-major
     next_event: np.ndarray | None  # (N,) int32 vocab ids of schema.next_event
     forecast: np.ndarray | None  # (N,) float32 standardised schema.forecast, NaN if missing
-    labels: np.ndarray | None  # (N,) int64 entity-level label, -1 where missing
+    labels: np.ndarray | None  # (N,) int64 class index of the entity's label, -1 where none
 
 
 @dataclass(frozen=True)
@@ -99,18 +99,25 @@ class Plan:
     split_info: dict[str, Any]
     cutoffs: tuple[int, int] | None
     reordered: int
+    classes: tuple[Any, ...] = ()
+    """The label values of the training rows, sorted: class index i is ``classes[i]``."""
 
 
-def _read(path: Path, schema: SchemaConfig) -> pa.Table:
-    """The columns the schema maps, refusing what the validate stage should have stopped."""
+def _read(path: Path, schema: SchemaConfig, split_column: str | None = None) -> pa.Table:
+    """The columns the schema maps (and the split column of the column split method),
+    refusing what the validate stage should have stopped."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: not found (run the validate stage first)")
+    columns = [*schema.required_columns, *([split_column] if split_column else [])]
     if path.is_file():
-        missing = [c for c in schema.required_columns if c not in pq.read_schema(path).names]
+        missing = [c for c in columns if c not in pq.read_schema(path).names]
         if missing:
-            raise ShardError(f"{path}: missing column(s) {', '.join(missing)} (see data.schema)")
+            raise ShardError(
+                f"{path}: missing column(s) {', '.join(missing)} "
+                "(see data.schema and shard.split.column)"
+            )
     try:
-        table = io.read_events(path, columns=schema.required_columns)
+        table = io.read_events(path, columns=columns)
     except pa.ArrowInvalid as exc:
         raise ShardError(f"{path}: {str(exc).splitlines()[0]} (see data.schema)") from None
     if not len(table):
@@ -120,8 +127,6 @@ def _read(path: Path, schema: SchemaConfig) -> pa.Table:
             raise ShardError(f"{path}: {table.column(col).null_count} nulls in key column {col!r}")
     if not pa.types.is_timestamp(table.schema.field(schema.time).type):
         raise ShardError(f"{path}: time column {schema.time!r} is not a timestamp")
-    if schema.label and not pa.types.is_integer(table.schema.field(schema.label).type):
-        raise ShardError(f"{path}: label column {schema.label!r} must be integer")
     # Encode plain categorical columns once: fitting and transforming then share the dictionary.
     for col in schema.categorical:
         if not pa.types.is_dictionary(table.schema.field(col).type):
@@ -130,16 +135,72 @@ def _read(path: Path, schema: SchemaConfig) -> pa.Table:
     return table
 
 
-def _split(keys: pa.Array, t: np.ndarray, offsets: np.ndarray, params: Params):
+def column_split(
+    column: pa.ChunkedArray, keys: pa.Array, offsets: np.ndarray, cfg: SplitConfig, salt: str
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Split index per entity (0 train, 1 val, 2 test) from the column naming it.
+
+    Every event of an entity must carry the same value, one that ``shard.split.values``
+    knows; anything else is refused with the entities and values named, since guessing would
+    move examples across the split the user's results are compared on. With no val value
+    present, validation entities are carved out of train by the entity method's hash."""
+    name = cfg.column
+    encoded = pc.dictionary_encode(pc.cast(column, pa.string())).combine_chunks()
+    codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    first = codes[offsets[:-1]]
+    mixed = np.flatnonzero(np.add.reduceat(codes != np.repeat(first, np.diff(offsets)),
+                                           offsets[:-1]) > 0) if len(codes) else np.zeros(0, int)  # fmt: skip
+    if len(mixed):
+        shown = ", ".join(repr(k) for k in keys.take(pa.array(mixed[:5])).to_pylist())
+        raise ShardError(
+            f"shard.split.column {name!r}: {len(mixed)} entities have more than one value "
+            f"(e.g. entities {shown}); the column method needs one split per entity"
+        )
+    if (first < 0).any():
+        shown = ", ".join(repr(k) for k in keys.filter(pa.array(first < 0)).to_pylist()[:5])
+        raise ShardError(
+            f"shard.split.column {name!r}: {int((first < 0).sum())} entities have no value "
+            f"(e.g. entities {shown})"
+        )
+    meaning = {v: SPLITS.index(s) for s, vs in cfg.values.items() for v in vs}
+    found = encoded.dictionary.to_pylist()
+    unknown = [v for v in found if v not in meaning]
+    if unknown:
+        raise ShardError(
+            f"shard.split.column {name!r}: value(s) {unknown[:5]} mean no split; map them in "
+            f"shard.split.values (now {dict(cfg.values)})"
+        )
+    split = np.array([meaning[v] for v in found], dtype=np.int8)[first]
+    info: dict[str, Any] = {"method": "column", "column": name, "values": dict(cfg.values)}
+    if not (split == 1).any() and cfg.val_fraction > 0:
+        train = np.flatnonzero(split == 0)
+        fractions = (1.0 - cfg.val_fraction, cfg.val_fraction, 0.0)
+        split[train[entity_split(keys.take(pa.array(train)), fractions, salt) == 1]] = 1
+        info.update(val_from_train=cfg.val_fraction, salt=salt, hash=HASH_RULE)
+    return split, info
+
+
+def _split(
+    keys: pa.Array,
+    t: np.ndarray,
+    offsets: np.ndarray,
+    params: Params,
+    split_column: pa.ChunkedArray | None = None,
+):
     """Per-split prefixes, the train-row mask, the manifest's split section, cutoffs (us)."""
     cfg, sizes = params.shard.split, np.diff(offsets)
     zero = np.zeros_like(sizes)
-    if cfg.method == "entity":
-        salt = f"seqops-split:{params.seed}"
-        split = entity_split(keys, cfg.fractions, salt)
+    salt = f"seqops-split:{params.seed}"
+    if cfg.method in ("entity", "column"):
+        if cfg.method == "column":
+            assert split_column is not None
+            split, info = column_split(split_column, keys, offsets, cfg, salt)
+        else:
+            split = entity_split(keys, cfg.fractions, salt)
+            info = {"method": "entity", "fractions": list(cfg.fractions), "salt": salt,
+                    "hash": HASH_RULE}  # fmt: skip
         prefixes = {s: (np.where(split == i, sizes, 0), zero) for i, s in enumerate(SPLITS)}
-        info = {"method": "entity", "fractions": list(cfg.fractions), "salt": salt}
-        return prefixes, np.repeat(split == 0, sizes), {**info, "hash": HASH_RULE}, None
+        return prefixes, np.repeat(split == 0, sizes), info, None
     if cfg.train_end is not None and cfg.val_end is not None:
         train_end = pa.scalar(cfg.train_end, pa.timestamp("us", "UTC")).value
         val_end = pa.scalar(cfg.val_end, pa.timestamp("us", "UTC")).value
@@ -167,7 +228,10 @@ def prepare(table: pa.Table, params: Params, path: Path) -> Plan:
     table, offsets, t, reordered = order_events(table, schema.entity, schema.time, schema.seq)
     keys = pc.cast(table.column(schema.entity).take(pa.array(offsets[:-1])), pa.string())
     keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
-    prefixes, train_rows, split_info, cutoffs = _split(keys, t, offsets, params)
+    split_column = params.shard.split.column if params.shard.split.method == "column" else None
+    prefixes, train_rows, split_info, cutoffs = _split(
+        keys, t, offsets, params, table.column(split_column) if split_column else None
+    )
     try:
         spec = fit_features(table, schema, params.shard.features, rows=train_rows, offsets=offsets)
         cat, num = spec.transform(table, offsets=offsets)
@@ -179,11 +243,51 @@ def prepare(table: pa.Table, params: Params, path: Path) -> Plan:
     except (TypeError, pa.ArrowInvalid) as exc:
         raise ShardError(f"{path}: {exc}") from None
     next_event = cat[:, spec.categorical.index(schema.next_event)] if schema.next_event else None
-    labels = None
+    labels, classes = None, ()
     if schema.label:
-        labels = pc.fill_null(table.column(schema.label), -1).to_numpy().astype(np.int64)
+        labels, classes = encode_labels(table.column(schema.label), train_rows, schema.label)
     events = EventArrays(offsets, keys, t, cat, num, next_event, forecast, labels)
-    return Plan(events, spec, prefixes, split_info, cutoffs, reordered)
+    return Plan(events, spec, prefixes, split_info, cutoffs, reordered, classes)
+
+
+def _label_values(column: pa.ChunkedArray, name: str) -> pa.Array:
+    """The label column as strings, integers or booleans (what a class label can be)."""
+    values = column.combine_chunks()
+    kind = values.type
+    if pa.types.is_dictionary(kind):
+        values, kind = values.dictionary_decode(), kind.value_type
+    if pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
+        return values.cast(pa.string())
+    if pa.types.is_floating(kind):  # integer labels with nulls, as pandas writes them
+        finite = values.drop_null().to_numpy(zero_copy_only=False)
+        if not np.all(np.isfinite(finite) & (finite == np.round(finite))):
+            example = float(next(v for v in finite if not (np.isfinite(v) and v == round(v))))
+            raise ShardError(
+                f"label column {name!r} holds {example!r}: a class label is a string, an "
+                "integer or a boolean (for a numeric target use the forecast task)"
+            )
+        return values.cast(pa.int64())
+    if pa.types.is_string(kind) or pa.types.is_integer(kind) or pa.types.is_boolean(kind):
+        return values
+    raise ShardError(
+        f"label column {name!r} has type {kind}; a class label is a string, an integer or a "
+        "boolean (see data.schema.label)"
+    )
+
+
+def encode_labels(
+    column: pa.ChunkedArray, train_rows: np.ndarray, name: str
+) -> tuple[np.ndarray, tuple[Any, ...]]:
+    """Each row's class index and the classes: the sorted distinct labels of training rows.
+
+    Classes come from training rows only, like every other fitted part of preprocessing; a
+    label that training never saw, and a null, become -1 (no label)."""
+    values = _label_values(column, name)
+    seen = pc.unique(values.filter(pa.array(train_rows, pa.bool_())).drop_null())
+    classes = seen.take(pc.sort_indices(seen))
+    index = pc.index_in(values, value_set=classes)
+    labels = pc.fill_null(index, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    return labels, tuple(classes.to_pylist())
 
 
 def _fsl(values: np.ndarray, size: int) -> pa.FixedSizeListArray:
@@ -265,12 +369,14 @@ def _write_split(
     return entry, examples, rows.column("label").to_numpy()
 
 
-def _targets(spec: FeatureSpec, params: Params, train_labels: np.ndarray) -> Targets:
-    schema = params.data.schema
-    classes = tuple(np.unique(train_labels[train_labels >= 0]).tolist())
+def _targets(plan: Plan, params: Params, labels: dict[str, np.ndarray]) -> Targets:
+    schema, spec = params.data.schema, plan.spec
     col = schema.forecast
+    unlabeled = {s: int((v < 0).sum()) for s, v in labels.items()}
     return Targets(
-        label=LabelTarget(schema.label, classes) if schema.label else None,
+        label=LabelTarget(schema.label, plan.classes, unlabeled=unlabeled)
+        if schema.label
+        else None,
         next_event=NextEventTarget(schema.next_event, spec.vocab_size(schema.next_event))
         if schema.next_event
         else None,
@@ -293,7 +399,10 @@ def _input_hash(path: Path) -> str:
 def run(params: Params, validated_path: Path, out_dir: Path) -> Manifest:
     """Write the shards and ``manifest.json`` into ``out_dir`` atomically; return the manifest."""
     cfg, validated_path = params.shard, Path(validated_path)
-    table = _read(validated_path, params.data.schema)
+    split = cfg.split
+    table = _read(
+        validated_path, params.data.schema, split.column if split.method == "column" else None
+    )
     n_events = len(table)
     with ThreadPoolExecutor(max_workers=2) as pool, io.atomic_dir(out_dir) as tmp:
         input_hash = pool.submit(_input_hash, validated_path)  # hashlib releases the GIL
@@ -318,7 +427,8 @@ def run(params: Params, validated_path: Path, out_dir: Path) -> Manifest:
         for future in pending:
             future.result()
         cut = plan.cutoffs or (None, None)
-        method = plan.split_info["method"]
+        # A column split is an entity split: no entity may appear on two sides.
+        method = "time" if plan.split_info["method"] == "time" else "entity"
         leakage = check_split_leakage(method, checked, train_end_us=cut[0], val_end_us=cut[1])
         if not leakage.passed:
             raise ShardError(f"leakage between splits, shards not written: {leakage.summary()}")
@@ -326,7 +436,7 @@ def run(params: Params, validated_path: Path, out_dir: Path) -> Manifest:
         manifest = Manifest(
             schema=params.data.schema,
             features=plan.spec,
-            targets=_targets(plan.spec, params, labels["train"]),
+            targets=_targets(plan, params, labels),
             bucket_boundaries=tuple(bounds),
             buckets_derived=derived,
             window=WindowInfo(**to_jsonable(cfg.window), window_len=width),
@@ -368,6 +478,14 @@ def _command(params: Params, args: argparse.Namespace) -> int:
         metrics[split] = {"examples": entry.examples, "pad_fraction": entry.pad_fraction}
         print(f"shard: {split}: {entry.examples} examples, pad {entry.pad_fraction:.1%}")
     print(f"shard: buckets {list(manifest.bucket_boundaries)} ({manifest.buckets_derived})")
+    label = manifest.targets.label
+    if label is not None:
+        metrics["labels"] = {"classes": len(label.classes), "unlabeled": dict(label.unlabeled)}
+        shown = ", ".join(map(repr, label.classes[:10])) + (
+            " ..." if len(label.classes) > 10 else ""
+        )
+        print(f"shard: {len(label.classes)} label classes ({shown}); without a known label: "
+              + ", ".join(f"{s} {n}" for s, n in label.unlabeled.items()))  # fmt: skip
     if args.metrics:
         io.write_json(args.metrics, metrics)
     return 0

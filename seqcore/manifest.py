@@ -121,17 +121,55 @@ class SplitEntry:
 
 @dataclass(frozen=True)
 class LabelTarget:
-    """classify: the entity label column and the classes seen in training."""
+    """classify: the entity label column and its classes, as the user's own values.
+
+    A label may be a string, an integer or a boolean; the shards hold each example's class
+    *index* (its position in :attr:`classes`, ``missing`` when it has none), and everything
+    that shows a prediction names the class by its value (:meth:`name`). Classes are the
+    distinct labels of the training rows, sorted, so the same data gives the same indices;
+    an example of another split whose label training never saw counts as unlabelled.
+    """
 
     column: str
-    classes: tuple[int, ...]
+    classes: tuple[Any, ...]
+    """Label values in class-index order (JSON strings, integers or booleans)."""
     missing: int = -1
-    """Label value of an example without one."""
+    """Class index of an example without a label."""
+    unlabeled: Mapping[str, int] = field(default_factory=dict)
+    """Per split: examples without a (known) label, left out of classify training and metrics."""
 
     @property
     def num_classes(self) -> int:
-        """Classes a classifier needs: labels are 0..max, at least two."""
-        return max(2, max(self.classes, default=1) + 1)
+        """Outputs a classifier needs: one per class, at least two."""
+        return max(2, len(self.classes))
+
+    def name(self, index: int) -> Any:
+        """The label value of class ``index`` (a placeholder for the padding class of a
+        one-class training set, which no data can predict)."""
+        return self.classes[index] if 0 <= index < len(self.classes) else f"<class {index}>"
+
+    @property
+    def names(self) -> tuple[Any, ...]:
+        """The value of every output of a classifier, in output order."""
+        return tuple(self.name(i) for i in range(self.num_classes))
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any], where: str) -> LabelTarget:
+        unlabeled = raw.get("unlabeled") or {}  # absent in manifests written before it existed
+        if not isinstance(unlabeled, Mapping):
+            raise ManifestError(f"{where}.unlabeled: expected an object, found {unlabeled!r}")
+        classes = tuple(_get(raw, "classes", where, list))
+        bad = [c for c in classes if not isinstance(c, str | int | bool)]
+        if bad or len(set(classes)) != len(classes):
+            raise ManifestError(
+                f"{where}.classes: expected distinct strings, integers or booleans, found {classes!r}"
+            )
+        return cls(
+            column=_get(raw, "column", where, str),
+            classes=classes,
+            missing=_get(raw, "missing", where, int),
+            unlabeled={str(k): int(v) for k, v in unlabeled.items()},
+        )
 
 
 @dataclass(frozen=True)
@@ -168,7 +206,9 @@ class Targets:
     @classmethod
     def from_json(cls, raw: Mapping[str, Any], where: str) -> Targets:
         return cls(
-            label=_optional(raw, "label", where, LabelTarget),
+            label=None
+            if raw.get("label") is None
+            else LabelTarget.from_json(raw["label"], f"{where}.label"),
             next_event=_optional(raw, "next_event", where, NextEventTarget),
             forecast=_optional(raw, "forecast", where, ForecastTarget),
         )

@@ -111,6 +111,12 @@ class SequenceScorer:
         self.window_len = manifest.window_len
         self.max_tokens = max_tokens
         self.call_cost = call_cost or CallCost()
+        label = manifest.targets.label
+        outputs = model.config.num_classes
+        self.class_names: tuple[Any, ...] = (
+            tuple(label.name(i) for i in range(outputs)) if label else tuple(range(outputs))
+        )
+        """classify: the label value of each output, in output order."""
         next_event = manifest.targets.next_event
         self.next_event_vocab = (
             ["<PAD>", "<OOV>", *manifest.vocab(next_event.column)] if next_event else []
@@ -277,11 +283,14 @@ class SequenceScorer:
         """One sequence's model output (``forward_sequences``) as the response's fields."""
         task = self.config.task
         if task == "classify":
-            probs = out.astype(float)
+            # ``score`` is the last class's probability: the positive one of a binary label
+            # (1, True, or the later of two sorted strings); every class is named by its value.
+            probs = out.astype(float).tolist()
+            names = self.class_names
             return {
-                "score": float(probs[-1]),
-                "predicted": int(probs.argmax()),
-                "probabilities": probs.tolist(),
+                "score": probs[-1],
+                "predicted": names[int(np.argmax(out))],
+                "probabilities": {str(n): p for n, p in zip(names, probs, strict=True)},
             }
         if task == "next_event":
             last = out[-1]

@@ -35,10 +35,18 @@ def output_schema(scorer: SequenceScorer) -> pa.Schema:
         pa.field("window_end", pa.timestamp("us", tz="UTC")),
         pa.field("score", pa.float64()),
     ]
-    if task == "classify":
+    if task == "classify":  # classes named by the label's own values (strings, ints, bools)
+        names = scorer.class_names
+        predicted = (
+            pa.bool_()
+            if all(isinstance(n, bool) for n in names)
+            else pa.int64()
+            if all(isinstance(n, int) for n in names)
+            else pa.string()
+        )
         fields += [
-            pa.field("predicted", pa.int64()),
-            pa.field("probabilities", pa.list_(pa.float64())),
+            pa.field("predicted", predicted),
+            pa.field("probabilities", pa.map_(pa.string(), pa.float64())),
         ]
     elif task == "next_event":
         label = pa.string() if scorer.next_event_vocab else pa.int64()

@@ -149,6 +149,12 @@ class ModelServer:
             **m.describe(),
             "task": m.scorer.config.task,
             "schema": to_jsonable(m.scorer.manifest.schema),
+            # what ``predicted`` and the keys of ``probabilities`` can be
+            **(
+                {"classes": list(m.scorer.class_names)}
+                if m.scorer.config.task == "classify"
+                else {}
+            ),
             "batching": dataclasses.asdict(self.batching),
         }
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -15,8 +16,9 @@ from seqcore.features import FeatureConfig
 class SplitConfig:
     """How examples are split into train/validation/test."""
 
-    method: Literal["entity", "time"] = "entity"
-    """``entity``: by a hash of the entity key; ``time``: by event-time cutoffs."""
+    method: Literal["entity", "time", "column"] = "entity"
+    """``entity``: by a hash of the entity key; ``time``: by event-time cutoffs; ``column``:
+    a column of the events names each entity's split (a dataset's official split)."""
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     """entity method: shares of train/validation/test."""
     train_end: datetime | None = None
@@ -25,10 +27,24 @@ class SplitConfig:
     """time method: validation windows end after train_end and at or before this time."""
     time_quantiles: tuple[float, float] = (0.8, 0.9)
     """time method without explicit cutoffs: cutoffs at these quantiles of event time."""
+    column: str | None = None
+    """column method: the events column naming each entity's split (one value per entity)."""
+    values: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: {
+            "train": ("train",),
+            "val": ("val", "valid", "validation"),
+            "test": ("test",),
+        }
+    )
+    """column method: the column's values (compared as strings) that mean train, val and test."""
+    val_fraction: float = 0.1
+    """column method: when no entity has a val value, this share of the train entities (by a
+    hash of the key, as the entity method) is held out for validation."""
 
     def __post_init__(self) -> None:
-        if self.method not in ("entity", "time"):
-            raise fail("shard.split.method", self.method, "expected 'entity' or 'time'")
+        if self.method not in ("entity", "time", "column"):
+            raise fail("shard.split.method", self.method, "expected 'entity', 'time' or 'column'")
+        self._check_column_method()
         fr = tuple(float(x) for x in self.fractions)
         if len(fr) != 3 or any(x < 0 for x in fr) or abs(sum(fr) - 1.0) > 1e-6 or fr[0] == 0:
             raise fail(
@@ -53,6 +69,30 @@ class SplitConfig:
             raise fail(
                 "shard.split.val_end", self.val_end, "must not be before shard.split.train_end"
             )
+
+    def _check_column_method(self) -> None:
+        if self.method == "column" and not self.column:
+            raise fail(
+                "shard.split.column", self.column, "the column method needs the split column's name"
+            )
+        if not isinstance(self.values, Mapping):
+            raise fail("shard.split.values", self.values, "expected a mapping {train: [...], ...}")
+        unknown = sorted(set(self.values) - {"train", "val", "test"})
+        if unknown:
+            raise fail("shard.split.values", unknown, "keys are train, val and test")
+        values = {k: tuple(str(x) for x in (v if isinstance(v, list | tuple) else [v]))
+                  for k, v in self.values.items()}  # fmt: skip
+        for needed in ("train", "test"):
+            if not values.get(needed):
+                raise fail(f"shard.split.values.{needed}", None, "name at least one value")
+        seen: dict[str, str] = {}
+        for split, names in values.items():
+            for name in names:
+                if seen.setdefault(name, split) != split:
+                    raise fail("shard.split.values", name, f"means both {seen[name]} and {split}")
+        object.__setattr__(self, "values", values)
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise fail("shard.split.val_fraction", self.val_fraction, "must be within [0, 1)")
 
 
 @dataclass(frozen=True)

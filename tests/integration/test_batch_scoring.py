@@ -102,14 +102,15 @@ def test_batch_scores_equal_online_scores(ray_cluster, registry, tmp_path):
 
         got = scores.to_pandas().set_index("entity").loc[expected.index]
         np.testing.assert_allclose(got["score"], expected["score"], rtol=0, atol=1e-5)
-        np.testing.assert_allclose(
-            np.stack(got["probabilities"]), np.stack(expected["probabilities"]), rtol=0, atol=1e-5
-        )
+        # map<string, double> reads back as (class, probability) pairs, in class order
+        probs = np.stack([[p for _, p in pairs] for pairs in got["probabilities"]])
+        wanted = np.stack([list(named.values()) for named in expected["probabilities"]])
+        np.testing.assert_allclose(probs, wanted, rtol=0, atol=1e-5)
         assert (got["predicted"] == expected["predicted"]).all(), label
         assert (got["n_events"] == expected["n_events"]).all(), label
         assert (got["window_end"] == expected["window_end"]).all(), label
 
-        assert scores.schema.field("probabilities").type == pa.list_(pa.float64())
+        assert scores.schema.field("probabilities").type == pa.map_(pa.string(), pa.float64())
         assert set(pc.unique(scores["model_name"]).to_pylist()) == {MODEL}
         assert set(pc.unique(scores["model_version"]).to_pylist()) == {registry["version"]}
         assert set(pc.unique(scores["run_id"]).to_pylist()) == {registry["run_id"]}

@@ -122,7 +122,11 @@ def _assert_matches_offline(scores: list[dict], registry: dict, events: pa.Table
         assert s["n_events"] == expected["n_events"]
         assert s["window_end"] == expected["window_end"].isoformat().replace("+00:00", "Z")
         assert abs(s["score"] - expected["score"]) <= 1e-5
-        np.testing.assert_allclose(s["probabilities"], expected["probabilities"], atol=1e-5)
+        assert s["probabilities"].keys() == expected["probabilities"].keys()
+        np.testing.assert_allclose(
+            list(s["probabilities"].values()), list(expected["probabilities"].values()), atol=1e-5
+        )
+        assert s["predicted"] == expected["predicted"]
 
 
 def test_online_scores_equal_offline_predictions_and_name_their_model(served, registry, events):

@@ -54,7 +54,10 @@ def test_raw_events_score_like_their_shard_window(scorer, tiny_pipeline):
     assert len(scores) == len(preds.entity) > 5
     for entity, probs, length in zip(preds.entity, preds.outputs, preds.length, strict=True):
         assert scores.loc[entity, "n_events"] == length
-        np.testing.assert_allclose(scores.loc[entity, "probabilities"], probs, atol=1e-5)
+        named = scores.loc[entity, "probabilities"]
+        assert list(named) == [str(c) for c in scorer.manifest.targets.label.classes]
+        np.testing.assert_allclose(list(named.values()), probs, atol=1e-5)
+        assert scores.loc[entity, "predicted"] == scorer.class_names[int(np.argmax(probs))]
 
 
 def test_scores_do_not_depend_on_row_order_batching_or_company(scorer, tiny_pipeline):

@@ -308,3 +308,102 @@ def test_cli_exit_codes_summary_and_metrics(built, tmp_path, capsys):
     assert "train" in capsys.readouterr().out
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["n_buckets"] <= 4 and metrics["train"]["examples"] > 0
+
+
+# --------------------------------------------------------------------------- labels of any type
+
+
+def _with_labels(table: pa.Table, values: list, every: int) -> pa.Table:
+    """The table's label column replaced by ``values[entity % len(values)]``; every
+    ``every``-th entity unlabelled (null)."""
+    codes = np.unique(table["account_id"].to_numpy(zero_copy_only=False), return_inverse=True)[1]
+    labels = [None if c % every == every - 1 else values[c % len(values)] for c in codes]
+    i = table.schema.get_field_index("label")
+    return table.set_column(i, "label", pa.array(labels))
+
+
+@pytest.mark.parametrize(
+    "values",
+    [["legit", "fraud", "chargeback"], [True, False], [3, 10]],
+    ids=["strings", "booleans", "sparse-ints"],
+)
+def test_labels_of_any_type_become_class_indices_named_in_the_manifest(tmp_path, values):
+    events = tmp_path / "events.parquet"
+    pq.write_table(_with_labels(_events(plant_test_category=False), values, every=7), events)
+    manifest = shard.run(_params(), events, tmp_path / "shards")
+    label = manifest.targets.label
+    assert label is not None and label.classes == tuple(sorted(values))
+    assert label.num_classes == max(2, len(values))
+    assert (
+        Manifest.from_json(json.loads((tmp_path / "shards/manifest.json").read_text())) == manifest
+    )
+    rows = read_split(tmp_path / "shards", "train")
+    names = rows.column("entity").to_pylist()
+    got = rows.column("label").to_numpy()
+    codes = {k: int(k.split("_")[1]) for k in set(names)}
+    for key, index in zip(names, got, strict=True):
+        c = codes[key]
+        if c % 7 == 6:
+            assert index == -1  # unlabelled: left out of classify training
+        else:
+            assert label.name(int(index)) == values[c % len(values)]
+    assert label.unlabeled["train"] == int((got < 0).sum()) > 0
+
+
+def test_fractional_labels_are_refused_naming_the_column(tmp_path):
+    table = _events(plant_test_category=False)
+    table = table.set_column(
+        table.schema.get_field_index("label"), "label", pa.array(np.full(len(table), 0.5))
+    )
+    pq.write_table(table, tmp_path / "events.parquet")
+    with pytest.raises(shard.ShardError, match="label column 'label' holds 0.5"):
+        shard.run(_params(), tmp_path / "events.parquet", tmp_path / "shards")
+
+
+# --------------------------------------------------------------------------- split column
+
+
+def _with_folds(table: pa.Table, folds: dict[int, str]) -> pa.Table:
+    codes = np.unique(table["account_id"].to_numpy(zero_copy_only=False), return_inverse=True)[1]
+    return table.append_column("fold", pa.array([folds[c % len(folds)] for c in codes]))
+
+
+def test_column_split_follows_the_column_and_carves_val_from_train(tmp_path):
+    events = tmp_path / "events.parquet"
+    pq.write_table(
+        _with_folds(_events(plant_test_category=False), {0: "train", 1: "train", 2: "test"}), events
+    )
+    params = _params(split={"method": "column", "column": "fold", "val_fraction": 0.2})
+    manifest = shard.run(params, events, tmp_path / "shards")
+    assert manifest.split["method"] == "column" and manifest.split["val_from_train"] == 0.2
+    assert manifest.leakage["status"] == "pass"
+    seen = {
+        s: set(read_split(tmp_path / "shards", s).column("entity").to_pylist())
+        for s in ("train", "val", "test")
+    }
+    assert all(int(k.split("_")[1]) % 3 == 2 for k in seen["test"])
+    assert all(int(k.split("_")[1]) % 3 != 2 for k in seen["train"] | seen["val"])
+    assert 0.1 < len(seen["val"]) / len(seen["train"] | seen["val"]) < 0.3
+
+
+@pytest.mark.parametrize(
+    ("folds", "message"),
+    [
+        ({0: "train", 1: "holdout"}, r"value\(s\) \['holdout'\] mean no split.*shard.split.values"),
+        ({0: "train", 1: "test"}, "entities have more than one value"),
+    ],
+    ids=["unknown-value", "entity-in-two-folds"],
+)
+def test_column_split_refuses_values_it_cannot_place(tmp_path, folds, message):
+    table = _with_folds(_events(plant_test_category=False), folds)
+    if "more than one" in message:  # one entity's events in two folds
+        fold = np.array(table["fold"].to_pylist(), dtype=object)
+        first = np.flatnonzero(table["account_id"].to_numpy(zero_copy_only=False) == "acct_0000")
+        fold[first[-1]] = "test" if fold[first[0]] == "train" else "train"
+        table = table.set_column(
+            table.schema.get_field_index("fold"), "fold", pa.array(fold.tolist())
+        )
+    pq.write_table(table, tmp_path / "events.parquet")
+    params = _params(split={"method": "column", "column": "fold"})
+    with pytest.raises(shard.ShardError, match=message):
+        shard.run(params, tmp_path / "events.parquet", tmp_path / "shards")
