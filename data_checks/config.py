@@ -28,10 +28,33 @@ CHECK_NAMES = (
     "time_order",
     "duplicates",
     "seq_gaps",
+    "seq_order",
     "future_timestamps",
     "time_floor",
     "late_events",
+    "label_consistency",
 )
+"""Every check, in the order the report lists them and quarantine attributes rows (the first
+quarantining check that flags a row is its reason). What each catches:
+
+- ``non_empty``, ``schema``, ``types``: an empty table, a missing mapped column, a mapped column
+  of a type its role cannot hold (labels: strings, integers or booleans);
+- ``key_nulls``, ``numeric_finite``, ``value_ranges``, ``categorical_domain``: null entity keys or
+  times, NaN/inf features, values outside ``ranges``, categories outside ``domains``;
+- ``time_order``: an entity's event time decreasing in arrival order;
+- ``duplicates``: repeated (entity, time, seq) events;
+- ``seq_gaps``: missing sequence numbers within an entity (the whole entity is the offender);
+- ``seq_order``: sequence numbers that disagree with time and arrival: within an entity, in
+  arrival order and among rows time_order accepts, a seq below one seen before (a seq that
+  decreases while time increases, or runs backwards among equal times); skipped when
+  ``data.schema.seq`` is null;
+- ``future_timestamps``, ``time_floor``: times after ``now + max_ahead`` or before ``floor``;
+- ``late_events``: events behind the watermark by more than ``allowed_lateness``; needs an
+  arrival order (skipped for a user's file without ``data.schema.arrival``);
+- ``label_consistency``: entities whose non-null label differs between their events (the whole
+  entity is the offender); entities without any label are counted, not failed; skipped when
+  ``data.schema.label`` is null.
+"""
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,14 @@ Order (docs/architecture.md §2): ``non_empty`` (an empty table skips everything
 ``types``, then the row checks. A check whose columns are missing or mistyped is
 ``skipped`` with the reason, so one fault is reported by its own check and nothing crashes.
 Policies: ``fail`` reports and the stage exits non-zero; ``quarantine`` sets the offending
-rows (whole entities for ``seq_gaps``) aside with ``_quarantine_reason`` = the first
-quarantining check, in ``CHECK_NAMES`` order.
+rows (whole entities for ``seq_gaps`` and ``label_consistency``) aside with
+``_quarantine_reason`` = the first quarantining check, in ``CHECK_NAMES`` order.
+
+Arrival order: the per-entity checks read each entity's rows in ``_arrival`` order. The
+watermark check (``late_events``) also needs that order to be the global order rows reached
+the system; a caller that knows it is not (a user's file without ``data.schema.arrival``,
+where ``_arrival`` is only the file's row order) passes ``arrival_known=False`` and the check
+is skipped with the reason.
 
 ``clean`` is grouped by entity and in arrival order within an entity: the grouping order
 the checks already computed, so validate costs one sort-like pass over the data.
@@ -35,15 +41,28 @@ from data_checks.results import CheckResult, ValidationReport, json_safe, skippe
 from data_checks.split import REASON, Split, split_rows
 from seqcore.schema import SchemaConfig
 
-__all__ = ["REASON", "Split", "check_contract", "run_contract"]
+__all__ = ["NO_ARRIVAL", "REASON", "Split", "check_contract", "run_contract"]
 GX_CHECKS = {"schema", "types", "key_nulls", "value_ranges", "categorical_domain"}
+NO_ARRIVAL = (
+    "no arrival column mapped: set data.schema.arrival to the column that records when each "
+    "row reached the system (e.g. an ingestion timestamp or a log offset); file row order is "
+    "not taken as arrival order"
+)
+"""Why ``late_events`` is skipped when the table's ``_arrival`` is not an arrival order."""
+FILE_ORDER = (
+    "each entity's rows were compared in file row order (no data.schema.arrival is mapped): "
+    "sort the file by entity and time (and seq), or map the arrival column"
+)
 
 
 class _Run:
     """State of one contract run: the config, the index and the findings so far."""
 
-    def __init__(self, table: pa.Table, schema: SchemaConfig, config: ValidateConfig) -> None:
+    def __init__(
+        self, table: pa.Table, schema: SchemaConfig, config: ValidateConfig, arrival_known: bool
+    ) -> None:
         self.table, self.schema, self.config = table, schema, config
+        self.arrival_known = arrival_known
         self.k = config.sample_offenders
         self.results: dict[str, CheckResult] = {}
         self.findings: dict[str, Finding] = {}
@@ -155,20 +174,32 @@ def _attach_gx(run: _Run, gx: dict[str, list[dict]], sampled: bool) -> None:
 
 
 def run_contract(
-    table: pa.Table, schema: SchemaConfig, config: ValidateConfig, now: datetime
+    table: pa.Table,
+    schema: SchemaConfig,
+    config: ValidateConfig,
+    now: datetime,
+    arrival_known: bool = True,
 ) -> tuple[ValidationReport, pa.Table, pa.Table]:
     """Validate ``table``; returns the report, the clean rows and the quarantined rows."""
-    report, split = check_contract(table, schema, config, now)
+    report, split = check_contract(table, schema, config, now, arrival_known)
     return report, split.clean(), split.quarantine()
 
 
 def check_contract(
-    table: pa.Table, schema: SchemaConfig, config: ValidateConfig, now: datetime
+    table: pa.Table,
+    schema: SchemaConfig,
+    config: ValidateConfig,
+    now: datetime,
+    arrival_known: bool = True,
 ) -> tuple[ValidationReport, Split]:
-    """Validate ``table``; returns the report and the split of its rows, not yet gathered."""
+    """Validate ``table``; returns the report and the split of its rows, not yet gathered.
+
+    ``arrival_known``: whether ``_arrival`` is the order rows reached the system (see the
+    module docstring); without it ``late_events`` is skipped with ``NO_ARRIVAL``.
+    """
     started = time.perf_counter()
     now = now if now.tzinfo else now.replace(tzinfo=UTC)
-    run = _Run(table, schema, config)
+    run = _Run(table, schema, config, arrival_known)
     n = table.num_rows
     timings: dict[str, float] = {}
     run.run("non_empty", None, lambda: _non_empty(n))
@@ -267,12 +298,45 @@ def _row_checks(
     run.run("duplicates", dup_need, lambda: ordering.duplicates(ix, seq_values, k, exclude))
     gap_need = entity_need or _needs(plan, [schema.seq])
     run.run("seq_gaps", gap_need, lambda: ordering.seq_gaps(ix, seq_values, seq_valid, k))
+    seq_need = (
+        "no sequence-number column mapped (data.schema.seq is null)"
+        if schema.seq is None
+        else gap_need
+    )
+    run.run(
+        "seq_order",
+        seq_need,
+        lambda: ordering.seq_order(
+            ix,
+            seq_values,
+            seq_valid,
+            exclude,
+            k,
+            run.findings["time_order"].rows if "time_order" in run.findings else None,
+        ),
+    )
     lateness = cfg["late_events"].allowed_lateness
     run.run(
         "late_events",
-        time_need,
+        time_need or (None if run.arrival_known else NO_ARRIVAL),
         lambda: ordering.late_events(ix, ordering.arrival_order(table), lateness, exclude, k),
     )
+    label_need = (
+        "no label column mapped (data.schema.label is null)"
+        if schema.label is None
+        else _needs(plan, [schema.entity, schema.label])
+    )
+    run.run(
+        "label_consistency",
+        label_need,
+        lambda: ordering.label_consistency(ix, str(schema.label), k),
+    )
+    if not run.arrival_known:
+        for name in ("time_order", "seq_order"):
+            result = run.results[name]
+            if result.status == "fail":  # the order compared was the file's, say so
+                hint = FILE_ORDER + (f"; {result.message}" if result.message else "")
+                run.results[name] = replace(result, message=hint)
     return ix.order, ix.entity_gatherer()
 
 

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from data_checks.config import ValidateConfig
-from data_checks.ordering import EventIndex, Finding, describe
+from data_checks.ordering import EventIndex, Finding, describe, entity_count
 from seqcore.schema import ARRIVAL, SchemaConfig
 
 _INT = ["int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64"]
@@ -35,14 +35,20 @@ _GX_TYPES = {
     "time": ["datetime64[s]", "datetime64[ms]", "datetime64[us]", "datetime64[ns]"],
     "integer": [*_INT, *(f"{t.capitalize()}Dtype" for t in _INT)],
     "number": [*_INT, *(f"{t.capitalize()}Dtype" for t in _INT), "float16", "float32", "float64"],
-    "label": [*_INT, *(f"{t.capitalize()}Dtype" for t in _INT), "bool", "BooleanDtype"],
+    "label": [
+        "StringDtype",
+        *_INT,
+        *(f"{t.capitalize()}Dtype" for t in _INT),
+        "bool",
+        "BooleanDtype",
+    ],
 }
 _EXPECTED = {
     "key": "string or integer",
     "time": "timestamp",
     "integer": "integer",
     "number": "number",
-    "label": "integer or boolean",
+    "label": "string, integer or boolean",
 }
 
 
@@ -67,7 +73,8 @@ def type_ok(kind_name: str, kind: pa.DataType) -> bool:
         return pa.types.is_integer(kind)
     if kind_name == "number":
         return pa.types.is_integer(kind) or pa.types.is_floating(kind)
-    return pa.types.is_integer(kind) or pa.types.is_boolean(kind)
+    # label: a class name or number, a flag; the shard stage maps its values to class indices
+    return _is_string(value) or pa.types.is_integer(value) or pa.types.is_boolean(value)
 
 
 @dataclass(frozen=True)
@@ -183,7 +190,7 @@ def categorical_domain(
             failing.append(name)
             bad |= mask
     rows = np.flatnonzero(bad)
-    entities = int(np.unique(ix.codes[rows]).size) if rows.size and ix.entity else 0
+    entities = entity_count(ix, rows)
     message = "; ".join(
         f"{c}: {per_column[c]['unseen_fraction']:.2%} unseen (max {max_unseen:.2%}), e.g. "
         + ", ".join(f"{v['value']!r} x{v['count']}" for v in per_column[c]["unseen_values"][:3])
@@ -218,7 +225,7 @@ def value_ranges(
         bad |= out
     rows = np.flatnonzero(bad)
     sample = describe(ix, rows, k, columns=columns)
-    entities = int(np.unique(ix.codes[rows]).size) if rows.size and ix.entity else 0
+    entities = entity_count(ix, rows)
     return Finding(rows, int(rows.size), entities, sample, {"per_column": per_column})
 
 

@@ -2,8 +2,9 @@
 
 Great Expectations has no group-by (``ExpectColumnValuesToBeIncreasing`` sees one column),
 so the checks that need an entity's own sequence are computed here: time order, duplicate
-(entity, time, seq) events, gaps in sequence numbers, timestamps in the future or before a
-floor, events behind the watermark, null keys and non-finite numbers.
+(entity, time, seq) events, gaps in sequence numbers, sequence numbers against time and
+arrival, timestamps in the future or before a floor, events behind the watermark, labels that
+differ within an entity, null keys and non-finite numbers.
 
 How it scales to tens of millions of events: the entity key is dictionary-encoded once,
 and the (entity, arrival) grouping is one ``np.sort`` of int64 keys ``code * N + row`` (rows
@@ -17,7 +18,7 @@ sequence numbers) are sorted alone. No Python object per event, no pandas, no pe
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -211,6 +212,14 @@ def describe(
     return out
 
 
+def entity_count(ix: EventIndex, rows: np.ndarray) -> int:
+    """How many entities ``rows`` belong to; rows whose entity key is null belong to none."""
+    if not rows.size or ix.entity is None:
+        return 0
+    codes = np.unique(ix.codes[rows])
+    return int(codes.size - (codes[-1] == ix.n_codes))
+
+
 def _finding(
     ix: EventIndex,
     rows: np.ndarray,
@@ -223,20 +232,22 @@ def _finding(
     order = np.argsort(rows, kind="stable")
     rows = rows[order].astype(np.int64, copy=False)
     extra = {name: values[order] for name, values in (extra or {}).items()}
-    entities = int(np.unique(ix.codes[rows]).size) if rows.size and ix.entity else 0
     sample = describe(ix, rows, k, extra, columns)
-    return Finding(rows, int(rows.size), entities, sample, **kw)
+    return Finding(rows, int(rows.size), entity_count(ix, rows), sample, **kw)
 
 
 def key_nulls(ix: EventIndex, entity: str, time: str, k: int) -> Finding:
-    """Rows whose entity key or event time is null (excluded from every other check)."""
+    """Rows whose entity key or event time is null (excluded from every other check).
+
+    The entity count is of the rows with a key (and a null time): a null key is no entity.
+    """
     rows = np.flatnonzero(~ix.valid)
     details = {
         "null_entity": ix.table[entity].null_count,
         "null_time": ix.table[time].null_count,
     }
     sample = describe(ix, rows, k)
-    return Finding(rows, int(rows.size), 0, sample, details)
+    return Finding(rows, int(rows.size), entity_count(ix, rows), sample, details)
 
 
 def numeric_finite(ix: EventIndex, columns: list[str], k: int) -> Finding:
@@ -355,6 +366,112 @@ def seq_gaps(ix: EventIndex, seq: np.ndarray, seq_valid: np.ndarray, k: int) -> 
     entities = int(flagged.sum())
     message = f"{details['missing_seq_numbers']} missing sequence number(s)" if entities else ""
     return Finding(rows, int(rows.size), entities, sample, details, message)
+
+
+def seq_order(
+    ix: EventIndex,
+    seq: np.ndarray,
+    seq_valid: np.ndarray,
+    exclude: np.ndarray,
+    k: int,
+    time_order_rows: np.ndarray | None = None,
+) -> Finding:
+    """Rows whose sequence number is below one their entity showed earlier in arrival order.
+
+    Only rows that time_order accepts are compared (their time is not below an earlier
+    arrival's), so a row is either time_order's fault or this check's, never both: what is
+    left is a seq that decreases while time increases, or that runs backwards among equal
+    times. Ordering by (time, seq) alone would hide the second case (equal times sort by
+    seq), which time_order, duplicates and seq_gaps all pass. Flagging against the running
+    max, as time_order does, leaves every entity's seq non-decreasing once flagged rows go.
+    Rows in ``exclude`` (times out of range) and rows without a seq are not compared;
+    ``time_order_rows``, time_order's finding over the same ``exclude``, saves recomputing it.
+    """
+    sel = ix.order[(ix.valid & ~exclude)[ix.order]]
+    if time_order_rows is None:
+        late_in_time, _ = below_running_max(ix.times[sel], ix.codes[sel])
+        sel = sel[~late_in_time & seq_valid[sel]]
+    else:
+        compared = seq_valid.copy()
+        compared[time_order_rows] = False
+        sel = sel[compared[sel]]
+    bad, behind = below_running_max(seq[sel], ix.codes[sel])
+    rows = sel[bad]
+    extra = {"earlier_seq": seq[rows] + behind}
+    found = _finding(ix, rows, k, extra)
+    message = ""
+    if found.violating_rows:
+        message = (
+            f"{found.violating_rows} row(s) in {found.violating_entities} entit"
+            f"{'y' if found.violating_entities == 1 else 'ies'} carry a sequence number below "
+            "one that arrived before them at an earlier or equal time: seq and time disagree "
+            "on the order of events (fix the producer's seq or times)"
+        )
+    details = {"compared_rows": int(sel.size)}
+    return replace(found, details=details, message=message)
+
+
+def _value_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
+    """(N,) int64 code per row (-1 where null) and the distinct value of each code."""
+    if pa.types.is_dictionary(column.type):
+        column = pc.cast(column, column.type.value_type)
+    encoded = pc.dictionary_encode(column.combine_chunks())
+    codes = pc.fill_null(pc.cast(encoded.indices, pa.int64()), -1).to_numpy()
+    return codes, encoded.dictionary
+
+
+def label_consistency(ix: EventIndex, label: str, k: int) -> Finding:
+    """Entities whose non-null label differs between their events; the whole entity is the
+    offender. Entities with no label at all are unlabeled: counted, not a violation."""
+    values, names = _value_codes(ix.table[label])
+    seen = np.zeros(ix.n_codes + 1, dtype=bool)
+    seen[ix.codes[ix.valid]] = True
+    has = ix.valid & (values >= 0)
+    groups, labels = ix.codes[has], values[has]
+    labeled = np.zeros(ix.n_codes + 1, dtype=bool)
+    labeled[groups] = True
+    # One label per entity, any of its own (the last written): a row differing from it shows
+    # that its entity holds two. Row order suffices: no grouping sort, no per-entity loop.
+    chosen = np.full(ix.n_codes + 1, -1, dtype=np.int64)
+    chosen[groups] = labels
+    flagged = np.zeros(ix.n_codes + 1, dtype=bool)
+    flagged[groups[labels != chosen[groups]]] = True
+    rows = np.flatnonzero(flagged[ix.codes])
+    entities = int(flagged.sum())
+    sample = []
+    # Codes number entities in order of first appearance, so the first offenders come first.
+    for code in np.flatnonzero(flagged)[: max(k, 0)]:
+        distinct, counts = np.unique(labels[groups == code], return_counts=True)
+        sample.append(
+            {
+                "entity": ix.keys[int(code)].as_py(),
+                "labels": {
+                    str(names[int(v)].as_py()): int(n)
+                    for v, n in zip(distinct, counts, strict=True)
+                },
+                "rows": int(np.count_nonzero(ix.codes == code)),
+            }
+        )
+    unlabeled = int((seen & ~labeled)[: ix.n_codes].sum())
+    details = {
+        "label_column": label,
+        "labeled_entities": int(labeled[: ix.n_codes].sum()),
+        "unlabeled_entities": unlabeled,
+    }
+    notes = []
+    if entities:
+        shown = f" (e.g. entity {sample[0]['entity']!r}: {sample[0]['labels']})" if sample else ""
+        notes.append(
+            f"{entities} entit{'y carries' if entities == 1 else 'ies carry'} more than one label"
+            f"{shown}; column {label!r} holds one label per entity, the same on each of its "
+            "events: fix the source, or set policy quarantine to set these entities aside"
+        )
+    if unlabeled:
+        notes.append(
+            f"{unlabeled} entit{'y has' if unlabeled == 1 else 'ies have'} no label "
+            "(kept as unlabeled, not a violation)"
+        )
+    return Finding(rows, int(rows.size), entities, sample, details, "; ".join(notes))
 
 
 def late_events(

@@ -132,7 +132,8 @@ class ValidationReport:
         )
 
     def summary(self) -> str:
-        """Readable text naming each failed check, its counts and example entity keys."""
+        """Readable text naming each failed check, its counts and examples: entity keys for
+        row and entity checks, column names for column checks (schema, types)."""
         lines = [
             f"validation: {self.rows_in} rows in, {self.rows_out} out, "
             f"{self.rows_quarantined} quarantined"
@@ -141,27 +142,46 @@ class ValidationReport:
         if not failed:
             lines.append("all blocking checks passed")
         for res in failed:
+            kind, examples = offender_examples(res)
+            if kind == "columns":
+                counts = f"{len(columns_of(res))} column(s)"
+            else:
+                counts = (
+                    f"{res.violating_rows} row(s), {res.violating_entities} "
+                    f"entit{'y' if res.violating_entities == 1 else 'ies'}"
+                )
             lines.append(
-                f"FAILED {res.name}: {res.violating_rows} row(s), "
-                f"{res.violating_entities} entit{'y' if res.violating_entities == 1 else 'ies'}"
-                + (f" - {res.message}" if res.message else "")
+                f"FAILED {res.name}: {counts}" + (f" - {res.message}" if res.message else "")
             )
-            keys = example_keys(res)
-            if keys:
-                lines.append(f"  e.g. entities: {', '.join(keys)}")
+            if examples:
+                lines.append(f"  e.g. {kind}: {', '.join(examples)}")
         for res in self.results:
             if res.status == "fail" and res.policy == "quarantine":
                 lines.append(f"quarantined {res.name}: {res.violating_rows} row(s)")
         return "\n".join(lines)
 
 
-def example_keys(result: CheckResult, limit: int = 5) -> list[str]:
-    """Entity keys (or, for column checks, offending values) from a result's sample."""
+def columns_of(result: CheckResult) -> list[str]:
+    """The columns a column-level result names (its sample items carry ``column``)."""
+    return list(
+        dict.fromkeys(
+            str(row["column"]) for row in result.sample if "column" in row and "entity" not in row
+        )
+    )
+
+
+def offender_examples(result: CheckResult, limit: int = 5) -> tuple[str, list[str]]:
+    """What a result's sample shows, and up to ``limit`` examples of it: ``entities`` (the
+    keys of offending rows or entities; a null key is none) or ``columns`` (schema and type
+    checks, whose offenders are columns)."""
+    columns = columns_of(result)
+    if columns:
+        return "columns", [repr(c) for c in columns[:limit]]
     keys: list[str] = []
     for row in result.sample:
-        key = row.get("entity", row.get("value", row.get("column")))
+        key = row.get("entity")
         if key is not None and repr(key) not in keys:
             keys.append(repr(key))
         if len(keys) >= limit:
             break
-    return keys
+    return "entities", keys

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from data_checks.config import ValidateConfig
+from pipelines.generate import FEATURE_COLUMNS, NUMERIC_COLUMNS, generated_columns, role_names
 from pipelines.params.data import DataConfig, GenerateConfig
 from pipelines.params.gate import EvaluateConfig, RegisterConfig
 from pipelines.params.shard import BucketConfig, ShardConfig, SplitConfig, WindowConfig
@@ -125,6 +126,69 @@ def check_across_sections(params: Params) -> None:
             f"exceeds shard.max_workers={params.shard.max_workers}: each worker reads its own "
             "part files; raise shard.max_workers or lower train.num_workers",
         )
+    split = params.shard.split
+    if split.method == "column" and split.column in schema.source_columns:
+        raise fail(
+            "shard.split.column",
+            split.column,
+            "is mapped to a role in data.schema; the split column must be a column of its own",
+        )
+    if params.data.source == "generate":
+        if split.method == "column":
+            raise fail(
+                "shard.split.method",
+                "column",
+                "generated data has no split column; use entity or time, or data.source: file",
+            )
+        check_generated_schema(schema)
+
+
+def check_generated_schema(schema: SchemaConfig) -> None:
+    """With ``data.source: generate``, every column the schema maps must be one the generator
+    emits: it names the key, entity, time, seq and label columns as the schema says, but its
+    features are fixed (``pipelines.generate.FEATURE_COLUMNS``)."""
+    numeric = list(NUMERIC_COLUMNS)
+    categorical = [c for c in FEATURE_COLUMNS if c not in NUMERIC_COLUMNS]
+    columns = ", ".join(generated_columns(role_names(schema)))
+    produces = (
+        f"data.source: generate produces the columns {columns} (numeric: {', '.join(numeric)}; "
+        f"categorical: {', '.join(categorical)})"
+    )
+    fix = "map only those, or set data.source: file to read your own table"
+    if schema.arrival is not None:
+        raise fail(
+            "data.schema.arrival",
+            schema.arrival,
+            f"{produces}, and no arrival column: generated rows are produced in arrival order; "
+            "set data.schema.arrival: null",
+        )
+    for key, allowed in (
+        ("numeric", numeric),
+        ("categorical", categorical),
+        ("next_event", categorical),
+        ("forecast", numeric),
+    ):
+        value = getattr(schema, key)
+        mapped = [value] if isinstance(value, str) else list(value or ())
+        wrong = [c for c in mapped if c not in allowed]
+        if wrong:
+            where = [
+                f"{c!r} is {'categorical' if c in categorical else 'numeric'} there"
+                if c in FEATURE_COLUMNS
+                else f"no column {c!r}"
+                for c in wrong
+            ]
+            shown = value if isinstance(value, str) else list(value)
+            raise fail(f"data.schema.{key}", shown, f"{'; '.join(where)}: {produces}; {fix}")
+    for key in ("entity", "time", "seq", "label"):
+        value = getattr(schema, key)
+        if value in FEATURE_COLUMNS:
+            raise fail(
+                f"data.schema.{key}",
+                value,
+                f"{value!r} is a feature column of generated data ({produces}); name the "
+                f"{key} column something else",
+            )
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -19,7 +19,14 @@ Work is vectorised over entities; the only Python loop runs over sequence positi
 most ``max_length`` iterations), never over events, so the benchmark's large inputs stay
 cheap to make. Faults (``pipelines.faults``) are planted into the clean arrays last; the
 shared event columns and their Arrow table live in ``pipelines.card_events``. Output rows
-are in arrival order (global event-time order), as a real event stream would be.
+are in arrival order (global event-time order), as a real event stream would be, so the
+generator has no arrival column: ingest takes its row order as the arrival order
+(``seqcore.schema.ARRIVAL``).
+
+Column names: the entity key, time, sequence number and label are named by ``data.schema``;
+the features always come out as ``FEATURE_COLUMNS`` (``amount``, ``mcc``, ``channel``,
+``country``, ``device``), so a schema for generated data may map only those
+(``pipelines.config.check_across_sections`` refuses any other when params are loaded).
 """
 
 from __future__ import annotations
@@ -38,6 +45,12 @@ from pipelines.card_events import (
 from pipelines.faults import apply_faults
 from pipelines.params.data import GenerateConfig
 from seqcore.config import parse_time
+from seqcore.schema import SchemaConfig
+
+FEATURE_COLUMNS = ("amount", "mcc", "channel", "country", "device")
+"""The feature columns the generator emits, whatever ``data.schema`` names its other roles."""
+NUMERIC_COLUMNS = ("amount",)
+"""Of ``FEATURE_COLUMNS``, the numeric ones (the rest are categorical)."""
 
 _SMALL_MCC = MCC_CODES.index("5815")  # digital goods: the card-testing burst
 _LARGE_MCC = MCC_CODES.index("5732")  # electronics: the cash-out purchase
@@ -212,15 +225,29 @@ def _plant_patterns(
     gaps[inner] = rng.uniform(20.0, 300.0, size=inner.size)
 
 
+DEFAULT_NAMES = {"entity": "account_id", "time": "event_time", "seq": "seq_no", "label": "label"}
+"""The column names of the roles ``data.schema`` names, when it leaves them at their defaults."""
+
+
+def role_names(schema: SchemaConfig) -> dict[str, str]:
+    """The generator's column names for ``schema``: its own where the schema maps none."""
+    return {
+        "entity": schema.entity,
+        "time": schema.time,
+        "seq": schema.seq or DEFAULT_NAMES["seq"],
+        "label": schema.label or DEFAULT_NAMES["label"],
+    }
+
+
+def generated_columns(names: dict[str, str] | None = None) -> list[str]:
+    """The columns ``generate_events`` emits (before faults drop one) for these role names."""
+    names = names or DEFAULT_NAMES
+    return [names["entity"], names["time"], names["seq"], *FEATURE_COLUMNS, names["label"]]
+
+
 def generate_events(
     cfg: GenerateConfig, seed: int, names: dict[str, str] | None = None
 ) -> pa.Table:
     """The generated events table, with the faults of ``cfg.faults`` planted."""
-    names = names or {
-        "entity": "account_id",
-        "time": "event_time",
-        "seq": "seq_no",
-        "label": "label",
-    }
     arrays = generate_arrays(cfg, seed)
-    return apply_faults(arrays, cfg, seed, names)
+    return apply_faults(arrays, cfg, seed, names or DEFAULT_NAMES)

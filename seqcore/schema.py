@@ -13,7 +13,12 @@ from dataclasses import dataclass
 from seqcore.config import fail
 
 ARRIVAL = "_arrival"
-"""Column that ingest adds: each row's position in the source stream (its arrival order)."""
+"""Column that ingest adds: each row's position in the source stream (its arrival order).
+
+Ingest ranks the mapped ``arrival`` column into it; generated data is produced in arrival
+order, so there it is the row position; a user's file without ``arrival`` gets its row
+position too, which orders each entity's events but is not taken as the global arrival
+order (the watermark check is skipped)."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,11 @@ class SchemaConfig:
     """Categorical column whose next value is the next_event task's target."""
     forecast: str | None = "amount"
     """Numeric column forecast per step by the forecast task."""
+    arrival: str | None = None
+    """Column holding the order rows reached the system, e.g. an ingestion timestamp or a
+    log offset (integers, timestamps or ISO-8601 strings); ingest ranks it into ``_arrival``.
+    Not a feature: the model never reads it. Null: a user's file row order is not taken as
+    arrival order (late_events is skipped); generated data is produced in arrival order."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "numeric", tuple(self.numeric))
@@ -50,6 +60,15 @@ class SchemaConfig:
             )
         if self.forecast and self.forecast not in self.numeric:
             raise fail("data.schema.forecast", self.forecast, "must be one of data.schema.numeric")
+        if self.arrival is not None:
+            taken = [key for key, column in self.roles() if column == self.arrival]
+            if taken:
+                raise fail(
+                    "data.schema.arrival",
+                    self.arrival,
+                    f"is already mapped as data.schema.{taken[0]}; the arrival column records "
+                    "when a row reached the system and must be a column of its own (or null)",
+                )
 
     @property
     def event_columns(self) -> list[str]:
@@ -64,5 +83,24 @@ class SchemaConfig:
 
     @property
     def required_columns(self) -> list[str]:
-        """Every mapped column of the events table: :attr:`event_columns` and the label."""
+        """The columns the stages after validate read: :attr:`event_columns` and the label."""
         return [*self.event_columns, *([self.label] if self.label else [])]
+
+    @property
+    def source_columns(self) -> list[str]:
+        """Every mapped column of the source table: :attr:`required_columns` and ``arrival``,
+        which only ingest reads (to rank it into ``_arrival``)."""
+        return [*self.required_columns, *([self.arrival] if self.arrival else [])]
+
+    def roles(self) -> list[tuple[str, str]]:
+        """``(data.schema key, column)`` for every mapped column but ``arrival``, in schema
+        order; a column mapped under two keys (``next_event`` is also categorical) twice."""
+        pairs = [("entity", self.entity), ("time", self.time)]
+        pairs += [("seq", self.seq)] if self.seq else []
+        pairs += [("numeric", c) for c in self.numeric]
+        pairs += [("categorical", c) for c in self.categorical]
+        for key in ("label", "next_event", "forecast"):
+            column = getattr(self, key)
+            if column:
+                pairs.append((key, column))
+        return pairs

@@ -229,5 +229,81 @@ def test_settings_that_must_agree_across_sections_fail_at_load(raw, message):
 
 
 def test_a_numeric_only_schema_loads_when_the_sections_agree():
-    params = params_from_dict({"data": {"schema": NUMERIC_ONLY}, "evaluate": {"slices": []}})
+    data = {"source": "file", "path": "events.parquet", "schema": NUMERIC_ONLY}
+    params = params_from_dict({"data": data, "evaluate": {"slices": []}})
     assert params.data.schema.categorical == () and params.train.task == "classify"
+
+
+@pytest.mark.parametrize(
+    ("schema", "message"),
+    [
+        (
+            {"numeric": ["value"], "forecast": None},
+            r"data\.schema\.numeric=\['value'\]: no column 'value': data\.source: generate "
+            r"produces the columns account_id, event_time, seq_no, amount, mcc, channel, "
+            r"country, device, label",
+        ),
+        (
+            {"categorical": ["mcc", "channel", "page"]},
+            r"data\.schema\.categorical=\['mcc', 'channel', 'page'\]: no column 'page'.*set "
+            r"data\.source: file",
+        ),
+        (
+            {"numeric": ["amount", "mcc"], "categorical": ["channel"], "next_event": "channel"},
+            r"data\.schema\.numeric=\['amount', 'mcc'\]: 'mcc' is categorical there",
+        ),
+        (
+            {"arrival": "ingested_at"},
+            r"data\.schema\.arrival='ingested_at': .*no arrival column: generated rows are "
+            r"produced in arrival order; set data\.schema\.arrival: null",
+        ),
+        (
+            {"entity": "device", "categorical": ["mcc", "channel", "country"]},
+            r"data\.schema\.entity='device': 'device' is a feature column of generated data",
+        ),
+    ],
+)
+def test_a_generated_source_refuses_columns_the_generator_does_not_produce(schema, message):
+    """The generator names entity, time, seq and label as the schema says but emits fixed
+    features: a schema mapping anything else fails when params load, not in a later stage."""
+    with pytest.raises(ConfigError, match=message):
+        params_from_dict({"data": {"schema": schema}})
+
+
+def test_the_same_schema_loads_for_a_users_file():
+    schema = {**NUMERIC_ONLY, "arrival": "ingested_at"}
+    raw = {"data": {"source": "file", "path": "events.csv", "schema": schema}}
+    params = params_from_dict({**raw, "evaluate": {"slices": []}})
+    assert params.data.schema.arrival == "ingested_at"
+    assert "ingested_at" not in params.data.schema.event_columns
+    assert "ingested_at" not in params.data.schema.required_columns
+    assert params.data.schema.source_columns[-1] == "ingested_at"
+
+
+@pytest.mark.parametrize("column", ["event_time", "seq_no", "mcc", "label"])
+def test_the_arrival_column_is_a_column_of_its_own(column):
+    raw = {"data": {"source": "file", "path": "x.csv", "schema": {"arrival": column}}}
+    with pytest.raises(ConfigError, match=r"data\.schema\.arrival=.*is already mapped as"):
+        params_from_dict(raw)
+
+
+def test_the_generators_columns_are_the_ones_the_config_check_names():
+    from pipelines.generate import generate_events, generated_columns, role_names
+    from pipelines.params.data import GenerateConfig
+    from seqcore.schema import SchemaConfig
+
+    schema = SchemaConfig(entity="acct", time="ts", seq=None, label=None)
+    names = role_names(schema)
+    table = generate_events(GenerateConfig(n_entities=5), seed=1, names=names)
+    assert table.column_names == generated_columns(names)
+
+
+def test_a_split_column_needs_a_file_and_a_column_of_its_own():
+    column = {"split": {"method": "column", "column": "fold"}}
+    with pytest.raises(ConfigError, match=r"shard\.split\.method='column': generated data has no"):
+        params_from_dict({"shard": column})
+    data = {"source": "file", "path": "events.parquet"}
+    taken = {"split": {"method": "column", "column": "label"}}
+    with pytest.raises(ConfigError, match=r"shard\.split\.column='label': is mapped to a role"):
+        params_from_dict({"data": data, "shard": taken})
+    assert params_from_dict({"data": data, "shard": column}).shard.split.column == "fold"

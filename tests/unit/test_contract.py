@@ -357,3 +357,159 @@ def test_validate_stage_writes_outputs_and_exit_codes(tmp_path: Path, capsys):
 
     assert validate.main(["--params", str(tmp_path / "missing.yaml")]) == 2
     assert validate.main(["--params", str(params_file), "--events", str(tmp_path / "none")]) == 2
+
+
+# --------------------------------------------------------------------------- any events table
+
+
+@pytest.mark.parametrize(
+    "label",
+    [
+        pa.array(["fraud", "ok"] * 16, pa.string()),
+        pa.array(["fraud", None] * 16, pa.large_string()),
+        pa.array(["fraud", "ok"] * 16).dictionary_encode(),
+        pa.array([True, False] * 16),
+        pa.array([1, None] * 16, pa.int8()),
+    ],
+    ids=["string", "large_string", "dictionary", "boolean", "integer_with_nulls"],
+)
+def test_labels_of_any_class_type_pass_the_types_check(label):
+    # Labels alternate by row, so make them one per entity: entity j's rows all take row j's.
+    table = make_events()
+    per_entity = {e: label[j] for j, e in enumerate(ENTITIES)}
+    column = pa.chunked_array([[per_entity[e] for e in table["account_id"].to_pylist()]])
+    table = table.set_column(8, "label", column.cast(label.type))
+    report, _, _ = run_contract(table, SCHEMA, config(), NOW)
+    assert report.result("types").status == "pass", report.result("types").message
+    assert failing(report) == set()
+
+
+def test_a_float_label_fails_types_naming_the_column_and_the_accepted_types():
+    table = make_events()
+    table = table.set_column(8, "label", pc.cast(table["label"], pa.float64()))
+    report, _, _ = run_contract(table, SCHEMA, config(), NOW)
+    assert failing(report) == {"types"}
+    assert "label: double (expected string, integer or boolean)" in report.result("types").message
+    assert report.result("label_consistency").status == "skipped"
+    assert "label has type double" in report.result("label_consistency").message
+
+
+def _relabel(rows: list[dict], entity: str, n: int, label) -> None:
+    rows[nth(rows, entity, n)]["label"] = label
+
+
+def test_label_consistency_fails_an_entity_with_two_labels_and_counts_unlabeled_ones():
+    rows = make_rows()
+    _relabel(rows, "B2", 5, 0)  # B2 is labelled 1 elsewhere
+    for i in range(8):
+        _relabel(rows, "D4", i, None)  # D4 has no label at all: unlabeled, not a violation
+    _relabel(rows, "A1", 2, None)  # one null among A1's zeros: still one label
+    report, _, _ = run_contract(table_from_rows(rows), SCHEMA, config(), NOW)
+    result = report.result("label_consistency")
+    assert failing(report) == {"label_consistency"}
+    assert (result.violating_entities, result.violating_rows) == (1, 8)
+    assert result.sample == [{"entity": "B2", "labels": {"0": 1, "1": 7}, "rows": 8}]
+    assert "'B2'" in result.message and "column 'label'" in result.message
+    assert result.details["unlabeled_entities"] == 1
+    assert result.details["labeled_entities"] == 3
+    assert "1 entity has no label" in result.message
+    assert "e.g. entities: 'B2'" in report.summary()
+
+
+def test_label_consistency_quarantines_the_whole_entity():
+    rows = make_rows()
+    _relabel(rows, "C3", 0, 1)  # C3 is labelled 0 elsewhere
+    cfg = config(label_consistency={"policy": "quarantine"})
+    report, clean, quarantine = run_contract(table_from_rows(rows), SCHEMA, cfg, NOW)
+    assert report.failed() == []
+    assert set(quarantine["account_id"].to_pylist()) == {"C3"}
+    assert quarantine.num_rows == 8 and set(quarantine[REASON].to_pylist()) == {"label_consistency"}
+    assert "C3" not in clean["account_id"].to_pylist()
+
+
+def test_unlabeled_entities_alone_pass_and_are_reported():
+    rows = make_rows()
+    for i in range(8):
+        _relabel(rows, "A1", i, None)
+    report, _, _ = run_contract(table_from_rows(rows), SCHEMA, config(), NOW)
+    result = report.result("label_consistency")
+    assert result.status == "pass" and report.failed() == []
+    assert result.details["unlabeled_entities"] == 1
+    assert "no label" in result.message
+
+
+def test_checks_of_unmapped_columns_are_skipped_with_the_key_to_set():
+    schema = SchemaConfig(seq=None, label=None)
+    table = make_events().drop_columns(["seq_no", "label"])
+    report, _, _ = run_contract(table, schema, config(), NOW)
+    assert failing(report) == set()
+    assert report.result("label_consistency").status == "skipped"
+    assert "data.schema.label is null" in report.result("label_consistency").message
+    assert report.result("seq_order").status == "skipped"
+    assert "data.schema.seq is null" in report.result("seq_order").message
+
+
+def _equal_times_seq_backwards(rows: list[dict]) -> None:
+    """C3's events all at one time, its seq numbers running backwards in arrival order."""
+    positions = [i for i, r in enumerate(rows) if r["account_id"] == "C3"]
+    when = rows[positions[0]]["event_time"]
+    for n, i in enumerate(positions):
+        rows[i]["event_time"] = when
+        rows[i]["seq_no"] = len(positions) - n
+
+
+def test_equal_times_with_seq_running_backwards_fail_seq_order_only():
+    # time_order sees no decrease, duplicates no repeat, seq_gaps the numbers 1..8: only
+    # seq_order sees that arrival and seq disagree where time cannot decide.
+    rows = make_rows()
+    _equal_times_seq_backwards(rows)
+    report, _, _ = run_contract(table_from_rows(rows), SCHEMA, config(), NOW)
+    assert failing(report) == {"seq_order"}
+    result = report.result("seq_order")
+    assert (result.violating_rows, result.violating_entities) == (7, 1)
+    assert result.sample[0]["entity"] == "C3" and result.sample[0]["earlier_seq"] == 8
+    assert "seq and time disagree" in result.message
+
+
+def test_seq_that_decreases_while_time_increases_fails_seq_order_only():
+    rows = make_rows()
+    a, b = nth(rows, "A1", 3), nth(rows, "A1", 4)
+    rows[a]["seq_no"], rows[b]["seq_no"] = rows[b]["seq_no"], rows[a]["seq_no"]
+    report, _, _ = run_contract(table_from_rows(rows), SCHEMA, config(), NOW)
+    assert failing(report) == {"seq_order"}
+    assert report.result("seq_order").violating_rows == 1
+
+
+def test_equal_times_in_seq_order_pass():
+    rows = make_rows()
+    positions = [i for i, r in enumerate(rows) if r["account_id"] == "C3"]
+    for i in positions:
+        rows[i]["event_time"] = rows[positions[0]]["event_time"]
+    report, _, _ = run_contract(table_from_rows(rows), SCHEMA, config(), NOW)
+    assert failing(report) == set()
+
+
+def test_late_events_is_skipped_with_the_fix_when_arrival_order_is_unknown():
+    rows = make_rows()
+    _late(rows)
+    table = table_from_rows(rows)
+    report, _, _ = run_contract(table, SCHEMA, config(), NOW, arrival_known=False)
+    result = report.result("late_events")
+    assert result.status == "skipped" and report.failed() == []
+    assert result.message.startswith("no arrival column mapped: set data.schema.arrival")
+    assert "file row order is not taken as arrival order" in result.message
+
+
+def test_summary_names_columns_as_columns_and_counts_entities_of_null_time_rows():
+    rows = make_rows()
+    _null_keys(rows)  # one row without an entity key, one (of A1... ) without a time
+    table = table_from_rows(rows)
+    table = table.set_column(8, "label", pc.cast(table["label"], pa.float64()))
+    report, _, _ = run_contract(table, SCHEMA, config(), NOW)
+    text = report.summary()
+    assert "FAILED types: 1 column(s) - label: double" in text
+    assert "e.g. columns: 'label'" in text
+    assert "entities: 'label'" not in text
+    key_nulls = report.result("key_nulls")
+    assert (key_nulls.violating_rows, key_nulls.violating_entities) == (2, 1)
+    assert "FAILED key_nulls: 2 row(s), 1 entity" in text

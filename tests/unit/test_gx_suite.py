@@ -127,3 +127,42 @@ def test_value_ranges_count_only_finite_values_outside_the_bounds():
     assert open_top.rows.tolist() == [1]
     grouped, _ = gx_suite.run_suite(table, SCHEMA, config(), plan, {"value_ranges"})
     assert grouped["value_ranges"][0]["unexpected_count"] == 2  # inf became NaN: not counted
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        pa.array(["churned", None] * 16, pa.string()),
+        pa.array(["churned", "stayed"] * 16, pa.large_string()),
+        pa.array(["churned", None] * 16).dictionary_encode(),
+        pa.array([True, None] * 16),
+        pa.array([3, 7] * 16, pa.int16()),
+    ],
+    ids=["string", "large_string", "dictionary", "boolean", "integer"],
+)
+def test_labels_of_any_class_type_are_usable_for_arrow_and_gx(labels):
+    table = make_events().set_column(8, "label", labels)
+    plan = gx_suite.plan_columns(table, SCHEMA)
+    assert plan.wrong == {} and "label" in plan.usable
+    grouped, info = gx_suite.run_suite(table, SCHEMA, config(), plan, {"types"})
+    label_type = [i for i in grouped["types"] if i["column"] == "label"][0]
+    assert info["ran"] and label_type["success"], label_type
+
+
+def test_a_float_label_is_named_with_the_accepted_types():
+    table = make_events()
+    table = table.set_column(8, "label", pc.cast(table["label"], pa.float64()))
+    plan = gx_suite.plan_columns(table, SCHEMA)
+    assert plan.wrong == {"label": "double"}
+    assert gx_suite.type_message(plan) == "label: double (expected string, integer or boolean)"
+
+
+def test_column_checks_count_entities_without_the_null_key():
+    rows = make_rows()
+    rows[1]["amount"] = -5.0
+    rows[2]["amount"] = -6.0
+    rows[2]["account_id"] = None
+    table = table_from_rows(rows)
+    plan = gx_suite.plan_columns(table, SCHEMA)
+    found = gx_suite.value_ranges(index(table, plan), ["amount"], {"amount": (0.0, 1e6)}, k=5)
+    assert (found.violating_rows, found.violating_entities) == (2, 1)

@@ -192,3 +192,65 @@ def test_integer_entity_keys_and_chunked_columns_group_the_same():
     for t in (table, ints, chunked):
         found = ordering.time_order(index(t), np.zeros(4, bool), k=5)
         assert found.rows.tolist() == [3]
+
+
+def test_seq_order_flags_seq_below_an_earlier_arrival_unless_time_order_owns_the_row():
+    # a: equal times, seq backwards; b: time up, seq down; c: time down (time_order's row);
+    # d: equal times in seq order, then a later time: fine.
+    table = tiny(
+        ["a", "a", "a", "b", "b", "c", "c", "d", "d", "d"],
+        [1, 1, 1, 1, 2, 5, 4, 1, 1, 2],
+        [3, 2, 1, 2, 1, 1, 2, 1, 2, 3],
+    )
+    ix = index(table)
+    no_exclude, seq_valid = np.zeros(10, bool), np.ones(10, bool)
+    found = ordering.seq_order(ix, seq_of(table), seq_valid, no_exclude, k=5)
+    assert found.rows.tolist() == [1, 2, 4]
+    assert found.violating_entities == 2
+    assert [s["earlier_seq"] for s in found.sample] == [3, 3, 2]
+    time_order_rows = ordering.time_order(ix, no_exclude, k=5).rows
+    assert time_order_rows.tolist() == [6]
+    given = ordering.seq_order(ix, seq_of(table), seq_valid, no_exclude, 5, time_order_rows)
+    assert given.rows.tolist() == found.rows.tolist()  # time_order's rows, passed or computed
+    # Rows out of range in time, and rows without a seq, are not compared.
+    exclude = np.zeros(10, bool)
+    exclude[0] = True
+    seq_valid[3] = False
+    found = ordering.seq_order(ix, seq_of(table), seq_valid, exclude, k=5)
+    assert found.rows.tolist() == [2]
+
+
+def test_label_consistency_compares_non_null_labels_within_each_entity():
+    table = tiny(["a", "b", "a", "c", "b", None, "a"], [1, 2, 3, 4, 5, 6, 7])
+    table = table.append_column("label", pa.array(["x", "y", None, None, "z", "w", "x"]))
+    ix = index(table)
+    found = ordering.label_consistency(ix, "label", k=5)
+    assert found.rows.tolist() == [1, 4]  # b: y and z; a: x and a null is one label
+    assert found.violating_entities == 1
+    assert found.sample == [{"entity": "b", "labels": {"y": 1, "z": 1}, "rows": 2}]
+    assert found.details["unlabeled_entities"] == 1  # c; the null key is no entity
+    assert found.details["labeled_entities"] == 2
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        pa.array([True, False, True]),
+        pa.array([1, 2, 1], pa.int64()),
+        pa.chunked_array(
+            [pa.array(["x"]).dictionary_encode(), pa.array(["y", "x"]).dictionary_encode()]
+        ),
+    ],
+)
+def test_label_consistency_reads_booleans_integers_and_chunked_dictionaries(labels):
+    table = tiny(["a", "b", "a"], [1, 2, 3]).append_column("label", labels)
+    found = ordering.label_consistency(index(table), "label", k=5)
+    assert found.violating_entities == 0 and found.details["labeled_entities"] == 2
+
+
+def test_entity_counts_leave_out_rows_without_an_entity_key():
+    table = tiny(["a", None, "a", "b"], [1, 2, None, None])
+    ix = index(table)
+    nulls = ordering.key_nulls(ix, "account_id", "event_time", k=5)
+    assert (nulls.violating_rows, nulls.violating_entities) == (3, 2)
+    assert ordering.entity_count(ix, np.array([1])) == 0

@@ -138,3 +138,26 @@ def test_chunked_parquet_file_is_complete_or_absent(tmp_path):
     with pytest.raises(OSError):
         write_parquet_chunks(failing(), table.schema, tmp_path / "b")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+def test_a_users_file_without_an_arrival_column_skips_late_events_saying_why(tmp_path):
+    from data_checks.contract import NO_ARRIVAL
+    from pipelines.validate import arrival_known
+
+    events = tmp_path / "events"
+    events.mkdir()
+    pq.write_table(table_from_rows(make_rows()), events / "part-00000.parquet")
+    raw = {"validate": {"now": NOW.isoformat()}}
+    as_file = {"data": {"source": "file", "path": "events.csv"}, **raw}
+    with_arrival = {"data": {**as_file["data"], "schema": {"arrival": "ingested_at"}}, **raw}
+    assert arrival_known(params_from_dict(raw))  # generated rows come in arrival order
+    assert arrival_known(params_from_dict(with_arrival))
+    params = params_from_dict(as_file)
+    assert not arrival_known(params)
+    args = (events, tmp_path / "out", tmp_path / "q.parquet", tmp_path / "r.json", tmp_path / "d")
+    report = validate.run(params, *args)
+    assert report.failed() == []
+    late = report.result("late_events")
+    assert late.status == "skipped" and late.message == NO_ARRIVAL
+    assert '"late_events"' in (tmp_path / "r.json").read_text()
+    assert NO_ARRIVAL in (tmp_path / "r.json").read_text()
