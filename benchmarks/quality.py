@@ -3,7 +3,7 @@
 Trains LSTM, GRU and Transformer with the real train stage (Ray Train, 2 CPU workers) on the
 shards of `dvc repro` (data/shards), each into a throw-away MLflow store, loads each logged
 model back from MLflow, scores the test split, and fits the order-blind logistic regression
-(``pipelines.predict.order_blind_baseline``) on the same train/test examples.
+(``pipelines.baselines.order_blind_baseline``) on the same train/test examples.
 
     python benchmarks/quality.py [--shards data/shards] [--epochs 8]
 
@@ -38,15 +38,15 @@ def main() -> int:
     from sklearn.metrics import accuracy_score, roc_auc_score
 
     from pipelines import train
+    from pipelines.baselines import order_blind_baseline
     from pipelines.config import load_params
-    from pipelines.predict import order_blind_baseline, predict_split
+    from pipelines.predict import predict_split
     from seqcore.loading import load_scorer
     from seqcore.manifest import load_manifest
 
     params = load_params(REPO / "params.yaml")
     shards = Path(args.shards)
     manifest = load_manifest(shards)
-    vocab = [manifest.features.vocab_size(c) for c in manifest.features.categorical]
     rows = []
     for arch in args.architectures.split(","):
         changes = {"task": "classify"}
@@ -72,7 +72,7 @@ def main() -> int:
             }
         )
         print(rows[-1], flush=True)
-    base = order_blind_baseline(shards, vocab, seed=params.seed)
+    base = order_blind_baseline(shards, seed=params.seed)
     rows.append({"model": "order-blind logistic regression", **base})
     n_test = manifest.splits["test"].examples
     print(f"\nTest split: {n_test} entities (classify; label needs event order)\n")

@@ -3,6 +3,9 @@
 Reads ``reports/train.json``, loads the model through MLflow (the same pyfunc that serving
 loads), scores ``evaluate.split`` of the shards and computes the task's metrics overall, per
 length bucket and per value of each ``evaluate.slices`` column (``pipelines.split_metrics``).
+An order-blind baseline (``pipelines.baselines``), fitted on the train split, is scored on the
+same windows with the same metrics; ``baseline`` and ``skill`` (the model's improvement on the
+primary metric, positive when the model is better) sit next to the model's metrics.
 It checks that padding never changes a score (``pipelines.invariance``, docs/architecture.md
 §4) on raw events of the first test entities. Outputs: ``reports/metrics.json`` (for ``dvc
 metrics show`` and the register stage), plot data (JSON for ``dvc plots``) and PNGs in
@@ -21,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipelines.baselines import baseline_report, class_names
 from pipelines.config import Params
 from pipelines.invariance import entity_events, invariance_check
 from pipelines.plots import plot_data, render_plots
@@ -28,6 +32,7 @@ from pipelines.split_metrics import EvaluateError, evaluate_split
 from pipelines.stage import stage_main
 from seqcore.io import atomic_dir, jsonable, write_json
 from seqcore.loading import ModelLoadError, load_scorer
+from seqcore.manifest import load_manifest
 from seqcore.scorer import SequenceScorer
 
 log = logging.getLogger("seqops.evaluate")
@@ -57,11 +62,24 @@ def _load_scorer(client: Any, run_id: str, model_uri: str, uri: str) -> Sequence
 
 
 def _log_to_run(client: Any, run_id: str, report: dict, metrics_path: Path, plots: Path) -> None:
-    """``<split>_<metric>`` metrics in one batch, and the report and plots under evaluation/."""
+    """``<split>_<metric>`` metrics in one batch (the baseline's as ``<split>_baseline_<metric>``,
+    the skill as ``<split>_skill_improvement``), and the report and plots under evaluation/."""
     from mlflow.entities import Metric, RunTag
 
     now, prefix = int(time.time() * 1000), f"{report['split']}_"
     values = {**report["overall"], "invariance_max_abs_diff": report["invariance"]["max_abs_diff"]}
+    counts = ("examples", "targets")  # the model's own, the same windows
+    values |= {
+        f"baseline_{k}": v for k, v in report["baseline"]["overall"].items() if k not in counts
+    }
+    for name, section in (report.get("baselines") or {}).items():  # forecast: both, aggregates
+        values |= {
+            f"baseline_{name}_{k}": v
+            for k, v in section["overall"].items()
+            if "_h" not in k and k not in counts
+        }
+    skill = report["skill"]
+    values |= {"skill_improvement": skill["improvement"], "skill_relative": skill["relative"]}
     batch = [
         Metric(prefix + k, float(v), now, 0)
         for k, v in sorted(values.items())
@@ -71,6 +89,8 @@ def _log_to_run(client: Any, run_id: str, report: dict, metrics_path: Path, plot
     tags = [
         RunTag("seqops.evaluate.split", report["split"]),
         RunTag("seqops.evaluate.invariance_passed", passed),
+        RunTag("seqops.evaluate.baseline", report["baseline"]["name"]),
+        RunTag("seqops.evaluate.beats_baseline", str(skill["beats_baseline"]).lower()),
     ]
     client.log_batch(run_id, metrics=batch, tags=tags)
     client.log_artifact(run_id, str(metrics_path), "evaluation")
@@ -99,6 +119,22 @@ def run(
     client = MlflowClient(uri)
     scorer = _load_scorer(client, run_id, model_uri, uri)
     result, preds = evaluate_split(scorer.model, scorer.manifest, shards, config)
+    task = result["task"]
+    baseline = baseline_report(
+        preds,
+        load_manifest(shards),  # the shards' own: where their rows are
+        task,
+        shards,
+        config.split,
+        result["overall"],
+        ece_bins=config.ece_bins,
+        seed=params.seed,
+    )
+    result = {**result, **baseline.sections}
+    result["overall"] = {**result["overall"], **baseline.model_overall}
+    result["undefined"] = {**result["undefined"], **baseline.undefined}
+    if task == "classify":  # the model's outputs in index order, named by their label value
+        result["class_names"] = class_names(scorer.manifest, preds.probabilities.shape[1])
 
     entities = list(dict.fromkeys(str(e) for e in preds.entity))[: config.invariance_entities]
     events = entity_events(Path(validated), scorer, entities)
@@ -108,7 +144,8 @@ def run(
     report = jsonable(
         {**result, "invariance": invariance, "run_id": run_id, "model_uri": model_uri}
     )
-    data = plot_data(preds, result, config)
+    result = jsonable(result)
+    data = plot_data(preds, result, config, baseline.probabilities)
     with atomic_dir(plots_dir) as tmp:
         for name, records in data.items():
             write_json(tmp / f"{name}.json", records)
@@ -136,6 +173,10 @@ def _command(params: Params, args: argparse.Namespace) -> int:
              report["task"], report["primary_metric"], report["primary_value"], report["examples"],
              report["split"], report["invariance"]["max_abs_diff"],
              "passed" if report["invariance"]["passed"] else "FAILED")  # fmt: skip
+    skill = report["skill"]
+    log.info("baseline %s: %s = %s; the model %s it (improvement %s)",
+             report["baseline"]["name"], skill["metric"], skill["baseline"],
+             "beats" if skill["beats_baseline"] else "does NOT beat", skill["improvement"])  # fmt: skip
     return 0
 
 

@@ -9,6 +9,13 @@
 * forecast: MAE, RMSE and sMAPE (percent, 0..200; Makridakis' symmetric form) per horizon step
   in the column's original units, and their mean over steps.
 
+Baselines are scored by the same definitions: ``next_event_stats_from_table`` is
+``next_event_stats`` for a predictor whose probabilities depend on the current id only (a
+(V, V) table, looked up instead of materialised per step), and ``forecast_stats_dense`` is
+``forecast_stats`` over one bucket's dense arrays already in original units. ``skill`` compares
+a model's value of a metric with a baseline's, signed so that positive means the model is
+better.
+
 A metric that a slice cannot define (ROC-AUC with a single class present, top-k without a
 target) is NaN here, and its reason is listed under the result's ``undefined`` key;
 ``pipelines.split_metrics`` turns NaN into JSON null. The per-step tasks reduce each example
@@ -18,6 +25,7 @@ only sum rows.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -244,6 +252,38 @@ def next_event_from_stats(stats: np.ndarray) -> dict[str, Any]:
     }
 
 
+def rank_table(probs: np.ndarray) -> np.ndarray:
+    """(V, V) rank of each id within each row of a probability table: 0 for the most
+    probable; ties rank the lower id first, as ``next_event_stats`` ranks them."""
+    probs = np.asarray(probs, np.float64)
+    order = np.argsort(-probs, axis=1, kind="stable")  # stable: equal values keep id order
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(probs.shape[1])[None, :], axis=1)
+    return ranks
+
+
+def next_event_stats_from_table(
+    table: np.ndarray, current: np.ndarray, targets: np.ndarray
+) -> np.ndarray:
+    """``next_event_stats`` of a predictor whose step-t probabilities are ``table[current[t]]``.
+
+    ``table`` is (V, V) probabilities of the next id given the current id; ``current`` and
+    ``targets`` are (N, T) ids (targets 0 count nowhere). Returns the same (N, 4) rows that
+    ``next_event_stats`` returns for the materialised (T, V) outputs, without building them.
+    """
+    table = np.asarray(table, np.float64)
+    ranks = rank_table(table)
+    current = np.asarray(current, np.int64)
+    targets = np.asarray(targets, np.int64)
+    real = targets > 0
+    p_true = np.where(real, table[current, targets], 1.0)
+    rank = ranks[current, targets]
+    nll = -np.log(np.clip(p_true, PROB_FLOOR, 1.0))  # 0 where not real (p_true 1)
+    hits = [(real & (rank < k)).sum(1) for k in (1, 5)]
+    stats = np.stack([real.sum(1), *hits, nll.sum(1)], axis=1)
+    return stats.astype(np.float64).reshape(len(targets), len(NEXT_EVENT_STATS))
+
+
 def next_event_metrics(
     outputs: Sequence[np.ndarray], targets: Sequence[np.ndarray]
 ) -> dict[str, Any]:
@@ -287,6 +327,22 @@ def forecast_stats(
     return stats
 
 
+def forecast_stats_dense(
+    predicted: np.ndarray, target: np.ndarray, lengths: np.ndarray
+) -> np.ndarray:
+    """``forecast_stats`` of one bucket at once: ``predicted`` and ``target`` (N, L, H) in
+    original units (target NaN where none), steps at or past ``lengths`` (N,) ignored."""
+    y = np.asarray(target, np.float64)
+    y_hat = np.broadcast_to(np.asarray(predicted, np.float64), y.shape)
+    steps = np.arange(y.shape[1])[None, :, None] < np.asarray(lengths)[:, None, None]
+    real = steps & np.isfinite(y) & np.isfinite(y_hat)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        err = np.where(real, np.abs(y - y_hat), 0.0)
+        denom = np.abs(y) + np.abs(y_hat)
+        smape = np.where(real & (denom > 0), 2.0 * err / denom, 0.0)
+    return np.stack([real.sum(1), err.sum(1), (err**2).sum(1), smape.sum(1)], axis=-1)
+
+
 def forecast_from_stats(stats: np.ndarray) -> dict[str, Any]:
     """mae/rmse/smape per step (``mae_h1``...) and their mean over steps with targets."""
     total = np.asarray(stats, np.float64).sum(axis=0)  # (H, 4)
@@ -321,3 +377,43 @@ def forecast_metrics(
 ) -> dict[str, Any]:
     """MAE, RMSE, sMAPE (%) per horizon step in original units, and their means."""
     return forecast_from_stats(forecast_stats(outputs, targets, inverse))
+
+
+# --------------------------------------------------------------------------- skill
+
+
+def skill(
+    metric: str, model: float | None, baseline: float | None, lower_is_better: bool
+) -> dict[str, Any]:
+    """How much a model beats a baseline on ``metric``.
+
+    ``improvement`` is model minus baseline, negated for a metric where lower is better, so
+    that it is positive when the model is better; ``relative`` divides it by ``|baseline|``;
+    ``beats_baseline`` is true only for a strictly positive improvement. A value that is
+    missing or not finite makes the comparison undefined (NaN, reason under ``undefined``,
+    and ``beats_baseline`` false).
+    """
+    out: dict[str, Any] = {"metric": metric, "model": _finite(model),
+                           "baseline": _finite(baseline)}  # fmt: skip
+    undefined: dict[str, str] = {}
+    if math.isnan(out["model"]) or math.isnan(out["baseline"]):
+        which = "model" if math.isnan(out["model"]) else "baseline"
+        why = f"the {which}'s {metric} is undefined"
+        out.update(improvement=NAN, relative=NAN, beats_baseline=False)
+        undefined = {"improvement": why, "relative": why}
+    else:
+        diff = out["model"] - out["baseline"]
+        out["improvement"] = -diff if lower_is_better else diff
+        if out["baseline"] == 0:
+            out["relative"] = NAN
+            undefined["relative"] = f"the baseline's {metric} is 0"
+        else:
+            out["relative"] = out["improvement"] / abs(out["baseline"])
+        out["beats_baseline"] = bool(out["improvement"] > 0)
+    if undefined:
+        out["undefined"] = undefined
+    return out
+
+
+def _finite(value: float | None) -> float:
+    return NAN if value is None or not math.isfinite(float(value)) else float(value)

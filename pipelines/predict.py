@@ -1,15 +1,10 @@
-"""Predictions over a whole shard split, and the order-blind baseline they are judged against.
+"""Predictions over a whole shard split.
 
 ``predict_split`` runs a trained ``SequenceModel`` over every example of a split in
 token-budget batches trimmed to their longest example (the same batching as training), and
 returns per-example arrays aligned with ``read_split`` order: entity, true length, padded
-bucket, targets and model outputs. Evaluation and the quality comparison both use it.
-
-``order_blind_baseline`` is the baseline the issue asks sequence models to beat: logistic
-regression on per-example bags of categories (counts per vocabulary id, normalised by length),
-summary statistics of the numeric features, and the length. It sees exactly the events a
-model sees, in no particular order; on the generated data it cannot tell the "fraud" order
-(burst, then large payment) from the "decoy" order, because both hold the same events.
+bucket, targets and model outputs. Evaluation and the quality comparison both use it; the
+baselines a model is judged against (``pipelines.baselines``) return arrays in the same order.
 """
 
 from __future__ import annotations
@@ -185,62 +180,3 @@ def _output_converter(
             column, own_spec.inverse_standardise(column, out), np.nan
         )
     return lambda out: out
-
-
-def bag_features(
-    shard_dir: str | Path, split: str, vocab_sizes: list[int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Order-blind features per example -> (X (N, D), labels (N,))."""
-    table = read_split(shard_dir, split)
-    length = table.column("length").to_numpy().astype(np.int64)
-    rows = []
-    for start in range(0, len(length), 4096):
-        idx = np.arange(start, min(start + 4096, len(length)))
-        # Rows of different buckets are read one bucket at a time (to_numpy_batch needs one L).
-        buckets = table.column("bucket").to_numpy()[idx]
-        for bound in np.unique(buckets):
-            sub = idx[buckets == bound]
-            batch = to_numpy_batch(table, sub)
-            rows.append((sub, _bag(batch, vocab_sizes)))
-    features = np.zeros((len(length), rows[0][1].shape[1] if rows else 0))
-    for sub, values in rows:
-        features[sub] = values
-    return features, table.column("label").to_numpy().astype(np.int64)
-
-
-def _bag(batch: dict[str, np.ndarray], vocab_sizes: list[int]) -> np.ndarray:
-    lengths = batch["length"].astype(np.float64)
-    real = np.arange(batch["cat"].shape[1])[None, :] < batch["length"][:, None]  # (B, L)
-    parts = []
-    for c, size in enumerate(vocab_sizes):
-        ids = np.where(real, batch["cat"][:, :, c], 0)
-        counts = np.zeros((len(lengths), size))
-        np.add.at(counts, (np.repeat(np.arange(len(lengths)), ids.shape[1]), ids.ravel()), 1.0)
-        counts[:, 0] = 0.0  # pads
-        parts.append(counts / lengths[:, None])
-    num = np.where(real[..., None], batch["num"], np.nan)  # (B, L, F)
-    parts += [np.nanmean(num, 1), np.nanstd(num, 1), np.nanmin(num, 1), np.nanmax(num, 1)]
-    parts.append(np.log1p(lengths)[:, None])
-    return np.nan_to_num(np.concatenate(parts, axis=1))
-
-
-def order_blind_baseline(
-    shard_dir: str | Path, vocab_sizes: list[int], seed: int = 0
-) -> dict[str, float]:
-    """Fit on train, score test: accuracy and ROC-AUC of the order-blind logistic regression."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, roc_auc_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    x_train, y_train = bag_features(shard_dir, "train", vocab_sizes)
-    x_test, y_test = bag_features(shard_dir, "test", vocab_sizes)
-    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
-    clf.fit(x_train, y_train)
-    probs = clf.predict_proba(x_test)
-    return {
-        "accuracy": float(accuracy_score(y_test, probs.argmax(1))),
-        "roc_auc": float(roc_auc_score(y_test, probs[:, 1]))
-        if probs.shape[1] == 2
-        else float("nan"),
-    }

@@ -1,21 +1,29 @@
 """The register stage: a new registry version (``challenger``) and the promotion gate.
 
-The new model is registered with a model card as its description and lineage/metric tags,
-and gets the ``challenger`` alias. The gate then decides whether it replaces the ``champion``
-(docs/architecture.md §6):
+The gate decides whether the new model replaces the ``champion`` (docs/architecture.md §6):
 
 * both models are scored on the *same* test windows, through each model's own preprocessing
   from raw events (``predict_split_raw``): the champion is re-scored, never trusted from
   numbers logged when it was trained on other data;
 * the challenger's primary metric must beat the champion's by ``min_improvement``;
-* no length-bucket slice (with at least ``min_slice_examples`` examples) may regress by more
-  than ``max_slice_regression``;
+* per range of true length (``evaluate.length_ranges``), a paired bootstrap of champion minus
+  challenger on the same examples: a range blocks promotion only when its lower confidence
+  bound exceeds ``max_slice_regression`` (the loss is real, not noise); ranges with fewer than
+  ``min_slice_examples`` examples are reported, not gated;
+* the challenger must beat the evaluate stage's baseline (``skill`` in reports/metrics.json)
+  unless ``require_beat_baseline`` is off;
 * the padding-invariance check of the evaluate stage must have passed.
 
-With no champion yet, a version that passes the invariance check becomes the first champion.
-A passed gate moves ``champion`` when ``auto_promote`` is on. Either way the decision, what was
-compared, the numbers and the time go to ``reports/promotion.json`` and to tags on both
-versions, so the MLflow UI shows the same audit trail.
+With no champion yet, a version that passes the other checks becomes the first champion. A
+passed gate moves ``champion`` when ``auto_promote`` is on.
+
+Everything that can fail (reading the reports, loading and scoring both models, the decision)
+happens before the registry is touched. Then, in one ``Registry.atomic()`` block, the version
+is created with its model card and all its tags (lineage and the ``gate.*`` decision), gets
+the ``challenger`` alias, is promoted if the gate passed, and the champion it was compared with
+is tagged; if any of these writes fails, the others are undone. The decision, what was
+compared, the numbers and the time go to ``reports/promotion.json`` and to those tags, so the
+MLflow UI shows the same audit trail.
 """
 
 from __future__ import annotations
@@ -34,9 +42,9 @@ import pyarrow.parquet as pq
 
 from pipelines.config import Params
 from pipelines.params.gate import LOWER_IS_BETTER, RegisterConfig
-from pipelines.predict import predict_split_raw
-from pipelines.registry import CHAMPION, Registry, RegistryError, now_iso
-from pipelines.split_metrics import evaluate_predictions
+from pipelines.predict import SplitPredictions, predict_split_raw
+from pipelines.registry import CHAMPION, Registry, RegistryError, VersionInfo, now_iso
+from pipelines.split_metrics import compare_by_length, evaluate_predictions
 from pipelines.stage import stage_main
 from seqcore.io import jsonable, write_json
 from seqcore.loading import load_scorer
@@ -44,17 +52,26 @@ from seqcore.manifest import Manifest, load_manifest
 
 log = logging.getLogger("seqops.register")
 
+BASELINE_SWITCH = "register.require_beat_baseline"
+
+
+class GateError(RuntimeError):
+    """A model cannot be scored on the test windows; nothing was written to the registry."""
+
 
 @dataclass
 class GateDecision:
     passed: bool
     reasons: list[str]
+    """Blocking reasons first, then what was checked and found fine or not gated."""
     primary_metric: str
     higher_is_better: bool
     challenger_value: float | None
     champion_value: float | None
     delta: float | None
     slice_checks: list[dict[str, Any]] = field(default_factory=list)
+    skill: dict[str, Any] | None = None
+    """The challenger against the baseline, as the evaluate stage measured it (None: missing)."""
 
 
 def _finite(value: Any) -> float | None:
@@ -65,9 +82,70 @@ def _finite(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _signed(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.4f}"
+
+
+def _plain(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
 def overall(result: dict[str, Any]) -> dict[str, Any]:
     """The overall metrics of an evaluation result."""
     return dict(result.get("overall") or result.get("metrics") or {})
+
+
+def _baseline_check(
+    skill: dict[str, Any] | None, cfg: RegisterConfig, blocking: list[str], notes: list[str]
+) -> None:
+    required = cfg.require_beat_baseline
+    unless = f"; set {BASELINE_SWITCH}: false to promote without it" if required else ""
+    if not isinstance(skill, dict):
+        (blocking if required else notes).append(
+            "no baseline comparison: reports/metrics.json has no `skill` (the evaluate "
+            f"stage's challenger vs baseline){unless}"
+        )
+        return
+    metric = skill.get("metric", "?")
+    numbers = (
+        f"{metric} {_plain(_finite(skill.get('model')))} vs baseline "
+        f"{_plain(_finite(skill.get('baseline')))} (improvement "
+        f"{_signed(_finite(skill.get('improvement')))})"
+    )
+    if skill.get("beats_baseline") is True:
+        notes.append(f"beats the baseline: {numbers}")
+    else:
+        (blocking if required else notes).append(f"does not beat the baseline: {numbers}{unless}")
+
+
+def _slice_check(row: dict[str, Any], primary: str, cfg: RegisterConfig) -> tuple[dict, str]:
+    """One length range's check (``compare_by_length`` row + gated, ok) and its sentence."""
+    n, regression = int(row["examples"]), _finite(row.get("regression"))
+    ci = row.get("regression_ci")
+    entry = {**row, "gated": False, "ok": None}
+    head = (
+        f"length {row['range']} ({n} examples): {primary} {_plain(_finite(row.get('challenger')))}"
+        f" vs champion {_plain(_finite(row.get('champion')))}, regression {_signed(regression)}"
+        + (f" (CI {ci[0]:+.4f}..{ci[1]:+.4f})" if ci else "")
+    )
+    if n < cfg.min_slice_examples:
+        return (
+            entry,
+            f"{head}: not gated, fewer than register.min_slice_examples ({cfg.min_slice_examples})",
+        )
+    if regression is None:
+        return entry, f"{head}: not gated, {primary} undefined for a model on this range"
+    # without bootstrap intervals (evaluate.bootstrap_samples: 0) the point value is gated
+    bound = float(ci[0]) if ci else regression
+    entry.update(gated=True, ok=bound <= cfg.max_slice_regression)
+    which = "lower bound" if ci else "regression"
+    if entry["ok"]:
+        return entry, f"{head}: ok, {which} {bound:+.4f} <= {cfg.max_slice_regression}"
+    return (
+        entry,
+        f"{head}: regresses, {which} {bound:+.4f} > register.max_slice_regression "
+        f"{cfg.max_slice_regression}",
+    )
 
 
 def decide(
@@ -76,58 +154,85 @@ def decide(
     invariance_passed: bool,
     primary: str,
     cfg: RegisterConfig,
+    *,
+    slices: list[dict[str, Any]] | tuple[()] = (),
+    skill: dict[str, Any] | None = None,
 ) -> GateDecision:
-    """The promotion gate as a pure function of two evaluations on the same test data."""
+    """The promotion gate as a pure function of two evaluations on the same test data.
+
+    ``slices`` are ``split_metrics.compare_by_length`` rows (the paired comparison by length
+    range); ``skill`` is the evaluate stage's challenger-vs-baseline comparison, or None where
+    metrics.json has none.
+    """
     higher = primary not in LOWER_IS_BETTER
     ours = _finite(overall(challenger).get(primary))
-    reasons: list[str] = []
+    blocking: list[str] = []
+    notes: list[str] = []
     if not invariance_passed:
-        reasons.append("padding-invariance check failed")
+        blocking.append("padding-invariance check failed")
     if ours is None:
-        reasons.append(f"challenger's {primary} is undefined on the test data")
+        blocking.append(f"challenger's {primary} is undefined on the test data")
+    _baseline_check(skill, cfg, blocking, notes)
     if champion is None:
-        passed = not reasons
-        if passed:
-            reasons.append("no champion yet: first version passing the checks becomes champion")
-        return GateDecision(passed, reasons, primary, higher, ours, None, None)
+        if not blocking:
+            notes.insert(0, "no champion yet: first version passing the checks becomes champion")
+        return GateDecision(not blocking, blocking + notes, primary, higher, ours, None, None,
+                            skill=skill)  # fmt: skip
 
     theirs = _finite(overall(champion).get(primary))
     delta = None if ours is None or theirs is None else (ours - theirs if higher else theirs - ours)
     if delta is not None and (delta < cfg.min_improvement or delta <= 0.0):  # a tie never wins
-        reasons.append(
+        blocking.append(
             f"{primary} {ours:.4f} does not beat champion {theirs:.4f} by {cfg.min_improvement} (delta {delta:+.4f})"
         )
-    elif delta is None and theirs is not None:
-        reasons.append("cannot compare: challenger metric undefined")
+    elif delta is None and ours is not None:  # e.g. a broken champion: nothing to defend
+        notes.append(f"the champion's {primary} is undefined on the test data: not compared")
     checks = []
-    ours_b, theirs_b = challenger.get("by_bucket", {}), champion.get("by_bucket", {})
-    for bucket in sorted(set(ours_b) & set(theirs_b), key=lambda b: int(b)):
-        n = int(ours_b[bucket].get("examples", 0))
-        a, b = _finite(ours_b[bucket].get(primary)), _finite(theirs_b[bucket].get(primary))
-        entry: dict[str, Any] = {
-            "bucket": int(bucket),
-            "examples": n,
-            "challenger": a,
-            "champion": b,
-        }
-        if n < cfg.min_slice_examples or a is None or b is None:
-            entry["gated"] = False
-        else:
-            regression = (b - a) if higher else (a - b)
-            entry.update(
-                gated=True, regression=regression, ok=regression <= cfg.max_slice_regression
-            )
-            if not entry["ok"]:
-                reasons.append(
-                    f"bucket {bucket} {primary} regresses by {regression:.4f} (> {cfg.max_slice_regression})"
-                )
+    for row in slices:
+        entry, sentence = _slice_check(row, primary, cfg)
         checks.append(entry)
-    passed = not reasons
-    if passed:
-        reasons.append(
-            f"{primary} {ours:.4f} beats champion {theirs:.4f} (delta {delta:+.4f}); no bucket regresses"
+        (blocking if entry["ok"] is False else notes).append(sentence)
+    if not blocking and delta is not None:
+        notes.insert(
+            0,
+            f"{primary} {ours:.4f} beats champion {theirs:.4f} (delta {delta:+.4f}); "
+            "no length range regresses with confidence",
         )
-    return GateDecision(passed, reasons, primary, higher, ours, theirs, delta, checks)
+    return GateDecision(not blocking, blocking + notes, primary, higher, ours, theirs, delta,
+                        checks, skill)  # fmt: skip
+
+
+def _baseline_line(metrics: dict[str, Any]) -> str:
+    skill = metrics.get("skill")
+    if not isinstance(skill, dict):
+        return "**Baseline:** not compared (the evaluation has no `skill` entry)."
+    name = (metrics.get("baseline") or {}).get("name", "the baseline")
+    metric = skill.get("metric", "?")
+    model, base = _finite(skill.get("model")), _finite(skill.get("baseline"))
+    improvement, relative = _finite(skill.get("improvement")), _finite(skill.get("relative"))
+    if improvement is None:
+        return f"**Baseline:** {name}: {metric} {_plain(base)}; the comparison is undefined."
+    verb = "beats it by" if skill.get("beats_baseline") is True else "misses it by"
+    share = f" ({abs(relative):.1%} of the baseline's value)" if relative is not None else ""
+    return (f"**Baseline:** {name}: {metric} {_plain(base)}; this model {_plain(model)}, "
+            f"{verb} {abs(improvement):.4f}{share}.")  # fmt: skip
+
+
+def _length_table(metrics: dict[str, Any], primary: str) -> str:
+    rows = metrics.get("by_length") or []
+    if not rows:
+        return ""
+    level = (metrics.get("length_ranges") or {}).get("confidence")
+    band = f"{level:.0%} CI" if level else "CI"
+    lines = [f"| true length | examples | {primary} | {band} |", "|---|---|---|---|"]
+    for r in rows:
+        ci = (r.get("ci") or {}).get(primary)
+        interval = f"{ci[0]:.4f}..{ci[1]:.4f}" if ci else "n/a"
+        lines.append(
+            f"| {r['range']} | {r['examples']} | "
+            f"{_plain(_finite(r['metrics'].get(primary)))} | {interval} |"
+        )
+    return "\n" + "\n".join(lines) + "\n"
 
 
 def model_card(
@@ -157,10 +262,12 @@ DVC shards `{tags.get("dvc_shards_md5", "?")}`, split `{manifest.split_method}`,
 
 **Primary metric:** {primary} = {overall(metrics).get(primary)}; padding invariance max abs diff {metrics.get("invariance", {}).get("max_abs_diff")}.
 
+{_baseline_line(metrics)}
+
 | metric | test |
 |---|---|
 {scores}
-
+{_length_table(metrics, primary)}
 | param | value |
 |---|---|
 {rows}
@@ -169,13 +276,74 @@ DVC shards `{tags.get("dvc_shards_md5", "?")}`, split `{manifest.split_method}`,
 """
 
 
-def _evaluate_on_test(
-    model_uri: str, store: str, events: pa.Table, shards: Path, manifest: Manifest, params: Params
-) -> dict[str, Any]:
-    """A registered model's metrics on the test windows, scored from raw events."""
+SCORING_ERRORS = (KeyError, ValueError, IndexError, TypeError, pa.ArrowException)
+"""What scoring a model on events it does not fit raises (e.g. a column its schema names that
+the events lack); anything else is a bug and keeps its traceback."""
+
+
+def _score(
+    who: str, model_uri: str, store: str, events: pa.Table, shards: Path, manifest: Manifest,
+    params: Params,
+) -> tuple[SplitPredictions, dict[str, Any]]:  # fmt: skip
+    """A model's predictions and metrics on the test windows, scored from raw events."""
     scorer = load_scorer(model_uri, store)
-    preds = predict_split_raw(scorer, events, shards, params.evaluate.split, manifest)
-    return evaluate_predictions(preds, manifest, scorer.config.task, params.evaluate, {})
+    split = params.evaluate.split
+    try:
+        preds = predict_split_raw(scorer, events, shards, split, manifest)
+    except SCORING_ERRORS as exc:
+        raise GateError(
+            f"cannot score the {who} ({model_uri}) on the {split} windows: "
+            f"{type(exc).__name__}: {exc}; nothing was registered"
+        ) from exc
+    return preds, evaluate_predictions(preds, manifest, scorer.config.task, params.evaluate, {})
+
+
+def _read_inputs(train_report: Path, metrics_path: Path) -> tuple[dict, dict]:
+    for path in (train_report, metrics_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found (run the train and evaluate stages first)")
+    summary, metrics = json.loads(train_report.read_text()), json.loads(metrics_path.read_text())
+    missing = [k for k in ("run_id", "model_uri", "task", "architecture") if not summary.get(k)]
+    if missing:
+        raise RegistryError(f"train report {train_report} lacks {', '.join(missing)}")
+    return summary, metrics
+
+
+def _outcome(decision: GateDecision, cfg: RegisterConfig) -> str:
+    if not decision.passed:
+        return "rejected"
+    return "promoted" if cfg.auto_promote else "passed (auto_promote off: champion unchanged)"
+
+
+def _version_tags(
+    metrics: dict[str, Any], manifest: Manifest, run_info: Any, summary: dict[str, Any],
+    decision: GateDecision, outcome: str, decided_at: str, rival: VersionInfo | None,
+) -> dict[str, str]:  # fmt: skip
+    """Lineage, metric and gate tags of the new version, all set when it is created."""
+    skill = decision.skill or {}
+    tags = {f"metric.{k}": str(v) for k, v in overall(metrics).items() if _finite(v) is not None}
+    tags.update({
+        "data.manifest_hash": manifest.content_hash,
+        "data.events_sha256": manifest.input.sha256,
+        "data.dvc_shards_md5": run_info.data.tags.get("dvc_shards_md5", "unknown"),
+        "code.git_commit": run_info.data.tags.get("git_commit", "unknown"),
+        "code.git_dirty": run_info.data.tags.get("git_dirty", "unknown"),
+        "train.task": summary["task"],
+        "train.architecture": summary["architecture"],
+        "invariance.passed": str(bool(metrics.get("invariance", {}).get("passed"))).lower(),
+        "gate.decision": outcome, "gate.decided_at": decided_at,
+        "gate.primary_metric": decision.primary_metric,
+        "gate.challenger_value": str(decision.challenger_value),
+        "gate.champion_value": str(decision.champion_value),
+        "gate.compared_with": str(rival.version) if rival is not None else "none",
+        "gate.beats_baseline": str(skill.get("beats_baseline", "unknown")).lower(),
+        "gate.baseline_improvement": str(skill.get("improvement")),
+        "gate.regressing_ranges": ",".join(
+            c["range"] for c in decision.slice_checks if c["ok"] is False
+        ) or "none",
+        "gate.reasons": "; ".join(decision.reasons),
+    })  # fmt: skip
+    return tags
 
 
 def run(
@@ -187,60 +355,64 @@ def run(
     promotion_path: Path,
     root: Path = Path("."),
 ) -> dict[str, Any]:
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from pipelines.tracking import configure
 
     cfg = params.register
-    for path in (train_report, metrics_path):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found (run the train and evaluate stages first)")
-    summary = json.loads(train_report.read_text())
-    metrics = json.loads(metrics_path.read_text())
+    summary, metrics = _read_inputs(train_report, metrics_path)
     manifest = load_manifest(shards)
     uri = configure(root)
     client = MlflowClient(uri)
-    run_info = client.get_run(summary["run_id"])
+    try:
+        run_info = client.get_run(summary["run_id"])
+    except MlflowException:
+        raise RegistryError(
+            f"training run {summary['run_id']} not found in MLflow at {uri}"
+        ) from None
     task = summary["task"]
     primary = cfg.metric_for(task)
     registry = Registry(client, cfg.model_name)
 
-    version_tags = {
-        f"metric.{k}": str(v) for k, v in overall(metrics).items() if _finite(v) is not None
-    }
-    version_tags.update({
-        "data.manifest_hash": manifest.content_hash,
-        "data.events_sha256": manifest.input.sha256,
-        "data.dvc_shards_md5": run_info.data.tags.get("dvc_shards_md5", "unknown"),
-        "code.git_commit": run_info.data.tags.get("git_commit", "unknown"),
-        "code.git_dirty": run_info.data.tags.get("git_dirty", "unknown"),
-        "train.task": task,
-        "train.architecture": summary["architecture"],
-        "invariance.passed": str(bool(metrics.get("invariance", {}).get("passed"))).lower(),
-    })  # fmt: skip
-    card = model_card(summary, run_info, manifest, metrics, primary)
-    version = registry.register(summary["model_uri"], summary["run_id"], card, version_tags)
-    log.info("registered %s version %s (alias challenger)", cfg.model_name, version.version)
-
+    # Everything that can fail, before the registry is written.
     events = pq.read_table(validated)
-    challenger_eval = _evaluate_on_test(
-        f"models:/{cfg.model_name}/{version.version}", uri, events, shards, manifest, params
+    challenger_preds, challenger_eval = _score(
+        "challenger", summary["model_uri"], uri, events, shards, manifest, params
     )
-    champion = registry.alias(CHAMPION)
+    rival = registry.alias(CHAMPION)
     champion_eval: dict[str, Any] | None = None
-    rival = champion if champion is not None and champion.version != version.version else None
+    slices: list[dict[str, Any]] = []
     if rival is not None:
-        champion_eval = _evaluate_on_test(
-            f"models:/{cfg.model_name}/{rival.version}", uri, events, shards, manifest, params
+        champion_preds, champion_eval = _score(
+            f"champion v{rival.version}", f"models:/{cfg.model_name}/{rival.version}", uri,
+            events, shards, manifest, params,
+        )  # fmt: skip
+        slices = compare_by_length(
+            challenger_preds, champion_preds, manifest, task, primary, params.evaluate
         )
     invariance = bool(metrics.get("invariance", {}).get("passed"))
-    decision = decide(challenger_eval, champion_eval, invariance, primary, cfg)
+    decision = decide(challenger_eval, champion_eval, invariance, primary, cfg,
+                      slices=slices, skill=metrics.get("skill"))  # fmt: skip
     decided_at = now_iso()
-    outcome = "rejected"
-    if decision.passed:
-        outcome = (
-            "promoted" if cfg.auto_promote else "passed (auto_promote off: champion unchanged)"
-        )
+    outcome = _outcome(decision, cfg)
+    tags = _version_tags(metrics, manifest, run_info, summary, decision, outcome, decided_at, rival)
+    card = model_card(summary, run_info, manifest, metrics, primary)
+
+    # The version, its aliases and the champion's tags land together or not at all.
+    with registry.atomic():
+        version = registry.register(summary["model_uri"], summary["run_id"], card, tags)
+        if decision.passed and cfg.auto_promote:
+            registry.promote(
+                version.version, reason="; ".join(decision.reasons), evidence={"gate": "passed"}
+            )
+        if rival is not None:
+            registry.set_tags(rival.version, {f"gate.challenged_by.v{version.version}": {
+                "decision": outcome, "at": decided_at, primary: decision.champion_value,
+                "challenger": decision.challenger_value,
+            }})  # fmt: skip
+    log.info("registered %s version %s: %s", cfg.model_name, version.version, outcome)
+    evaluate = params.evaluate
     record = {
         "model_name": cfg.model_name,
         "decided_at": decided_at,
@@ -250,24 +422,13 @@ def run(
         "champion": None if rival is None or champion_eval is None else {
             "version": rival.version, "run_id": rival.run_id, "metrics": overall(champion_eval), "rescored": True,
         },
-        "test_data": {"split": params.evaluate.split, "manifest_hash": manifest.content_hash,
-                      "examples": manifest.splits[params.evaluate.split].examples},
+        "test_data": {"split": evaluate.split, "manifest_hash": manifest.content_hash,
+                      "examples": manifest.splits[evaluate.split].examples},
         "thresholds": asdict(cfg),
+        "slice_test": {"length_ranges": evaluate.length_ranges, "paired": True,
+                       "bootstrap_samples": evaluate.bootstrap_samples,
+                       "confidence": evaluate.confidence},
     }  # fmt: skip
-    if decision.passed and cfg.auto_promote:
-        registry.promote(
-            version.version, reason="; ".join(decision.reasons), evidence={"gate": "passed"}
-        )
-    registry.set_tags(version.version, {
-        "gate.decision": outcome, "gate.decided_at": decided_at, "gate.primary_metric": primary,
-        "gate.challenger_value": str(decision.challenger_value), "gate.champion_value": str(decision.champion_value),
-        "gate.compared_with": str(rival.version) if rival is not None else "none",
-        "gate.reasons": "; ".join(decision.reasons),
-    })  # fmt: skip
-    if rival is not None:
-        registry.set_tags(rival.version, {f"gate.challenged_by.v{version.version}": {
-            "decision": outcome, "at": decided_at, primary: decision.champion_value, "challenger": decision.challenger_value,
-        }})  # fmt: skip
     write_json(promotion_path, jsonable(record))
     return record
 
@@ -296,8 +457,9 @@ def _command(params: Params, args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     return stage_main(
-        "register", _arguments, _command, argv, doc=__doc__, input_errors=(RegistryError,)
-    )
+        "register", _arguments, _command, argv, doc=__doc__,
+        input_errors=(RegistryError,), failures=(GateError,),
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -6,6 +6,11 @@ stages), so the MLflow UI shows exactly the state this module and the CLI see. T
 promotion or rollback is recorded three ways: the alias move itself, tags on the versions
 involved, and a bounded JSON history on the registered model (``seqops.champion_history``),
 which is what ``rollback`` reads to find the previous champion.
+
+Writes that belong together run inside ``Registry.atomic()``: each write records how to undo
+itself, and if any write in the block fails the recorded ones are undone in reverse order
+(aliases and tags restored, a new version deleted, or tagged ``gate.decision=incomplete`` when
+it cannot be deleted), so a failure never leaves a half-made decision in the registry.
 """
 
 from __future__ import annotations
@@ -13,14 +18,22 @@ from __future__ import annotations
 import contextlib
 import getpass
 import json
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+
+log = logging.getLogger("seqops.registry")
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 HISTORY_TAG = "seqops.champion_history"
 HISTORY_LIMIT = 20
+TAG_VALUE_LIMIT = 4900
+"""Characters kept of a tag value (the SQL stores hold 5000)."""
+INCOMPLETE = ("gate.decision", "incomplete")
+"""The tag a new version gets when a failed registration cannot delete it."""
 KEY_METRICS = (
     "roc_auc",
     "accuracy",
@@ -61,6 +74,11 @@ class VersionInfo:
         return None if value in (None, "", "null") else float(value)
 
 
+def _tag_text(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+    return text[:TAG_VALUE_LIMIT]
+
+
 def _info(mv: Any) -> VersionInfo:
     return VersionInfo(
         version=int(mv.version),
@@ -77,6 +95,7 @@ class Registry:
     def __init__(self, client: Any, name: str) -> None:
         self.client = client
         self.name = name
+        self._journal: list[tuple[str, Callable[[], None]]] | None = None
 
     # ------------------------------------------------------------------ reads
 
@@ -134,30 +153,106 @@ class Registry:
 
     # ------------------------------------------------------------------ writes
 
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        """Registry writes in this block all land, or the ones made are undone (then the error
+        is raised again). Blocks nest: the outermost one undoes."""
+        if self._journal is not None:
+            yield
+            return
+        self._journal = []
+        try:
+            yield
+        except BaseException:
+            journal, self._journal = self._journal, None
+            for what, undo in reversed(journal):
+                try:
+                    undo()
+                except Exception as exc:  # keep undoing the rest; the original error wins
+                    log.error("registry %s: could not undo %s: %s", self.name, what, exc)
+            raise
+        finally:
+            self._journal = None
+
+    def _on_failure(self, what: str, undo: Callable[[], None]) -> None:
+        if self._journal is not None:
+            self._journal.append((what, undo))
+
+    def _set_alias(self, alias: str, version: int | str) -> None:
+        previous = self.alias(alias)
+
+        def restore() -> None:
+            if previous is None:
+                self.client.delete_registered_model_alias(self.name, alias)
+            else:
+                self.client.set_registered_model_alias(self.name, alias, str(previous.version))
+
+        self._on_failure(f"alias {alias} -> v{version}", restore)
+        self.client.set_registered_model_alias(self.name, alias, str(version))
+
     def register(
-        self, model_uri: str, run_id: str, description: str, tags: dict[str, str]
+        self, model_uri: str, run_id: str, description: str, tags: dict[str, Any]
     ) -> VersionInfo:
-        """A new version from a logged model; it becomes the ``challenger``."""
+        """A new version from a logged model, created with its description and all its tags
+        in one request; it becomes the ``challenger``. Undone if a later write of an
+        enclosing ``atomic()`` block fails."""
         from mlflow.exceptions import MlflowException
 
-        if not self.exists():
-            with contextlib.suppress(MlflowException):  # created concurrently
-                self.client.create_registered_model(self.name, description="seqops sequence model")
-        mv = self.client.create_model_version(
-            self.name, source=model_uri, run_id=run_id, description=description, tags=tags
-        )
-        self.client.set_registered_model_alias(self.name, CHALLENGER, mv.version)
-        return self.version(mv.version)
+        with self.atomic():
+            if not self.exists():
+                with contextlib.suppress(MlflowException):  # created concurrently
+                    self.client.create_registered_model(
+                        self.name, description="seqops sequence model"
+                    )
+                    self._on_failure(f"registered model {self.name}", self._delete_if_empty)
+            mv = self.client.create_model_version(
+                self.name,
+                source=model_uri,
+                run_id=run_id,
+                description=description,
+                tags={k: _tag_text(v) for k, v in tags.items()},
+            )
+            self._on_failure(f"version {mv.version}", lambda: self._withdraw(mv.version))
+            self._set_alias(CHALLENGER, mv.version)
+            return self.version(mv.version)
+
+    def _withdraw(self, version: int | str) -> None:
+        """Delete a version made by a failed block; tag it incomplete if it cannot be."""
+        try:
+            self.client.delete_model_version(self.name, str(version))
+        except Exception:
+            self.client.set_model_version_tag(self.name, str(version), *INCOMPLETE)
+            raise
+
+    def _delete_if_empty(self) -> None:
+        if not self.client.search_model_versions(f"name = '{self.name}'"):
+            self.client.delete_registered_model(self.name)
 
     def set_tags(self, version: int, tags: dict[str, Any]) -> None:
+        before = self.version(version).tags if self._journal is not None else {}
         for key, value in tags.items():
-            text = (
-                value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
-            )
-            self.client.set_model_version_tag(self.name, str(version), key, text[:4900])
+            old = before.get(key)
+
+            def restore(key: str = key, old: str | None = old) -> None:
+                if old is None:
+                    self.client.delete_model_version_tag(self.name, str(version), key)
+                else:
+                    self.client.set_model_version_tag(self.name, str(version), key, old)
+
+            self._on_failure(f"tag {key} of v{version}", restore)
+            self.client.set_model_version_tag(self.name, str(version), key, _tag_text(value))
 
     def _append_history(self, entry: dict[str, Any]) -> None:
-        history = [*self.history(), entry][-HISTORY_LIMIT:]
+        previous = self.client.get_registered_model(self.name).tags.get(HISTORY_TAG)
+        history = [*(json.loads(previous) if previous else []), entry][-HISTORY_LIMIT:]
+
+        def restore() -> None:
+            if previous is None:
+                self.client.delete_registered_model_tag(self.name, HISTORY_TAG)
+            else:
+                self.client.set_registered_model_tag(self.name, HISTORY_TAG, previous)
+
+        self._on_failure("champion history", restore)
         self.client.set_registered_model_tag(
             self.name, HISTORY_TAG, json.dumps(history, sort_keys=True)
         )
@@ -169,10 +264,17 @@ class Registry:
         evidence: dict[str, Any] | None = None,
         action: str = "promote",
     ) -> dict[str, Any]:
-        """Move ``champion`` to ``version`` and record who, when, why and what it replaced."""
+        """Move ``champion`` to ``version`` and record who, when, why and what it replaced;
+        all of it or, if a write fails, none of it."""
         target = self.version(version)
         if not reason or not reason.strip():
             raise RegistryError("a promotion needs a reason (it is recorded in the registry)")
+        with self.atomic():
+            return self._promote(target, reason, evidence, action)
+
+    def _promote(
+        self, target: VersionInfo, reason: str, evidence: dict[str, Any] | None, action: str
+    ) -> dict[str, Any]:
         previous = self.alias(CHAMPION)
         entry = {
             "action": action,
@@ -184,7 +286,7 @@ class Registry:
         }
         if evidence:
             entry["evidence"] = evidence
-        self.client.set_registered_model_alias(self.name, CHAMPION, str(target.version))
+        self._set_alias(CHAMPION, target.version)
         self.set_tags(
             target.version,
             {

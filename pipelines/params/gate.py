@@ -26,9 +26,42 @@ class EvaluateConfig:
     """Test entities scored alone and padded in a batch by the invariance check."""
     invariance_tolerance: float = 1e-5
     """Max abs difference allowed between alone and batched scores."""
+    length_ranges: tuple[int, ...] | None = None
+    """Where true-length ranges start, after the first, which starts at the shortest example:
+    e.g. [16, 64, 256] gives 2-15, 16-63, 64-255 and 256+ when the shortest is 2; null =
+    quantiles of the split's lengths (``length_range_count``)."""
+    length_range_count: int = 4
+    """Quantile ranges of true length when ``length_ranges`` is null (before merging)."""
+    min_range_examples: int = 50
+    """Quantile ranges with fewer examples are merged into a neighbour (explicit ranges are
+    kept as given)."""
+    bootstrap_samples: int = 200
+    """Percentile-bootstrap resamples for the confidence intervals by length range and for
+    the gate's paired slice comparison; 0 = no intervals (the gate then uses point values)."""
+    confidence: float = 0.9
+    """Two-sided confidence of those intervals."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "slices", tuple(self.slices or ()))
+        if self.length_ranges is not None:
+            bounds = tuple(self.length_ranges)
+            object.__setattr__(self, "length_ranges", bounds)
+            if not bounds or any(
+                not isinstance(b, int) or isinstance(b, bool) or b < 2 for b in bounds
+            ):
+                raise fail(
+                    "evaluate.length_ranges", list(bounds), "expected integers >= 2, or null"
+                )
+            if list(bounds) != sorted(set(bounds)):
+                raise fail("evaluate.length_ranges", list(bounds), "must be strictly increasing")
+        if self.length_range_count < 1:
+            raise fail("evaluate.length_range_count", self.length_range_count, "must be >= 1")
+        if self.min_range_examples < 1:
+            raise fail("evaluate.min_range_examples", self.min_range_examples, "must be >= 1")
+        if self.bootstrap_samples != 0 and self.bootstrap_samples < 10:
+            raise fail("evaluate.bootstrap_samples", self.bootstrap_samples, "must be 0 or >= 10")
+        if not 0 < self.confidence < 1:
+            raise fail("evaluate.confidence", self.confidence, "must be between 0 and 1")
         if self.split not in ("train", "val", "test"):
             raise fail("evaluate.split", self.split, "expected train, val or test")
         if self.ece_bins < 2:
@@ -50,9 +83,14 @@ class RegisterConfig:
     min_improvement: float = 0.0
     """The challenger must beat the champion's primary metric by at least this much."""
     max_slice_regression: float = 0.02
-    """No length-bucket slice may lose more than this on the primary metric."""
+    """A length range (``evaluate.length_ranges``) blocks promotion only when its loss on the
+    primary metric exceeds this with confidence: the lower bound of the paired-bootstrap
+    interval (``evaluate.confidence``) of champion minus challenger is above it."""
     min_slice_examples: int = 20
-    """Slices with fewer test examples are reported but not gated (too noisy)."""
+    """Length ranges with fewer test examples are reported but not gated (too noisy)."""
+    require_beat_baseline: bool = True
+    """Refuse a challenger that does not beat the evaluate stage's baseline (``skill`` in
+    reports/metrics.json); false = report the comparison only."""
     auto_promote: bool = True
     """Move the champion alias when the gate passes; false = record the decision only."""
 

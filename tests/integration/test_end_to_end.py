@@ -24,6 +24,9 @@ TINY = {
         "max_tokens": 2048,
     },
     "evaluate": {"invariance_entities": 16},
+    # Two epochs on 240 entities need not beat the order-blind baseline (20 test windows tie
+    # it); the baseline rule has tests of its own, this one follows the registry's workflow.
+    "register": {"require_beat_baseline": False},
 }
 ALL = ("ingest", "validate", "shard", "train", "evaluate", "register")
 

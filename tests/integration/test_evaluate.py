@@ -10,7 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipelines import evaluate, invariance, split_metrics
+from pipelines import baselines, evaluate, invariance, split_metrics
+from pipelines import metrics as M
+from pipelines.predict import split_targets
 from seqcore.loading import load_scorer
 from seqcore.manifest import Manifest, load_manifest
 from tests.conftest import REPO, tiny_params
@@ -82,6 +84,45 @@ def test_metrics_json_has_classify_metrics_buckets_slices_and_invariance(evaluat
     assert invariance["entities"] > 1 and invariance["padded_sequences"] > 0
 
 
+def test_metrics_json_has_a_baseline_scored_like_the_model_and_the_skill(evaluated, trained_run):
+    metrics = json.loads(evaluated["metrics"].read_text())
+    baseline, skill = metrics["baseline"], metrics["skill"]
+    assert baseline["name"] in ("order_blind_logistic_regression", "class_prior")
+    assert baseline["description"] and baseline["fit"]["split"] == "train"
+    assert (
+        baseline["fit"]["windows"] == load_manifest(trained_run["shards"]).splits["train"].examples
+    )
+    assert baseline["primary_metric"] == metrics["primary_metric"] == "roc_auc"
+    assert baseline["primary_value"] == baseline["overall"]["roc_auc"]
+    assert set(baseline["overall"]) == set(metrics["overall"])  # the same metric names
+    for name in CLASSIFY_METRICS:
+        assert isinstance(baseline["overall"][name], float), name
+    assert baseline["overall"]["examples"] == metrics["examples"]
+    assert skill["metric"] == "roc_auc"
+    assert skill["model"] == metrics["primary_value"]
+    assert skill["baseline"] == baseline["primary_value"]
+    assert skill["improvement"] == pytest.approx(skill["model"] - skill["baseline"])
+    assert skill["relative"] == pytest.approx(skill["improvement"] / abs(skill["baseline"]))
+    assert skill["beats_baseline"] is (skill["improvement"] > 0)
+    assert "baselines" not in metrics  # forecast only
+    assert metrics["class_names"] == ["0", "1"]
+    assert not [k for k in metrics["undefined"] if k.startswith(("baseline.", "skill."))]
+
+
+def test_baseline_plots_are_written(evaluated):
+    plots = evaluated["plots"]
+    bars = json.loads((plots / "baseline.json").read_text())
+    report = evaluated["report"]
+    assert {r["scorer"] for r in bars} == {"model", report["baseline"]["name"]}
+    roc_auc = {r["scorer"]: r["value"] for r in bars if r["metric"] == "roc_auc"}
+    assert roc_auc["model"] == report["overall"]["roc_auc"]
+    roc = json.loads((plots / "baseline_roc.json").read_text())
+    assert roc[0]["fpr"] == 0.0 and roc[-1]["tpr"] == 1.0
+    assert (plots / "baseline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    confusion = json.loads((plots / "confusion.json").read_text())
+    assert {r["actual"] for r in confusion} <= set(report["class_names"])
+
+
 def test_plots_are_written_as_pngs_and_dvc_plot_data(evaluated):
     plots = evaluated["plots"]
     for name in PNGS:
@@ -109,6 +150,13 @@ def test_the_training_run_gets_test_metrics_and_evaluation_artifacts(evaluated, 
     assert run.data.metrics["test_ece"] == pytest.approx(overall["ece"])
     assert "test_invariance_max_abs_diff" in run.data.metrics
     assert run.data.tags["seqops.evaluate.invariance_passed"] == "true"
+    report = evaluated["report"]
+    baseline = report["baseline"]["overall"]
+    assert run.data.metrics["test_baseline_roc_auc"] == pytest.approx(baseline["roc_auc"])
+    skill = report["skill"]
+    assert run.data.metrics["test_skill_improvement"] == pytest.approx(skill["improvement"])
+    assert run.data.tags["seqops.evaluate.beats_baseline"] == str(skill["beats_baseline"]).lower()
+    assert run.data.tags["seqops.evaluate.baseline"] == report["baseline"]["name"]
     top = {f.path for f in client.list_artifacts(run.info.run_id, "evaluation")}
     assert {"evaluation/metrics.json", "evaluation/plots"} <= top
     plots = {Path(f.path).name for f in client.list_artifacts(run.info.run_id, "evaluation/plots")}
@@ -186,3 +234,56 @@ def test_cli_errors_name_what_is_missing(trained_run, tmp_path, monkeypatch, cap
     assert evaluate.main(["--train-report", str(report), *common]) == 2
     assert "0" * 32 in capsys.readouterr().err
     assert not (tmp_path / "m.json").exists() and not (tmp_path / "plots").exists()
+
+
+def _targets_only(shards):
+    """The test split's rows and targets (``read_split`` order), outputs to be filled."""
+    return split_targets(shards, "test")[1]
+
+
+def test_next_event_baseline_on_real_shards_scores_like_a_model(tiny_pipeline):
+    shards = tiny_pipeline["shards"]
+    manifest = load_manifest(shards)
+    preds = _targets_only(shards)
+    size = manifest.targets.next_event.vocab_size
+    preds.outputs = [np.full((len(t), size), 1.0 / size) for t in preds.next_event]  # uniform
+    model = M.next_event_metrics(preds.outputs, preds.next_event)
+    report = baselines.baseline_report(preds, manifest, "next_event", shards, "test", model)
+    base, skill = report.sections["baseline"], report.sections["skill"]
+    assert base["name"] == "transition_table" and base["primary_metric"] == "top1_accuracy"
+    assert base["overall"]["targets"] == model["targets"] > 0
+    assert set(base["overall"]) == {*model, "examples"}
+    # A uniform predictor ranks by id; the most frequent next value given the current does better.
+    assert base["overall"]["top1_accuracy"] > model["top1_accuracy"]
+    assert base["overall"]["top5_accuracy"] >= base["overall"]["top1_accuracy"]
+    assert skill["beats_baseline"] is False and skill["improvement"] < 0
+    assert np.isfinite(base["overall"]["perplexity"])
+
+
+def test_forecast_baselines_on_real_shards_are_in_original_units(tiny_pipeline):
+    shards = tiny_pipeline["shards"]
+    manifest = load_manifest(shards)
+    target = manifest.targets.forecast
+    preds = _targets_only(shards)
+    preds.outputs = [np.zeros_like(f) for f in preds.forecast]  # the standardised mean
+    inverse = lambda z: manifest.features.inverse_standardise(target.column, z)  # noqa: E731
+    model = M.forecast_from_stats(M.forecast_stats(preds.outputs, preds.forecast, inverse))
+    report = baselines.baseline_report(preds, manifest, "forecast", shards, "test", model)
+    sections = report.sections
+    assert set(sections["baselines"]) == {"last_value", "train_mean"}
+    chosen = sections["baseline"]
+    maes = {k: b["overall"]["mae"] for k, b in sections["baselines"].items()}
+    assert chosen["primary_value"] == min(maes.values())
+    assert chosen == sections["baselines"][chosen["name"]]
+    for section in sections["baselines"].values():
+        assert set(section["overall"]) == {*model, "examples", "mase"} - {"undefined"}
+        assert section["overall"]["targets"] == model["targets"] > 0
+    scale = sections["mase_scale"]
+    assert scale["method"] == "in_sample_naive" and scale["value"] > 0
+    assert report.model_overall["mase"] == pytest.approx(model["mae"] / scale["value"])
+    mean = sections["baselines"]["train_mean"]["fit"]["mean"]
+    amounts = pq.read_table(tiny_pipeline["validated"], columns=["amount"]).column(0).to_numpy()
+    assert 0.2 * amounts.mean() < mean < 5 * amounts.mean()  # dollars, not standardised units
+    skill = sections["skill"]
+    assert skill["metric"] == "mae"
+    assert skill["improvement"] == pytest.approx(chosen["primary_value"] - model["mae"])

@@ -79,3 +79,79 @@ def test_cli_lists_compares_promotes_and_fails_clearly(registry, capsys):
     assert "no version 7" in capsys.readouterr().err
     assert cli.main(["registry", "--model", "ghost", "list"]) == 2
     assert "'ghost' not found" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- all or nothing
+
+
+def _state(reg: Registry) -> dict:
+    """What a failed block must leave as it found: versions, aliases, tags, history."""
+    return {
+        "versions": [(v.version, v.aliases, v.tags) for v in reg.versions()],
+        "history": reg.history(),
+    }
+
+
+def _source(tmp_path, name: str) -> str:
+    source = tmp_path / name
+    source.mkdir()
+    (source / "MLmodel").write_text("flavors: {}\n")
+    return str(source)
+
+
+def test_a_failed_block_undoes_the_version_aliases_tags_and_history(registry, tmp_path):
+    registry.promote(1, "first")
+    registry.set_tags(2, {"note": "kept"})
+    before = _state(registry)
+    run_id = registry.version(1).run_id
+    with pytest.raises(RuntimeError, match="boom"), registry.atomic():
+        new = registry.register(_source(tmp_path, "m4"), run_id, "card", {"gate.decision": "x"})
+        registry.promote(new.version, "gate passed")
+        registry.set_tags(2, {"note": "changed", "gate.challenged_by.v4": {"decision": "x"}})
+        raise RuntimeError("boom")
+    assert _state(registry) == before
+    assert registry.alias(CHAMPION).version == 1 and registry.alias(CHALLENGER).version == 3
+
+
+def test_a_version_that_cannot_be_deleted_is_marked_incomplete(registry, tmp_path, monkeypatch):
+    def refuse(name, version):
+        raise RuntimeError("store refuses deletes")
+
+    monkeypatch.setattr(registry.client, "delete_model_version", refuse)
+    run_id = registry.version(1).run_id
+    with pytest.raises(RuntimeError, match="boom"), registry.atomic():
+        registry.register(_source(tmp_path, "m4"), run_id, "card", {"gate.decision": "promoted"})
+        raise RuntimeError("boom")
+    assert registry.version(4).tags["gate.decision"] == "incomplete"
+    assert registry.alias(CHALLENGER).version == 3  # the alias went back all the same
+
+
+def test_a_failed_first_registration_leaves_no_model_behind(mlflow_store, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_store)
+    experiment = client.create_experiment("first", artifact_location=(tmp_path / "a").as_uri())
+    run = client.create_run(experiment)
+    reg = Registry(client, "fresh-model")
+
+    def broken_history(entry):
+        raise RuntimeError("history write failed")
+
+    monkeypatch.setattr(reg, "_append_history", broken_history)
+    with pytest.raises(RuntimeError, match="history"), reg.atomic():
+        version = reg.register(_source(tmp_path, "m"), run.info.run_id, "card", {})
+        reg.promote(version.version, "first champion")
+    assert not reg.exists()
+
+
+def test_a_promotion_that_fails_half_way_changes_nothing(registry, monkeypatch):
+    registry.promote(1, "first")
+    before = _state(registry)
+
+    def broken_history(entry):
+        raise RuntimeError("history write failed")
+
+    monkeypatch.setattr(registry, "_append_history", broken_history)
+    with pytest.raises(RuntimeError, match="history"):
+        registry.promote(2, "review")
+    assert _state(registry) == before

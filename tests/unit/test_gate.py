@@ -3,54 +3,182 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
-from pipelines.params.gate import RegisterConfig
-from pipelines.register import decide
+import numpy as np
+
+from pipelines.params.gate import EvaluateConfig, RegisterConfig
+from pipelines.predict import SplitPredictions
+from pipelines.register import decide, model_card
+from pipelines.split_metrics import compare_by_length
 
 CFG = RegisterConfig(min_improvement=0.01, max_slice_regression=0.02, min_slice_examples=20)
+BEATS = {"metric": "roc_auc", "model": 0.9, "baseline": 0.8, "improvement": 0.1,
+         "relative": 0.125, "beats_baseline": True}  # fmt: skip
+MISSES = {**BEATS, "model": 0.78, "improvement": -0.02, "relative": -0.025, "beats_baseline": False}
 
 
-def _eval(auc: float, buckets: dict[int, tuple[float, int]] | None = None) -> dict:
-    by_bucket = {str(b): {"roc_auc": v, "examples": n} for b, (v, n) in (buckets or {}).items()}
-    return {"overall": {"roc_auc": auc}, "by_bucket": by_bucket}
+def _eval(auc: float) -> dict:
+    return {"overall": {"roc_auc": auc}}
 
 
-def test_first_version_becomes_champion_when_invariant():
-    assert decide(_eval(0.7), None, True, "roc_auc", CFG).passed
-    failed = decide(_eval(0.9), None, False, "roc_auc", CFG)
+def _slice(label: str, n: int, ours: float, theirs: float, ci: list[float] | None) -> dict:
+    """A ``compare_by_length`` row (regression: champion minus challenger)."""
+    lo = int(label.split("-")[0].rstrip("+"))
+    return {"range": label, "lo": lo, "hi": None, "examples": n, "challenger": ours,
+            "champion": theirs, "regression": theirs - ours, "regression_ci": ci}  # fmt: skip
+
+
+def test_first_version_becomes_champion_when_invariant_and_better_than_the_baseline():
+    assert decide(_eval(0.7), None, True, "roc_auc", CFG, skill=BEATS).passed
+    failed = decide(_eval(0.9), None, False, "roc_auc", CFG, skill=BEATS)
     assert not failed.passed and "invariance" in failed.reasons[0]
 
 
 def test_better_challenger_passes_and_worse_or_marginal_fails():
-    better = decide(
-        _eval(0.90, {16: (0.9, 50)}), _eval(0.85, {16: (0.88, 50)}), True, "roc_auc", CFG
-    )
+    better = decide(_eval(0.90), _eval(0.85), True, "roc_auc", CFG, skill=BEATS)
     assert better.passed and math.isclose(better.delta, 0.05)
-    worse = decide(_eval(0.80), _eval(0.85), True, "roc_auc", CFG)
-    assert not worse.passed and "does not beat" in worse.reasons[0]
-    marginal = decide(_eval(0.855), _eval(0.85), True, "roc_auc", CFG)
+    assert "beats champion" in better.reasons[0]
+    worse = decide(_eval(0.80), _eval(0.85), True, "roc_auc", CFG, skill=BEATS)
+    assert not worse.passed and "does not beat champion" in worse.reasons[0]
+    marginal = decide(_eval(0.855), _eval(0.85), True, "roc_auc", CFG, skill=BEATS)
     assert not marginal.passed  # below min_improvement
-    tie = decide(_eval(0.85), _eval(0.85), True, "roc_auc", RegisterConfig(min_improvement=0.0))
+    tie = decide(_eval(0.85), _eval(0.85), True, "roc_auc", RegisterConfig(), skill=BEATS)
     assert not tie.passed  # "beats" means strictly better, even with no margin
 
 
-def test_a_regressing_length_bucket_blocks_promotion_unless_it_is_too_small():
-    champion = _eval(0.85, {16: (0.90, 50), 256: (0.90, 5)})
-    regress = decide(_eval(0.90, {16: (0.85, 50), 256: (0.95, 5)}), champion, True, "roc_auc", CFG)
-    assert not regress.passed and "bucket 16" in " ".join(regress.reasons)
-    small_only = decide(
-        _eval(0.90, {16: (0.91, 50), 256: (0.50, 5)}), champion, True, "roc_auc", CFG
-    )
-    assert small_only.passed
-    assert [c["gated"] for c in small_only.slice_checks] == [True, False]
+def test_a_length_range_blocks_only_when_it_regresses_with_confidence():
+    champion = _eval(0.85)
+    # point regression 0.05 but the interval reaches below the threshold: noise, not gated out
+    noisy = [_slice("2-15", 200, 0.80, 0.85, [-0.01, 0.11])]
+    assert decide(_eval(0.90), champion, True, "roc_auc", CFG, slices=noisy, skill=BEATS).passed
+    sure = [_slice("2-15", 200, 0.80, 0.85, [0.03, 0.07]), _slice("16+", 300, 0.95, 0.85, None)]
+    blocked = decide(_eval(0.90), champion, True, "roc_auc", CFG, slices=sure, skill=BEATS)
+    assert not blocked.passed
+    assert blocked.reasons[0].startswith("length 2-15 (200 examples)")
+    assert "lower bound +0.0300 > register.max_slice_regression" in blocked.reasons[0]
+    first, second = blocked.slice_checks
+    assert first["gated"] and first["ok"] is False and first["regression_ci"] == [0.03, 0.07]
+    # without an interval (evaluate.bootstrap_samples: 0) the point value is gated
+    assert second["gated"] and second["ok"] is True
+
+
+def test_small_or_undefined_ranges_are_reported_not_gated():
+    rows = [_slice("2-15", 5, 0.10, 0.90, [0.5, 0.9]), _slice("16+", 300, 0.9, 0.88, [-0.04, 0.0])]
+    rows.append({**_slice("64+", 50, 0.9, 0.9, None), "champion": None, "regression": None})
+    decision = decide(_eval(0.90), _eval(0.85), True, "roc_auc", CFG, slices=rows, skill=BEATS)
+    assert decision.passed
+    assert [(c["gated"], c["ok"]) for c in decision.slice_checks] == [
+        (False, None),
+        (True, True),
+        (False, None),
+    ]
+    text = "\n".join(decision.reasons)
+    assert "length 2-15 (5 examples)" in text and "register.min_slice_examples (20)" in text
+    assert "undefined for a model" in text
 
 
 def test_lower_is_better_metrics_compare_the_other_way():
     cfg = RegisterConfig(min_improvement=0.0)
-    better = decide({"overall": {"mae": 1.0}}, {"overall": {"mae": 1.2}}, True, "mae", cfg)
-    worse = decide({"overall": {"mae": 1.3}}, {"overall": {"mae": 1.2}}, True, "mae", cfg)
+    skill = {**BEATS, "metric": "mae"}
+    better = decide({"overall": {"mae": 1.0}}, {"overall": {"mae": 1.2}}, True, "mae", cfg,
+                    skill=skill)  # fmt: skip
+    worse = decide({"overall": {"mae": 1.3}}, {"overall": {"mae": 1.2}}, True, "mae", cfg,
+                   skill=skill)  # fmt: skip
     assert better.passed and not better.higher_is_better and not worse.passed
 
 
-def test_undefined_metric_never_passes():
-    assert not decide(_eval(float("nan")), _eval(0.8), True, "roc_auc", CFG).passed
+def test_undefined_metric_never_passes_and_an_undefined_champion_is_replaced():
+    assert not decide(_eval(float("nan")), _eval(0.8), True, "roc_auc", CFG, skill=BEATS).passed
+    broken = decide(_eval(0.8), _eval(float("nan")), True, "roc_auc", CFG, skill=BEATS)
+    assert broken.passed and "champion's roc_auc is undefined" in " ".join(broken.reasons)
+
+
+def test_a_challenger_that_does_not_beat_the_baseline_is_refused_unless_allowed():
+    missed = decide(_eval(0.78), None, True, "roc_auc", CFG, skill=MISSES)
+    assert not missed.passed
+    assert missed.reasons[0].startswith("does not beat the baseline: roc_auc 0.7800 vs baseline")
+    assert "register.require_beat_baseline: false" in missed.reasons[0]
+    assert missed.skill == MISSES
+    lenient = RegisterConfig(require_beat_baseline=False)
+    allowed = decide(_eval(0.78), None, True, "roc_auc", lenient, skill=MISSES)
+    assert allowed.passed and any("does not beat the baseline" in r for r in allowed.reasons)
+
+
+def test_a_missing_baseline_comparison_is_named_and_refused_when_required():
+    missing = decide(_eval(0.9), _eval(0.8), True, "roc_auc", CFG)
+    assert not missing.passed and missing.skill is None
+    assert "no `skill`" in missing.reasons[0]
+    assert "register.require_beat_baseline" in missing.reasons[0]
+    lenient = decide(
+        _eval(0.9), _eval(0.8), True, "roc_auc", RegisterConfig(require_beat_baseline=False)
+    )
+    assert lenient.passed and any("no `skill`" in r for r in lenient.reasons)
+
+
+# --------------------------------------------------------------------------- with real slices
+
+
+def _preds(labels: np.ndarray, p1: np.ndarray, lengths: np.ndarray) -> SplitPredictions:
+    n = len(labels)
+    return SplitPredictions(
+        entity=np.array([f"e{i}" for i in range(n)], dtype=object),
+        length=lengths,
+        bucket=lengths,
+        label=labels,
+        outputs=list(np.stack([1 - p1, p1], axis=1)),
+        next_event=[np.zeros(1)] * n,
+        forecast=[np.zeros((1, 1))] * n,
+    )
+
+
+def test_the_gate_blocks_a_challenger_that_is_worse_on_long_sequences_only():
+    rng = np.random.default_rng(3)
+    n = 4000
+    labels = rng.integers(0, 2, n)
+    lengths = rng.integers(2, 200, n)
+    signal = labels + rng.normal(0, 0.6, n)
+    good = 1 / (1 + np.exp(-2 * signal))
+    long = lengths >= 100
+    worse = np.where(long, 1 / (1 + np.exp(-2 * (labels + rng.normal(0, 2.0, n)))), good)
+    champion, challenger = _preds(labels, good, lengths), _preds(labels, worse, lengths)
+    config = EvaluateConfig(slices=(), length_ranges=(100,))
+    rows = compare_by_length(challenger, champion, None, "classify", "roc_auc", config)
+    assert [r["range"] for r in rows] == ["2-99", "100+"]
+    short, longer = rows
+    assert short["regression"] == 0.0 and short["regression_ci"] == [0.0, 0.0]
+    assert longer["regression_ci"][0] > 0.02
+    # the overall numbers say "better" (as if a new model won elsewhere): the slice still blocks
+    decision = decide(_eval(0.95), _eval(0.90), True, "roc_auc", CFG, slices=rows, skill=BEATS)
+    assert not decision.passed and decision.reasons[0].startswith("length 100+")
+
+
+# --------------------------------------------------------------------------- model card
+
+
+def _card(metrics: dict) -> str:
+    summary = {"architecture": "lstm", "task": "classify", "run_id": "r" * 32}
+    run = SimpleNamespace(data=SimpleNamespace(params={"train.epochs": "2"}, tags={}))
+    manifest = SimpleNamespace(
+        window_len=64, content_hash="c" * 64, input=SimpleNamespace(sha256="e" * 64),
+        split_method="entity_hash", splits={"test": SimpleNamespace(examples=300)},
+    )  # fmt: skip
+    return model_card(summary, run, manifest, metrics, "roc_auc")
+
+
+def test_the_model_card_says_by_how_much_the_model_beats_or_misses_the_baseline():
+    base = {"overall": {"roc_auc": 0.9}, "baseline": {"name": "order_blind"}}
+    beats = _card({**base, "skill": BEATS})
+    assert (
+        "**Baseline:** order_blind: roc_auc 0.8000; this model 0.9000, beats it by 0.1000" in beats
+    )
+    assert "(12.5% of the baseline's value)" in beats
+    misses = _card({**base, "skill": MISSES})
+    assert "this model 0.7800, misses it by 0.0200" in misses
+    assert "not compared" in _card({"overall": {"roc_auc": 0.9}})
+    by_length = [{"range": "2-15", "lo": 2, "hi": 15, "examples": 40,
+                  "metrics": {"roc_auc": 0.81}, "ci": {"roc_auc": [0.7, 0.9]}}]  # fmt: skip
+    card = _card({**base, "skill": BEATS, "by_length": by_length,
+                  "length_ranges": {"confidence": 0.9}})  # fmt: skip
+    assert "| true length | examples | roc_auc | 90% CI |" in card
+    assert "| 2-15 | 40 | 0.8100 | 0.7000..0.9000 |" in card

@@ -251,6 +251,20 @@ def test_evaluate_predictions_groups_by_bucket_and_slice_and_is_json_safe():
     json.dumps(result, allow_nan=False)  # raises on NaN
 
 
+def test_evaluate_predictions_reports_length_ranges_next_to_buckets():
+    preds = _classify_preds(
+        [0, 1, 1, 0, 1, 0], [0.2, 0.7, 0.9, 0.4, 0.6, 0.3], [8, 8, 8, 8, 16, 16]
+    )
+    config = EvaluateConfig(slices=(), length_ranges=(3,), bootstrap_samples=50)
+    result = evaluate_predictions(preds, {}, "classify", config, {})
+    assert set(result["by_bucket"]) == {"8", "16"}  # kept for those who read buckets
+    (only,) = result["by_length"]  # every true length here is 3
+    assert only["range"] == "3+" and only["examples"] == 6
+    assert only["metrics"]["roc_auc"] == result["overall"]["roc_auc"]
+    assert set(only["ci"]) == {"roc_auc", "accuracy", "log_loss"}
+    json.dumps(result, allow_nan=False)
+
+
 def test_evaluate_predictions_forecast_keeps_horizon_detail_overall_only():
     spec = _log1p_spec()
     preds = SplitPredictions(
@@ -271,6 +285,8 @@ def test_evaluate_predictions_forecast_keeps_horizon_detail_overall_only():
     expected = abs(spec.inverse_standardise("amount", 0.5) - spec.inverse_standardise("amount", 0))
     assert result["overall"]["mae"] == pytest.approx(float(expected))
     assert result["slices"] == {}
+    assert [r["examples"] for r in result["by_length"]] == [2]
+    assert set(result["by_length"][0]["ci"]) == {"mae", "rmse", "smape"}
 
 
 def test_jsonable_turns_nan_into_null_and_numpy_into_python():

@@ -31,8 +31,11 @@ SHARD = {
 }
 
 
-def _params(**shard_overrides):
-    return params_from_dict({"seed": 7, "shard": {**SHARD, **shard_overrides}})
+def _params(data=None, **shard_overrides):
+    return params_from_dict({"seed": 7, "data": data or {}, "shard": {**SHARD, **shard_overrides}})
+
+
+FILE = {"source": "file", "path": "events.parquet"}  # a split column needs a user's file
 
 
 def _events(n_entities=300, seed=0, plant_test_category=True):
@@ -373,7 +376,7 @@ def test_column_split_follows_the_column_and_carves_val_from_train(tmp_path):
     pq.write_table(
         _with_folds(_events(plant_test_category=False), {0: "train", 1: "train", 2: "test"}), events
     )
-    params = _params(split={"method": "column", "column": "fold", "val_fraction": 0.2})
+    params = _params(FILE, split={"method": "column", "column": "fold", "val_fraction": 0.2})
     manifest = shard.run(params, events, tmp_path / "shards")
     assert manifest.split["method"] == "column" and manifest.split["val_from_train"] == 0.2
     assert manifest.leakage["status"] == "pass"
@@ -404,6 +407,6 @@ def test_column_split_refuses_values_it_cannot_place(tmp_path, folds, message):
             table.schema.get_field_index("fold"), "fold", pa.array(fold.tolist())
         )
     pq.write_table(table, tmp_path / "events.parquet")
-    params = _params(split={"method": "column", "column": "fold"})
+    params = _params(FILE, split={"method": "column", "column": "fold"})
     with pytest.raises(shard.ShardError, match=message):
         shard.run(params, tmp_path / "events.parquet", tmp_path / "shards")
