@@ -70,6 +70,7 @@ from pipelines.config import Params, load_params
 from pipelines.sampler import TokenBudgetBatchSampler
 from pipelines.shard_reader import to_numpy_batch
 from pipelines.train import model_config
+from pipelines.train import plan as train_plan
 from pipelines.train_loop import ShardData, _lr_lambda, _sums
 from seqcore.manifest import load_manifest
 from seqmodels import SequenceModel, build_model
@@ -86,7 +87,14 @@ def _params(arch: str | None = None, **train: Any) -> Params:
     params = load_params(PARAMS)
     fields = {"use_gpu": "never", **train}
     t = params.train.with_model(architecture=arch) if arch else params.train
-    return dataclasses.replace(params, train=dataclasses.replace(t, **fields))
+    params = dataclasses.replace(params, train=dataclasses.replace(t, **fields))
+    if params.train.max_tokens == "auto":  # the budget the train stage would resolve
+        shards = REPO / "data/shards"
+        budget = train_plan(params, load_manifest(shards), shards).max_tokens
+        params = dataclasses.replace(
+            params, train=dataclasses.replace(params.train, max_tokens=budget)
+        )
+    return params
 
 
 # --------------------------------------------------------------------------- 1. padding

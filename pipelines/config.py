@@ -24,7 +24,7 @@ from pipelines.generate import FEATURE_COLUMNS, NUMERIC_COLUMNS, generated_colum
 from pipelines.params.data import DataConfig, GenerateConfig
 from pipelines.params.gate import EvaluateConfig, RegisterConfig
 from pipelines.params.shard import BucketConfig, ShardConfig, SplitConfig, WindowConfig
-from pipelines.params.train import TrainConfig, train_from_dict
+from pipelines.params.train import TrainConfig, check_attention_memory, train_from_dict
 from seqcore.config import ConfigError, build, fail, only_keys
 from seqcore.features import FeatureConfig
 from seqcore.schema import SchemaConfig
@@ -126,6 +126,7 @@ def check_across_sections(params: Params) -> None:
             f"exceeds shard.max_workers={params.shard.max_workers}: each worker reads its own "
             "part files; raise shard.max_workers or lower train.num_workers",
         )
+    check_attention_memory(params.train, params.shard.window.window_len)
     split = params.shard.split
     if split.method == "column" and split.column in schema.source_columns:
         raise fail(

@@ -245,7 +245,8 @@ def model_card(
     params = run.data.params
     tags = run.data.tags
     keep = ("train.model.architecture", "train.task", "train.model.hidden_size", "train.model.num_layers", "train.epochs", "train.lr",
-            "train.max_tokens", "train.num_workers", "shard.window.policy", "shard.window.length", "shard.split.method")  # fmt: skip
+            "train.max_tokens", "train.max_tokens_resolved", "train.passes_per_epoch", "train.num_workers",
+            "shard.window.policy", "shard.window.length", "shard.split.method")  # fmt: skip
     rows = "\n".join(f"| {k} | {params[k]} |" for k in keep if k in params)
     scores = "\n".join(
         f"| {k} | {v:.4f} |" for k, v in sorted(overall(metrics).items()) if _finite(v) is not None

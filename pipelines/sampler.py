@@ -7,12 +7,17 @@ DDP every rank must run the same number of steps or the collective ops hang at t
 epoch; instead of duplicating examples (torch's ``DistributedSampler``) or dropping them,
 ranks that would run short split their largest batches, so each example is seen exactly once
 per epoch. It implements torch's duck-typed ``Sampler`` protocol without importing torch.
+
+``auto_max_tokens`` is the rule that ``train.max_tokens: auto`` resolves by: today's budget
+where the data is large enough, a smaller one where an epoch would otherwise be a handful of
+steps, and never less than the widest bucket.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
@@ -153,3 +158,55 @@ class TokenBudgetBatchSampler:
 
     def __len__(self) -> int:
         return len(self._batches())
+
+
+# --------------------------------------------------------------------------- the budget
+
+
+def steps_per_epoch(
+    bucket_examples: Mapping[int, int], max_tokens: int, world_size: int = 1
+) -> int:
+    """Batches one rank draws in an epoch from buckets holding these many examples.
+
+    ``bucket_examples``: padded length (bucket bound) -> examples. Each bucket's examples are
+    counted as dealt evenly to the ranks; the sampler's own count can be a little higher
+    (ranks that own fewer examples split batches to keep step with the others).
+    """
+    return sum(
+        math.ceil(math.ceil(n / world_size) / max(1, max_tokens // int(bound)))
+        for bound, n in bucket_examples.items()
+        if n > 0
+    )
+
+
+def auto_max_tokens(
+    bucket_examples: Mapping[int, int],
+    world_size: int,
+    *,
+    target: int,
+    min_steps: int,
+    widest: int = 1,
+) -> int:
+    """The token budget ``train.max_tokens: auto`` resolves to (the rule of its docstring).
+
+    ``target`` when that gives every rank at least ``min_steps`` batches per epoch; otherwise
+    the largest budget that still does, never below the widest bucket (``widest`` raises that
+    floor, e.g. to the validation split's widest bucket), so that every batch respects the
+    budget and no example has to travel alone above it. When even the floor gives fewer steps
+    (a handful of examples), the floor.
+    """
+    floor = max([int(widest), *(int(b) for b, n in bucket_examples.items() if n > 0)])
+    if target <= floor:
+        return floor
+    if steps_per_epoch(bucket_examples, target, world_size) >= min_steps:
+        return int(target)
+    if steps_per_epoch(bucket_examples, floor, world_size) < min_steps:
+        return floor
+    low, high = floor, int(target)  # steps(low) >= min_steps > steps(high); steps fall with B
+    while high - low > 1:
+        middle = (low + high) // 2
+        if steps_per_epoch(bucket_examples, middle, world_size) >= min_steps:
+            low = middle
+        else:
+            high = middle
+    return low

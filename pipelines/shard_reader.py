@@ -69,6 +69,30 @@ def read_split(shard_dir: str | Path, split: str, parts: Iterable[int] | None = 
     return pa.concat_tables(tables)
 
 
+def read_index(shard_dir: str | Path, split: str) -> dict[str, np.ndarray]:
+    """Per example of a split, in ``read_split`` order: ``bucket`` (padded length L),
+    ``length``, ``label`` (-1 = none) and ``part`` (its part index), all int64.
+
+    Reads those columns only, so a driver can plan batches and count labels without loading
+    the sequences.
+    """
+    manifest = load_manifest(shard_dir)
+    columns: dict[str, list[np.ndarray]] = {"bucket": [], "length": [], "label": [], "part": []}
+    for bound, entry in manifest.splits[split].buckets.items():
+        for k in range(len(entry.parts)):
+            table = pq.read_table(
+                Path(shard_dir) / part_path(split, bound, k), columns=["length", "label"]
+            )
+            columns["bucket"].append(np.full(table.num_rows, bound, np.int64))
+            columns["part"].append(np.full(table.num_rows, k, np.int64))
+            for name in ("length", "label"):
+                columns[name].append(table.column(name).to_numpy().astype(np.int64))
+    return {
+        name: np.concatenate(arrays) if arrays else np.zeros(0, np.int64)
+        for name, arrays in columns.items()
+    }
+
+
 def _dense(column: pa.ChunkedArray | pa.Array, rows: int, dtype: type) -> np.ndarray:
     """Flatten a list column whose rows all hold the same number of values -> (rows, k)."""
     arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column

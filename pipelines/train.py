@@ -1,7 +1,11 @@
 """The train stage: Ray Train ``TorchTrainer`` (DDP) over the shards, with MLflow lineage.
 
-The driver opens one MLflow run (params flattened, lineage tags, the shards as the run's
-input dataset), starts a local Ray cluster or joins ``RAY_ADDRESS``, and runs
+Before Ray starts, the driver plans the training from the shards' index (``plan``): the
+token budget (``train.max_tokens: auto`` resolved), the passes over the data per epoch, and
+for classify the labelled examples it trains and validates on (the others are counted, and a
+train split without one stops the stage here). It then opens one MLflow run (params
+flattened, the resolved budget among them; lineage tags; the shards as the run's input
+dataset), starts a local Ray cluster or joins ``RAY_ADDRESS``, and runs
 ``pipelines.train_loop.train_loop_per_worker`` on ``train.num_workers`` workers: gloo on
 CPUs, NCCL with bf16 autocast on GPUs. Worker failures are retried from the latest epoch
 checkpoint (``FailureConfig``) and keep logging to the same run. At the end it logs the best
@@ -15,23 +19,29 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.config import Params
+from pipelines.params.train import AUTO_MAX_TOKENS, attention_gib, check_attention_memory
+from pipelines.sampler import TokenBudgetBatchSampler, auto_max_tokens
+from pipelines.shard_reader import read_index
 from pipelines.stage import stage_main
 from pipelines.tracking import configure, ensure_experiment, flatten, lineage_tags
 from pipelines.train_loop import FAIL_ENV, train_loop_per_worker
-from seqcore.config import to_jsonable
+from seqcore.config import ConfigError, to_jsonable
 from seqcore.io import atomic_dir, write_json
 from seqcore.loading import tracking_uri
 from seqcore.manifest import Manifest, load_manifest
@@ -66,6 +76,119 @@ def model_config(params: Params, manifest: Manifest) -> ModelConfig:
         next_event_vocab=next_event.vocab_size if next_event else None,
         horizon=targets.forecast.horizon if targets.forecast else params.shard.forecast_horizon,
     )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the driver settles from the shards' index before any worker starts."""
+
+    max_tokens: int
+    """The token budget every worker batches with (``train.max_tokens``, resolved)."""
+    rule: str
+    """Why that budget, in words (logged)."""
+    steps_per_pass: int
+    """Optimizer steps per worker per pass over the training examples with that budget."""
+    passes_per_epoch: int
+    """Passes over the training examples per epoch (``train.min_epoch_tokens``)."""
+    examples: dict[str, int]
+    """Examples per split that train or validate (for classify: the labelled ones)."""
+    unlabeled: dict[str, int] | None
+    """Examples per split whose label is -1 (none); None when the shards hold no label."""
+
+
+def plan(params: Params, manifest: Manifest, shards: Path) -> Plan:
+    """The budget and the examples of this training, checked before Ray starts.
+
+    Classify trains and validates on labelled examples only (label -1 means the entity has
+    none; the shards keep those for the per-step tasks) and fails here when no training
+    example has a label or a label is not a class index of ``targets.label``.
+    """
+    t = params.train
+    index = {split: read_index(shards, split) for split in ("train", "val", "test")}
+    label = manifest.targets.label
+    unlabeled = None
+    if label is not None:
+        unlabeled = {split: int((i["label"] < 0).sum()) for split, i in index.items()}
+    keep = {split: np.ones(len(i["label"]), bool) for split, i in index.items()}
+    if t.task == "classify":
+        assert label is not None  # model_config refused classify without a label target
+        keep = {split: i["label"] >= 0 for split, i in index.items()}
+        total = len(index["train"]["label"])
+        if not keep["train"].any():
+            raise TrainError(
+                f"train.task=classify: none of the {total} training examples has a label "
+                f"(column {label.column!r} is empty for every training entity); such entities "
+                "are kept in the shards for next_event/forecast but cannot train a classifier: "
+                "label some entities, or train another task"
+            )
+        labels = np.concatenate([i["label"] for i in index.values()])
+        if labels.max(initial=-1) >= label.num_classes:
+            raise TrainError(
+                f"shards: label {int(labels.max())} is not a class index of the manifest's "
+                f"{label.num_classes} classes (targets.label); rebuild the shards (dvc repro shard)"
+            )
+        if not keep["val"].any():
+            log.warning(
+                "classify: the validation split holds no labelled example; val_loss is 0 in "
+                "every epoch, so early stopping and the best epoch mean nothing"
+            )
+    train, world = index["train"], t.num_workers
+    lengths = train["length"][keep["train"]]
+    bounds = {split: i["bucket"][keep[split]] for split, i in index.items()}
+    widest = int(max(bounds["train"].max(initial=1), bounds["val"].max(initial=1)))
+    budget, rule = _budget(params, bounds["train"], widest)
+    sampler = TokenBudgetBatchSampler(
+        bounds["train"], budget, world_size=world, owner=train["part"][keep["train"]] % world,
+    )  # fmt: skip
+    try:
+        steps = len(sampler)
+    except ValueError as exc:  # a rank owns too few examples to keep step with the others
+        raise TrainError(f"train.num_workers={world}: {exc}") from None
+    return Plan(
+        max_tokens=budget,
+        rule=rule,
+        steps_per_pass=steps,
+        passes_per_epoch=max(1, math.ceil(t.min_epoch_tokens / max(1, int(lengths.sum())))),
+        examples={split: int(k.sum()) for split, k in keep.items()},
+        unlabeled=unlabeled,
+    )
+
+
+def _budget(params: Params, train_bounds: np.ndarray, widest: int) -> tuple[int, str]:
+    """``train.max_tokens`` resolved (the rule of its docstring) and why, in words."""
+    t = params.train
+    bounds, counts = np.unique(train_bounds, return_counts=True)
+    buckets = dict(zip(bounds.tolist(), counts.tolist(), strict=True))
+    widths = [*buckets, widest]
+    if t.max_tokens != "auto":
+        need = attention_gib(t.model, widths, t.max_tokens)
+        if need > t.max_attention_gib:
+            log.warning(
+                "train.max_tokens=%d: the transformer's attention may need about %.1f GiB per "
+                "worker (train.max_attention_gib=%s); max_tokens: auto lowers the budget to fit",
+                t.max_tokens, need, t.max_attention_gib,
+            )  # fmt: skip
+        return int(t.max_tokens), "given"
+    budget = auto_max_tokens(
+        buckets, t.num_workers, target=AUTO_MAX_TOKENS, min_steps=t.min_steps_per_pass,
+        widest=widest,
+    )  # fmt: skip
+    floor = widest  # the floor auto_max_tokens applies
+    if budget == AUTO_MAX_TOKENS:
+        rule = f"the default, >= {t.min_steps_per_pass} steps per worker per pass"
+    elif budget == floor:
+        rule = f"the widest bucket ({floor} events)"
+    else:
+        rule = f"the largest budget giving >= {t.min_steps_per_pass} steps per worker per pass"
+    if attention_gib(t.model, widths, budget) > t.max_attention_gib:
+        low, high = floor, budget  # the attention estimate grows with the budget
+        while high - low > 1:
+            middle = (low + high) // 2
+            fits = attention_gib(t.model, widths, middle) <= t.max_attention_gib
+            low, high = (middle, high) if fits else (low, middle)
+        budget = low
+        rule = "lowered until the transformer's attention fits train.max_attention_gib"
+    return budget, f"auto: {rule}"
 
 
 def _init_ray(params: Params) -> dict[str, float]:
@@ -175,6 +298,18 @@ def run(
             "each worker reads its own part files; raise shard.max_workers and rerun the shard stage"
         )
     config = model_config(params, manifest)
+    try:
+        check_attention_memory(t, manifest.window_len)
+    except ConfigError as exc:
+        raise TrainError(str(exc)) from None
+    planned = plan(params, manifest, shards)
+    log.info(
+        "train.max_tokens=%s resolved to %d (%s): %d steps per worker per pass, %d passes per "
+        "epoch; examples %s", t.max_tokens, planned.max_tokens, planned.rule,
+        planned.steps_per_pass, planned.passes_per_epoch, planned.examples,
+    )  # fmt: skip
+    if planned.unlabeled and t.task == "classify":
+        log.info("classify leaves out the examples without a label: %s", planned.unlabeled)
     resources = _init_ray(params)
     gpus = resources.get("GPU", 0) >= t.num_workers
     use_gpu = t.use_gpu == "always" or (t.use_gpu == "auto" and gpus)
@@ -196,6 +331,10 @@ def run(
             "", to_jsonable({"seed": params.seed, "train": params.train, "shard": params.shard})
         )
         flat.update(flatten("model", config.to_dict()))
+        flat["train.max_tokens_resolved"] = str(planned.max_tokens)
+        flat["train.passes_per_epoch"] = str(planned.passes_per_epoch)
+        for split, n in (planned.unlabeled or {}).items():
+            flat[f"unlabeled_examples.{split}"] = str(n)
         from mlflow.entities import Param
 
         items = [Param(k, v) for k, v in sorted(flat.items())]
@@ -213,7 +352,8 @@ def run(
             "weight_decay": t.weight_decay,
             "warmup_fraction": t.warmup_fraction,
             "grad_clip": t.grad_clip,
-            "max_tokens": t.max_tokens,
+            "max_tokens": planned.max_tokens,
+            "passes": planned.passes_per_epoch,
             "patience": t.patience,
             "threads": t.cpus_per_worker,
             "amp": t.amp,
@@ -261,6 +401,12 @@ def run(
             "fit_seconds": round(fit_seconds, 2),
             "device": "gpu" if use_gpu else "cpu",
             "workers": t.num_workers,
+            "max_tokens": t.max_tokens,
+            "max_tokens_resolved": planned.max_tokens,
+            "steps_per_pass": planned.steps_per_pass,
+            "passes_per_epoch": planned.passes_per_epoch,
+            "examples": planned.examples,
+            "unlabeled_examples": planned.unlabeled,
             "last_epoch_metrics": {k: v for k, v in final.items() if isinstance(v, int | float)},
         }
         client.log_metric(run_id, "fit_seconds", fit_seconds)

@@ -3,7 +3,9 @@
 Each rank reads only its own shard parts (part ``k`` belongs to rank ``k % world_size``) and
 draws token-budget batches from them with ``TokenBudgetBatchSampler``, which gives every rank
 the same number of batches (so DDP's collectives never wait on a rank that ran out) and every
-example exactly once per epoch. Batches are trimmed to their longest example.
+example exactly once per pass. Batches are trimmed to their longest example. An epoch is
+``passes`` passes (the driver's plan: more than one only on data too small for one pass to
+be a useful amount of training between two validations).
 
 Fault tolerance follows Ray Train's checkpoint/restore contract: rank 0 writes a checkpoint
 at the end of every epoch (weights, best weights so far, optimizer, scheduler, early-stopping
@@ -20,17 +22,17 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
 
 from pipelines.sampler import TokenBudgetBatchSampler
-from pipelines.shard_reader import read_split, to_numpy_batch
-from seqcore.manifest import load_manifest, part_path
+from pipelines.shard_reader import read_index, read_split, to_numpy_batch
+from seqcore.manifest import load_manifest
 from seqmodels import ModelConfig, SequenceModel, build_model
 from seqmodels.heads import classify_loss, forecast_loss, next_event_loss
 
@@ -41,23 +43,29 @@ already running cluster."""
 
 
 class ShardData:
-    """One rank's examples of one split, addressed by global example index."""
+    """One rank's examples of one split, addressed by global example index.
 
-    def __init__(self, shard_dir: str, split: str, rank: int, world_size: int) -> None:
+    ``labelled_only`` (classify) leaves out the examples without a label (-1): the shards keep
+    every entity's windows for the per-step tasks, but for classify such an example carries
+    no loss, and a batch of them would still move the weights through AdamW's momentum and
+    weight decay. Global indices then number the labelled examples only.
+    """
+
+    def __init__(
+        self, shard_dir: str, split: str, rank: int, world_size: int, labelled_only: bool = False
+    ) -> None:
+        index = read_index(shard_dir, split)
+        owner = index["part"] % world_size
+        # Row of every example in this rank's table (read_split reads in the same order).
+        row = np.cumsum(owner == rank) - 1
+        keep = index["label"] >= 0 if labelled_only else np.ones(len(owner), bool)
+        self.unlabeled = int((~keep).sum())  # left out, over all ranks
+        self.padded = index["bucket"][keep]
+        self.lengths = index["length"][keep]
+        self.owner = owner[keep]
+        self.local_of_global = row[keep]
+        self.mine = np.flatnonzero(self.owner == rank)
         manifest = load_manifest(shard_dir)
-        padded, lengths, parts = [], [], []
-        for bound, entry in manifest.splits[split].buckets.items():
-            for k in range(len(entry.parts)):
-                n = pq.read_table(Path(shard_dir) / part_path(split, bound, k), columns=["length"])
-                padded.append(np.full(n.num_rows, bound))
-                lengths.append(n.column("length").to_numpy().astype(np.int64))
-                parts.append(np.full(n.num_rows, k))
-        self.padded = np.concatenate(padded) if padded else np.zeros(0, np.int64)
-        self.lengths = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
-        self.owner = (np.concatenate(parts) if parts else np.zeros(0, np.int64)) % world_size
-        mine = self.owner == rank
-        self.local_of_global = np.cumsum(mine) - 1
-        self.mine = np.flatnonzero(mine)
         own_parts = [k for k in range(manifest.max_workers) if k % world_size == rank]
         self.table = read_split(shard_dir, split, parts=own_parts)
 
@@ -125,6 +133,13 @@ def _sums(model: SequenceModel, out: torch.Tensor, batch: dict[str, torch.Tensor
     return [loss.item(), float(keep.sum()), float(abs_err)]
 
 
+def _passes(sampler: TokenBudgetBatchSampler, epoch: int, passes: int) -> Iterator[list[int]]:
+    """One epoch's batches: ``passes`` passes over the examples, each in a fresh order."""
+    for p in range(passes):
+        sampler.set_epoch(epoch * passes + p)
+        yield from sampler
+
+
 def _reduce(values: list[float], device: torch.device) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_available() and dist.is_initialized():
@@ -164,9 +179,10 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     amp = device.type == "cuda" and cfg["amp"] == "bf16"
     torch.manual_seed(int(cfg["seed"]))
 
-    train = ShardData(cfg["shards"], "train", rank, world)
-    val = ShardData(cfg["shards"], "val", rank, world)
     config = ModelConfig.from_dict(cfg["model"])
+    labelled_only = config.task == "classify"
+    train = ShardData(cfg["shards"], "train", rank, world, labelled_only)
+    val = ShardData(cfg["shards"], "val", rank, world, labelled_only)
     core = build_model(config)
     model = ray.train.torch.prepare_model(core) if world > 1 else core.to(device)
     core = core.to(device)  # prepare_model moved it in place; DDP wraps the same module
@@ -175,7 +191,8 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         train.padded, cfg["max_tokens"], rank=rank, world_size=world, seed=int(cfg["seed"]),
         owner=train.owner, lengths=train.lengths,
     )  # fmt: skip
-    total_steps = max(1, len(sampler) * int(cfg["epochs"]))
+    passes = int(cfg.get("passes", 1))
+    total_steps = max(1, len(sampler) * passes * int(cfg["epochs"]))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(total_steps, cfg["warmup_fraction"])
     )
@@ -200,10 +217,9 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     metric = _metric_names(config.task)
     for epoch in range(int(state["epoch"]) + 1, int(cfg["epochs"])):
         _maybe_fail(cfg.get("inject_failure"), epoch, rank)
-        sampler.set_epoch(epoch)
         model.train()
         started, sums, tokens, steps = time.perf_counter(), [0.0, 0.0, 0.0], 0, 0
-        for indices in sampler:
+        for indices in _passes(sampler, epoch, passes):
             batch = train.batch(indices, device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                 out = model(batch["cat"], batch["num"], batch["length"])
@@ -230,6 +246,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             f"val_{metric}": val_totals[2] / max(val_totals[1], 1.0),
             "tokens_per_s": train_totals[3] / max(elapsed, 1e-9),
             "steps_per_s": steps / max(elapsed, 1e-9),
+            "steps_per_epoch": steps,
             "epoch_seconds": elapsed,
             "lr": scheduler.get_last_lr()[0],
         }

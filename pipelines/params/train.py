@@ -10,7 +10,7 @@ reads, and the data decides the head's sizes.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -20,6 +20,14 @@ from seqmodels.config import TASKS, Task
 
 MODEL_KEYS = tuple(f.name for f in dataclasses.fields(ModelSpec))
 """The keys of ``train.model``; before the spec they were written flat under ``train``."""
+
+AUTO_MAX_TOKENS = 8192
+"""The budget ``max_tokens: auto`` keeps wherever the data is large enough: the fixed default
+it replaced, so training on the default data is unchanged."""
+
+ATTENTION_BYTES_PER_SCORE = 16
+"""Training memory per attention score per layer (scores, softmax, dropout mask and their
+gradients; 14-17 bytes measured on CPU: benchmarks/README.md, "Small and long data")."""
 
 
 def _model_error(key: str, exc: ModelConfigError) -> ConfigError:
@@ -62,8 +70,33 @@ class TrainConfig:
     """Share of all steps spent warming the learning rate up linearly."""
     grad_clip: float = 1.0
     """Max global gradient norm; 0 disables clipping."""
-    max_tokens: int = 8192
-    """Token budget of one batch per worker (examples x padded length)."""
+    max_tokens: int | Literal["auto"] = "auto"
+    """Token budget of one batch per worker (examples x padded length), or ``auto``: resolved
+    once per training from the shard manifest's train split (its labelled examples for
+    classify) and recorded as ``max_tokens_resolved`` (train report, MLflow param
+    ``train.max_tokens_resolved``). The rule: 8192 (the former fixed default) when that
+    gives every worker at least ``min_steps_per_pass`` optimizer steps per pass over the
+    training examples; otherwise the largest budget that still does; never below the widest
+    bucket of the train and validation splits, so that every batch respects it, a window of
+    thousands of events included (hence above 8192 where a window is longer). A
+    transformer's auto budget is also lowered until its attention fits
+    ``max_attention_gib``. An integer is used as given; an example longer than it travels
+    alone in its batch."""
+    min_steps_per_pass: int = 32
+    """``max_tokens: auto`` only: the fewest optimizer steps per worker per pass over the
+    training examples that it aims at (every bucket makes at least one batch per worker, so
+    the default 32 buckets already give about 32)."""
+    min_epoch_tokens: int = 100_000
+    """An epoch repeats passes over the training examples until it holds at least this many
+    real (unpadded) tokens, all workers together; recorded as ``passes_per_epoch``. One pass
+    over a few hundred short sequences is a few dozen small steps: too little training
+    between two validations for ``patience`` to tell the plateau before a model starts to
+    learn from the end of learning (benchmarks/README.md, "Small and long data"). The
+    default keeps one pass per epoch on the default data (133k tokens); 1 = always one pass."""
+    max_attention_gib: float = 4.0
+    """Transformer only: the most training memory its attention may need per worker
+    (estimated: batch rows x window^2 x heads x layers x 16 bytes). A window whose single
+    example exceeds it is refused before training; an auto budget is lowered to fit."""
     patience: int = 3
     """Early stopping: epochs without improvement of the validation loss before stopping."""
     num_workers: int = 2
@@ -89,9 +122,21 @@ class TrainConfig:
             self.model.check_task(self.task)
         except ModelConfigError as exc:
             raise _model_error("train.model", exc) from None
-        for name in ("epochs", "max_tokens", "patience", "num_workers", "cpus_per_worker"):
+        if self.max_tokens != "auto" and (
+            isinstance(self.max_tokens, bool)
+            or not isinstance(self.max_tokens, int)
+            or self.max_tokens < 1
+        ):
+            raise fail("train.max_tokens", self.max_tokens, "expected auto or an integer >= 1")
+        for name in ("epochs", "patience", "num_workers", "cpus_per_worker"):
             if getattr(self, name) < 1:
                 raise fail(f"train.{name}", getattr(self, name), "must be >= 1")
+        for name in ("min_steps_per_pass", "min_epoch_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise fail(f"train.{name}", value, "must be an integer >= 1")
+        if not self.max_attention_gib > 0:
+            raise fail("train.max_attention_gib", self.max_attention_gib, "must be > 0")
         if self.lr <= 0:
             raise fail("train.lr", self.lr, "must be > 0")
         if not 0.0 <= self.warmup_fraction < 1.0:
@@ -112,6 +157,35 @@ class TrainConfig:
     def with_model(self, **changes: Any) -> TrainConfig:
         """This config with some of ``model``'s hyperparameters changed (sweeps, tests)."""
         return dataclasses.replace(self, model=dataclasses.replace(self.model, **changes))
+
+
+def attention_gib(spec: ModelSpec, widths: Iterable[int], max_tokens: int) -> float:
+    """A transformer's estimated attention memory in training, GiB per worker: the largest
+    over ``widths`` (padded lengths a batch may have) of rows x width^2 x heads x layers x
+    ``ATTENTION_BYTES_PER_SCORE``, with rows = ``max(1, max_tokens // width)`` as the batch
+    sampler makes them. 0 for the recurrent encoders."""
+    if spec.architecture != "transformer":
+        return 0.0
+    widest = max((max(1, max_tokens // w) * w * w for w in map(int, widths)), default=0)
+    return widest * spec.num_heads * spec.num_layers * ATTENTION_BYTES_PER_SCORE / 1024**3
+
+
+def check_attention_memory(train: TrainConfig, window_len: int) -> None:
+    """Refuse a transformer whose attention over one window of ``window_len`` events (the
+    least any batch of the widest bucket holds) would need more than ``max_attention_gib``:
+    it grows with the square of the window (a window of 5000 events is about 3 GiB with the
+    default 4 heads and 2 layers, and 7-15 s a step on one CPU core against 0.15 s for the
+    LSTM)."""
+    need = attention_gib(train.model, [window_len], 1)
+    if need > train.max_attention_gib:
+        raise fail(
+            "train.model.architecture",
+            train.model.architecture,
+            f"attention over a window of {window_len} events needs about {need:.1f} GiB per "
+            f"worker in training (train.max_attention_gib={train.max_attention_gib}); use "
+            "lstm or gru for windows this long, shorten the window (shard.window.length or "
+            "max_len), use fewer heads or layers, or raise train.max_attention_gib",
+        )
 
 
 def train_from_dict(raw: Mapping[str, Any] | None) -> TrainConfig:

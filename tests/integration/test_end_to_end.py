@@ -22,6 +22,7 @@ TINY = {
         "model": {"hidden_size": 16, "embedding_dim": 4, "ffn_size": 32},
         "epochs": 2,
         "max_tokens": 2048,
+        "min_epoch_tokens": 1,
     },
     "evaluate": {"invariance_entities": 16},
     # Two epochs on 240 entities need not beat the order-blind baseline (20 test windows tie

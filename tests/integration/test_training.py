@@ -53,6 +53,12 @@ def test_two_workers_train_and_log_lineage_metrics_and_a_loadable_model(
     )
     assert summary["workers"] == 2 and summary["epochs_run"] == 2
     assert json.loads((tmp_path / "train.json").read_text())["run_id"] == summary["run_id"]
+    # The budget the workers used, and the examples classify left out (the generator labels all).
+    assert summary["max_tokens_resolved"] == params.train.max_tokens
+    assert summary["unlabeled_examples"] == {"train": 0, "val": 0, "test": 0}
+    assert summary["last_epoch_metrics"]["steps_per_epoch"] == (
+        summary["steps_per_pass"] * summary["passes_per_epoch"]
+    )
 
     client = MlflowClient(mlflow_store)
     run = client.get_run(summary["run_id"])
@@ -60,6 +66,8 @@ def test_two_workers_train_and_log_lineage_metrics_and_a_loadable_model(
     assert run.data.params["train.model.architecture"] == "lstm"
     assert run.data.params["train.num_workers"] == "2"
     assert run.data.params["model.vocab_sizes"]
+    assert run.data.params["train.max_tokens_resolved"] == str(summary["max_tokens_resolved"])
+    assert run.data.params["unlabeled_examples.train"] == "0"
     manifest = load_manifest(tiny_pipeline["shards"])
     tags = run.data.tags
     assert tags["shard_manifest_hash"] == manifest.content_hash
@@ -139,3 +147,46 @@ def test_every_task_and_encoder_trains_with_ddp(
     assert len(scores) == events["account_id"].nunique() and column in scores
     if task == "forecast":
         assert all(len(f) == params.shard.forecast_horizon for f in scores["forecast"])
+
+
+def test_auto_budget_and_unlabelled_entities_left_out_of_classify(
+    ray_cluster, mlflow_store, tiny_pipeline, tmp_path
+):
+    """max_tokens: auto resolves from the shards; examples without a label train nothing and
+    are counted; a classify run with no labelled training example stops before Ray starts."""
+    import shutil
+
+    import numpy as np
+    import pyarrow as pa
+
+    shards = tmp_path / "shards"
+    shutil.copytree(tiny_pipeline["shards"], shards)
+
+    def relabel(drop) -> None:
+        for path in sorted(shards.glob("*/bucket=*/part-*.parquet")):
+            table = pq.read_table(path)
+            labels = table.column("label").to_numpy().copy()
+            labels[drop(np.arange(len(labels)))] = -1
+            column = pa.array(labels, pa.int64())
+            pq.write_table(
+                table.set_column(table.schema.get_field_index("label"), "label", column), path
+            )
+
+    relabel(lambda rows: rows % 4 == 0)
+    params = tiny_params()
+    params = dataclasses.replace(
+        params,
+        train=dataclasses.replace(params.train, max_tokens="auto", epochs=1, min_epoch_tokens=1),
+    )
+    summary = train.run(params, shards, tiny_pipeline["validated"], None, root=_git_root(tmp_path))
+    manifest = load_manifest(shards)
+    unlabeled = summary["unlabeled_examples"]
+    assert all(unlabeled[s] > 0 for s in ("train", "val", "test"))
+    assert summary["examples"]["train"] + unlabeled["train"] == manifest.splits["train"].examples
+    widest = max(manifest.splits["train"].buckets)
+    assert widest <= summary["max_tokens_resolved"] <= 8192
+    assert summary["passes_per_epoch"] == 1
+
+    relabel(lambda rows: rows >= 0)
+    with pytest.raises(train.TrainError, match="none of the .* training examples has a label"):
+        train.run(params, shards, tiny_pipeline["validated"], None, root=tmp_path)

@@ -96,3 +96,37 @@ def test_true_lengths_give_near_equal_lengths_per_batch():
     assert np.array_equal(np.sort(np.concatenate(sum(ordered, []))), np.arange(2000))
     assert trimmed_padding(ordered) < 0.05 < trimmed_padding(shuffled)
     assert ordered != _epoch(bounds, 2, max_tokens=512, seed=3, epoch=1, lengths=lengths)
+
+
+def test_steps_per_epoch_counts_each_ranks_batches_per_bucket():
+    from pipelines.sampler import steps_per_epoch
+
+    # 100 examples of 64 (16 per batch) and 10 of 256 (4 per batch) over 2 ranks.
+    assert steps_per_epoch({64: 100, 256: 10, 512: 0}, 1024, world_size=2) == 4 + 2
+    assert steps_per_epoch({64: 100}, 32, world_size=1) == 100  # an example above it goes alone
+    bounds = _bounds(500)
+    owner = np.arange(500) % 2
+    sampler = TokenBudgetBatchSampler(bounds, 512, world_size=2, owner=owner)
+    counts = dict(zip(*np.unique(bounds, return_counts=True), strict=True))
+    assert len(sampler) >= steps_per_epoch(counts, 512, world_size=2)
+
+
+def test_auto_budget_keeps_the_target_on_large_data_and_shrinks_on_small():
+    from pipelines.sampler import auto_max_tokens, steps_per_epoch
+
+    def auto(buckets, **kw):
+        return auto_max_tokens(buckets, 2, **{"target": 8192, "min_steps": 32, **kw})
+
+    large = {b: 2000 for b in (16, 32, 64, 128, 256)}
+    assert steps_per_epoch(large, 8192, 2) >= 32 and auto(large) == 8192
+    small = {32: 60, 64: 60, 128: 60, 256: 60}
+    assert steps_per_epoch(small, 8192, 2) < 32
+    budget = auto(small)
+    assert 256 <= budget < 8192
+    assert steps_per_epoch(small, budget, 2) >= 32 > steps_per_epoch(small, budget + 1, 2)
+    # Too few examples for the step target: the widest bucket, never below it.
+    assert auto({256: 3, 1024: 3}) == 1024
+    assert auto({256: 3}, widest=2000) == 2000
+    # A window longer than the target: every batch still fits the budget.
+    assert auto({5000: 200, 3000: 200}) == 8192
+    assert auto({12000: 400, 3000: 400}) == 12000

@@ -146,3 +146,130 @@ def test_pipeline_outputs_do_not_make_the_tree_dirty(tmp_path):
         (tmp_path / edited).write_text("two")
         assert git_state(tmp_path)["git_dirty"] == "true"
         git("checkout", "-q", "--", edited)
+
+
+def test_max_tokens_is_auto_or_a_positive_integer():
+    from pipelines.params.train import TrainConfig
+    from seqcore.config import ConfigError
+
+    assert TrainConfig().max_tokens == "auto"
+    assert TrainConfig(max_tokens=4096).max_tokens == 4096
+    for bad in ("big", 0, True, 1.5):
+        with pytest.raises(ConfigError, match="train.max_tokens"):
+            TrainConfig(max_tokens=bad)
+    with pytest.raises(ConfigError, match="min_steps_per_pass"):
+        TrainConfig(min_steps_per_pass=0)
+
+
+def test_a_transformer_window_whose_attention_is_absurd_is_refused():
+    from pipelines.params.train import TrainConfig, attention_gib, check_attention_memory
+    from seqcore.config import ConfigError
+
+    lstm = TrainConfig()
+    transformer = lstm.with_model(architecture="transformer")
+    assert attention_gib(lstm.model, [5000], 8192) == 0.0
+    # rows x width^2 x heads x layers x 16 bytes: 4 GiB for 2 rows of 4096 at 4 heads, 2 layers.
+    assert attention_gib(transformer.model, [4096, 256], 8192) == pytest.approx(4.0)
+    check_attention_memory(lstm, 100_000)
+    check_attention_memory(transformer, 5000)
+    with pytest.raises(ConfigError, match="train.model.architecture.*lstm or gru"):
+        check_attention_memory(transformer, 8000)
+
+
+def _with_labels(tiny_pipeline, tmp_path, relabel):
+    """A copy of the tiny shards whose label column is ``relabel(labels)`` in every part."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shards = tmp_path / "shards"
+    shutil.copytree(tiny_pipeline["shards"], shards)
+    for path in sorted(shards.glob("*/bucket=*/part-*.parquet")):
+        table = pq.read_table(path)
+        i = table.schema.get_field_index("label")
+        labels = relabel(table.column("label").to_numpy().copy())
+        pq.write_table(table.set_column(i, "label", pa.array(labels, pa.int64())), path)
+    return shards
+
+
+def _classify(**train_changes):
+    params = tiny_params()
+    return dataclasses.replace(params, train=dataclasses.replace(params.train, **train_changes))
+
+
+def test_plan_resolves_the_budget_and_counts_unlabelled_examples(tiny_pipeline, tmp_path):
+    from pipelines.sampler import steps_per_epoch
+    from pipelines.train import plan
+
+    every_third = lambda labels: np.where(np.arange(len(labels)) % 3 == 0, -1, labels)  # noqa: E731
+    shards = _with_labels(tiny_pipeline, tmp_path, every_third)
+    manifest = load_manifest(shards)
+    planned = plan(_classify(max_tokens="auto", min_epoch_tokens=100_000), manifest, shards)
+    for split, n in planned.unlabeled.items():
+        assert n > 0 and planned.examples[split] + n == manifest.splits[split].examples
+    # Small data: the budget shrinks below 8192 until an epoch has enough steps.
+    train = ShardData(str(shards), "train", 0, 1, labelled_only=True)
+    buckets = dict(zip(*np.unique(train.padded, return_counts=True), strict=True))
+    assert train.unlabeled == planned.unlabeled["train"]
+    assert len(train.padded) == planned.examples["train"]
+    widest = max(buckets)
+    assert widest <= planned.max_tokens < 8192
+    steps = steps_per_epoch(buckets, planned.max_tokens, 2)
+    assert planned.steps_per_pass >= steps
+    real = int(train.lengths.sum())
+    assert planned.passes_per_epoch == -(-100_000 // real) > 1  # tiny data: many passes
+    one = plan(_classify(min_epoch_tokens=1), manifest, shards)
+    assert one.passes_per_epoch == 1
+    # At least 32 steps, or as many as the budget's floor (the widest bucket) allows.
+    assert steps >= 32 or planned.max_tokens == widest
+    assert steps_per_epoch(buckets, planned.max_tokens + 1, 2) < 32
+    assert plan(_classify(max_tokens=8192), manifest, shards).max_tokens == 8192
+    # The per-step tasks keep every example.
+    nxt = plan(_classify(task="next_event"), manifest, shards)
+    assert nxt.examples["train"] == manifest.splits["train"].examples
+
+
+def test_classify_without_a_labelled_training_example_fails_before_training(
+    tiny_pipeline, tmp_path
+):
+    from pipelines.train import plan
+
+    shards = _with_labels(tiny_pipeline, tmp_path, lambda labels: np.full_like(labels, -1))
+    with pytest.raises(TrainError, match="none of the .* training examples has a label"):
+        plan(_classify(), load_manifest(shards), shards)
+    assert plan(_classify(task="forecast"), load_manifest(shards), shards).examples["train"] > 0
+
+
+def test_labelled_only_data_addresses_the_labelled_rows(tiny_pipeline, tmp_path):
+    import torch
+
+    odd = lambda labels: np.where(np.arange(len(labels)) % 2 == 1, -1, labels)  # noqa: E731
+    shards = _with_labels(tiny_pipeline, tmp_path, odd)
+    for rank in range(2):
+        data = ShardData(str(shards), "train", rank, 2, labelled_only=True)
+        assert data.unlabeled > 0
+        for bound in np.unique(data.padded[data.mine]):
+            rows = data.mine[data.padded[data.mine] == bound]
+            batch = data.batch(rows, torch.device("cpu"))
+            assert (batch["label"] >= 0).all() and len(batch["label"]) == len(rows)
+            np.testing.assert_array_equal(batch["length"].numpy(), data.lengths[rows])
+
+
+def test_an_auto_budget_is_lowered_until_a_transformers_attention_fits(tiny_pipeline):
+    from pipelines.params.train import attention_gib
+    from pipelines.train import plan
+
+    shards = tiny_pipeline["shards"]
+    manifest = load_manifest(shards)
+    params = _classify(max_tokens="auto", min_steps_per_pass=1, min_epoch_tokens=1)
+    assert plan(params, manifest, shards).max_tokens == 8192
+    limit = 0.001  # GiB: a few rows of the widest bucket
+    small = dataclasses.replace(
+        params.train.with_model(architecture="transformer"), max_attention_gib=limit
+    )
+    planned = plan(dataclasses.replace(params, train=small), manifest, shards)
+    widths = list(manifest.splits["train"].buckets)
+    assert max(widths) <= planned.max_tokens < 8192 and "attention" in planned.rule
+    assert attention_gib(small.model, widths, planned.max_tokens) <= limit
+    assert attention_gib(small.model, widths, planned.max_tokens + 1) > limit
