@@ -6,7 +6,8 @@ and every batch is drawn from one length bucket (no padding beyond the bucket bo
 DDP every rank must run the same number of steps or the collective ops hang at the end of an
 epoch; instead of duplicating examples (torch's ``DistributedSampler``) or dropping them,
 ranks that would run short split their largest batches, so each example is seen exactly once
-per epoch. It implements torch's duck-typed ``Sampler`` protocol without importing torch.
+per epoch (only a rank that owns fewer examples than the others' steps, on tiny data, repeats
+some of its own). It implements torch's duck-typed ``Sampler`` protocol without importing torch.
 
 ``auto_max_tokens`` is the rule that ``train.max_tokens: auto`` resolves by: today's budget
 where the data is large enough, a smaller one where an epoch would otherwise be a handful of
@@ -100,12 +101,19 @@ class TokenBudgetBatchSampler:
         heapq.heapify(heap)
         tie = len(batches)
         while len(heap) < target:
-            if not heap or -heap[0][0] < 2:
+            if not heap:
                 raise ValueError(
-                    f"rank {rank} holds {sum(len(b) for b in batches)} examples but every rank"
-                    f" must run {target} batches and examples are never duplicated; use fewer"
-                    f" ranks (world_size={self.world_size}) or a smaller max_tokens"
+                    f"rank {rank} holds no examples but every rank must run {target} batches;"
+                    f" use fewer ranks (world_size={self.world_size}) or more data"
                 )
+            if -heap[0][0] < 2:
+                # Tiny data: the rank owns fewer examples than the others' steps. Repeating
+                # some of its own examples beats a hang in DDP or refusing a small table.
+                singles = [b for _, _, b in sorted(heap, key=lambda item: item[1])]
+                for k in range(target - len(heap)):
+                    heapq.heappush(heap, (-1, tie, singles[k % len(singles)]))
+                    tie += 1
+                break
             _, _, batch = heapq.heappop(heap)
             half = len(batch) // 2
             for piece in (batch[:half], batch[half:]):

@@ -340,11 +340,14 @@ def _write_split(
     buckets: dict[int, BucketEntry] = {}
     written: list[pa.Table] = []  # what the leakage check reads: the rows as written
     targets: list[np.ndarray] = []
+    dealt = 0  # examples dealt so far: each bucket's deal starts where the last one ended
     for b in present:
         width, members = bounds[b], np.flatnonzero(bucket_of == b)
         (root / part_path(split, width, 0)).parent.mkdir(parents=True, exist_ok=True)
         for k in range(cfg.max_workers):
-            sel = members[k :: cfg.max_workers]  # round-robin: parts differ by at most one row
+            # Round-robin, continued across buckets: parts differ by at most one row in a
+            # bucket and in the split, so even a handful of examples reaches every worker.
+            sel = members[(k - dealt) % cfg.max_workers :: cfg.max_workers]
             ix = PaddedIndex.build(start[sel], lengths[sel], limit[sel], width)
             table, offset = part_table(ix, win.group[sel], ev, plan.spec, cfg.forecast_horizon)
             while len(pending) >= 2:  # bound the memory held by tables waiting to be written
@@ -354,6 +357,7 @@ def _write_split(
             written.append(table.select(["entity", "window_end", "label"]))
             at = np.where(offset >= 0, start[sel] + offset, 0)
             targets.append(np.where(offset >= 0, ev.t[at], NO_TARGET))
+        dealt += len(members)
         stats = _stats(len(members), int(lengths[members].sum()), len(members) * width)
         parts = [part_path(split, width, k) for k in range(cfg.max_workers)]
         buckets[width] = BucketEntry(**stats, parts=tuple(parts))

@@ -132,6 +132,15 @@ def plan(params: Params, manifest: Manifest, shards: Path) -> Plan:
                 "classify: the validation split holds no labelled example; val_loss is 0 in "
                 "every epoch, so early stopping and the best epoch mean nothing"
             )
+    scored = params.evaluate.split  # what evaluate and the gate will score after training
+    if not keep[scored].any():
+        what = "labelled examples" if t.task == "classify" else "examples"
+        raise TrainError(
+            f"evaluate.split={scored!r}: the shards' {scored} split holds no {what} "
+            f"({manifest.splits[scored].examples} examples, {manifest.splits[scored].entities} "
+            "entities), so the model could not be evaluated after training; give that split "
+            "more entities (shard.split.fractions, or more data) before training"
+        )
     train, world = index["train"], t.num_workers
     lengths = train["length"][keep["train"]]
     bounds = {split: i["bucket"][keep[split]] for split, i in index.items()}

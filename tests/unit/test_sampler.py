@@ -65,8 +65,13 @@ def test_owner_partition_is_respected_and_balanced_by_splitting():
     assert np.array_equal(np.sort(np.concatenate(per_rank[0])), np.arange(10))
 
 
-def test_impossible_equalisation_raises_a_clear_error():
-    with pytest.raises(ValueError, match="examples are never duplicated"):
+def test_a_rank_short_of_examples_repeats_its_own_and_an_empty_rank_is_refused():
+    # rank 1 owns one example in one bucket; rank 0 runs two batches (two buckets)
+    bounds, owner = np.array([8, 16, 8]), np.array([0, 0, 1])
+    per_rank = _epoch(bounds, 2, max_tokens=64, seed=0, owner=owner)
+    assert [len(b) for b in per_rank] == [2, 2]
+    assert [list(b) for b in per_rank[1]] == [[2], [2]]
+    with pytest.raises(ValueError, match="rank 2 holds no examples"):
         _epoch(np.array([8, 8]), 3, max_tokens=64)
     with pytest.raises(ValueError, match="rank"):
         TokenBudgetBatchSampler(np.array([8]), 64, rank=2, world_size=2)

@@ -273,3 +273,19 @@ def test_an_auto_budget_is_lowered_until_a_transformers_attention_fits(tiny_pipe
     assert max(widths) <= planned.max_tokens < 8192 and "attention" in planned.rule
     assert attention_gib(small.model, widths, planned.max_tokens) <= limit
     assert attention_gib(small.model, widths, planned.max_tokens + 1) > limit
+
+
+def test_plan_refuses_a_training_whose_evaluated_split_would_be_empty(tiny_pipeline, tmp_path):
+    """An empty evaluated split fails before training, not in evaluate after it."""
+    from pipelines.train import TrainError, plan
+
+    relabelled = _with_labels(tiny_pipeline, tmp_path, lambda labels: labels)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for path in sorted(relabelled.glob("test/bucket=*/part-*.parquet")):  # no test labels
+        table = pq.read_table(path)
+        i = table.schema.get_field_index("label")
+        pq.write_table(table.set_column(i, "label", pa.array([-1] * len(table), pa.int64())), path)
+    with pytest.raises(TrainError, match=r"evaluate\.split='test': .*no labelled examples"):
+        plan(_classify(), load_manifest(relabelled), relabelled)
