@@ -53,7 +53,10 @@ class RecurrentStepper:
         self.task = model.config.task
         self.sizes = np.asarray(embed.vocab_sizes.tolist(), dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])  # rows of each table
-        self.table = np.concatenate([_array(e.weight) for e in embed.embeddings])  # (sum V, E)
+        tables = [_array(e.weight) for e in embed.embeddings]  # none for a numeric-only schema
+        self.table = (
+            np.concatenate(tables) if tables else np.zeros((0, 1), np.float32)
+        )  # (sum V, E)
         self.project_w = _array(embed.project.weight, transpose=True)  # (C*E + F, H)
         self.project_b = _array(embed.project.bias)
         self.layers = []

@@ -90,3 +90,17 @@ def test_extreme_inputs_saturate_the_gates_without_overflow():
         steps, (h, c) = stepper.steps(cat.numpy(), num.numpy() * 1e30, None)
     assert np.isfinite(steps).all() and np.isfinite(h).all() and np.isfinite(c).all()
     assert np.abs(h).max() <= 1.0
+
+
+@pytest.mark.parametrize("arch", RNNS)
+@torch.inference_mode()
+def test_a_numeric_only_model_steps_like_the_model(arch):
+    """No categorical column: no embedding table (a numeric-only schema's streaming replica
+    failed to start)."""
+    model = make_model(arch, "classify", seed=5, vocab_sizes=[])
+    stepper = RecurrentStepper(model)
+    num = torch.randn(6, 3, generator=torch.Generator().manual_seed(2))
+    cat = torch.zeros(6, 0, dtype=torch.long)
+    ref = model.encode(cat[None], num[None], torch.tensor([6])).steps[0].numpy()
+    steps, _ = stepper.steps(cat.numpy(), num.numpy(), None)
+    np.testing.assert_allclose(steps, ref, atol=TOL)
