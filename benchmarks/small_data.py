@@ -62,6 +62,8 @@ CASES: dict[str, dict[str, Any]] = {
 
 
 def _merge(base: dict, changes: dict) -> dict:
+    """``pipelines.config.merge_params``, kept here: the script also runs copied into
+    older checkouts (the before arm), which lack it."""
     for key, value in changes.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
             _merge(base[key], value)

@@ -192,6 +192,17 @@ def check_generated_schema(schema: SchemaConfig) -> None:
             )
 
 
+def merge_params(raw: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Overrides into raw params (in place, and returned): a mapping merges key by key into
+    the mapping it meets, anything else replaces; how tests and benchmarks vary params.yaml."""
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(raw.get(key), dict):
+            merge_params(raw[key], value)
+        else:
+            raw[key] = value
+    return raw
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate params.yaml."""
     path = Path(path)

@@ -42,16 +42,10 @@ def tiny_params() -> Params:
     """The repository's params with a tiny data set and model (seconds, not minutes)."""
     import yaml
 
-    from pipelines.config import params_from_dict
+    from pipelines.config import merge_params, params_from_dict
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    for section, changes in TINY_OVERRIDES.items():
-        for key, value in changes.items():
-            if isinstance(value, dict):
-                raw[section][key] = {**raw[section].get(key, {}), **value}
-            else:
-                raw[section][key] = value
-    return params_from_dict(raw)
+    return params_from_dict(merge_params(raw, TINY_OVERRIDES))
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipelines.config import merge_params
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -68,19 +70,10 @@ def repo_copy(tmp_path: Path) -> Callable[[dict], Path]:
     return make
 
 
-def _merge(base: dict, changes: dict) -> dict:
-    for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            _merge(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
 def update_params(repo: Path, overrides: dict) -> None:
     path = repo / "params.yaml"
     params = yaml.safe_load(path.read_text())
-    path.write_text(yaml.safe_dump(_merge(params, overrides), sort_keys=False))
+    path.write_text(yaml.safe_dump(merge_params(params, overrides), sort_keys=False))
 
 
 def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:

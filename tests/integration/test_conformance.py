@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from pipelines.config import merge_params
 from tests.integration.conftest import dvc, update_params
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -134,10 +135,7 @@ def _params(case: Case, path: Path) -> dict[str, Any]:
         "evaluate": {"slices": [], "invariance_entities": 4},
         "register": {"model_name": f"conformance-{case.name}"},
     }
-    for section, changes in case.params.items():
-        for key, value in changes.items():
-            params[section][key] = {**params[section].get(key, {}), **value}
-    return params
+    return merge_params(params, case.params)
 
 
 def _replace_params(repo: Path) -> None:
