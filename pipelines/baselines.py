@@ -30,7 +30,7 @@ classify baseline's accuracy and ROC-AUC alone, for benchmarks/quality.py.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -551,5 +551,4 @@ def class_names(manifest: Manifest, count: int) -> list[str]:
     """The name of each of ``count`` class indices: the label value the manifest gives it
     (``str``), else a placeholder for an index training never saw."""
     label = manifest.targets.label
-    classes: Sequence[Any] = () if label is None else label.classes
-    return [str(classes[i]) if i < len(classes) else f"<class {i}>" for i in range(count)]
+    return [str(label.name(i)) if label else f"<class {i}>" for i in range(count)]

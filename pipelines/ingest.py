@@ -34,6 +34,7 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from data_checks.gx_suite import type_ok
 from pipelines.config import Params, check_generated_schema
 from pipelines.generate import generate_events, role_names
 from pipelines.params.data import DataConfig
@@ -222,17 +223,6 @@ def check_mapped_columns(columns: list[str], schema: SchemaConfig, where: str) -
         )
 
 
-def _is_key(kind: pa.DataType) -> bool:
-    if pa.types.is_dictionary(kind):
-        kind = kind.value_type
-    return (
-        pa.types.is_integer(kind)
-        or pa.types.is_string(kind)
-        or pa.types.is_large_string(kind)
-        or pa.types.is_string_view(kind)
-    )
-
-
 def _not_numbers(column: pa.ChunkedArray) -> str:
     """Examples of the values of a string column that are not numbers (rows from 1)."""
     values = column.combine_chunks()
@@ -251,8 +241,7 @@ def _label_column(column: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
     """The label as strings, integers or booleans; floats holding whole numbers (pandas
     writes integer labels with a missing value as floats) become integers, NaN a null."""
     kind = column.type
-    value = kind.value_type if pa.types.is_dictionary(kind) else kind
-    if _is_key(kind) or pa.types.is_boolean(value):
+    if type_ok("label", kind):  # what the contract's types check accepts
         return column
     if pa.types.is_floating(kind):
         numbers = column.to_numpy(zero_copy_only=False).astype(np.float64)
@@ -286,7 +275,9 @@ def normalise_user_table(table: pa.Table, config: DataConfig) -> pa.Table:
                 f"column {name!r} ({role}) has type {table[name].type}; expected {wanted}{hint}"
             )
 
-    expect(schema.entity, "entity key", _is_key(table[schema.entity].type), "string or integer")
+    expect(
+        schema.entity, "entity key", type_ok("key", table[schema.entity].type), "string or integer"
+    )
     if schema.seq:
         expect(
             schema.seq, "sequence number", pa.types.is_integer(table[schema.seq].type), "integer"
@@ -296,7 +287,7 @@ def normalise_user_table(table: pa.Table, config: DataConfig) -> pa.Table:
         ok = pa.types.is_integer(kind) or pa.types.is_floating(kind)
         expect(col, "numeric feature", ok, "a number", "" if ok else _not_numbers(table[col]))
     for col in schema.categorical:
-        expect(col, "categorical feature", _is_key(table[col].type), "string or integer")
+        expect(col, "categorical feature", type_ok("key", table[col].type), "string or integer")
     if schema.label:
         index = table.schema.get_field_index(schema.label)
         table = table.set_column(
@@ -370,7 +361,7 @@ def run(params: Params, out_dir: Path, metrics_path: Path | None = None) -> dict
     data = params.data
     if data.source == "generate":
         # Checked against the generator's columns, not its table: a planted missing_column
-        # fault must reach the contract.
+        # fault must reach the contract. (Also for Params built without load_params.)
         check_generated_schema(data.schema)
         table = generate_events(data.generate, params.seed, role_names(data.schema))
     else:

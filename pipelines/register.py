@@ -31,9 +31,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,7 @@ from pipelines.config import Params
 from pipelines.params.gate import LOWER_IS_BETTER, RegisterConfig
 from pipelines.predict import SplitPredictions, predict_split_raw
 from pipelines.registry import CHAMPION, Registry, RegistryError, VersionInfo, now_iso
-from pipelines.split_metrics import compare_by_length, evaluate_predictions
+from pipelines.split_metrics import compare_by_length, evaluate_predictions, finite_or_none
 from pipelines.stage import stage_main
 from seqcore.io import jsonable, write_json
 from seqcore.loading import load_scorer
@@ -74,14 +73,6 @@ class GateDecision:
     """The challenger against the baseline, as the evaluate stage measured it (None: missing)."""
 
 
-def _finite(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def _signed(value: float | None) -> str:
     return "n/a" if value is None else f"{value:+.4f}"
 
@@ -108,9 +99,9 @@ def _baseline_check(
         return
     metric = skill.get("metric", "?")
     numbers = (
-        f"{metric} {_plain(_finite(skill.get('model')))} vs baseline "
-        f"{_plain(_finite(skill.get('baseline')))} (improvement "
-        f"{_signed(_finite(skill.get('improvement')))})"
+        f"{metric} {_plain(finite_or_none(skill.get('model')))} vs baseline "
+        f"{_plain(finite_or_none(skill.get('baseline')))} (improvement "
+        f"{_signed(finite_or_none(skill.get('improvement')))})"
     )
     if skill.get("beats_baseline") is True:
         notes.append(f"beats the baseline: {numbers}")
@@ -120,12 +111,12 @@ def _baseline_check(
 
 def _slice_check(row: dict[str, Any], primary: str, cfg: RegisterConfig) -> tuple[dict, str]:
     """One length range's check (``compare_by_length`` row + gated, ok) and its sentence."""
-    n, regression = int(row["examples"]), _finite(row.get("regression"))
+    n, regression = int(row["examples"]), finite_or_none(row.get("regression"))
     ci = row.get("regression_ci")
     entry = {**row, "gated": False, "ok": None}
     head = (
-        f"length {row['range']} ({n} examples): {primary} {_plain(_finite(row.get('challenger')))}"
-        f" vs champion {_plain(_finite(row.get('champion')))}, regression {_signed(regression)}"
+        f"length {row['range']} ({n} examples): {primary} {_plain(finite_or_none(row.get('challenger')))}"
+        f" vs champion {_plain(finite_or_none(row.get('champion')))}, regression {_signed(regression)}"
         + (f" (CI {ci[0]:+.4f}..{ci[1]:+.4f})" if ci else "")
     )
     if n < cfg.min_slice_examples:
@@ -165,7 +156,7 @@ def decide(
     metrics.json has none.
     """
     higher = primary not in LOWER_IS_BETTER
-    ours = _finite(overall(challenger).get(primary))
+    ours = finite_or_none(overall(challenger).get(primary))
     blocking: list[str] = []
     notes: list[str] = []
     if not invariance_passed:
@@ -179,7 +170,7 @@ def decide(
         return GateDecision(not blocking, blocking + notes, primary, higher, ours, None, None,
                             skill=skill)  # fmt: skip
 
-    theirs = _finite(overall(champion).get(primary))
+    theirs = finite_or_none(overall(champion).get(primary))
     delta = None if ours is None or theirs is None else (ours - theirs if higher else theirs - ours)
     if delta is not None and (delta < cfg.min_improvement or delta <= 0.0):  # a tie never wins
         blocking.append(
@@ -208,8 +199,11 @@ def _baseline_line(metrics: dict[str, Any]) -> str:
         return "**Baseline:** not compared (the evaluation has no `skill` entry)."
     name = (metrics.get("baseline") or {}).get("name", "the baseline")
     metric = skill.get("metric", "?")
-    model, base = _finite(skill.get("model")), _finite(skill.get("baseline"))
-    improvement, relative = _finite(skill.get("improvement")), _finite(skill.get("relative"))
+    model, base = finite_or_none(skill.get("model")), finite_or_none(skill.get("baseline"))
+    improvement, relative = (
+        finite_or_none(skill.get("improvement")),
+        finite_or_none(skill.get("relative")),
+    )
     if improvement is None:
         return f"**Baseline:** {name}: {metric} {_plain(base)}; the comparison is undefined."
     verb = "beats it by" if skill.get("beats_baseline") is True else "misses it by"
@@ -230,7 +224,7 @@ def _length_table(metrics: dict[str, Any], primary: str) -> str:
         interval = f"{ci[0]:.4f}..{ci[1]:.4f}" if ci else "n/a"
         lines.append(
             f"| {r['range']} | {r['examples']} | "
-            f"{_plain(_finite(r['metrics'].get(primary)))} | {interval} |"
+            f"{_plain(finite_or_none(r['metrics'].get(primary)))} | {interval} |"
         )
     return "\n" + "\n".join(lines) + "\n"
 
@@ -249,7 +243,9 @@ def model_card(
             "shard.window.policy", "shard.window.length", "shard.split.method")  # fmt: skip
     rows = "\n".join(f"| {k} | {params[k]} |" for k in keep if k in params)
     scores = "\n".join(
-        f"| {k} | {v:.4f} |" for k, v in sorted(overall(metrics).items()) if _finite(v) is not None
+        f"| {k} | {v:.4f} |"
+        for k, v in sorted(overall(metrics).items())
+        if finite_or_none(v) is not None
     )
     return f"""# seqops {summary["architecture"]} — {summary["task"]}
 
@@ -296,7 +292,10 @@ def _score(
             f"cannot score the {who} ({model_uri}) on the {split} windows: "
             f"{type(exc).__name__}: {exc}; nothing was registered"
         ) from exc
-    return preds, evaluate_predictions(preds, manifest, scorer.config.task, params.evaluate, {})
+    # Only the overall metrics are read here: the per-range comparison bootstraps both
+    # models paired (compare_by_length), so unpaired intervals would be computed for nothing.
+    overall_only = replace(params.evaluate, bootstrap_samples=0)
+    return preds, evaluate_predictions(preds, manifest, scorer.config.task, overall_only, {})
 
 
 def _read_inputs(train_report: Path, metrics_path: Path) -> tuple[dict, dict]:
@@ -322,7 +321,9 @@ def _version_tags(
 ) -> dict[str, str]:  # fmt: skip
     """Lineage, metric and gate tags of the new version, all set when it is created."""
     skill = decision.skill or {}
-    tags = {f"metric.{k}": str(v) for k, v in overall(metrics).items() if _finite(v) is not None}
+    tags = {
+        f"metric.{k}": str(v) for k, v in overall(metrics).items() if finite_or_none(v) is not None
+    }
     tags.update({
         "data.manifest_hash": manifest.content_hash,
         "data.events_sha256": manifest.input.sha256,

@@ -336,7 +336,7 @@ def compare_by_length(
     rows = []
     for position, span in enumerate(length_ranges(challenger.length, config)):
         idx = span.members(challenger.length)
-        ours, theirs = (_finite_or_none(m(idx).get(metric)) for m in metrics_of)
+        ours, theirs = (finite_or_none(m(idx).get(metric)) for m in metrics_of)
         regression = None if ours is None or theirs is None else sign * (theirs - ours)
         ci = None
         if config.bootstrap_samples and regression is not None:
@@ -349,7 +349,8 @@ def compare_by_length(
     return jsonable(rows)
 
 
-def _finite_or_none(value: Any) -> float | None:
+def finite_or_none(value: Any) -> float | None:
+    """``value`` as a float when it is a finite number, else None (undefined)."""
     try:
         number = float(value)
     except (TypeError, ValueError):

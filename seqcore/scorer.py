@@ -112,9 +112,8 @@ class SequenceScorer:
         self.max_tokens = max_tokens
         self.call_cost = call_cost or CallCost()
         label = manifest.targets.label
-        outputs = model.config.num_classes
         self.class_names: tuple[Any, ...] = (
-            tuple(label.name(i) for i in range(outputs)) if label else tuple(range(outputs))
+            label.names if label else tuple(range(model.config.num_classes))
         )
         """classify: the label value of each output, in output order."""
         next_event = manifest.targets.next_event

@@ -18,7 +18,7 @@ from pipelines.plots import BASELINE_PLOT_FILES, PLOT_FILES, plot_data, render_p
 from pipelines.predict import SplitPredictions
 from pipelines.split_metrics import evaluate_predictions
 from seqcore.io import jsonable
-from seqcore.manifest import part_path
+from seqcore.manifest import LabelTarget, part_path
 
 # --------------------------------------------------------------------------- synthetic shards
 
@@ -390,7 +390,7 @@ def test_classify_report_has_the_sections_the_gate_reads(tmp_path):
 
 def test_class_names_are_the_label_values_in_index_order():
     def manifest(classes):
-        return SimpleNamespace(targets=SimpleNamespace(label=SimpleNamespace(classes=classes)))
+        return SimpleNamespace(targets=SimpleNamespace(label=LabelTarget("label", classes)))
 
     assert B.class_names(manifest((0, 1)), 2) == ["0", "1"]
     assert B.class_names(manifest(("fraud", "ok", True)), 3) == ["fraud", "ok", "True"]
