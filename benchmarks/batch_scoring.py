@@ -121,7 +121,8 @@ def build_registered_model(
         client.set_terminated(run_id, "FINISHED")
         registry = Registry(client, MODEL)
         version = registry.register(model_uri, run_id, "batch scoring benchmark", {}).version
-        registry.promote(version, reason="batch scoring benchmark")
+        # never evaluated by the gate: an explicit, recorded override
+        registry.promote(version, reason="batch scoring benchmark", override_gate=True)
     finally:
         mlflow.set_tracking_uri(uris[0])
         mlflow.set_registry_uri(uris[1])

@@ -2,9 +2,12 @@
 
     seqops registry list                       versions, aliases, key metrics, gate decisions
     seqops registry compare 3 4                two versions side by side (metrics, data, code)
-    seqops registry promote 4 --reason "..."   move the champion alias (recorded)
+    seqops registry promote 4 --reason "..."   move the champion alias (recorded); a version
+                                               the gate did not pass also needs --override-gate
     seqops registry rollback --reason "..."    champion back to the previous champion
-    seqops registry history                    the audited champion history
+    seqops registry seal 4 --reason "..."      record the sha256 of a version's files (audited),
+                                               for a version registered without that record
+    seqops registry history                    the audited history (promotions, overrides, seals)
 
 Everything goes through the MLflow registry (``MLFLOW_TRACKING_URI``, else the repository's
 SQLite store), so the MLflow UI shows the same state. The model name defaults to
@@ -21,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import load_params
-from pipelines.registry import Registry, RegistryError
+from pipelines.registry import Registry, RegistryError, gate_passed
 from seqcore.config import ConfigError
+from seqcore.loading import ModelLoadError
 
 
 def _print_table(rows: Sequence[dict[str, Any]]) -> None:
@@ -58,15 +62,26 @@ def registry_command(args: argparse.Namespace) -> int:
         rows = registry.compare(args.a, args.b)
         _print_table([{"field": k, f"v{args.a}": a, f"v{args.b}": b} for k, a, b in rows])
     elif args.action == "promote":
-        entry = registry.promote(args.version, args.reason)
+        entry = registry.promote(args.version, args.reason, override_gate=args.override_gate)
         print(
             f"champion of {registry.name}: v{entry['previous'] or '-'} -> v{entry['version']} ({entry['by']}, {entry['at']})"
         )
+        if "gate_override" in entry:
+            print(f"gate overridden: its decision was {entry['gate_override']!r} (recorded)")
+        elif args.override_gate and gate_passed(
+            registry.version(args.version).tags.get("gate.decision")
+        ):
+            print("the gate passed this version: --override-gate had nothing to override")
     elif args.action == "rollback":
         entry = registry.rollback(args.reason)
         print(
             f"rolled back {registry.name}: v{entry['previous']} -> v{entry['version']} ({entry['by']}, {entry['at']})"
         )
+    elif args.action == "seal":
+        entry = registry.seal(args.version, args.reason, replace=args.replace)
+        print(f"sealed {registry.name} v{entry['version']} ({entry['by']}, {entry['at']}):")
+        for path, digest in entry["files"].items():
+            print(f"  {digest}  {path}")
     elif args.action == "history":
         registry.require()
         print(json.dumps(registry.history(), indent=2))
@@ -87,9 +102,22 @@ def build_parser() -> argparse.ArgumentParser:
     promote = actions.add_parser("promote", help="make a version the champion")
     promote.add_argument("version", type=int)
     promote.add_argument("--reason", required=True, help="why (recorded in the registry)")
+    promote.add_argument(
+        "--override-gate",
+        action="store_true",
+        help="promote a version the gate rejected or never evaluated (recorded with --reason)",
+    )
     rollback = actions.add_parser("rollback", help="champion back to the previous champion")
     rollback.add_argument("--reason", required=True)
-    actions.add_parser("history", help="the audited champion history")
+    seal = actions.add_parser(
+        "seal", help="record the sha256 of a version's files, after checking that they load"
+    )
+    seal.add_argument("version", type=int)
+    seal.add_argument("--reason", required=True, help="why these files are trusted (recorded)")
+    seal.add_argument(
+        "--replace", action="store_true", help="replace a record the version already has"
+    )
+    actions.add_parser("history", help="the audited history: promotions, overrides, seals")
     return parser
 
 
@@ -98,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "registry":
             return registry_command(args)
-    except (RegistryError, ConfigError) as exc:
+    except (RegistryError, ConfigError, ModelLoadError) as exc:
         print(f"seqops: {exc}", file=sys.stderr)
         return 2
     return 1

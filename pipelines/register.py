@@ -42,7 +42,16 @@ import pyarrow.parquet as pq
 from pipelines.config import Params
 from pipelines.params.gate import LOWER_IS_BETTER, RegisterConfig
 from pipelines.predict import SplitPredictions, predict_split_raw
-from pipelines.registry import CHAMPION, Registry, RegistryError, VersionInfo, now_iso
+from pipelines.registry import (
+    CHAMPION,
+    GATE_PASSED,
+    GATE_PROMOTED,
+    GATE_REJECTED,
+    Registry,
+    RegistryError,
+    VersionInfo,
+    now_iso,
+)
 from pipelines.split_metrics import compare_by_length, evaluate_predictions, finite_or_none
 from pipelines.stage import stage_main
 from seqcore.io import jsonable, write_json
@@ -311,8 +320,8 @@ def _read_inputs(train_report: Path, metrics_path: Path) -> tuple[dict, dict]:
 
 def _outcome(decision: GateDecision, cfg: RegisterConfig) -> str:
     if not decision.passed:
-        return "rejected"
-    return "promoted" if cfg.auto_promote else "passed (auto_promote off: champion unchanged)"
+        return GATE_REJECTED
+    return GATE_PROMOTED if cfg.auto_promote else GATE_PASSED
 
 
 def _version_tags(

@@ -7,6 +7,13 @@ promotion or rollback is recorded three ways: the alias move itself, tags on the
 involved, and a bounded JSON history on the registered model (``seqops.champion_history``),
 which is what ``rollback`` reads to find the previous champion.
 
+A promotion respects the gate: a version whose recorded gate decision (``gate.decision``, set
+by the register stage) is not a pass becomes champion only with an explicit override and a
+reason, recorded in the history and as ``seqops.gate_override*`` tags on the version. Each
+version carries the sha256 of the files a load reads (``seqops.files_sha256``, copied from the
+logged model when it is registered; docs/architecture.md §10); ``seal`` records them on a
+version that has none, and is audited like a promotion.
+
 Writes that belong together run inside ``Registry.atomic()``: each write records how to undo
 itself, and if any write in the block fails the recorded ones are undone in reverse order
 (aliases and tags restored, a new version deleted, or tagged ``gate.decision=incomplete`` when
@@ -24,6 +31,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from seqcore.loading import FILES_TAG, ModelLoadError, file_record, logged_record
+
 log = logging.getLogger("seqops.registry")
 
 CHAMPION = "champion"
@@ -34,6 +43,12 @@ TAG_VALUE_LIMIT = 4900
 """Characters kept of a tag value (the SQL stores hold 5000)."""
 INCOMPLETE = ("gate.decision", "incomplete")
 """The tag a new version gets when a failed registration cannot delete it."""
+GATE_PROMOTED = "promoted"
+GATE_PASSED = "passed (auto_promote off: champion unchanged)"
+GATE_REJECTED = "rejected"
+"""The register stage's ``gate.decision`` values; only the first two let a version be promoted
+without an override."""
+OVERRIDE_TAG = "seqops.gate_override"
 KEY_METRICS = (
     "roc_auc",
     "accuracy",
@@ -48,6 +63,10 @@ KEY_METRICS = (
 
 class RegistryError(LookupError):
     """A registry request names something that does not exist or cannot be done."""
+
+
+def gate_passed(decision: str | None) -> bool:
+    return decision in (GATE_PROMOTED, GATE_PASSED)
 
 
 def now_iso() -> str:
@@ -195,9 +214,11 @@ class Registry:
     ) -> VersionInfo:
         """A new version from a logged model, created with its description and all its tags
         in one request; it becomes the ``challenger``. Undone if a later write of an
-        enclosing ``atomic()`` block fails."""
+        enclosing ``atomic()`` block fails. The logged model's record of its files' sha256 is
+        copied to the version, which is what loading ``models:/<name>/<version>`` checks."""
         from mlflow.exceptions import MlflowException
 
+        tags = {**logged_record(self.client, model_uri), **tags}
         with self.atomic():
             if not self.exists():
                 with contextlib.suppress(MlflowException):  # created concurrently
@@ -263,17 +284,49 @@ class Registry:
         reason: str,
         evidence: dict[str, Any] | None = None,
         action: str = "promote",
+        *,
+        override_gate: bool = False,
     ) -> dict[str, Any]:
         """Move ``champion`` to ``version`` and record who, when, why and what it replaced;
-        all of it or, if a write fails, none of it."""
+        all of it or, if a write fails, none of it. A version the gate did not pass (rejected,
+        or never evaluated) needs ``override_gate``, which is recorded with the reason; a
+        rollback returns to a version that was champion before and is not gated again."""
         target = self.version(version)
         if not reason or not reason.strip():
             raise RegistryError("a promotion needs a reason (it is recorded in the registry)")
+        decision = target.tags.get("gate.decision")
+        overridden = action == "promote" and not gate_passed(decision)
+        if overridden and not override_gate:
+            raise RegistryError(self._gate_refusal(target))
         with self.atomic():
-            return self._promote(target, reason, evidence, action)
+            return self._promote(target, reason, evidence, action, overridden)
+
+    def _gate_refusal(self, target: VersionInfo) -> str:
+        decision = target.tags.get("gate.decision")
+        if decision is None:
+            found = (
+                "has no gate decision (gate.decision): it was not registered by the register "
+                "stage, so the promotion gate never evaluated it"
+            )
+        else:
+            reasons = target.tags.get("gate.reasons") or "none recorded"
+            at = target.tags.get("gate.decided_at", "?")
+            found = (
+                f"was not passed by the promotion gate: {decision!r} at {at}; reasons: {reasons}"
+            )
+        return (
+            f"version {target.version} of model {self.name!r} {found}. Champion unchanged; to "
+            f"promote it anyway: seqops registry promote {target.version} --override-gate "
+            '--reason "..." (the override is recorded in the registry)'
+        )
 
     def _promote(
-        self, target: VersionInfo, reason: str, evidence: dict[str, Any] | None, action: str
+        self,
+        target: VersionInfo,
+        reason: str,
+        evidence: dict[str, Any] | None,
+        action: str,
+        overridden: bool = False,
     ) -> dict[str, Any]:
         previous = self.alias(CHAMPION)
         entry = {
@@ -284,17 +337,25 @@ class Registry:
             "by": actor(),
             "at": now_iso(),
         }
+        if overridden:  # the decision the promotion went against, "none" if never evaluated
+            entry["gate_override"] = target.tags.get("gate.decision", "none")
         if evidence:
             entry["evidence"] = evidence
         self._set_alias(CHAMPION, target.version)
-        self.set_tags(
-            target.version,
-            {
-                "champion.since": entry["at"],
-                "champion.reason": entry["reason"],
-                "champion.by": entry["by"],
-            },
-        )
+        tags = {
+            "champion.since": entry["at"],
+            "champion.reason": entry["reason"],
+            "champion.by": entry["by"],
+        }
+        if overridden:
+            tags.update({
+                OVERRIDE_TAG: "true",
+                f"{OVERRIDE_TAG}_decision": entry["gate_override"],
+                f"{OVERRIDE_TAG}_reason": entry["reason"],
+                f"{OVERRIDE_TAG}_by": entry["by"],
+                f"{OVERRIDE_TAG}_at": entry["at"],
+            })  # fmt: skip
+        self.set_tags(target.version, tags)
         if previous and previous.version != target.version:
             self.set_tags(
                 previous.version,
@@ -319,6 +380,40 @@ class Registry:
             f"model {self.name!r}: no earlier champion recorded before version {current.version}"
         )
 
+    def seal(self, version: int, reason: str, replace: bool = False) -> dict[str, Any]:
+        """Record the sha256 of ``version``'s current files (those a load reads), after
+        checking that the installed code builds a scorer from them; for a version registered
+        without a record (before seqops recorded them, or outside the register stage).
+        Audited like a promotion. A version that has a record keeps it unless ``replace``."""
+        target = self.version(version)
+        if not reason or not reason.strip():
+            raise RegistryError("sealing needs a reason (it is recorded in the registry)")
+        if FILES_TAG in target.tags and not replace:
+            raise RegistryError(
+                f"version {target.version} of model {self.name!r} already has a record of its "
+                f"files ({FILES_TAG}); --replace records the files as they are now instead"
+            )
+        try:
+            record = file_record(f"models:/{self.name}/{target.version}", self.client.tracking_uri)
+        except ModelLoadError as exc:
+            raise RegistryError(f"cannot seal: {exc}") from None
+        entry = {
+            "action": "seal",
+            "version": target.version,
+            "reason": reason.strip(),
+            "by": actor(),
+            "at": now_iso(),
+            "replaced": FILES_TAG in target.tags,
+        }
+        with self.atomic():
+            self.set_tags(
+                target.version,
+                {**record, "seqops.sealed_by": entry["by"], "seqops.sealed_at": entry["at"],
+                 "seqops.seal_reason": entry["reason"]},
+            )  # fmt: skip
+            self._append_history(entry)
+        return {**entry, "files": json.loads(record[FILES_TAG])}
+
     # ------------------------------------------------------------------ views
 
     def table(self) -> list[dict[str, Any]]:
@@ -334,6 +429,8 @@ class Registry:
                 if value is not None:
                     row[metric] = round(value, 4)
             row["gate"] = v.tags.get("gate.decision", "-")
+            if v.tags.get(OVERRIDE_TAG) == "true":
+                row["gate"] += " (overridden)"
             rows.append(row)
         return rows
 

@@ -248,9 +248,15 @@ def _log_model(
     validated: Path,
     model_dir: Path | None,
 ) -> str:
+    """Log the best weights as the run's MLflow model and record, on the logged model, the
+    sha256 of the files that ``seqcore.loading.load_scorer`` reads (and checks) later. The
+    MLmodel's metadata names the model format and the code that wrote it; the pyfunc flavour
+    (code and all) is for MLflow's own tools, seqops never runs it."""
     import mlflow
     from mlflow.models import infer_signature
+    from mlflow.tracking import MlflowClient
 
+    from seqcore.loading import FORMAT_KEY, MODEL_FORMAT, file_record, installed_version
     from seqcore.scorer import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE, SequenceScorer
 
     with tempfile.TemporaryDirectory(prefix="seqops-model-") as tmp:
@@ -269,7 +275,13 @@ def _log_model(
         output = SequenceScorer.from_dir(folder).score(example)
         signature = infer_signature(example, output)
         package_root = Path(__file__).resolve().parents[1]
-        with mlflow.start_run(run_id=run_id):
+        with mlflow.start_run(run_id=run_id) as active:
+            metadata = {
+                FORMAT_KEY: MODEL_FORMAT,
+                "seqops_version": installed_version(),
+                "git_commit": active.data.tags.get("git_commit", "unknown"),
+                "git_dirty": active.data.tags.get("git_dirty", "unknown"),
+            }
             info = mlflow.pyfunc.log_model(
                 name=MODEL_ARTIFACT,
                 python_model=str(package_root / "seqcore" / "mlflow_model.py"),
@@ -282,7 +294,12 @@ def _log_model(
                 signature=signature,
                 input_example=example,
                 pip_requirements=_pip_requirements(),
+                metadata=metadata,
             )
+    store = mlflow.get_tracking_uri()
+    # Hashed as the store holds the files, which is what a later load downloads and checks.
+    record = file_record(str(info.model_uri), store)
+    MlflowClient(tracking_uri=store).set_logged_model_tags(info.model_id, record)
     return str(info.model_uri)
 
 

@@ -5,6 +5,11 @@ pickled Python object is stored; the weights are a safetensors file and the conf
 manifest are JSON artifacts. ``predict`` takes raw events (a DataFrame with the manifest's
 schema columns, any order, several entities) and returns one row per entity, so that the
 model alone is enough to score raw events (docs/architecture.md §5).
+
+This flavour, and the copy of ``seqcore``/``seqmodels`` logged with it, is for MLflow's own
+tools (``mlflow.pyfunc.load_model``, ``mlflow models serve``), which run the artifact's code.
+seqops itself never does: :func:`seqcore.loading.load_scorer` builds the scorer with the
+installed code from the weights, config and manifest alone (docs/architecture.md §10).
 """
 
 from __future__ import annotations

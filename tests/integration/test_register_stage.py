@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from pipelines import register
-from pipelines.registry import CHALLENGER, CHAMPION, Registry
+from pipelines.registry import CHALLENGER, CHAMPION, Registry, RegistryError
+from seqcore.loading import FILES_TAG, FORMAT_TAG
 from tests.conftest import REPO, tiny_params
 
 pytestmark = pytest.mark.integration
@@ -66,6 +67,9 @@ def test_the_decision_lands_with_the_version_and_a_failed_write_leaves_nothing(
     assert v1.aliases == (CHALLENGER, CHAMPION)
     assert v1.tags["gate.decision"] == "promoted" and v1.tags["gate.beats_baseline"] == "true"
     assert v1.tags["data.manifest_hash"] and v1.tags["gate.compared_with"] == "none"
+    # the files' record travels from the logged model to the version (what a load checks)
+    logged = reg.client.get_logged_model(trained_run["summary"]["model_uri"].split("/")[-1])
+    assert v1.tags[FILES_TAG] == logged.tags[FILES_TAG] and v1.tags[FORMAT_TAG] == "1"
     card = reg.client.get_model_version(name, "1").description
     assert (
         "**Baseline:** order_blind: roc_auc 0.7000; this model 0.9000, beats it by 0.2000" in card
@@ -84,6 +88,8 @@ def test_the_decision_lands_with_the_version_and_a_failed_write_leaves_nothing(
     assert {"range", "lo", "hi", "challenger", "champion"} <= set(checks[0])
     assert reg.alias(CHAMPION).version == 1 and reg.alias(CHALLENGER).version == 2
     assert reg.version(2).tags["gate.decision"] == "rejected"
+    with pytest.raises(RegistryError, match="version 2 .* not passed by the promotion gate"):
+        reg.promote(2, "the gate said no")
     assert json.loads(reg.version(1).tags["gate.challenged_by.v2"])["decision"] == "rejected"
     recorded = (tmp_path / "promotion.json").read_text()
 

@@ -7,7 +7,15 @@ import json
 import pytest
 
 from pipelines import cli
-from pipelines.registry import CHALLENGER, CHAMPION, Registry, RegistryError
+from pipelines.registry import (
+    CHALLENGER,
+    CHAMPION,
+    GATE_PASSED,
+    GATE_PROMOTED,
+    GATE_REJECTED,
+    Registry,
+    RegistryError,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -24,9 +32,8 @@ def registry(mlflow_store, tmp_path):
         source = tmp_path / f"model{i}"
         source.mkdir()
         (source / "MLmodel").write_text("flavors: {}\n")
-        reg.register(
-            str(source), run.info.run_id, f"card {i}", {"metric.roc_auc": str(0.7 + i / 10)}
-        )
+        tags = {"metric.roc_auc": str(0.7 + i / 10), "gate.decision": GATE_PASSED}
+        reg.register(str(source), run.info.run_id, f"card {i}", tags)
     return reg
 
 
@@ -105,7 +112,9 @@ def test_a_failed_block_undoes_the_version_aliases_tags_and_history(registry, tm
     before = _state(registry)
     run_id = registry.version(1).run_id
     with pytest.raises(RuntimeError, match="boom"), registry.atomic():
-        new = registry.register(_source(tmp_path, "m4"), run_id, "card", {"gate.decision": "x"})
+        new = registry.register(
+            _source(tmp_path, "m4"), run_id, "card", {"gate.decision": GATE_PROMOTED}
+        )
         registry.promote(new.version, "gate passed")
         registry.set_tags(2, {"note": "changed", "gate.challenged_by.v4": {"decision": "x"}})
         raise RuntimeError("boom")
@@ -139,7 +148,9 @@ def test_a_failed_first_registration_leaves_no_model_behind(mlflow_store, tmp_pa
 
     monkeypatch.setattr(reg, "_append_history", broken_history)
     with pytest.raises(RuntimeError, match="history"), reg.atomic():
-        version = reg.register(_source(tmp_path, "m"), run.info.run_id, "card", {})
+        version = reg.register(
+            _source(tmp_path, "m"), run.info.run_id, "card", {"gate.decision": GATE_PROMOTED}
+        )
         reg.promote(version.version, "first champion")
     assert not reg.exists()
 
@@ -155,3 +166,63 @@ def test_a_promotion_that_fails_half_way_changes_nothing(registry, monkeypatch):
     with pytest.raises(RuntimeError, match="history"):
         registry.promote(2, "review")
     assert _state(registry) == before
+
+
+# --------------------------------------------------------------------------- the gate
+
+
+REJECTED = {
+    "gate.decision": GATE_REJECTED,
+    "gate.decided_at": "2026-01-02T03:04:05Z",
+    "gate.reasons": "roc_auc 0.7000 does not beat champion 0.8000 by 0.01 (delta -0.1000)",
+}
+
+
+def test_a_version_the_gate_rejected_is_promoted_only_with_a_recorded_override(
+    registry, tmp_path, capsys
+):
+    registry.promote(1, "first")
+    run_id = registry.version(1).run_id
+    registry.register(_source(tmp_path, "m4"), run_id, "card 4", REJECTED)
+    before = _state(registry)
+    promote = ["registry", "--model", "unit-model", "promote", "4", "--reason", "hotfix #12"]
+
+    assert cli.main(promote) == 2
+    err = capsys.readouterr().err
+    assert "version 4 of model 'unit-model' was not passed by the promotion gate" in err
+    assert "'rejected' at 2026-01-02T03:04:05Z" in err and REJECTED["gate.reasons"] in err
+    assert "--override-gate" in err
+    assert _state(registry) == before  # nothing moved, nothing tagged, nothing in the history
+
+    assert cli.main([*promote, "--override-gate"]) == 0
+    assert "gate overridden: its decision was 'rejected'" in capsys.readouterr().out
+    assert registry.alias(CHAMPION).version == 4
+    tags = registry.version(4).tags
+    assert tags["seqops.gate_override"] == "true"
+    assert tags["seqops.gate_override_decision"] == GATE_REJECTED
+    assert tags["seqops.gate_override_reason"] == "hotfix #12"
+    assert tags["seqops.gate_override_by"] and tags["seqops.gate_override_at"]
+    assert cli.main(["registry", "--model", "unit-model", "history"]) == 0
+    entry = json.loads(capsys.readouterr().out)[-1]
+    assert entry["action"] == "promote" and entry["version"] == 4 and entry["previous"] == 1
+    assert entry["gate_override"] == GATE_REJECTED and entry["reason"] == "hotfix #12"
+    assert entry["by"] and entry["at"] == tags["seqops.gate_override_at"]
+    assert cli.main(["registry", "--model", "unit-model", "list"]) == 0
+    assert "rejected (overridden)" in capsys.readouterr().out
+
+    entry = registry.rollback("the hotfix misbehaves")  # a rollback is not gated again
+    assert entry["version"] == 1 and "gate_override" not in entry
+
+
+def test_a_version_the_gate_never_evaluated_needs_an_override_too(registry, tmp_path):
+    run_id = registry.version(1).run_id
+    registry.register(_source(tmp_path, "m4"), run_id, "registered by hand", {})
+    with pytest.raises(RegistryError, match="version 4 .* has no gate decision .*--override-gate"):
+        registry.promote(4, "looks fine")
+    assert registry.alias(CHAMPION) is None and registry.history() == []
+    entry = registry.promote(4, "first champion, evaluated by hand", override_gate=True)
+    assert entry["gate_override"] == "none"
+    assert registry.version(4).tags["seqops.gate_override_decision"] == "none"
+    # a version the gate passed needs no override, and the flag records none
+    assert "gate_override" not in registry.promote(2, "better", override_gate=True)
+    assert "seqops.gate_override" not in registry.version(2).tags

@@ -39,7 +39,7 @@ def registry(trained_run) -> dict:
     registered = register_versions(trained_run, MODEL, count=2)
     v1, v2 = registered["versions"]
     registry = Registry(registered["client"], MODEL)
-    registry.promote(int(v1), "first champion for the streaming tests")
+    registry.promote(int(v1), "first champion for the streaming tests", override_gate=True)
     registered["client"].set_registered_model_alias(MODEL, "challenger", v2)
     return {**registered, "registry": registry}
 
@@ -318,7 +318,7 @@ def test_champion_switch_under_continuous_requests_loses_none(served, registry, 
         workers = [pool.submit(hammer, i) for i in range(3)]
         try:
             wait_for(v1)
-            registry["registry"].promote(int(v2), "switch under load (test)")
+            registry["registry"].promote(int(v2), "switch under load (test)", override_gate=True)
             wait_for(v2)
             registry["registry"].rollback("back again (test)")
             wait_for(v1)

@@ -182,3 +182,16 @@ def test_the_model_card_says_by_how_much_the_model_beats_or_misses_the_baseline(
                   "length_ranges": {"confidence": 0.9}})  # fmt: skip
     assert "| true length | examples | roc_auc | 90% CI |" in card
     assert "| 2-15 | 40 | 0.8100 | 0.7000..0.9000 |" in card
+
+
+def test_only_the_decisions_of_a_passed_gate_promote_without_an_override():
+    from pipelines.register import _outcome
+    from pipelines.registry import gate_passed
+
+    passed = decide(_eval(0.7), None, True, "roc_auc", CFG, skill=BEATS)
+    rejected = decide(_eval(0.7), None, False, "roc_auc", CFG, skill=BEATS)
+    manual = RegisterConfig(auto_promote=False)
+    assert gate_passed(_outcome(passed, CFG)) and gate_passed(_outcome(passed, manual))
+    assert not gate_passed(_outcome(rejected, CFG)) and not gate_passed(_outcome(rejected, manual))
+    for never in (None, "incomplete", ""):  # never evaluated, or a registration that failed
+        assert not gate_passed(never)
