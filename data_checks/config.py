@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from seqcore.config import build, fail, parse_duration, parse_time
+from seqcore.manifest import DOMAIN_POLICIES
 
 POLICIES = ("fail", "quarantine")
 # Checks whose failure leaves no row-level offender to set aside: they can only fail.
@@ -25,6 +26,7 @@ CHECK_NAMES = (
     "numeric_finite",
     "value_ranges",
     "categorical_domain",
+    "seq_negative",
     "time_order",
     "duplicates",
     "seq_gaps",
@@ -35,12 +37,17 @@ CHECK_NAMES = (
     "label_consistency",
 )
 """Every check, in the order the report lists them and quarantine attributes rows (the first
-quarantining check that flags a row is its reason). What each catches:
+quarantining check that flags a row is its reason). The per-event ones (``data_checks.rules``)
+also hold at the scoring endpoint, as the served model's manifest records them. What each
+catches:
 
 - ``non_empty``, ``schema``, ``types``: an empty table, a missing mapped column, a mapped column
   of a type its role cannot hold (labels: strings, integers or booleans);
 - ``key_nulls``, ``numeric_finite``, ``value_ranges``, ``categorical_domain``: null entity keys or
   times, NaN/inf features, values outside ``ranges``, categories outside ``domains``;
+- ``seq_negative``: sequence numbers below 0 (a producer's counter starts at 0); those rows are
+  left out of ``seq_gaps`` and ``seq_order``, so each is this check's fault alone; skipped when
+  ``data.schema.seq`` is null;
 - ``time_order``: an entity's event time decreasing in arrival order;
 - ``duplicates``: repeated (entity, time, seq) events;
 - ``seq_gaps``: missing sequence numbers within an entity (the whole entity is the offender);
@@ -73,6 +80,9 @@ class CheckConfig:
     """time_floor: events before this time are violations."""
     allowed_lateness: float = 86400.0
     """late_events: seconds an event may arrive behind the watermark (max event time seen so far)."""
+    unseen_at_serving: Literal["refuse", "oov"] = "refuse"
+    """categorical_domain: what the scoring endpoint does with a value outside the domain:
+    ``refuse`` it (422), or score it as an out-of-vocabulary category (``oov``)."""
 
     def __post_init__(self) -> None:
         key = f"validate.checks.{self.name}"
@@ -85,6 +95,12 @@ class CheckConfig:
         if self.policy == "quarantine" and self.name in FAIL_ONLY_CHECKS:
             raise fail(
                 f"{key}.policy", self.policy, "this check has no rows to quarantine; use 'fail'"
+            )
+        if self.unseen_at_serving not in DOMAIN_POLICIES:
+            raise fail(
+                f"{key}.unseen_at_serving",
+                self.unseen_at_serving,
+                f"expected one of {', '.join(DOMAIN_POLICIES)}",
             )
         if not 0.0 <= self.max_unseen_fraction <= 1.0:
             raise fail(

@@ -277,6 +277,16 @@ def _row_checks(
     for name, unusable in (("value_ranges", no_range), ("categorical_domain", no_domain)):
         if unusable and run.results[name].status != "skipped":  # e.g. device dropped: noted
             run.note(name, skipped_columns=unusable)
+    seq_values, seq_valid = _seq_arrays(table, schema.seq, plan)
+    no_seq = "no sequence-number column mapped (data.schema.seq is null)"
+    run.run(
+        "seq_negative",
+        no_seq if schema.seq is None else _needs(plan, [schema.seq]),
+        lambda: ordering.seq_negative(ix, seq_values, seq_valid, k),
+    )
+    if "seq_negative" in run.findings:  # a negative seq is that check's fault, not a gap's
+        seq_valid = seq_valid.copy()
+        seq_valid[run.findings["seq_negative"].rows] = False
 
     time_need = _needs(plan, [schema.time])
     entity_need = _needs(plan, [schema.entity, schema.time])
@@ -293,16 +303,11 @@ def _row_checks(
         if name in run.findings:
             exclude[run.findings[name].rows] = True
     run.run("time_order", entity_need, lambda: ordering.time_order(ix, exclude, k))
-    seq_values, seq_valid = _seq_arrays(table, schema.seq, plan)
     dup_need = entity_need or (_needs(plan, [schema.seq]) if schema.seq else None)
     run.run("duplicates", dup_need, lambda: ordering.duplicates(ix, seq_values, k, exclude))
     gap_need = entity_need or _needs(plan, [schema.seq])
     run.run("seq_gaps", gap_need, lambda: ordering.seq_gaps(ix, seq_values, seq_valid, k))
-    seq_need = (
-        "no sequence-number column mapped (data.schema.seq is null)"
-        if schema.seq is None
-        else gap_need
-    )
+    seq_need = no_seq if schema.seq is None else gap_need
     run.run(
         "seq_order",
         seq_need,

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from data_checks import rules
 from data_checks.config import ValidateConfig
 from data_checks.ordering import EventIndex, Finding, describe, entity_count
 from seqcore.schema import ARRIVAL, SchemaConfig
@@ -120,38 +121,16 @@ def type_message(plan: ColumnPlan) -> str:
 # --------------------------------------------------------------------------- exact (Arrow)
 
 
-def _domain_values(domain: tuple[Any, ...], kind: pa.DataType) -> pa.Array:
-    """The declared domain in the column's own value type (ints stay ints, else strings)."""
-    if pa.types.is_integer(_value_type(kind)):
-        ints = []
-        for v in domain:
-            try:
-                ints.append(int(v))
-            except (TypeError, ValueError):
-                continue  # a string value can never occur in an integer column
-        return pa.array(ints, pa.int64())
-    return pa.array([str(v) for v in domain], pa.string())
-
-
-def _outside(values: pa.Array, allowed: pa.Array) -> pa.Array:
-    """Non-null ``values`` not in ``allowed`` (compared as int64 or as the string type)."""
-    if pa.types.is_integer(values.type):
-        values = pc.cast(values, pa.int64())
-    else:
-        allowed = allowed.cast(values.type)
-    return pc.and_(pc.invert(pc.is_in(values, value_set=allowed)), pc.is_valid(values))
-
-
-def _unseen_mask(column: pa.ChunkedArray, allowed: pa.Array) -> np.ndarray:
-    """True where a non-null value is outside ``allowed``; dictionaries are tested per entry."""
+def _unseen_mask(column: pa.ChunkedArray, allowed: frozenset[Any]) -> np.ndarray:
+    """True where a non-null value is outside ``allowed``: the rule judges each chunk's distinct
+    values (its dictionary, encoded here if it has none), and rows take their value's answer."""
     parts = []
     for chunk in column.chunks:
-        if pa.types.is_dictionary(chunk.type):
-            entry_bad = _outside(chunk.dictionary, allowed).to_numpy(zero_copy_only=False)
-            lookup = np.r_[entry_bad, False]
-            parts.append(lookup[pc.fill_null(chunk.indices, len(chunk.dictionary)).to_numpy()])
-        else:
-            parts.append(_outside(chunk, allowed).to_numpy(zero_copy_only=False))
+        if not pa.types.is_dictionary(chunk.type):
+            chunk = pc.dictionary_encode(chunk)
+        entry_bad = rules.outside_domain(chunk.dictionary.to_pylist(), allowed)
+        lookup = np.r_[entry_bad, False]
+        parts.append(lookup[pc.fill_null(chunk.indices, len(chunk.dictionary)).to_numpy()])
     return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
 
 
@@ -169,7 +148,7 @@ def categorical_domain(
     failing: list[str] = []
     for name in columns:
         column = table[name]
-        mask = _unseen_mask(column, _domain_values(domains[name], column.type))
+        mask = _unseen_mask(column, frozenset(rules.domain_values(domains[name], column.type)))
         unseen = int(mask.sum())
         present = table.num_rows - column.null_count
         fraction = unseen / present if present else 0.0
@@ -214,13 +193,7 @@ def value_ranges(
     for name in columns:
         low, high = ranges[name]
         values = ix.table[name].to_numpy().astype(np.float64, copy=False)  # nulls -> NaN
-        with np.errstate(invalid="ignore"):
-            out = np.zeros(values.size, dtype=bool)
-            if low is not None:
-                out |= values < float(low)
-            if high is not None:
-                out |= values > float(high)
-        out &= np.isfinite(values)
+        out = rules.out_of_range(values, low, high)
         per_column[name] = {"out_of_range": int(out.sum()), "min": low, "max": high}
         bad |= out
     rows = np.flatnonzero(bad)
@@ -306,7 +279,7 @@ def _expectations(
         mostly = 1.0 - config.checks["categorical_domain"].max_unseen_fraction
         for c, domain in config.domains.items():
             if c in plan.usable and c in schema.categorical:
-                allowed = _domain_values(domain, plan.types[c]).to_pylist()
+                allowed = list(rules.domain_values(domain, plan.types[c]))
                 out.append(
                     ex.ExpectColumnValuesToBeInSet(
                         column=c, value_set=allowed, mostly=mostly, meta=meta

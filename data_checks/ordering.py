@@ -4,7 +4,8 @@ Great Expectations has no group-by (``ExpectColumnValuesToBeIncreasing`` sees on
 so the checks that need an entity's own sequence are computed here: time order, duplicate
 (entity, time, seq) events, gaps in sequence numbers, sequence numbers against time and
 arrival, timestamps in the future or before a floor, events behind the watermark, labels that
-differ within an entity, null keys and non-finite numbers.
+differ within an entity, null keys, non-finite numbers and negative sequence numbers. The
+per-event rules among them are ``data_checks.rules``', which the scoring endpoint applies too.
 
 How it scales to tens of millions of events: the entity key is dictionary-encoded once,
 and the (entity, arrival) grouping is one ``np.sort`` of int64 keys ``code * N + row`` (rows
@@ -26,12 +27,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from data_checks import rules
 from data_checks.group_scan import below_running_max, group_order, not_above_earlier
 from seqcore.schema import ARRIVAL
 
 INT64_MIN = np.iinfo(np.int64).min
-_UNITS_PER_S = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_UNITS_PER_S = rules.UNITS_PER_S
 
 
 @dataclass(frozen=True)
@@ -92,14 +93,11 @@ class EventIndex:
         return gather
 
     def units(self, seconds: float) -> int:
-        return int(round(seconds * _UNITS_PER_S[self.time_unit]))
+        return rules.duration_units(seconds, self.time_unit)
 
     def at(self, moment: datetime) -> int:
         """``moment`` as an integer in this table's time unit (exact, no float rounding)."""
-        delta = moment - _EPOCH
-        micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-        scale = _UNITS_PER_S[self.time_unit]
-        return micros * scale // 1_000_000 if scale >= 1_000_000 else micros // (1_000_000 // scale)
+        return rules.to_units(moment, self.time_unit)
 
 
 def build_index(
@@ -266,15 +264,21 @@ def numeric_finite(ix: EventIndex, columns: list[str], k: int) -> Finding:
 
 
 def future_timestamps(ix: EventIndex, now: datetime, max_ahead_s: float, k: int) -> Finding:
-    limit = ix.at(now) + ix.units(max_ahead_s)
-    rows = np.flatnonzero(ix.valid & (ix.times > limit))
+    rows = np.flatnonzero(ix.valid & rules.future(ix.times, ix.time_unit, now, max_ahead_s))
+    limit = rules.future_limit(ix.time_unit, now, max_ahead_s)
     limit_at = datetime.fromtimestamp(limit / _UNITS_PER_S[ix.time_unit], UTC)
     return _finding(ix, rows, k, details={"limit": limit_at})
 
 
 def time_floor(ix: EventIndex, floor: datetime, k: int) -> Finding:
-    rows = np.flatnonzero(ix.valid & (ix.times < ix.at(floor)))
+    rows = np.flatnonzero(ix.valid & rules.before_floor(ix.times, ix.time_unit, floor))
     return _finding(ix, rows, k, details={"floor": floor})
+
+
+def seq_negative(ix: EventIndex, seq: np.ndarray, seq_valid: np.ndarray, k: int) -> Finding:
+    """Rows whose sequence number is below 0 (``data_checks.rules.negative``)."""
+    rows = np.flatnonzero(seq_valid & rules.negative(seq))
+    return _finding(ix, rows, k)
 
 
 def time_order(ix: EventIndex, exclude: np.ndarray, k: int) -> Finding:

@@ -2,7 +2,8 @@
 
 Follows docs/architecture.md §3: ``<out>/<split>/bucket=<L>/part-<k>.parquet`` plus
 ``manifest.json`` holding everything needed to read the shards and to rebuild the same
-preprocessing at serving time. Splits are decided first, preprocessing is fitted on
+preprocessing at serving time, and the data contract's per-event rules that served requests
+are held to (``validate``'s, through ``data_checks.rules.serving_contract``). Splits are decided first, preprocessing is fitted on
 training rows only, and the split-leakage check runs on what was actually written. The
 output directory is built aside and renamed into place (``atomic_dir``), so an interrupted
 run leaves the previous shards intact. Per-event work is vectorised (``pipelines.windows``):
@@ -28,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_checks.leakage import NO_TARGET, SplitExamples, check_split_leakage
+from data_checks.rules import serving_contract
 from pipelines.config import Params
 from pipelines.params.shard import ShardConfig, SplitConfig
 from pipelines.stage import stage_main
@@ -408,6 +410,9 @@ def run(params: Params, validated_path: Path, out_dir: Path) -> Manifest:
         validated_path, params.data.schema, split.column if split.method == "column" else None
     )
     n_events = len(table)
+    # The validate stage's per-event rules, for the requests the trained model will serve.
+    types = {c: table.schema.field(c).type for c in params.data.schema.categorical}
+    contract = serving_contract(params.validate, params.data.schema, types)
     with ThreadPoolExecutor(max_workers=2) as pool, io.atomic_dir(out_dir) as tmp:
         input_hash = pool.submit(_input_hash, validated_path)  # hashlib releases the GIL
         plan = prepare(table, params, validated_path)
@@ -456,6 +461,7 @@ def run(params: Params, validated_path: Path, out_dir: Path) -> Manifest:
             ),
             max_workers=cfg.max_workers,
             seed=params.seed,
+            contract=contract,
             files=files,
         )
         # One hash naming the whole output: every shard file plus the rest of the manifest.

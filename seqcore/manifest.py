@@ -18,6 +18,7 @@ import json
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,6 +28,9 @@ from seqcore.schema import SchemaConfig
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
+DOMAIN_POLICIES = ("refuse", "oov")
+"""What the scoring endpoint does with a category outside its declared domain: ``refuse`` it
+(422) or score it as an ``oov`` (out-of-vocabulary) category."""
 SPLITS = ("train", "val", "test")
 T = TypeVar("T")
 
@@ -238,6 +242,92 @@ class InputInfo:
     reordered_entities: int
 
 
+@dataclass(frozen=True)
+class DataContract:
+    """The validate stage's rules for single events, as ``validate`` stood when the shards were
+    built: what the scoring endpoint holds a served model's requests to (docs/architecture.md
+    §2, §7). The rules themselves live in ``data_checks.rules``; this is their configuration.
+
+    A rule applies only where its check is in :attr:`checks`. Checks that need an entity's
+    history or the whole table (order, duplicates, gaps, lateness, labels) are not here: a
+    request is not a table, and its types are checked by the request validator.
+    """
+
+    checks: tuple[str, ...]
+    """The enabled checks among those a single event can fail (``validate.checks.<name>``)."""
+    ranges: Mapping[str, tuple[float | None, float | None]]
+    """value_ranges: inclusive [min, max] per numeric feature (``validate.ranges``); None for an
+    open side."""
+    domains: Mapping[str, tuple[str, ...]]
+    """categorical_domain: allowed values per categorical feature (``validate.domains``), as the
+    strings a request carries."""
+    domain_policy: str
+    """categorical_domain at the endpoint: one of ``DOMAIN_POLICIES``
+    (``validate.checks.categorical_domain.unseen_at_serving``)."""
+    time_floor: datetime
+    """time_floor: events before this time are refused (``validate.checks.time_floor.floor``)."""
+    max_ahead_s: float
+    """future_timestamps: seconds an event may lie ahead of the server's clock
+    (``validate.checks.future_timestamps.max_ahead``)."""
+
+    def applies(self, check: str) -> bool:
+        return check in self.checks
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "checks": list(self.checks),
+            "ranges": {c: list(bounds) for c, bounds in self.ranges.items()},
+            "domains": {c: list(values) for c, values in self.domains.items()},
+            "domain_policy": self.domain_policy,
+            "time_floor": to_jsonable(self.time_floor),
+            "max_ahead_s": self.max_ahead_s,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any], where: str) -> DataContract:
+        checks = _get(raw, "checks", where, list)
+        if not all(isinstance(c, str) for c in checks):
+            raise ManifestError(f"{where}.checks: expected check names, found {checks!r}")
+        ranges = {}
+        for column, bounds in _get(raw, "ranges", where, dict).items():
+            ok = isinstance(bounds, list) and len(bounds) == 2
+            if not ok or not all(_number_or_none(b) for b in bounds):
+                raise ManifestError(
+                    f"{where}.ranges.{column}: expected [min, max], found {bounds!r}"
+                )
+            ranges[column] = (bounds[0], bounds[1])
+        domains = {}
+        for column, values in _get(raw, "domains", where, dict).items():
+            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                raise ManifestError(f"{where}.domains.{column}: expected strings, found {values!r}")
+            domains[column] = tuple(values)
+        policy = _get(raw, "domain_policy", where, str)
+        if policy not in DOMAIN_POLICIES:
+            raise ManifestError(
+                f"{where}.domain_policy: expected one of {', '.join(DOMAIN_POLICIES)}, "
+                f"found {policy!r}"
+            )
+        floor_text = _get(raw, "time_floor", where, str)
+        try:
+            floor = datetime.fromisoformat(floor_text.replace("Z", "+00:00"))
+        except ValueError:
+            raise ManifestError(
+                f"{where}.time_floor: expected an ISO-8601 time, found {floor_text!r}"
+            ) from None
+        return cls(
+            checks=tuple(checks),
+            ranges=ranges,
+            domains=domains,
+            domain_policy=policy,
+            time_floor=floor if floor.tzinfo else floor.replace(tzinfo=UTC),
+            max_ahead_s=float(_get(raw, "max_ahead_s", where, (int, float))),
+        )
+
+
+def _number_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
 # --------------------------------------------------------------------------- the manifest
 
 
@@ -261,6 +351,9 @@ class Manifest:
     max_workers: int
     """Part files per split and bucket: the most training workers the shards can feed."""
     seed: int
+    contract: DataContract | None = None
+    """The data contract's rules for served requests; None in manifests written before it
+    existed, whose models are served with type checks only."""
     files: Mapping[str, str] = field(default_factory=dict)
     """sha256 of every shard file, by path relative to the shard folder."""
     content_hash: str = ""
@@ -299,6 +392,8 @@ class Manifest:
             "input": to_jsonable(self.input),
             "max_workers": self.max_workers,
             "seed": self.seed,
+            # Absent, not null, when there is none: an older manifest reads back as written.
+            **({} if self.contract is None else {"contract": self.contract.to_json()}),
             "files": dict(self.files),
         }
 
@@ -341,6 +436,9 @@ class Manifest:
             input=_read(InputInfo, _get(raw, "input", where, dict), f"{where}.input"),
             max_workers=_get(raw, "max_workers", where, int),
             seed=_get(raw, "seed", where, int),
+            contract=None
+            if raw.get("contract") is None
+            else DataContract.from_json(raw["contract"], f"{where}.contract"),
             files=dict(raw.get("files") or {}),
             content_hash=str(raw.get("content_hash") or ""),
         )
@@ -366,6 +464,17 @@ class Manifest:
             )
         if self.max_workers < 1:
             raise ManifestError(f"{where}.max_workers: must be >= 1, found {self.max_workers}")
+        if self.contract is not None:
+            for part, kind, columns in (
+                ("ranges", "numeric", self.features.numeric),
+                ("domains", "categorical", self.features.categorical),
+            ):
+                stray = [c for c in getattr(self.contract, part) if c not in columns]
+                if stray:
+                    raise ManifestError(
+                        f"{where}.contract.{part}: {', '.join(map(repr, stray))} not a {kind} "
+                        "feature of this manifest"
+                    )
 
     # ------------------------------------------------------------------ files
 

@@ -12,9 +12,16 @@ validator that checks types, and the JSON is parsed and validated in one pass by
 ``allow_inf_nan=False`` constraint then rejects. Validated events are plain dicts (cheaper than
 a model instance per event), turned in one pass into :class:`seqcore.encoding.EventColumns`,
 the one container the encoder takes (docs/architecture.md §7): what the scorer, the
-challenger and the streaming state holder all receive. Every problem becomes a
-:class:`RequestError`: an HTTP 4xx with
-``{"error": ..., "field": "sequences[3].events[7].amount"}``.
+challenger and the streaming state holder all receive.
+
+Then the data contract (docs/architecture.md §2, §10): the validate stage's per-event rules
+(value ranges, categorical domains, negative sequence numbers, the time floor, timestamps
+ahead of the server's clock), as the served model's manifest records them, applied by the
+same functions the validate stage runs (``data_checks.rules``). A model whose manifest
+predates the contract is held to types and limits only. Every problem becomes a
+:class:`RequestError`: an HTTP 4xx with ``{"error": ..., "field":
+"sequences[3].events[7].amount"}``; no error echoes more than ``MAX_ENTITY_CHARS`` of what a
+client sent.
 """
 
 from __future__ import annotations
@@ -28,11 +35,17 @@ import numpy as np
 from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
+from data_checks.rules import EventRules
 from seqcore.encoding import EventColumns
+from seqcore.manifest import DataContract
 from seqcore.schema import SchemaConfig
 from serving.config import Limits
 
 MAX_REPORTED_ERRORS = 20
+MAX_ENTITY_CHARS = 256
+"""The longest entity key a route takes (a sequence's ``entity``, a URL's ``entity_id``), and
+the most of any client text an error repeats."""
+ENTITY_RULE = f"1 to {MAX_ENTITY_CHARS} printable characters"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -47,12 +60,25 @@ class RequestError(Exception):
         return {"error": self.error, "field": self.field, **self.extra}
 
 
+def clip(text: str) -> str:
+    """Client text as an error may repeat it: at most ``MAX_ENTITY_CHARS`` characters."""
+    return text if len(text) <= MAX_ENTITY_CHARS else text[: MAX_ENTITY_CHARS - 1] + "…"
+
+
 def field_path(loc: Sequence[str | int]) -> str:
-    """pydantic's error location -> ``sequences[3].events[7].amount``."""
+    """pydantic's error location -> ``sequences[3].events[7].amount`` (a key the client made
+    up, e.g. an unknown feature, clipped)."""
     path = ""
     for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+        name = clip(str(part))
+        path += f"[{part}]" if isinstance(part, int) else (f".{name}" if path else name)
     return path
+
+
+def _printable(value: str) -> str:
+    if not value.isprintable():
+        raise ValueError(f"entity must be {ENTITY_RULE}")
+    return value
 
 
 def _time_us(value: str) -> int:
@@ -68,6 +94,9 @@ def _time_us(value: str) -> int:
 
 FiniteNumber = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Time = Annotated[str, Field(strict=True), AfterValidator(_time_us)]
+Entity = Annotated[
+    str, Field(strict=True, min_length=1, max_length=MAX_ENTITY_CHARS), AfterValidator(_printable)
+]
 
 
 def feature_columns(schema: SchemaConfig) -> list[str]:
@@ -100,13 +129,25 @@ def event_model(schema: SchemaConfig) -> Any:
     return _typed_dict("Event", fields)
 
 
-def request_model(schema: SchemaConfig, limits: Limits) -> TypeAdapter:
-    """The validator of ``POST /v1/score`` bodies for one model schema and limits."""
+@dataclass(frozen=True)
+class RequestModel:
+    """A route's validator for one served model: the body's types (pydantic) and the rules of
+    the model's data contract."""
+
+    adapter: TypeAdapter
+    rules: EventRules
+
+
+def request_model(
+    schema: SchemaConfig, limits: Limits, contract: DataContract | None = None
+) -> RequestModel:
+    """The validator of ``POST /v1/score`` bodies for one model schema, limits and contract
+    (None: the model's manifest has none, and only types and limits are checked)."""
     event = event_model(schema)
     sequence = _typed_dict(
         "ScoredSequence",
         {
-            "entity": Annotated[str, Field(strict=True, min_length=1)],
+            "entity": Entity,
             "events": Annotated[
                 list[event],  # type: ignore[valid-type]
                 Field(min_length=1, max_length=limits.max_events_per_sequence),
@@ -117,10 +158,13 @@ def request_model(schema: SchemaConfig, limits: Limits) -> TypeAdapter:
         list[sequence],  # type: ignore[valid-type]
         Field(min_length=1, max_length=limits.max_sequences_per_request),
     ]
-    return TypeAdapter(_typed_dict("ScoreRequest", {"sequences": sequences}))
+    adapter = TypeAdapter(_typed_dict("ScoreRequest", {"sequences": sequences}))
+    return RequestModel(adapter, EventRules(contract, schema))
 
 
-def stream_request_model(schema: SchemaConfig, limits: Limits) -> TypeAdapter:
+def stream_request_model(
+    schema: SchemaConfig, limits: Limits, contract: DataContract | None = None
+) -> RequestModel:
     """``POST /v1/stream/{entity_id}``: new events, and optionally the history to rebuild from.
 
     ``expect_events_seen`` is the ``state.events_seen`` of the client's previous reply: a
@@ -132,7 +176,7 @@ def stream_request_model(schema: SchemaConfig, limits: Limits) -> TypeAdapter:
         list[event],  # type: ignore[valid-type]
         Field(min_length=1, max_length=limits.max_events_per_sequence),
     ]
-    return TypeAdapter(
+    adapter = TypeAdapter(
         _typed_dict(
             "StreamRequest",
             {
@@ -145,12 +189,13 @@ def stream_request_model(schema: SchemaConfig, limits: Limits) -> TypeAdapter:
             total=False,
         )
     )
+    return RequestModel(adapter, EventRules(contract, schema))
 
 
 def _describe(err: Mapping[str, Any], schema: SchemaConfig, limits: Limits) -> str:
     """A pydantic error as a sentence a client can act on."""
     kind, loc = err["type"], err["loc"]
-    name = loc[-1] if loc else "body"
+    name = clip(str(loc[-1])) if loc else "body"
     in_event = len(loc) >= 3 and loc[-3] in ("events", "history")
     if kind == "missing":
         return f"missing {'feature' if in_event else 'field'} {name!r}"
@@ -161,6 +206,8 @@ def _describe(err: Mapping[str, Any], schema: SchemaConfig, limits: Limits) -> s
             expected = ", ".join(feature_columns(schema))
             return f"unknown feature {name!r}; expected: {expected}{hint}"
         return f"unknown field {name!r}"
+    if len(loc) == 3 and loc[0] == "sequences" and name == "entity" and kind != "string_type":
+        return f"entity must be {ENTITY_RULE}"
     if kind == "too_long":
         limit = (
             f"max_events_per_sequence={limits.max_events_per_sequence}"
@@ -180,17 +227,24 @@ def _describe(err: Mapping[str, Any], schema: SchemaConfig, limits: Limits) -> s
 
 
 def parse_request(
-    body: bytes, model: TypeAdapter, schema: SchemaConfig, limits: Limits
+    body: bytes,
+    model: RequestModel,
+    schema: SchemaConfig,
+    limits: Limits,
+    now: datetime | None = None,
 ) -> EventColumns:
     """A ``/v1/score`` body -> its sequences as :class:`EventColumns`, in request order (one
     group per sequence, named by its entity). Raises :class:`RequestError` (400 or 422) on
-    any problem."""
-    request = _validate(body, model, schema, limits)
+    any problem. ``now`` is the clock the future check compares with (default: this moment)."""
+    request = _validate(body, model.adapter, schema, limits)
     sequences = request["sequences"]
+    columns = _columns([s["entity"] for s in sequences], [s["events"] for s in sequences], schema)
+    lengths = [len(s["events"]) for s in sequences]
+    columns = _apply_rules(model.rules, columns, lengths, "sequences[{i}].events", now)
     if limits.order_policy == "reject":
         for i, seq in enumerate(sequences):
             check_order(seq["events"], schema, f"sequences[{i}].events")
-    return _columns([s["entity"] for s in sequences], [s["events"] for s in sequences], schema)
+    return columns
 
 
 @dataclass(frozen=True)
@@ -205,21 +259,57 @@ class StreamRequest:
 
 
 def parse_stream_request(
-    body: bytes, entity: str, model: TypeAdapter, schema: SchemaConfig, limits: Limits
+    body: bytes,
+    entity: str,
+    model: RequestModel,
+    schema: SchemaConfig,
+    limits: Limits,
+    now: datetime | None = None,
 ) -> StreamRequest:
     """Validate a ``/v1/stream`` body (:func:`stream_request_model`) the same way; absent
-    optional fields take their defaults."""
-    request = _validate(body, model, schema, limits)
+    optional fields take their defaults. An event the contract refuses never reaches the
+    entity's state, so a timestamp far ahead cannot lock the entity out of its real events."""
+    request = _validate(body, model.adapter, schema, limits)
     history = request.get("history")
+    events = _columns([entity], [request["events"]], schema)
+    events = _apply_rules(model.rules, events, [len(request["events"])], "events", now)
+    past = None
+    if history is not None:
+        past = _columns([entity], [history], schema)
+        past = _apply_rules(model.rules, past, [len(history)], "history", now)
     if limits.order_policy == "reject":
         check_order(request["events"], schema, "events")
         if history is not None:
             check_order(history, schema, "history")
     return StreamRequest(
-        events=_columns([entity], [request["events"]], schema),
-        history=None if history is None else _columns([entity], [history], schema),
+        events=events,
+        history=past,
         expect_events_seen=request.get("expect_events_seen"),
         reset=request.get("reset", False),
+    )
+
+
+def _apply_rules(
+    rules: EventRules,
+    columns: EventColumns,
+    lengths: Sequence[int],
+    path: str,
+    now: datetime | None,
+) -> EventColumns:
+    """The contract's verdict on ``columns`` (sequence ``i``: ``lengths[i]`` events at
+    ``path.format(i=i)``): the columns to score, or a 422 naming each offending event's field."""
+    verdict = rules.check(columns, now or datetime.now(UTC), MAX_REPORTED_ERRORS)
+    if not verdict.count:
+        return verdict.columns
+    starts = np.cumsum([0, *lengths])
+    reported = []
+    for v in verdict.violations:
+        i = int(np.searchsorted(starts, v.row, side="right")) - 1
+        where = f"{path.format(i=i)}[{v.row - int(starts[i])}].{v.column}"
+        reported.append({"field": where, "error": v.message, "check": v.check})
+    first = reported[0]
+    raise RequestError(
+        422, first["error"], first["field"], errors=reported, error_count=verdict.count
     )
 
 

@@ -19,6 +19,7 @@ from data_checks.config import ValidateConfig
 from data_checks.contract import REASON, run_contract
 from data_checks.docs import render
 from pipelines.params.data import FAULT_NAMES, GenerateConfig
+from seqcore.encoding import EventColumns
 from seqcore.schema import SchemaConfig
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -127,6 +128,11 @@ def _unseen(rows):
     rows[2]["channel"], rows[17]["channel"] = "crypto_kiosk", "channel_x"
 
 
+def _negative_seq(rows):
+    # C3 then numbers -1, 2, 3, ...: the gap from -1 to 2 is seq_negative's fault, not seq_gaps'.
+    rows[nth(rows, "C3", 0)]["seq_no"] = -1
+
+
 ROW_FAULTS: dict[str, tuple[Callable, str, int]] = {
     "out_of_order": (_out_of_order, "time_order", 1),
     "duplicates": (_duplicate, "duplicates", 1),
@@ -137,6 +143,7 @@ ROW_FAULTS: dict[str, tuple[Callable, str, int]] = {
     "late_events": (_late, "late_events", 1),
     "nan_inf": (_nan_inf, "numeric_finite", 2),
     "unseen_categories": (_unseen, "categorical_domain", 2),
+    "negative_seq": (_negative_seq, "seq_negative", 1),
 }
 
 
@@ -513,3 +520,72 @@ def test_summary_names_columns_as_columns_and_counts_entities_of_null_time_rows(
     key_nulls = report.result("key_nulls")
     assert (key_nulls.violating_rows, key_nulls.violating_entities) == (2, 1)
     assert "FAILED key_nulls: 2 row(s), 1 entity" in text
+
+
+def _as_request(table: pa.Table) -> EventColumns:
+    """A table's rows, row for row, as the columns a scoring request becomes."""
+    return EventColumns(
+        names=["all"],
+        group=np.zeros(table.num_rows, dtype=np.int64),
+        time_us=pc.cast(table["event_time"], pa.int64()).to_numpy(),
+        seq=table["seq_no"].to_numpy(),
+        numeric={"amount": table["amount"].to_numpy()},
+        categorical={c: pc.cast(table[c], pa.string()).to_pylist() for c in SCHEMA.categorical},
+    )
+
+
+def test_the_validate_stage_and_the_endpoint_flag_the_same_rows_for_the_same_reason():
+    from data_checks.rules import SERVING_CHECKS, EventRules, serving_contract
+
+    rows = make_rows()
+    rows[3]["amount"] = 1e308
+    rows[2]["seq_no"] = -5  # C3's first: its numbers then run -5, 2, 3, ... with no gap
+    rows[9]["channel"] = "crypto_kiosk"
+    rows[nth(rows, "D4", 4)]["event_time"] = datetime(2099, 1, 1, tzinfo=UTC)
+    rows[nth(rows, "A1", 6)]["event_time"] = datetime(1990, 1, 1, tzinfo=UTC)
+    rows[14]["amount"] = -0.5
+    table = table_from_rows(rows)
+    cfg = config(**{name: {"policy": "quarantine"} for name in SERVING_CHECKS})
+    report, _, quarantine = run_contract(table, SCHEMA, cfg, NOW)
+    assert report.failed() == []
+    by_validate = dict(
+        zip(quarantine["_arrival"].to_pylist(), quarantine[REASON].to_pylist(), strict=True)
+    )
+    assert len(by_validate) == 6 and set(by_validate.values()) == set(SERVING_CHECKS)
+
+    types = {c: table[c].type for c in SCHEMA.categorical}
+    rules = EventRules(serving_contract(cfg, SCHEMA, types), SCHEMA)
+    verdict = rules.check(_as_request(table), NOW, limit=100)
+    assert {v.row: v.check for v in verdict.violations} == by_validate
+    assert verdict.count == 6
+    said = {v.row: v.message for v in verdict.violations}
+    assert said[3] == (
+        "value_ranges: 1e+308 is above the max 1000000 of amount (validate.ranges.amount)"
+    )
+    assert said[14] == "value_ranges: -0.5 is below the min 0 of amount (validate.ranges.amount)"
+    said = {v.check: v.message for v in verdict.violations}
+    assert said["seq_negative"].startswith("seq_negative: seq_no=-5 is below 0")
+    assert "'crypto_kiosk' is not in the domain of channel" in said["categorical_domain"]
+    assert said["time_floor"].startswith("time_floor: event_time 1990-01-01T00:00:00Z is before")
+    assert "validate.checks.future_timestamps.max_ahead" in said["future_timestamps"]
+
+
+def test_only_enabled_checks_reach_the_manifest_and_domains_match_as_validate_does():
+    from data_checks.rules import serving_contract
+
+    cfg = ValidateConfig(
+        domains={"channel": CHANNELS, "mcc": [5411, "5812", "not a code"], "label": [0, 1]},
+        ranges={"amount": [0, None], "label": [0, 1]},
+        checks={"value_ranges": {"enabled": False}, "time_floor": {"policy": "quarantine"}},
+    )
+    types = {"channel": pa.dictionary(pa.int32(), pa.string()), "mcc": pa.int64()}
+    contract = serving_contract(cfg, SCHEMA, types)
+    assert contract.checks == (
+        "categorical_domain", "seq_negative", "future_timestamps", "time_floor",
+    )  # fmt: skip
+    assert contract.ranges == {"amount": (0, None)}  # numeric features only
+    # An integer column's domain as the strings a request carries; "not a code" can never occur.
+    assert contract.domains == {"channel": tuple(CHANNELS), "mcc": ("5411", "5812")}
+    assert contract.domain_policy == "refuse" and contract.max_ahead_s == 300.0
+    no_seq = serving_contract(cfg, SchemaConfig(seq=None), types)
+    assert "seq_negative" not in no_seq.checks

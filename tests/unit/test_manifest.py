@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from seqcore.manifest import FORMAT_VERSION, Manifest, ManifestError, load_manifest
+from seqcore.manifest import FORMAT_VERSION, DataContract, Manifest, ManifestError, load_manifest
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +35,25 @@ def test_typed_fields_replace_string_keys(raw, tiny_pipeline):
     assert manifest.targets.next_event.column == raw["targets"]["next_event"]["column"]
 
 
+def test_the_data_contract_round_trips_typed(raw):
+    contract = Manifest.from_json(raw).contract
+    assert isinstance(contract, DataContract)  # written by the shard stage from validate
+    assert contract.ranges == {"amount": (0.0, 1_000_000.0)}
+    assert contract.domains["channel"] == ("pos", "online", "atm", "contactless")
+    assert contract.applies("future_timestamps") and contract.max_ahead_s == 300.0
+    assert contract.time_floor.isoformat() == "2000-01-01T00:00:00+00:00"
+    assert contract.domain_policy == "refuse"
+    assert DataContract.from_json(contract.to_json(), "c") == contract
+
+
+def test_a_manifest_from_before_the_contract_still_loads_and_reads_back_as_written(raw):
+    older = {k: v for k, v in raw.items() if k != "contract"}
+    manifest = Manifest.from_json(older)
+    assert manifest.contract is None
+    assert manifest.to_json() == older  # no "contract": null appears in it
+    assert Manifest.from_json({**older, "contract": None}).contract is None
+
+
 def test_absent_targets_are_none_not_missing_keys(raw):
     no_targets = {**raw, "targets": {"label": None, "next_event": None, "forecast": None}}
     targets = Manifest.from_json(no_targets).targets
@@ -55,6 +74,21 @@ def test_absent_targets_are_none_not_missing_keys(raw):
         (lambda r: r.update(max_workers=True), r"max_workers: expected int"),
         (lambda r: r["targets"]["next_event"].update(column="nope"), r"next_event\.column: 'nope'"),
         (lambda r: r["features"].pop("numeric_order"), r"schema or features unreadable"),
+        (lambda r: r["contract"].pop("checks"), r"manifest\.contract\.checks: missing"),
+        (
+            lambda r: r["contract"]["ranges"].update(amount=[0]),
+            r"contract\.ranges\.amount: expected \[min, max\]",
+        ),
+        (
+            lambda r: r["contract"]["ranges"].update(mcc=[0, 1]),
+            r"contract\.ranges: 'mcc' not a numeric feature",
+        ),
+        (
+            lambda r: r["contract"]["domains"].update(channel=[1, 2]),
+            r"contract\.domains\.channel: expected strings",
+        ),
+        (lambda r: r["contract"].update(domain_policy="drop"), r"domain_policy: expected one of"),
+        (lambda r: r["contract"].update(time_floor="soon"), r"time_floor: expected an ISO-8601"),
     ],
 )
 def test_a_broken_manifest_fails_at_load_naming_the_key(raw, change, message):
