@@ -2,7 +2,9 @@
 
 A stage writes each output into a temporary sibling and renames it into place only when it
 is complete, so an interrupted stage leaves either the old output or none, never half of one
-(the same idea as DVC's own cache writes).
+(the same idea as DVC's own cache writes). A temporary sibling is named after the process
+that writes it (``.<name>.tmp-<pid>-<random>``); one that a killed run left behind is removed
+by the next write of the same output (:func:`sweep_stale`), so interrupted runs do not pile up.
 """
 
 from __future__ import annotations
@@ -34,9 +36,50 @@ def _publish_mode(path: Path, directory: bool) -> None:
     os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
 
 
-def _tmp_sibling(path: Path) -> Path:
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def sweep_stale(path: Path) -> list[Path]:
+    """Remove the temporary siblings of ``path`` (``.<name>.tmp-*``, ``.<name>.old-*``) whose
+    writing process is gone, and return them. A sibling of a live process is another write in
+    progress and is left alone; one without a process id in its name predates that naming."""
+    removed: list[Path] = []
+    for kind in ("tmp", "old"):
+        marker = f".{path.name}.{kind}-"
+        try:
+            entries = [e for e in os.scandir(path.parent) if e.name.startswith(marker)]
+        except FileNotFoundError:
+            return removed
+        for entry in entries:
+            pid = entry.name[len(marker) :].split("-", 1)[0]
+            if pid.isdigit() and (int(pid) == os.getpid() or _alive(int(pid))):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                Path(entry.path).unlink(missing_ok=True)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _tmp_prefix(path: Path) -> str:
+    """Create ``path``'s parent, sweep what killed runs left there (not inside a temporary
+    folder of our own, which is new), and name a temporary sibling after this process."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    if ".tmp-" not in path.parent.name:
+        sweep_stale(path)
+    return f".{path.name}.tmp-{os.getpid()}-"
+
+
+def _tmp_sibling(path: Path) -> Path:
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), dir=path.parent))
     _publish_mode(tmp, directory=True)
     return tmp
 
@@ -69,8 +112,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 def atomic_file(path: str | Path, mode: str = "w") -> Iterator[Any]:
     """Open a temporary file that replaces ``path`` only if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=_tmp_prefix(path), dir=path.parent)
     tmp = Path(tmp_name)
     try:
         with os.fdopen(fd, mode) as handle:
@@ -107,8 +149,7 @@ def write_json(path: str | Path, obj: Any) -> None:
 def write_parquet(table: pa.Table, path: str | Path, **kwargs: Any) -> None:
     """Write one Parquet file atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=_tmp_prefix(path), dir=path.parent)
     os.close(fd)
     try:
         pq.write_table(table, tmp_name, **kwargs)
@@ -128,8 +169,7 @@ def write_parquet_chunks(
     the file appears complete or not at all. Returns the number of rows written.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=_tmp_prefix(path), dir=path.parent)
     os.close(fd)
     rows = 0
     try:

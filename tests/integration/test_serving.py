@@ -213,6 +213,14 @@ BAD_REQUESTS = {
     "categorical as number": (lambda ev: _one(ev, mcc=5411), {}, 422, "sequences[0].events[1].mcc", "valid string"),
     "unparseable time": (lambda ev: _one(ev, event_time="2025-13-45 25:00"), {}, 422, "sequences[0].events[1].event_time", "ISO-8601"),
     "epoch time": (lambda ev: _one(ev, event_time=1735689600), {}, 422, "sequences[0].events[1].event_time", "ISO-8601"),
+    # The data contract the model's manifest carries from the validate stage (params.yaml).
+    "amount 1e308": (lambda ev: _one(ev, amount=1e308), {}, 422, "sequences[0].events[1].amount",
+                     "value_ranges: 1e+308 is above the max 1000000 of amount (validate.ranges.amount)"),
+    "year 9999": (lambda ev: _one(ev, event_time="9999-12-31T00:00:00Z"), {}, 422, "sequences[0].events[1].event_time", "future_timestamps: "),
+    "before the floor": (lambda ev: _one(ev, event_time="1999-01-01T00:00:00Z"), {}, 422, "sequences[0].events[1].event_time", "time_floor: "),
+    "negative seq": (lambda ev: _one(ev, seq_no=-5), {}, 422, "sequences[0].events[1].seq_no", "seq_negative: seq_no=-5 is below 0"),
+    "channel outside its domain": (lambda ev: _one(ev, channel="teleport"), {}, 422, "sequences[0].events[1].channel", "categorical_domain: 'teleport'"),
+    "entity too long": (lambda ev: {"sequences": [dict(_one(ev)["sequences"][0], entity="e" * 257)]}, {}, 422, "sequences[0].entity", "1 to 256 printable characters"),
 }  # fmt: skip
 
 
@@ -226,6 +234,32 @@ def test_bad_requests_get_a_4xx_naming_the_field_and_serving_goes_on(served, eve
     assert _post(served, _one(events)).status_code == 200
 
 
+def test_a_long_entity_or_key_is_refused_without_being_echoed(served, events):
+    long = "x" * 150_000  # within max_body_bytes, far beyond the entity limit
+    request = _one(events)
+    for body in (
+        {"sequences": [dict(request["sequences"][0], entity=long)]},
+        _one(events, **{long: 1.0}),
+    ):
+        response = _post(served, body)
+        assert response.status_code == 422 and len(response.content) < 2_000, response.text[:300]
+
+
+def test_a_stream_event_from_the_far_future_is_refused_and_never_locks_the_entity(served, events):
+    seq = _sequences(events)[-1]  # the longest: three events at least
+    url = f"{served}/v1/stream/future-{seq['entity']}"
+    assert requests.post(url, json={"events": seq["events"][:2]}, timeout=60).status_code == 200
+    future = dict(seq["events"][2], event_time="9999-12-31T00:00:00Z")
+    refused = requests.post(url, json={"events": [future]}, timeout=60)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["field"] == "events[0].event_time"
+    assert "future_timestamps" in refused.json()["error"]
+    real = requests.post(url, json={"events": [seq["events"][2]]}, timeout=60)
+    assert real.status_code == 200, real.text  # not "before the last event": 9999 was not kept
+    assert real.json()["score"]["state"]["status"] == "continued"
+    assert real.json()["score"]["state"]["events_seen"] == 3
+
+
 def test_unknown_routes_answer_json(served):
     response = requests.get(f"{served}/v1/nothing", timeout=10)
     assert response.status_code == 404 and response.json()["error"] == "Not Found"
@@ -235,6 +269,7 @@ def test_order_policy_sort_orders_events_and_reject_refuses_them(served, registr
     from ray import serve
 
     from serving.app import ScoringAPI
+    from serving.auth import Authenticator
     from serving.config import serving_config
 
     ordered = _sequences(events)
@@ -251,7 +286,8 @@ def test_order_policy_sort_orders_events_and_reject_refuses_them(served, registr
     strict = ScoringAPI.options(
         ray_actor_options={"num_cpus": 0.25}, user_config={**LIMITS, "order_policy": "reject"}
     )
-    serve.run(strict.bind(stream, None, config), name="strict", route_prefix="/strict")
+    open_to_all = Authenticator((), enabled=False)  # loopback, no tokens: as build_app decides
+    serve.run(strict.bind(stream, None, config, open_to_all), name="strict", route_prefix="/strict")
     try:
         response = _post(f"{served}/strict", {"sequences": [ordered[0], shuffled[-1]]})
         assert response.status_code == 422, response.text
@@ -266,14 +302,17 @@ def test_reload_follows_the_alias_and_responses_name_the_new_version(served, reg
     import mlflow
     from ray import serve
 
+    from seqcore.loading import logged_record
+
     client = registry["client"]
     previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     mlflow.set_tracking_uri(registry["uri"])  # a models:/m-... source resolves via the fluent store
     mlflow.set_registry_uri(registry["uri"])
     try:
         second = client.create_model_version(
-            MODEL, registry["model_uri"], registry["run_id"]
-        ).version
+            MODEL, registry["model_uri"], registry["run_id"],
+            tags=logged_record(client, registry["model_uri"]),  # the files' hashes, as registered
+        ).version  # fmt: skip
     finally:
         mlflow.set_tracking_uri(previous[0])
         mlflow.set_registry_uri(previous[1])
@@ -292,6 +331,7 @@ def test_missing_model_or_alias_fails_start_up_with_a_clear_error(ray_cluster, s
     from ray import serve
 
     from serving.app import ScoringAPI, app_builder
+    from serving.auth import Authenticator
     from serving.cli import deploy_failure
     from serving.config import serving_config
     from serving.registry import ModelNotFoundError
@@ -310,7 +350,11 @@ def test_missing_model_or_alias_fails_start_up_with_a_clear_error(ray_cluster, s
     )
     stream = serve.get_deployment_handle("StreamHolder", APP)
     with pytest.raises(RuntimeError, match="Deploying application missing-model failed"):
-        serve.run(ingress.bind(stream, None, config), name="missing-model", route_prefix="/gone")
+        serve.run(
+            ingress.bind(stream, None, config, Authenticator((), enabled=False)),
+            name="missing-model",
+            route_prefix="/gone",
+        )
     assert f"cannot serve models:/{MODEL}@gone: not found" in deploy_failure("missing-model")
     serve.delete("missing-model")
     assert time.monotonic() - started < 120
@@ -343,6 +387,17 @@ def test_cli_ingress_modes_refuse_a_running_cluster(registry, flag, variable):
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert f"{flag} starts a local cluster" in result.stderr and variable in result.stderr
+
+
+def _listeners() -> list[tuple[str, int]]:
+    """(address, port) of every listening TCP socket on this machine, from ``ss -ltnH``."""
+    out = subprocess.run(["ss", "-ltnH"], check=True, capture_output=True, text=True).stdout
+    found = []
+    for line in out.splitlines():
+        local = line.split()[3]
+        host, _, port = local.rpartition(":")
+        found.append((host.strip("[]").removeprefix("::ffff:"), int(port)))
+    return found
 
 
 @pytest.mark.parametrize("ingress", ["--direct-ingress", "--high-throughput"])
@@ -396,8 +451,13 @@ def test_cli_serves_through_the_proxy_and_direct_ingress_alike(registry, events,
         for target in (url, f"http://127.0.0.1:{port}/v1/score"):
             bad = requests.post(target, data=b"{", headers={"Content-Type": "application/json"})
             assert bad.status_code == 400 and bad.json()["field"] == "body"
+        # Everything the command opens for clients and operators answers on loopback only.
+        ours = {port, stats, stats + 1, *range(direct, direct + DIRECT_PORTS)}
+        exposed = [a for a in _listeners() if a[1] in ours and not a[0].startswith("127.")]
+        assert not exposed, exposed
         if ingress == "--high-throughput":  # HAProxy, not Serve's proxy, answers the port
             assert any("through HAProxy" in line for line in seen), "".join(seen)
+            assert any(a == ("127.0.0.1", stats) for a in _listeners()), "no stats listener"
             assert requests.get(f"http://127.0.0.1:{stats}/stats", timeout=10).status_code == 200
             # A stream call crosses to the StreamHolder (gRPC between replicas in this mode):
             # the whole history streamed equals its score, which reads it all (window).
