@@ -77,7 +77,6 @@ class ScoringAPI(HoldsModel):
         self.limits, self.rollout = config.limits, config.rollout
         # Loading reads the registry and artifacts: off the loop that answers health checks.
         self.server = await asyncio.to_thread(ModelServer, config, "champion")
-        self.schema = self.server.model.scorer.schema
         self._validators()
         self.shadow = None if challenger is None else Shadow(challenger, self.rollout.shadow_log)
         self.replies = Replies()
@@ -92,10 +91,19 @@ class ScoringAPI(HoldsModel):
         self._validators()
 
     def _validators(self) -> None:
-        # The champion's data contract: the validate stage's rules its requests are held to.
-        contract = self.server.model.scorer.manifest.contract
+        """Request validators for the champion held now: its schema and its data contract
+        (the validate stage's rules it was trained under). Rebuilt when a promotion swaps in
+        another version (:meth:`_current`), whose schema or contract may differ."""
+        model = self.server.model
+        contract = model.scorer.manifest.contract
+        self.schema = model.scorer.schema
         self.request_model = request_model(self.schema, self.limits, contract)
         self.stream_model = stream_request_model(self.schema, self.limits, contract)
+        self._validated_for = model
+
+    def _current(self) -> None:
+        if self.server.model is not self._validated_for:  # the alias moved since
+            self._validators()
 
     @api.post("/v1/score")
     async def score(self, request: Request) -> JSONResponse:
@@ -104,6 +112,7 @@ class ScoringAPI(HoldsModel):
     async def _score(self, request: Request) -> dict[str, Any]:
         self.auth.check(request.headers.get("authorization"), "score")
         body = await self._body(request)
+        self._current()
         columns = parse_request(body, self.request_model, self.schema, self.limits)
         split = 0.0 if self.challenger is None else self.rollout.challenger_percent
         chosen = variant(columns.names[0], split)
@@ -127,6 +136,7 @@ class ScoringAPI(HoldsModel):
         self.auth.check(authorization, "score")
         check_entity_id(entity_id)
         body = await self._body(request)
+        self._current()
         parsed = parse_stream_request(body, entity_id, self.stream_model, self.schema, self.limits)
         if parsed.reset:  # dropping an entity's state is an operator's act
             self.auth.check(authorization, "admin")
@@ -164,6 +174,7 @@ class ScoringAPI(HoldsModel):
 
     async def _models(self, request: Request) -> dict[str, Any]:
         self.auth.check(request.headers.get("authorization"), "admin")
+        self._current()
         features = feature_columns(self.schema)
         models = [{**self.info(), "features": features, "variant": "champion"}]
         if self.challenger is not None:
