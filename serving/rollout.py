@@ -19,13 +19,16 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from ray.serve.metrics import Counter, Histogram
 
+from data_checks.rules import EventRules
 from seqcore.encoding import EventColumns
 from serving.config import ServingConfig
 from serving.holder import HoldsModel, ModelServer, short_gil_switch
+from serving.schemas import RequestError, apply_rules
 
 log = logging.getLogger("ray.serve")
 REGISTRY_FACTS = ("name", "version", "run_id")
@@ -78,6 +81,10 @@ class Shadow:
             self.mirrored.inc(tags={"outcome": "error"})
             log.warning("shadow: challenger failed: %r", exc)
             return
+        if "refused" in shadow:  # the challenger's contract refuses what the champion took
+            self.mirrored.inc(tags={"outcome": "refused"})
+            log.info("shadow: challenger refused: %s", shadow["refused"]["error"])
+            return
         pairs = list(zip(served["scores"], shadow["scores"], strict=True))
         largest = max(abs(float(a["score"]) - float(b["score"])) for a, b in pairs)
         record: dict[str, Any] = {
@@ -106,10 +113,22 @@ class ChallengerHolder(HoldsModel):
     def __init__(self, config: ServingConfig) -> None:
         short_gil_switch()
         self.server = ModelServer(config, "ChallengerHolder")
+        self._rules: tuple[Any, EventRules] | None = None
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """``user_config``: max_batch_size, batch_wait_timeout_s, max_tokens."""
         self.server.reconfigure(user_config)
 
     async def score(self, request: EventColumns) -> dict[str, Any]:
-        return await self.server.score(request)
+        """Scores, or ``{"refused": {"status", "error", "field", ...}}`` when the events break
+        the challenger's own data contract (the ingress checked the champion's; the two
+        versions may have been trained under different rules)."""
+        model = self.server.model
+        if self._rules is None or self._rules[0] is not model:
+            self._rules = (model, EventRules(model.scorer.manifest.contract, model.scorer.schema))
+        lengths = np.bincount(request.group, minlength=len(request.names))
+        try:
+            checked = apply_rules(self._rules[1], request, lengths, "sequences[{i}].events", None)
+        except RequestError as exc:
+            return {"refused": {"status": exc.status, **exc.body()}}
+        return await self.server.score(checked)

@@ -240,7 +240,7 @@ def parse_request(
     sequences = request["sequences"]
     columns = _columns([s["entity"] for s in sequences], [s["events"] for s in sequences], schema)
     lengths = [len(s["events"]) for s in sequences]
-    columns = _apply_rules(model.rules, columns, lengths, "sequences[{i}].events", now)
+    columns = apply_rules(model.rules, columns, lengths, "sequences[{i}].events", now)
     if limits.order_policy == "reject":
         for i, seq in enumerate(sequences):
             check_order(seq["events"], schema, f"sequences[{i}].events")
@@ -272,11 +272,11 @@ def parse_stream_request(
     request = _validate(body, model.adapter, schema, limits)
     history = request.get("history")
     events = _columns([entity], [request["events"]], schema)
-    events = _apply_rules(model.rules, events, [len(request["events"])], "events", now)
+    events = apply_rules(model.rules, events, [len(request["events"])], "events", now)
     past = None
     if history is not None:
         past = _columns([entity], [history], schema)
-        past = _apply_rules(model.rules, past, [len(history)], "history", now)
+        past = apply_rules(model.rules, past, [len(history)], "history", now)
     if limits.order_policy == "reject":
         check_order(request["events"], schema, "events")
         if history is not None:
@@ -289,7 +289,7 @@ def parse_stream_request(
     )
 
 
-def _apply_rules(
+def apply_rules(
     rules: EventRules,
     columns: EventColumns,
     lengths: Sequence[int],
@@ -297,7 +297,8 @@ def _apply_rules(
     now: datetime | None,
 ) -> EventColumns:
     """The contract's verdict on ``columns`` (sequence ``i``: ``lengths[i]`` events at
-    ``path.format(i=i)``): the columns to score, or a 422 naming each offending event's field."""
+    ``path.format(i=i)``): the columns to score, or a 422 naming each offending event's field.
+    Also what the challenger applies with its own contract (``serving.rollout``)."""
     verdict = rules.check(columns, now or datetime.now(UTC), MAX_REPORTED_ERRORS)
     if not verdict.count:
         return verdict.columns
