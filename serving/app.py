@@ -25,7 +25,8 @@ import time
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
@@ -41,6 +42,7 @@ from serving.config import (
 )
 from serving.holder import HoldsModel, ModelServer, short_gil_switch
 from serving.http_edge import Replies, check_entity_id, json_api, read_body
+from serving.openapi import complete
 from serving.registry import resolve_version
 from serving.rollout import ChallengerHolder, Shadow, variant
 from serving.routing import EntityAffinityRouter
@@ -119,6 +121,9 @@ class ScoringAPI(HoldsModel):
         if chosen == "challenger":
             assert self.challenger is not None
             result = await self.challenger.score.remote(columns)
+            if "refused" in result:
+                refused = dict(result["refused"])
+                raise RequestError(refused.pop("status"), refused.pop("error"), **refused)
         else:
             result = await self.server.score(columns)  # the champion, in this replica
             if self.shadow is not None and self.rollout.shadow:
@@ -160,13 +165,35 @@ class ScoringAPI(HoldsModel):
     async def _body(self, request: Request) -> bytes:
         return await read_body(request, self.limits.max_body_bytes, self.limits.body_timeout_s)
 
-    @api.get("/openapi.json")
+    @api.get("/openapi.json", include_in_schema=False)
     async def openapi(self, request: Request) -> JSONResponse:
         return await self.replies.answer("/openapi.json", self._openapi(request))
 
     async def _openapi(self, request: Request) -> dict[str, Any]:
         self.auth.check(request.headers.get("authorization"), "score")
-        return api.openapi()
+        self._current()
+        model = self.server.model.scorer
+        return complete(
+            api.openapi(),
+            self.request_model,
+            self.stream_model,
+            self.schema,
+            model.manifest,
+            self.auth.enabled,
+        )
+
+    @api.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request) -> Response:
+        started = time.perf_counter()
+        if self.auth.enabled:  # a browser cannot send a bearer token for the document
+            body = {
+                "error": "the API docs page is off while tokens are required; fetch "
+                "/openapi.json with a token instead",
+                "field": None,
+            }
+            return self.replies.send("/docs", 404, body, started)
+        prefix = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(openapi_url=f"{prefix}/openapi.json", title=api.title)
 
     @api.get("/v1/models")
     async def models(self, request: Request) -> JSONResponse:

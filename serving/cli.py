@@ -5,7 +5,10 @@ The same steps as ``serve run serving/serve_config.yaml`` (Ray docs, "Serve Conf
 config file, override its application ``args`` with ``--model-name/--alias/--version`` and
 its ``http_options`` with ``--host/--port``, check that the registry holds the model (a
 missing model or alias is an error at once, not a hang), connect to Ray (``RAY_ADDRESS`` or a
-local cluster), start Serve's HTTP proxy, deploy, and block until Ctrl-C, then shut Serve down.
+local cluster), start Serve's HTTP proxy, deploy, and block until Ctrl-C. On a cluster at
+``RAY_ADDRESS``, which others may serve on, an application of the same name is refused unless
+``--replace``, and Ctrl-C deletes only this command's application; a local cluster of its own
+goes down with all of Serve.
 
 ``--direct-ingress`` turns on Ray Serve's direct ingress (``RAY_SERVE_ENABLE_DIRECT_INGRESS``,
 experimental in Ray 2.5x) for a local cluster this command starts: every ``ScoringAPI``
@@ -198,16 +201,49 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _shutdown(timeout_s: float = 30.0) -> None:
-    """``serve.shutdown()``, bounded: Ctrl-C in a terminal also reaches a local cluster's own
-    processes, and a shutdown that waits on a dead GCS would never return."""
+def _stop(name: str, shared: bool, timeout_s: float = 30.0) -> None:
+    """Take down what this command started, bounded: on a cluster at ``RAY_ADDRESS`` only its
+    own application (others may serve there), on its own local cluster all of Serve. Bounded
+    because Ctrl-C in a terminal also reaches a local cluster's own processes, and a shutdown
+    that waits on a dead GCS would never return."""
     from ray import serve
 
-    worker = threading.Thread(target=serve.shutdown, daemon=True)
+    def stop() -> None:
+        serve.delete(name) if shared else serve.shutdown()
+
+    worker = threading.Thread(target=stop, daemon=True)
     worker.start()
     worker.join(timeout_s)
     if worker.is_alive():
-        print(f"Serve did not shut down within {timeout_s:.0f} s; exiting", file=sys.stderr)
+        print(f"Serve did not stop within {timeout_s:.0f} s; exiting", file=sys.stderr)
+
+
+def port_in_use(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be bound now (e.g. "address already in use"), or None."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return (exc.strerror or str(exc)).lower()
+    return None
+
+
+def running_http_options() -> dict[str, Any]:
+    """Host and port of the Serve instance this process is connected to ({} if unknown).
+    Serve keeps the HTTP options it was first started with, whatever a later start asks."""
+    from ray.serve.context import _get_global_client
+
+    try:  # Ray 2.60 has no public accessor for the running instance's HTTP options
+        options = _get_global_client().get_serve_details().get("http_options") or {}
+    except Exception:
+        return {}
+    if "host" not in options or "port" not in options:
+        return {}
+    return {"host": options["host"], "port": int(options["port"])}
 
 
 def serve_command(cli: argparse.Namespace) -> int:
@@ -230,6 +266,11 @@ def serve_command(cli: argparse.Namespace) -> int:
         http.setdefault("host", "127.0.0.1")
         # Before Ray starts: a public bind without tokens is refused here, not in a replica.
         resolve_auth(config.access.auth, load_tokens(config.access.tokens_file), http["host"])
+        shared = bool(os.environ.get("RAY_ADDRESS"))  # a cluster others may serve on too
+        busy = None if shared else port_in_use(http["host"], http.get("port", 8000))
+        if busy:  # Serve starts here, so its port must be free
+            raise ConfigError(f"cannot serve on {http['host']}:{http.get('port', 8000)}: "
+                              f"{busy}; stop what holds it or pass --port")  # fmt: skip
         resolve_version(config.model)
     except (ConfigError, ModelNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -245,17 +286,36 @@ def serve_command(cli: argparse.Namespace) -> int:
               f"RAY_ADDRESS, start it with {var}=1 instead", file=sys.stderr)  # fmt: skip
         return 2
     _connect_ray(direct, cli.high_throughput)
+    name = app.get("name", "seqops")
     serve.start(http_options=http)
+    if shared:
+        running = serve.status().applications
+        if name in running and not cli.replace:
+            print(f"error: an application named {name!r} already runs on the cluster at "
+                  f"RAY_ADDRESS ({running[name].status}); pass --replace to replace it, or "
+                  "name this one otherwise in the config file", file=sys.stderr)  # fmt: skip
+            return 1
+        # Serve keeps the HTTP options it was first started with: say where it answers.
+        actual = running_http_options()
+        if actual and (actual["host"], actual["port"]) != (http["host"], http.get("port", 8000)):
+            print(f"note: Serve already answers on this cluster at {actual['host']}:"
+                  f"{actual['port']}; --host/--port apply only where Serve starts",
+                  file=sys.stderr)  # fmt: skip
+            http.update(actual)
     route = app.get("route_prefix", "/")
     try:
         serve.run(
             build_app(config, deployment_options(app), check=False, http_host=http["host"]),
-            name=app.get("name", "seqops"),
+            name=name,
             route_prefix=route,
         )
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        _stop(name, shared)
+        return 2
     except RuntimeError as exc:  # the application reached DEPLOY_FAILED
-        print(f"error: {exc}\n{deploy_failure(app.get('name', 'seqops'))}", file=sys.stderr)
-        serve.shutdown()
+        print(f"error: {exc}\n{deploy_failure(name)}", file=sys.stderr)
+        _stop(name, shared)
         return 1
     base = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}{route.rstrip('/')}"
     via = " through HAProxy" if cli.high_throughput else ""
@@ -271,9 +331,9 @@ def serve_command(cli: argparse.Namespace) -> int:
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
-        print("shutting down Serve", flush=True)
+        print(f"stopping {name!r}" if shared else "shutting down Serve", flush=True)
     finally:
-        _shutdown()
+        _stop(name, shared)
     return 0
 
 
@@ -317,6 +377,12 @@ def main(argv: list[str] | None = None) -> int:
         "--tracking-uri",
         default=None,
         help="MLflow URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)",
+    )
+    run.add_argument(
+        "--replace",
+        action="store_true",
+        help="on a cluster at RAY_ADDRESS, replace an application of the same name "
+        "(refused otherwise)",
     )
     run.add_argument(
         "--auth",

@@ -135,6 +135,9 @@ def test_each_route_asks_for_a_token_and_its_scope(served, good_event):
     assert r.status_code == 403
     assert requests.post(stream, json=reset, headers=ADMIN, timeout=30).status_code == 200
     assert requests.get(f"{served}/healthz", timeout=30).status_code == 200  # probes: open
+    doc = requests.get(f"{served}/openapi.json", headers=SCORE, timeout=30).json()
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert requests.get(f"{served}/docs", timeout=30).status_code == 404  # no token in a browser
 
 
 def test_entity_ids_with_a_slash_stream_when_percent_encoded(served, good_event):

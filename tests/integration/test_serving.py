@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -501,3 +502,79 @@ def test_prometheus_metrics_count_requests_errors_and_batches(served):
                 missing.discard(name)
         time.sleep(2 if missing else 0)
     assert not missing, f"metrics never exported: {sorted(missing)}"
+    # Every seqops metric Prometheus scrapes is named in the README's table, and the other
+    # way round every name there is one a deployment defines.
+    documented = set(re.findall(r"`(ray_seqops_[a-z_]+)`", (REPO / "README.md").read_text()))
+    scraped = {
+        re.sub(r"_(bucket|sum|count)$", "", line.split("{")[0].split(" ")[0])
+        for line in text.splitlines()
+        if line.startswith("ray_seqops_")
+    }
+    assert scraped and scraped <= documented, sorted(scraped - documented)
+    defined = set()
+    for path in (REPO / "serving").glob("*.py"):
+        source = path.read_text()
+        for kind, name in re.findall(r'(Counter|Histogram|Gauge)\(\s*"(seqops_[a-z_]+)"', source):
+            defined.add(f"ray_{name}_total" if kind == "Counter" else f"ray_{name}")
+    assert documented == defined, sorted(documented ^ defined)
+
+
+def test_cli_on_a_shared_cluster_refuses_a_second_app_and_stops_only_its_own(
+    served, registry, tmp_path
+):
+    """``RAY_ADDRESS=... python -m serving.cli serve`` where Serve already runs (this
+    module's application): it prints where Serve really answers, a second command with the
+    same application name is refused, and Ctrl-C deletes only its own application."""
+    import signal
+
+    import ray
+    import yaml
+    from ray import serve
+
+    raw = load_serve_config(DEFAULT_CONFIG)
+    app = raw["applications"][0]
+    app.update(name="seqops-cli", route_prefix="/cli")
+    for deployment in app["deployments"]:
+        deployment.update(num_replicas=1, ray_actor_options={"num_cpus": 0.25})
+    config = tmp_path / "serve.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    env = {**stage_env(), "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    command = [sys.executable, "-m", "serving.cli", "serve", "--model-name", MODEL,
+               "--tracking-uri", registry["uri"], "--config", str(config), "--port", "1"]  # fmt: skip
+    first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    seen: list[str] = []
+    try:
+        for line in first.stdout:  # type: ignore[union-attr]
+            seen.append(line)
+            if line.startswith("serving "):
+                break
+        assert first.poll() is None, "".join(seen)
+        # Serve kept this module's port; the command says so and prints that one.
+        assert any("Serve already answers on this cluster" in line for line in seen), seen
+        url = seen[-1].split(" at ", 1)[1].split()[0]
+        assert url == f"{served}/cli/v1/score", url
+        assert requests.get(f"{served}/cli/healthz", timeout=30).status_code == 200
+        second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                                timeout=300)  # fmt: skip
+        assert second.returncode == 1, second.stderr
+        assert "'seqops-cli' already runs" in second.stderr and "--replace" in second.stderr
+        assert requests.get(f"{served}/cli/healthz", timeout=30).status_code == 200
+    finally:
+        first.send_signal(signal.SIGINT)
+        returncode = first.wait(timeout=120)
+    assert returncode == 0, "".join(seen)
+    assert "seqops-cli" not in serve.status().applications
+    assert requests.get(f"{served}/healthz", timeout=30).status_code == 200  # ours stays up
+
+
+def test_openapi_documents_the_served_models_request_and_docs_serve_it(served):
+    doc = requests.get(f"{served}/openapi.json", timeout=30).json()
+    body = doc["paths"]["/v1/score"]["post"]["requestBody"]["content"]["application/json"]
+    assert body["schema"]["required"] == ["sequences"]
+    event = body["example"]["sequences"][0]["events"][0]
+    assert _post(served, body["example"]).status_code == 200, event  # the example scores
+    assert "Event" in doc["components"]["schemas"]
+    page = requests.get(f"{served}/docs", timeout=30)
+    assert page.status_code == 200 and "swagger" in page.text.lower()
+    assert "/openapi.json" in page.text

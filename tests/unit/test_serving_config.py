@@ -62,3 +62,19 @@ def test_an_unknown_user_config_key_is_refused_naming_every_allowed_key():
 def test_a_bad_user_config_value_names_its_key():
     with pytest.raises(ConfigError, match=r"user_config\.batch_wait_timeout_s=-1"):
         apply_user_config(Batching(), {"batch_wait_timeout_s": -1})
+
+
+def test_serve_refuses_a_port_in_use_in_one_line_before_ray_starts(capsys):
+    import socket
+
+    from serving.cli import main
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        code = main(["serve", "--model-name", "m", "--port", str(port),
+                     "--tracking-uri", "sqlite:////nonexistent/none.db"])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1, err
+    assert f"127.0.0.1:{port}" in err[0] or "not found" in err[0], err
