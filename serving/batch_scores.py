@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from data_checks.rules import EventRules
+from seqcore.encoding import table_columns
 from seqcore.io import sweep_stale
 from seqcore.scorer import SequenceScorer
 
@@ -56,6 +59,8 @@ def output_schema(scorer: SequenceScorer) -> pa.Schema:
     else:
         fields += [pa.field("forecast", pa.list_(pa.float64()))]
     fields += [
+        # Why an entity was not scored: the first event its model's data contract refuses.
+        pa.field("contract_error", pa.string()),
         pa.field("model_name", pa.string()),
         pa.field("model_version", pa.string()),
         pa.field("run_id", pa.string()),
@@ -65,16 +70,59 @@ def output_schema(scorer: SequenceScorer) -> pa.Schema:
     return pa.schema(fields)
 
 
+def apply_contract(
+    scorer: SequenceScorer, events: pa.Table, now: datetime
+) -> tuple[pa.Table, dict[str, tuple[int, str]]]:
+    """The events to score under the model's data contract (the rules ``/v1/score`` applies,
+    docs/architecture.md §7), and the entities it refuses: ``{entity: (events, first
+    refusal)}``. A refused entity is left out whole: scoring the rest of its sequence would
+    give a score the model was never validated for. Out-of-domain categories under the
+    ``oov`` policy are scored as unknown, as online."""
+    contract = scorer.manifest.contract
+    if contract is None or events.num_rows == 0:
+        return events, {}
+    schema = scorer.schema
+    columns = table_columns(events, schema, scorer.manifest.features)
+    if columns is None:  # null keys or times: the scorer's own checks answer those
+        return events, {}
+    verdict = EventRules(contract, schema).check(columns, now, events.num_rows)
+    for name, strings in verdict.columns.categorical.items():
+        if strings is not columns.categorical[name]:  # mapped to OOV
+            at = events.schema.get_field_index(name)
+            events = events.set_column(at, name, pa.array(strings, pa.string()))
+    if not verdict.count:
+        return events, {}
+    first: dict[int, str] = {}
+    for violation in verdict.violations:  # in event order: the first per entity
+        first.setdefault(int(columns.group[violation.row]), violation.message)
+    bad = np.isin(columns.group, list(first))
+    counts = np.bincount(columns.group[bad], minlength=len(columns.names))
+    refused = {columns.names[g]: (int(counts[g]), message) for g, message in first.items()}
+    return events.filter(pa.array(~bad)), refused
+
+
 def score_table(scorer: SequenceScorer, events: pa.Table, lineage: dict[str, Any]) -> pa.Table:
-    """Whole entities' events in, one scored row per entity (with lineage) out."""
+    """Whole entities' events in, one row per entity (with lineage) out: scored, or refused
+    by the data contract with ``contract_error`` saying why."""
     schema = output_schema(scorer)
     if events.num_rows == 0:
         return schema.empty_table()
-    scores = scorer.score(events)  # the online scoring code path
-    scores["entity"] = scores["entity"].astype(str)
-    for key, value in lineage.items():
-        scores[key] = value
-    return pa.Table.from_pandas(scores, schema=schema, preserve_index=False)
+    events, refused = apply_contract(scorer, events, lineage["scored_at"])
+    parts = []
+    if events.num_rows:
+        scores = scorer.score(events)  # the online scoring code path
+        scores["entity"] = scores["entity"].astype(str)
+        scores["contract_error"] = None
+        for key, value in lineage.items():
+            scores[key] = value
+        parts.append(pa.Table.from_pandas(scores, schema=schema, preserve_index=False))
+    if refused:
+        rows = [
+            {"entity": entity, "n_events": n, "contract_error": why, **lineage}
+            for entity, (n, why) in refused.items()
+        ]
+        parts.append(pa.Table.from_pylist(rows, schema=schema))
+    return pa.concat_tables(parts)
 
 
 def score_with_threads(

@@ -117,9 +117,60 @@ def test_batch_scores_equal_online_scores(ray_cluster, registry, tmp_path):
         content_hash = registry["scorer"].manifest.content_hash
         assert set(pc.unique(scores["data_hash"]).to_pylist()) == {content_hash}
         assert scores["scored_at"].null_count == 0
+        assert scores["contract_error"].null_count == scores.num_rows  # clean data: all scored
         assert summary["model_version"] == registry["version"]
         leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]
         assert leftovers == [], "temporary folders left beside the output"
+
+
+@pytest.mark.parametrize("plan", ["local", "files"])
+def test_entities_the_data_contract_refuses_are_listed_not_scored(
+    ray_cluster, registry, tmp_path, plan
+):
+    """The rules /v1/score applies hold in batch too: an entity with one event out of range,
+    one dated in the far future and one with a negative sequence number each get a row with
+    ``contract_error`` and no score; every other entity scores as before."""
+    from serving.batch import score_dataset
+
+    events = pq.read_table(registry["events"])
+    accounts = pc.unique(events["account_id"]).to_pylist()
+    bad = {accounts[0]: "amount", accounts[1]: "event_time", accounts[2]: "seq_no"}
+    columns = {name: events[name].to_pylist() for name in ("account_id", "amount", "event_time", "seq_no")}  # fmt: skip
+    for column in ("amount", "event_time", "seq_no"):
+        row = columns["account_id"].index(next(a for a, c in bad.items() if c == column))
+        columns[column][row] = {
+            "amount": 1e308,
+            "event_time": columns["event_time"][row].replace(year=9999),
+            "seq_no": -5,
+        }[column]
+    for column in ("amount", "event_time", "seq_no"):
+        index = events.schema.get_field_index(column)
+        events = events.set_column(index, column, pa.array(columns[column], events[column].type))
+    source = tmp_path / "events.parquet"
+    pq.write_table(events, source)
+    out = tmp_path / "scores"
+    options = {"local_max_rows": 10**9} if plan == "local" else {"local_max_rows": 0}
+    summary = score_dataset(source, out, MODEL, alias="champion",
+                            tracking_uri=registry["uri"], **options)  # fmt: skip
+    assert summary["plan"] == plan
+    scores = pads.dataset(out, format="parquet").to_table().to_pandas().set_index("entity")
+    assert len(scores) == len(accounts)  # every entity once, refused ones included
+    refused = scores[scores["contract_error"].notna()]
+    assert sorted(refused.index) == sorted(bad)
+    for entity, column in bad.items():
+        why = refused.loc[entity, "contract_error"]
+        rule = {
+            "amount": "value_ranges",
+            "event_time": "future_timestamps",
+            "seq_no": "seq_negative",
+        }
+        assert why.startswith(rule[column]), why
+        assert np.isnan(refused.loc[entity, "score"])
+        assert refused.loc[entity, "n_events"] == columns["account_id"].count(entity)
+    clean = events.filter(pc.invert(pc.is_in(events["account_id"], pa.array(list(bad)))))
+    expected = registry["scorer"].score(clean).set_index("entity")
+    got = scores.loc[expected.index]
+    np.testing.assert_allclose(got["score"], expected["score"], rtol=0, atol=1e-5)
 
 
 def test_files_plan_refuses_entities_spanning_files(registry, tmp_path):
