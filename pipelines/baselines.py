@@ -258,6 +258,7 @@ def order_blind_baseline(shard_dir: str | Path, seed: int = 0) -> dict[str, floa
     num_classes = 2 if label is None else label.num_classes
     scored = classify_baseline(shard_dir, manifest, "test", num_classes, seed=seed)
     _, y_test, _ = _bags(shard_dir, manifest, "test")
+    assert scored.probabilities is not None  # classify_baseline always scores probabilities
     values = M.classify_metrics(y_test, scored.probabilities)
     return {"accuracy": float(values["accuracy"]), "roc_auc": float(values["roc_auc"])}
 
@@ -499,6 +500,7 @@ def baseline_report(
                                    fit_sample=fit_sample)  # fmt: skip
         _check_aligned(preds, scored)
         probabilities = scored.probabilities
+        assert probabilities is not None  # classify_baseline always scores probabilities
         values = M.classify_metrics(preds.label, probabilities, ece_bins)
         chosen = _section(scored, primary, _overall(values, n, "baseline.overall", undefined))
     elif task == "next_event":

@@ -1,4 +1,5 @@
-"""``seqops``: the command line for people who review and promote models.
+"""``seqops registry``: the command line for people who review and promote models (the
+``seqops`` command, ``seqops/cli.py``, hands ``registry ...`` to :func:`main`).
 
     seqops registry list                       versions, aliases, key metrics, gate decisions
     seqops registry compare 3 4                two versions side by side (metrics, data, code)

@@ -238,7 +238,9 @@ def running_http_options() -> dict[str, Any]:
     from ray.serve.context import _get_global_client
 
     try:  # Ray 2.60 has no public accessor for the running instance's HTTP options
-        options = _get_global_client().get_serve_details().get("http_options") or {}
+        client = _get_global_client()
+        details = client.get_serve_details() if client is not None else {}
+        options = details.get("http_options") or {}
     except Exception:
         return {}
     if "host" not in options or "port" not in options:

@@ -126,7 +126,7 @@ class ChallengerHolder(HoldsModel):
         model = self.server.model
         if self._rules is None or self._rules[0] is not model:
             self._rules = (model, EventRules(model.scorer.manifest.contract, model.scorer.schema))
-        lengths = np.bincount(request.group, minlength=len(request.names))
+        lengths = np.bincount(request.group, minlength=len(request.names)).tolist()
         try:
             checked = apply_rules(self._rules[1], request, lengths, "sequences[{i}].events", None)
         except RequestError as exc:

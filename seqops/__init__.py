@@ -1,0 +1,1 @@
+"""The ``seqops`` command: one entry point above the pipeline stages and serving."""

@@ -1,0 +1,5 @@
+import sys
+
+from seqops.cli import main
+
+sys.exit(main())

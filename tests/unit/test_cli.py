@@ -1,0 +1,44 @@
+"""The one ``seqops`` command (seqops/cli.py): version, subcommands, hand-over of arguments."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from seqops.cli import STAGES, main
+
+
+def test_version_and_help_name_every_subcommand(capsys):
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("seqops, version ")
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("run", "serve", "score", "registry"):
+        assert f"  {command} " in out
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_run_hands_a_stage_its_own_arguments(stage, capsys):
+    assert main(["run", stage, "--help"]) == 0
+    assert "--params" in capsys.readouterr().out
+
+
+def test_an_unknown_stage_is_one_clear_error(capsys):
+    assert main(["run", "trian"]) == 2
+    assert "'trian' is not one of 'ingest'" in capsys.readouterr().err
+
+
+def test_serve_and_registry_errors_come_back_as_exit_codes(capsys, monkeypatch, tmp_path):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        assert main(["serve", "--model-name", "m", "--port", str(port)]) == 2
+    assert "address already in use" in capsys.readouterr().err
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    code = main(["registry", "--params", "params.yaml", "--model", "nothing-here", "list"])
+    assert code != 0
+    assert "nothing-here" in capsys.readouterr().err
