@@ -230,12 +230,9 @@ def _build(folder: Path, where: str) -> SequenceScorer:
         raise ModelLoadError(f"{where}: {exc}") from None
 
 
-def _mlflow_errors(model_uri: str, store: str) -> Callable[[Exception], ModelLoadError]:
-    def wrap(exc: Exception) -> ModelLoadError:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return ModelLoadError(f"model {model_uri} not found in MLflow at {store}: {first}")
-
-    return wrap
+def _not_found(model_uri: str, store: str, exc: Exception) -> ModelLoadError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ModelLoadError(f"model {model_uri} not found in MLflow at {store}: {first}")
 
 
 def load_scorer(model_uri: str, store_uri: str | None = None) -> SequenceScorer:
@@ -279,7 +276,7 @@ def load_scorer(model_uri: str, store_uri: str | None = None) -> SequenceScorer:
             _model_format(mlmodel, located.record, where)
             return _build(folder, where)
     except (MlflowException, OSError) as exc:
-        raise _mlflow_errors(model_uri, store)(exc) from None
+        raise _not_found(model_uri, store, exc) from None
 
 
 def file_record(model_uri: str, store_uri: str | None = None) -> dict[str, str]:
@@ -307,7 +304,7 @@ def file_record(model_uri: str, store_uri: str | None = None) -> dict[str, str]:
             found = _model_format(mlmodel, {FORMAT_TAG: str(MODEL_FORMAT)}, where)
             _build(folder, where)
     except (MlflowException, OSError) as exc:
-        raise _mlflow_errors(model_uri, store)(exc) from None
+        raise _not_found(model_uri, store, exc) from None
     return {FILES_TAG: json.dumps(hashes, sort_keys=True), FORMAT_TAG: str(found)}
 
 

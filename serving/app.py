@@ -112,7 +112,7 @@ class ScoringAPI(HoldsModel):
         return await self.replies.answer("/v1/score", self._score(request))
 
     async def _score(self, request: Request) -> dict[str, Any]:
-        self.auth.check(request.headers.get("authorization"), "score")
+        self._allow(request, "score")
         body = await self._body(request)
         self._current()
         columns = parse_request(body, self.request_model, self.schema, self.limits)
@@ -137,14 +137,13 @@ class ScoringAPI(HoldsModel):
         return await self.replies.answer("/v1/stream", self._stream(entity_id, request))
 
     async def _stream(self, entity_id: str, request: Request) -> dict[str, Any]:
-        authorization = request.headers.get("authorization")
-        self.auth.check(authorization, "score")
+        self._allow(request, "score")
         check_entity_id(entity_id)
         body = await self._body(request)
         self._current()
         parsed = parse_stream_request(body, entity_id, self.stream_model, self.schema, self.limits)
         if parsed.reset:  # dropping an entity's state is an operator's act
-            self.auth.check(authorization, "admin")
+            self._allow(request, "admin")
         result = await self.stream.update.remote(entity_id, parsed)
         if "error" in result:
             raise RequestError(422, result["error"], result["field"])
@@ -162,6 +161,10 @@ class ScoringAPI(HoldsModel):
         model = {k: info[k] for k in ("name", "alias", "version", "run_id")}
         return self.replies.send("/healthz", 200, {"status": "ok", "model": model}, started)
 
+    def _allow(self, request: Request, scope: str) -> None:
+        """The caller's token must hold ``scope`` (serving.auth), or the reply is 401/403."""
+        self.auth.check(request.headers.get("authorization"), scope)
+
     async def _body(self, request: Request) -> bytes:
         return await read_body(request, self.limits.max_body_bytes, self.limits.body_timeout_s)
 
@@ -170,7 +173,7 @@ class ScoringAPI(HoldsModel):
         return await self.replies.answer("/openapi.json", self._openapi(request))
 
     async def _openapi(self, request: Request) -> dict[str, Any]:
-        self.auth.check(request.headers.get("authorization"), "score")
+        self._allow(request, "score")
         self._current()
         model = self.server.model.scorer
         return complete(
@@ -200,7 +203,7 @@ class ScoringAPI(HoldsModel):
         return await self.replies.answer("/v1/models", self._models(request))
 
     async def _models(self, request: Request) -> dict[str, Any]:
-        self.auth.check(request.headers.get("authorization"), "admin")
+        self._allow(request, "admin")
         self._current()
         features = feature_columns(self.schema)
         models = [{**self.info(), "features": features, "variant": "champion"}]

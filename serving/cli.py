@@ -40,6 +40,7 @@ from typing import Any
 import yaml
 
 from seqcore.config import ConfigError
+from serving.config import AUTH_MODES
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "serving" / "serve_config.yaml"
@@ -47,10 +48,10 @@ HAPROXY_WRAPPER = REPO / "serving" / "haproxy_loopback.sh"
 ALLOCATOR_ENV = {"MALLOC_TRIM_THRESHOLD_": "131072", "MALLOC_MMAP_THRESHOLD_": "131072"}
 """glibc's allocator settings for a cluster's processes. By default glibc raises both
 thresholds after a large block is freed, and then keeps the freed pages: every oversize body
-that Serve's proxy read (it reads a body whole before the replica refuses it) would raise the
-proxy's resident memory for good. Fixed at glibc's initial values, large buffers are mapped
-and unmapped and the heap is trimmed, so memory returns after a refusal
-(tests/integration/test_hardening.py; the Kubernetes manifests set the same variables)."""
+Serve hands a replica (and its proxy reads) before the replica refuses it would raise resident
+memory for good. Fixed at glibc's initial values, large buffers are mapped and unmapped and
+the heap is trimmed: the replica returns to its level; Serve's proxy does only while it is
+fresh (benchmarks/README.md, "Hardening"). The Kubernetes manifests set the same variables."""
 
 
 def load_serve_config(path: str | Path) -> dict[str, Any]:
@@ -266,12 +267,13 @@ def serve_command(cli: argparse.Namespace) -> int:
         if cli.port is not None:
             http["port"] = cli.port
         http.setdefault("host", "127.0.0.1")
+        http.setdefault("port", 8000)
         # Before Ray starts: a public bind without tokens is refused here, not in a replica.
         resolve_auth(config.access.auth, load_tokens(config.access.tokens_file), http["host"])
         shared = bool(os.environ.get("RAY_ADDRESS"))  # a cluster others may serve on too
-        busy = None if shared else port_in_use(http["host"], http.get("port", 8000))
+        busy = None if shared else port_in_use(http["host"], http["port"])
         if busy:  # Serve starts here, so its port must be free
-            raise ConfigError(f"cannot serve on {http['host']}:{http.get('port', 8000)}: "
+            raise ConfigError(f"cannot serve on {http['host']}:{http['port']}: "
                               f"{busy}; stop what holds it or pass --port")  # fmt: skip
         resolve_version(config.model)
     except (ConfigError, ModelNotFoundError) as exc:
@@ -299,7 +301,7 @@ def serve_command(cli: argparse.Namespace) -> int:
             return 1
         # Serve keeps the HTTP options it was first started with: say where it answers.
         actual = running_http_options()
-        if actual and (actual["host"], actual["port"]) != (http["host"], http.get("port", 8000)):
+        if actual and (actual["host"], actual["port"]) != (http["host"], http["port"]):
             print(f"note: Serve already answers on this cluster at {actual['host']}:"
                   f"{actual['port']}; --host/--port apply only where Serve starts",
                   file=sys.stderr)  # fmt: skip
@@ -319,11 +321,11 @@ def serve_command(cli: argparse.Namespace) -> int:
         print(f"error: {exc}\n{deploy_failure(name)}", file=sys.stderr)
         _stop(name, shared)
         return 1
-    base = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}{route.rstrip('/')}"
+    base = f"http://{http['host']}:{http['port']}{route.rstrip('/')}"
     via = " through HAProxy" if cli.high_throughput else ""
     print(f"serving {config.model.uri} at {base}/v1/score{via} (Ctrl-C stops)", flush=True)
     if direct is not None:
-        host = http.get("host", "127.0.0.1")
+        host = http["host"]
         ports = direct_ports(host, direct, route)
         urls = ", ".join(f"http://{host}:{p}{route.rstrip('/')}/v1/score" for p in ports)
         print(f"direct ingress: {urls or 'no replica answered yet'}", flush=True)
@@ -388,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument(
         "--auth",
-        choices=("auto", "required", "off"),
+        choices=AUTH_MODES,
         default=None,
         help="bearer-token authentication (default auto: on when tokens are configured or "
         "--host is not loopback, which then needs tokens)",

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -158,6 +161,29 @@ def trained_run(ray_cluster, tiny_pipeline, tmp_path_factory) -> dict:
         else:
             os.environ["MLFLOW_TRACKING_URI"] = previous
     return {**tiny_pipeline, "summary": summary, "tracking_uri": uri, "root": root}
+
+
+@contextlib.contextmanager
+def serving(app, name: str) -> Iterator[str]:
+    """Serve the bound application ``app`` as ``name`` at ``/`` on a free loopback port;
+    yields the base URL once ``/healthz`` answers, and shuts Serve down afterwards."""
+    import requests
+    from ray import serve
+
+    with socket.socket() as s:  # a free loopback port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        serve.run(app, name=name, route_prefix="/")
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while requests.get(f"{base}/healthz", timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, "the proxy never answered /healthz"
+            time.sleep(0.5)
+        yield base
+    finally:
+        serve.shutdown()
 
 
 def register_versions(trained_run: dict, name: str, count: int = 1) -> dict:

@@ -20,7 +20,7 @@ import pytest
 import requests
 
 from serving.cli import DEFAULT_CONFIG, deployment_options, load_serve_config
-from tests.integration.conftest import register_versions
+from tests.integration.conftest import register_versions, serving
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +36,6 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 @pytest.fixture(scope="module")
 def served(ray_cluster, trained_run, tmp_path_factory) -> Iterator[str]:
-    from ray import serve
 
     from serving.app import build_app
     from serving.config import serving_config
@@ -67,20 +66,8 @@ def served(ray_cluster, trained_run, tmp_path_factory) -> Iterator[str]:
         "tracking_uri": registry["uri"],
         "tokens_file": str(tokens),
     }
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        serve.run(build_app(serving_config(args), options), name=APP, route_prefix="/")
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while requests.get(f"{base}/healthz", timeout=10).status_code != 200:
-            assert time.monotonic() < deadline, "the proxy never answered /healthz"
-            time.sleep(0.5)
+    with serving(build_app(serving_config(args), options), APP) as base:
         yield base
-    finally:
-        serve.shutdown()
 
 
 @pytest.fixture(scope="module")

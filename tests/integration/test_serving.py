@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import random
 import re
-import socket
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from serving.cli import DEFAULT_CONFIG, deployment_options, load_serve_config
-from tests.integration.conftest import REPO, register_versions, stage_env
+from tests.integration.conftest import REPO, register_versions, serving, stage_env
 
 pytestmark = pytest.mark.integration
 
@@ -34,10 +34,8 @@ LIMITS = {"max_sequences_per_request": 8, "max_events_per_sequence": 400,
 BATCHING = {"max_batch_size": 8, "batch_wait_timeout_s": 0.05}
 
 
-def _deploy(registry: dict) -> None:
-    """Deploy the config file's application with the test's model, CPUs and tunables."""
-    from ray import serve
-
+def _application(registry: dict) -> Any:
+    """The config file's application with the test's model, CPUs and tunables."""
     from serving.app import build_app
     from serving.config import serving_config
 
@@ -50,7 +48,7 @@ def _deploy(registry: dict) -> None:
         options[name]["ray_actor_options"] = {"num_cpus": 0.25}
         options[name]["user_config"] = {**options[name]["user_config"], **user_config}
     args = {**app["args"], "model_name": MODEL, "tracking_uri": registry["uri"]}
-    serve.run(build_app(serving_config(args), options), name=APP, route_prefix="/")
+    return build_app(serving_config(args), options)
 
 
 @pytest.fixture(scope="module")
@@ -65,22 +63,8 @@ def registry(trained_run) -> dict:
 @pytest.fixture(scope="module")
 def served(ray_cluster, registry):
     """The application on a free loopback port; Serve is shut down after the module."""
-    from ray import serve
-
-    with socket.socket() as s:  # a free loopback port
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        _deploy(registry)
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while requests.get(f"{base}/healthz", timeout=10).status_code != 200:
-            assert time.monotonic() < deadline, "the proxy never answered /healthz"
-            time.sleep(0.5)
+    with serving(_application(registry), APP) as base:
         yield base
-    finally:
-        serve.shutdown()
 
 
 @pytest.fixture(scope="module")

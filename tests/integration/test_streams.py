@@ -9,7 +9,6 @@ fast alias poll. Everything goes through loopback HTTP, as a client would.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections import Counter
@@ -21,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import requests
 
-from tests.integration.conftest import register_versions
+from tests.integration.conftest import register_versions, serving
 
 pytestmark = pytest.mark.integration
 
@@ -46,15 +45,11 @@ def registry(trained_run) -> dict:
 
 @pytest.fixture(scope="module")
 def served(ray_cluster, registry, tmp_path_factory):
-    from ray import serve
 
     from serving.app import build_app
     from serving.config import serving_config
 
     shadow_log = tmp_path_factory.mktemp("shadow") / "shadow.jsonl"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     config = serving_config(
         {
             "model_name": MODEL,
@@ -72,17 +67,8 @@ def served(ray_cluster, registry, tmp_path_factory):
         "ChallengerHolder": CPUS,
         "StreamHolder": {**CPUS, "num_replicas": 2},
     }
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    try:
-        serve.run(build_app(config, options), name=APP, route_prefix="/")
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while requests.get(f"{base}/healthz", timeout=10).status_code != 200:
-            assert time.monotonic() < deadline, "the proxy never answered /healthz"
-            time.sleep(0.5)
+    with serving(build_app(config, options), APP) as base:
         yield {"base": base, "shadow_log": shadow_log}
-    finally:
-        serve.shutdown()
 
 
 @pytest.fixture(scope="module")
