@@ -353,6 +353,7 @@ def write_events(table: pa.Table, out_dir: Path, rows_per_part: int, entity: str
                 rows = np.flatnonzero(parts == k)  # ascending: arrival order is kept
                 pq.write_table(table.take(pa.array(rows)), tmp / f"part-{k:05d}.parquet")
                 written.append(f"part-{k:05d}.parquet")
+                log.info("part %d/%d written: %d rows", k + 1, n_parts, len(rows))
     return written
 
 

@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import logging
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -61,6 +62,8 @@ from seqcore.manifest import (
     part_path,
 )
 from seqcore.schema import SchemaConfig
+
+log = logging.getLogger("seqops.shard")
 
 HASH_RULE = "fnv1a64(salt + utf8(key)) + splitmix64; u = (h >> 11) / 2**53; cumsum(fractions)"
 # Padded list columns: Parquet dictionaries and statistics cost more than they save there.
@@ -427,10 +430,12 @@ def run(params: Params, validated_path: Path, out_dir: Path) -> Manifest:
         labels: dict[str, np.ndarray] = {}
         pending: list[Future] = []
         try:
-            for s in SPLITS:
+            for i, s in enumerate(SPLITS, 1):
                 splits[s], checked[s], labels[s] = _write_split(
                     tmp, s, windows[s], plan, bounds, cfg, pool, pending
                 )
+                log.info("split %d/%d (%s): %d examples queued for writing",
+                         i, len(SPLITS), s, splits[s].examples)  # fmt: skip
         finally:  # every write ends (or fails) before the temporary directory can be removed
             wait(pending)
         for future in pending:

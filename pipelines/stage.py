@@ -13,13 +13,15 @@ and the tests read:
   message says ``<stage>: ...``.
 
 These messages are one line on stderr, without a traceback: they name the key, file or
-column. Any other exception is a bug and keeps its traceback.
+column. Any other exception is a bug and keeps its traceback. Ray's and MLflow's own output
+stays out of the terminal unless ``--verbose`` (``pipelines.progress``).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -27,6 +29,7 @@ from pipelines.config import Params, load_params
 from seqcore.config import ConfigError
 from seqcore.loading import ModelLoadError
 from seqcore.manifest import ManifestError
+from seqcore.progress import VERBOSE_ENV, quiet
 
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
@@ -53,9 +56,17 @@ def stage_main(
     description = (doc or "").split("\n\n")[0] or None
     parser = argparse.ArgumentParser(prog=f"python -m pipelines.{name}", description=description)
     parser.add_argument("--params", default="params.yaml", help="the params file")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help=f"show Ray's and MLflow's own output here too (or set {VERBOSE_ENV}=1)",
+    )
     add_arguments(parser)
     args = parser.parse_args(argv)
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    quiet()
     bad_input: ErrorTypes = (
         ConfigError,
         FileNotFoundError,

@@ -40,11 +40,13 @@ from pipelines.sampler import TokenBudgetBatchSampler, auto_max_tokens
 from pipelines.shard_reader import read_index
 from pipelines.stage import stage_main
 from pipelines.tracking import configure, ensure_experiment, flatten, lineage_tags
-from pipelines.train_loop import FAIL_ENV, train_loop_per_worker
+from pipelines.train_loop import FAIL_ENV, train_loop_per_worker, train_metric
 from seqcore.config import ConfigError, to_jsonable
 from seqcore.io import atomic_dir, write_json
 from seqcore.loading import tracking_uri
 from seqcore.manifest import Manifest, load_manifest
+from seqcore.progress import EpochProgress, ray_init_options, ray_log_dir, verbose
+from seqcore.ray_connect import ClusterUnreachable, check_ray_address
 from seqmodels import ModelConfig
 
 log = logging.getLogger("seqops.train")
@@ -205,13 +207,18 @@ def _init_ray(params: Params) -> dict[str, float]:
 
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):
-            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+            try:
+                check_ray_address(os.environ["RAY_ADDRESS"])
+            except ClusterUnreachable as exc:
+                raise TrainError(str(exc)) from None
+            ray.init(address=os.environ["RAY_ADDRESS"], **ray_init_options())
         else:
             t = params.train
             ray.init(
                 num_cpus=max(os.cpu_count() or 1, t.num_workers * t.cpus_per_worker),
                 include_dashboard=False,
                 object_store_memory=256 * 1024**2,
+                **ray_init_options(),
             )
     return ray.cluster_resources()
 
@@ -404,8 +411,14 @@ def run(
                 checkpoint_config=CheckpointConfig(num_to_keep=2),
             ),
         )
+        log.info(
+            "%d workers on %s, up to %d epochs (early stopping after %d without improvement); "
+            "Ray's own output: %s", t.num_workers, "GPU" if use_gpu else "CPU", t.epochs,
+            t.patience, "here (SEQOPS_VERBOSE)" if verbose() else ray_log_dir(),
+        )  # fmt: skip
         started = time.perf_counter()
-        result = trainer.fit()
+        with EpochProgress(client, run_id, t.epochs, train_metric(t.task)):
+            result = trainer.fit()
         fit_seconds = time.perf_counter() - started
         if result.error is not None or result.checkpoint is None:
             raise TrainError(f"training failed: {result.error}")
@@ -473,8 +486,9 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 def _command(params: Params, args: argparse.Namespace) -> int:
     summary = run(params, Path(args.shards), Path(args.events), Path(args.report),
                   model_dir=Path(args.model_dir))  # fmt: skip
-    log.info("run %s: best epoch %s, val loss %.4f, model %s", summary["run_id"], summary["best_epoch"],
-             summary["best_val_loss"], summary["model_uri"])  # fmt: skip
+    log.info("run %s: best epoch %d of %d run, val loss %.4f, model %s", summary["run_id"],
+             summary["best_epoch"] + 1, summary["epochs_run"], summary["best_val_loss"],
+             summary["model_uri"])  # fmt: skip
     return 0
 
 

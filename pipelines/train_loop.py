@@ -164,7 +164,8 @@ def _evaluate(
     return _reduce(totals, device)
 
 
-def _metric_names(task: str) -> str:
+def train_metric(task: str) -> str:
+    """The metric each epoch reports next to the loss (`train_<m>`, `val_<m>`)."""
     return {"classify": "accuracy", "next_event": "top1", "forecast": "mae"}[task]
 
 
@@ -214,7 +215,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
         best_dir = Path(tempfile.mkdtemp(prefix="seqops-best-"))
 
     logger = _MlflowLogger(cfg) if rank == 0 else None
-    metric = _metric_names(config.task)
+    metric = train_metric(config.task)
     for epoch in range(int(state["epoch"]) + 1, int(cfg["epochs"])):
         _maybe_fail(cfg.get("inject_failure"), epoch, rank)
         model.train()
