@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -38,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from seqcore.ray_connect import check_ray_address
 from serving.batch_dataset import run_plan
 from serving.batch_plan import FileFacts, check_schemas, list_files, scan_file, spanning_entities
 from serving.batch_scores import (
@@ -171,6 +173,8 @@ def score_dataset(
             import ray
 
             if not ray.is_initialized():
+                if os.environ.get("RAY_ADDRESS"):
+                    check_ray_address(os.environ["RAY_ADDRESS"])
                 ray.init()
                 mark = phase("ray_init", mark)
             blocks, n_read, task_cpu = run_plan(

@@ -40,6 +40,8 @@ from typing import Any
 import yaml
 
 from seqcore.config import ConfigError
+from seqcore.progress import ray_init_options, ray_log_dir
+from seqcore.ray_connect import ClusterUnreachable, check_ray_address
 from serving.config import AUTH_MODES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -172,30 +174,66 @@ def direct_ports(host: str, first_port: int, route: str, timeout_s: float = 60.0
     return found
 
 
-def _connect_ray(direct_port: int | None = None, high_throughput: bool = False) -> None:
+DASHBOARD_PORT = 8265
+"""Ray's usual dashboard port; a local cluster takes the next free one when it is held."""
+
+
+def free_port(host: str, first: int, tries: int = 50) -> int:
+    """``first`` or the next port after it that ``host`` can bind now (Ray's dashboard does
+    not look for another port itself, so a second local cluster would fail to start it)."""
+    for port in range(first, first + tries):
+        if port_in_use(host, port) is None:
+            return port
+    raise ConfigError(
+        f"no free port for the Ray dashboard on {host} in {first}-{first + tries - 1}"
+    )
+
+
+def _connect_ray(direct_port: int | None = None, high_throughput: bool = False) -> str | None:
+    """Connect to ``RAY_ADDRESS`` or start a local cluster; returns the dashboard's URL when
+    this command started it."""
     import ray
 
     if ray.is_initialized():
-        return
+        return None
     # Replicas import serving/, pipelines/ and seqmodels/ from this checkout.
     runtime_env = {"env_vars": {"PYTHONPATH": str(REPO)}}
     address = os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, runtime_env=runtime_env)
-        return
+        check_ray_address(address)
+        try:
+            ray.init(address=address, runtime_env=runtime_env, **ray_init_options())
+        except ConnectionError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no answer"
+            raise ClusterUnreachable(
+                f"no Ray cluster answers at RAY_ADDRESS={address} ({first}); start one there "
+                "(`ray start --head`), fix the address, or unset RAY_ADDRESS to let this "
+                "command start a local cluster"
+            ) from None
+        return None
     # A cluster of our own: Ray's control ports (the GCS, raylet and workers listen on every
     # interface in Ray 2.60) answer only calls that carry the cluster's token (Ray's token
     # authentication; its default for local clusters since 2.59, made explicit here).
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     for key, value in ALLOCATOR_ENV.items():
         os.environ.setdefault(key, value)
+    # The dashboard (whose Jobs API runs code) answers on loopback only, behind the token.
+    dashboard: dict[str, Any] = {
+        "include_dashboard": True,
+        "dashboard_host": "127.0.0.1",
+        "dashboard_port": free_port("127.0.0.1", DASHBOARD_PORT),
+    }
     if direct_port is not None:
         # A new cluster of our own: its processes inherit the direct-ingress settings.
         env = high_throughput_env if high_throughput else direct_ingress_env
         os.environ.update(env(direct_port))
-        ray.init(address="local", include_dashboard=False, runtime_env=runtime_env)
+        context = ray.init(
+            address="local", runtime_env=runtime_env, **dashboard, **ray_init_options()
+        )
     else:
-        ray.init(include_dashboard=False, runtime_env=runtime_env)
+        context = ray.init(runtime_env=runtime_env, **dashboard, **ray_init_options())
+    url = getattr(context, "dashboard_url", None)
+    return f"http://{url}" if url and not str(url).startswith("http") else url
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -289,7 +327,11 @@ def serve_command(cli: argparse.Namespace) -> int:
         print(f"error: {flag} starts a local cluster of its own; for the cluster at "
               f"RAY_ADDRESS, start it with {var}=1 instead", file=sys.stderr)  # fmt: skip
         return 2
-    _connect_ray(direct, cli.high_throughput)
+    try:
+        dashboard = _connect_ray(direct, cli.high_throughput)
+    except (ClusterUnreachable, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     name = app.get("name", "seqops")
     serve.start(http_options=http)
     if shared:
@@ -329,6 +371,9 @@ def serve_command(cli: argparse.Namespace) -> int:
         ports = direct_ports(host, direct, route)
         urls = ", ".join(f"http://{host}:{p}{route.rstrip('/')}/v1/score" for p in ports)
         print(f"direct ingress: {urls or 'no replica answered yet'}", flush=True)
+    if dashboard:
+        print(f"Ray dashboard: {dashboard} (sign in with the token `ray get-auth-token` "
+              "prints); Ray's own logs: " + ray_log_dir(), flush=True)  # fmt: skip
     for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C and `kill` stop it alike
         signal.signal(signum, _interrupt)
     try:

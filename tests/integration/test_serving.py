@@ -436,8 +436,18 @@ def test_cli_serves_through_the_proxy_and_direct_ingress_alike(registry, events,
         for target in (url, f"http://127.0.0.1:{port}/v1/score"):
             bad = requests.post(target, data=b"{", headers={"Content-Type": "application/json"})
             assert bad.status_code == 400 and bad.json()["field"] == "body"
+        # The dashboard of the command's own cluster, printed after the URLs.
+        while not (seen and seen[-1].startswith("Ray dashboard:")):
+            assert proc.poll() is None, "".join(seen)
+            assert time.monotonic() < deadline, "".join(seen)
+            with contextlib.suppress(queue.Empty):
+                seen.append(lines.get(timeout=1))
+        dashboard = seen[-1].split()[2]
+        assert dashboard.startswith("http://127.0.0.1:"), seen[-1]
+        dashboard_port = int(dashboard.rsplit(":", 1)[1].rstrip("/"))
+        assert ("127.0.0.1", dashboard_port) in _listeners()
         # Everything the command opens for clients and operators answers on loopback only.
-        ours = {port, stats, stats + 1, *range(direct, direct + DIRECT_PORTS)}
+        ours = {port, stats, stats + 1, dashboard_port, *range(direct, direct + DIRECT_PORTS)}
         exposed = [a for a in _listeners() if a[1] in ours and not a[0].startswith("127.")]
         assert not exposed, exposed
         if ingress == "--high-throughput":  # HAProxy, not Serve's proxy, answers the port

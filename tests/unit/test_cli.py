@@ -42,3 +42,32 @@ def test_serve_and_registry_errors_come_back_as_exit_codes(capsys, monkeypatch, 
     code = main(["registry", "--params", "params.yaml", "--model", "nothing-here", "list"])
     assert code != 0
     assert "nothing-here" in capsys.readouterr().err
+
+
+def test_no_cluster_at_ray_address_is_one_line_at_once(monkeypatch):
+    from seqcore.ray_connect import ClusterUnreachable, check_ray_address, gcs_unreachable
+    from serving.cli import _connect_ray
+
+    with socket.socket() as holder:  # a port that was just free and is now closed
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+    assert gcs_unreachable(f"127.0.0.1:{port}") == "connection refused"
+    assert gcs_unreachable(f"ray://127.0.0.1:{port}") == "connection refused"
+    assert gcs_unreachable("auto") is None  # left to ray.init, which fails fast for it
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        check_ray_address(f"127.0.0.1:{listening.getsockname()[1]}")
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    with pytest.raises(ClusterUnreachable, match=rf"RAY_ADDRESS=127.0.0.1:{port} \(connection"):
+        _connect_ray()
+
+
+def test_the_dashboard_takes_the_next_free_port():
+    from serving.cli import free_port
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        assert free_port("127.0.0.1", taken) > taken

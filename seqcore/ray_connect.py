@@ -1,0 +1,36 @@
+"""Connecting to the Ray cluster at ``RAY_ADDRESS``: a missing cluster is one clear line, at
+once. ``ray.init`` itself retries an absent cluster for minutes, printing C++ warnings."""
+
+from __future__ import annotations
+
+import socket
+
+
+class ClusterUnreachable(RuntimeError):
+    """No Ray cluster answers at ``RAY_ADDRESS``; the message says where and what to do."""
+
+
+def gcs_unreachable(address: str, timeout_s: float = 5.0) -> str | None:
+    """Why nothing accepts a connection at a ``host:port`` (or ``ray://host:port``) Ray
+    address, or None. ``ray.init`` itself retries an absent cluster for minutes, printing
+    warnings; ``auto`` and other forms are left to it."""
+    rest = address.removeprefix("ray://")
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return None
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return (exc.strerror or str(exc) or type(exc).__name__).lower()
+
+
+def check_ray_address(address: str) -> None:
+    """:class:`ClusterUnreachable` when nothing answers at ``address``."""
+    unreachable = gcs_unreachable(address)
+    if unreachable:
+        raise ClusterUnreachable(
+            f"no Ray cluster answers at RAY_ADDRESS={address} ({unreachable}); start one there "
+            "(`ray start --head`), fix the address, or unset RAY_ADDRESS to let this command "
+            "start a local cluster"
+        )
