@@ -6,6 +6,7 @@
     seqops score [ARGS]         batch scoring of a Parquet dataset (python -m serving.batch)
     seqops registry ACTION      review and promote registered versions (list, compare, promote,
                                 rollback, seal, history)
+    seqops metrics diff         dvc metrics diff against the champion's commit or experiment
 
 Each subcommand hands its arguments to the module that owns them, so ``seqops serve --help``
 is that module's own help, every argument documented once; the ``python -m`` forms stay
@@ -83,6 +84,56 @@ def registry(args: Sequence[str]) -> None:
         at = params.index("--params")
         lead, params = params[at : at + 2], params[:at] + params[at + 2 :]
     sys.exit(registry_main([*lead, "registry", *params]))
+
+
+@cli.group()
+def metrics() -> None:
+    """The pipeline's DVC metrics next to a registered version's."""
+
+
+@metrics.command("diff", context_settings=PASS_THROUGH)
+@click.option(
+    "--against",
+    default="champion",
+    show_default=True,
+    help="the registered version to compare with: an alias or a version number",
+)
+@click.option("--model", default=None, help="registered model name [default: register.model_name]")
+@click.option("--params", "params_file", default="params.yaml", show_default=True)
+@click.argument("dvc_args", nargs=-1, type=click.UNPROCESSED)
+def metrics_diff(
+    against: str, model: str | None, params_file: str, dvc_args: Sequence[str]
+) -> None:
+    """`dvc metrics diff` between the workspace and the commit (or DVC experiment) that
+    trained a registered version, the champion by default. Arguments after the options go to
+    dvc (e.g. --all, --md)."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.config import load_params
+    from pipelines.registry import Registry
+    from pipelines.tracking import configure
+    from seqcore.config import ConfigError
+    from seqcore.progress import quiet
+    from seqops.lineage import version_origin
+
+    quiet()
+    try:
+        name = model or load_params(params_file).register.model_name
+        registry = Registry(MlflowClient(configure(Path("."))), name)
+        origin = version_origin(registry, against)
+    except (ConfigError, LookupError) as exc:
+        click.echo(f"seqops metrics diff: {exc}", err=True)
+        sys.exit(2)
+    dvc = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
+    command = [dvc, "metrics", "diff", origin.revision, *_args(dvc_args)]
+    click.echo(f"{origin.how}: {' '.join(['dvc', *command[1:]])}", err=True)
+    if origin.warning:
+        click.echo(f"note: {origin.warning}", err=True)
+    sys.exit(subprocess.run(command).returncode)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
