@@ -24,7 +24,7 @@ seeded sample) and scores it on the evaluated split with the model's metrics
   |y_t - y_(t-1)| over consecutive events of the train windows.
 
 ``baseline_report`` turns the scores into the ``baseline``, ``baselines`` (forecast),
-``mase_scale`` and ``skill`` sections of reports/metrics.json; ``order_blind_baseline`` is the
+``mase_scale`` and ``skill`` sections of reports/evaluation.json; ``order_blind_baseline`` is the
 classify baseline's accuracy and ROC-AUC alone, for benchmarks/quality.py.
 """
 

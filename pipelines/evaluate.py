@@ -7,10 +7,13 @@ An order-blind baseline (``pipelines.baselines``), fitted on the train split, is
 same windows with the same metrics; ``baseline`` and ``skill`` (the model's improvement on the
 primary metric, positive when the model is better) sit next to the model's metrics.
 It checks that padding never changes a score (``pipelines.invariance``, docs/architecture.md
-§4) on raw events of the first test entities. Outputs: ``reports/metrics.json`` (for ``dvc
-metrics show`` and the register stage), plot data (JSON for ``dvc plots``) and PNGs in
-``reports/plots`` (``pipelines.plots``); all of it is also logged to the training run in
-MLflow under ``evaluation/``. Metrics follow sklearn; calibration follows Guo et al. (2017).
+§4) on raw events of the first test entities. Outputs: ``reports/evaluation.json``, the full
+report (by bucket, by length range, slices, undefined reasons, the baseline's metrics; what
+the register stage and the plots read), ``reports/metrics.json``, its headline only (the DVC
+metric: a few scalars that ``dvc metrics diff`` and ``dvc exp show`` can show, see
+``headline``), plot data (JSON for ``dvc plots``) and PNGs in ``reports/plots``
+(``pipelines.plots``); all of it is also logged to the training run in MLflow under
+``evaluation/``. Metrics follow sklearn; calibration follows Guo et al. (2017).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.baselines import baseline_report, class_names
+from pipelines.baselines import BaselineReport, baseline_report, class_names
 from pipelines.config import Params
 from pipelines.invariance import entity_events, invariance_check
 from pipelines.plots import plot_data, render_plots
@@ -36,6 +39,16 @@ from seqcore.manifest import load_manifest
 from seqcore.scorer import SequenceScorer
 
 log = logging.getLogger("seqops.evaluate")
+
+HEADLINE_METRICS = {
+    "classify": ("roc_auc", "pr_auc", "accuracy", "macro_f1", "log_loss", "ece"),
+    "next_event": ("top1_accuracy", "top5_accuracy", "perplexity", "nll", "targets"),
+    "forecast": ("mae", "rmse", "smape", "mase", "targets"),
+}
+"""The model's overall metrics that reports/metrics.json keeps (forecast's per-step
+``mae_h1``... stay in reports/evaluation.json)."""
+HEADLINE_SKILL = ("improvement", "relative", "beats_baseline")
+HEADLINE_INVARIANCE = ("passed", "max_abs_diff")
 
 
 def _read_train_report(path: Path) -> dict[str, Any]:
@@ -61,9 +74,51 @@ def _load_scorer(client: Any, run_id: str, model_uri: str, uri: str) -> Sequence
         raise EvaluateError(str(exc)) from None
 
 
-def _log_to_run(client: Any, run_id: str, report: dict, metrics_path: Path, plots: Path) -> None:
+def with_baseline(result: dict[str, Any], baseline: BaselineReport) -> dict[str, Any]:
+    """The model's metrics (``evaluate_predictions``) with the baseline's sections beside them:
+    reports/evaluation.json less the invariance check and the lineage."""
+    merged = {**result, **baseline.sections}
+    merged["overall"] = {**result["overall"], **baseline.model_overall}
+    merged["undefined"] = {**result["undefined"], **baseline.undefined}
+    return merged
+
+
+def headline(report: dict[str, Any]) -> dict[str, Any]:
+    """The few numbers a reviewer compares across runs (reports/metrics.json): the split, the
+    primary metric, the model's overall metrics (``HEADLINE_METRICS``), the baseline's primary
+    value, the skill and the invariance check. Reasons for the undefined ones among them stay
+    under ``undefined`` by their dotted path here too; everything else is in the full report."""
+    task = report["task"]
+    overall = report.get("overall") or {}
+    baseline = report.get("baseline") or {}
+    skill = report.get("skill") or {}
+    invariance = report.get("invariance") or {}
+    head: dict[str, Any] = {
+        "task": task,
+        "split": report["split"],
+        "examples": report["examples"],
+        "primary_metric": report["primary_metric"],
+        "primary_value": report["primary_value"],
+        "overall": {k: overall[k] for k in HEADLINE_METRICS.get(task, ()) if k in overall},
+        "baseline": {"name": baseline.get("name"), "primary_value": baseline.get("primary_value")},
+        "skill": {k: skill.get(k) for k in HEADLINE_SKILL},
+        "invariance": {k: invariance.get(k) for k in HEADLINE_INVARIANCE},
+    }
+    # The full report's paths of the values kept here, by their path in the headline.
+    paths = {f"overall.{k}": f"overall.{k}" for k in head["overall"]}
+    paths |= {f"skill.{k}": f"skill.{k}" for k in HEADLINE_SKILL}
+    paths["baseline.primary_value"] = f"baseline.overall.{baseline.get('primary_metric')}"
+    paths["primary_value"] = f"overall.{report['primary_metric']}"
+    undefined = report.get("undefined") or {}
+    reasons = {ours: undefined[full] for ours, full in paths.items() if full in undefined}
+    if reasons:
+        head["undefined"] = dict(sorted(reasons.items()))
+    return head
+
+
+def _log_to_run(client: Any, run_id: str, report: dict, outputs: list[Path], plots: Path) -> None:
     """``<split>_<metric>`` metrics in one batch (the baseline's as ``<split>_baseline_<metric>``,
-    the skill as ``<split>_skill_improvement``), and the report and plots under evaluation/."""
+    the skill as ``<split>_skill_improvement``), and the reports and plots under evaluation/."""
     from mlflow.entities import Metric, RunTag
 
     now, prefix = int(time.time() * 1000), f"{report['split']}_"
@@ -93,7 +148,8 @@ def _log_to_run(client: Any, run_id: str, report: dict, metrics_path: Path, plot
         RunTag("seqops.evaluate.beats_baseline", str(skill["beats_baseline"]).lower()),
     ]
     client.log_batch(run_id, metrics=batch, tags=tags)
-    client.log_artifact(run_id, str(metrics_path), "evaluation")
+    for path in outputs:
+        client.log_artifact(run_id, str(path), "evaluation")
     client.log_artifacts(run_id, str(plots), "evaluation/plots")
 
 
@@ -103,11 +159,13 @@ def run(
     shards: Path,
     validated: Path,
     metrics_path: Path,
+    evaluation_path: Path,
     plots_dir: Path,
     *,
     root: Path = Path("."),
 ) -> dict[str, Any]:
-    """Evaluate the train stage's model; write metrics and plots; log them to its run."""
+    """Evaluate the train stage's model; write the full report (``evaluation_path``), its
+    headline (``metrics_path``) and the plots; log them to its run. Returns the full report."""
     from mlflow.tracking import MlflowClient
 
     from pipelines.tracking import configure
@@ -130,9 +188,7 @@ def run(
         ece_bins=config.ece_bins,
         seed=params.seed,
     )
-    result = {**result, **baseline.sections}
-    result["overall"] = {**result["overall"], **baseline.model_overall}
-    result["undefined"] = {**result["undefined"], **baseline.undefined}
+    result = with_baseline(result, baseline)
     if task == "classify":  # the model's outputs in index order, named by their label value
         result["class_names"] = class_names(scorer.manifest, preds.probabilities.shape[1])
 
@@ -150,8 +206,10 @@ def run(
         for name, records in data.items():
             write_json(tmp / f"{name}.json", records)
         render_plots(data, result, tmp)
-    write_json(metrics_path, report)
-    _log_to_run(client, run_id, report, Path(metrics_path), Path(plots_dir))
+    write_json(evaluation_path, report)
+    write_json(metrics_path, headline(report))
+    outputs = [Path(evaluation_path), Path(metrics_path)]
+    _log_to_run(client, run_id, report, outputs, Path(plots_dir))
     return report
 
 
@@ -162,13 +220,18 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-report", default="reports/train.json")
     parser.add_argument("--shards", default="data/shards")
     parser.add_argument("--events", default="data/validated/events.parquet")
-    parser.add_argument("--metrics", default="reports/metrics.json")
+    parser.add_argument(
+        "--metrics", default="reports/metrics.json", help="the headline (the DVC metric)"
+    )
+    parser.add_argument(
+        "--evaluation", default="reports/evaluation.json", help="the full evaluation report"
+    )
     parser.add_argument("--plots", default="reports/plots")
 
 
 def _command(params: Params, args: argparse.Namespace) -> int:
     report = run(params, Path(args.train_report), Path(args.shards), Path(args.events),
-                 Path(args.metrics), Path(args.plots))  # fmt: skip
+                 Path(args.metrics), Path(args.evaluation), Path(args.plots))  # fmt: skip
     log.info("%s %s = %s on %d %s examples; invariance max abs diff %s (%s)",
              report["task"], report["primary_metric"], report["primary_value"], report["examples"],
              report["split"], report["invariance"]["max_abs_diff"],

@@ -10,20 +10,26 @@ The gate decides whether the new model replaces the ``champion`` (docs/architect
   challenger on the same examples: a range blocks promotion only when its lower confidence
   bound exceeds ``max_slice_regression`` (the loss is real, not noise); ranges with fewer than
   ``min_slice_examples`` examples are reported, not gated;
-* the challenger must beat the evaluate stage's baseline (``skill`` in reports/metrics.json)
-  unless ``require_beat_baseline`` is off;
+* the challenger must beat the evaluate stage's baseline (``skill`` in
+  reports/evaluation.json) unless ``require_beat_baseline`` is off;
 * the padding-invariance check of the evaluate stage must have passed.
 
 With no champion yet, a version that passes the other checks becomes the first champion. A
 passed gate moves ``champion`` when ``auto_promote`` is on.
 
+Which candidates become registry versions is ``register.versions``: ``passed`` (the default)
+registers only those the gate passes, so a rejected candidate stays a logged model in its
+MLflow run; ``all`` registers every candidate with its decision, rejected ones included.
+
 Everything that can fail (reading the reports, loading and scoring both models, the decision)
 happens before the registry is touched. Then, in one ``Registry.atomic()`` block, the version
-is created with its model card and all its tags (lineage and the ``gate.*`` decision), gets
-the ``challenger`` alias, is promoted if the gate passed, and the champion it was compared with
-is tagged; if any of these writes fails, the others are undone. The decision, what was
-compared, the numbers and the time go to ``reports/promotion.json`` and to those tags, so the
-MLflow UI shows the same audit trail.
+is created with its model card (ending in a markdown ``Promotion gate`` section,
+``pipelines.model_card``) and all its tags (lineage and the ``gate.*`` decision), gets the
+``challenger`` alias, is promoted if the gate passed, and the champion it was compared with is
+tagged; if any of these writes fails, the others are undone. The decision, what was compared,
+the numbers and the time go to ``reports/promotion.json`` (the audit record), its summary to
+``reports/gate.json`` (a DVC metric), and the decision to the training run's
+``seqops.gate.*`` tags, registered or not.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.config import Params
+from pipelines.model_card import gate_section, model_card, plain, signed
 from pipelines.params.gate import LOWER_IS_BETTER, RegisterConfig
 from pipelines.predict import SplitPredictions, predict_split_raw
 from pipelines.registry import (
@@ -51,6 +58,7 @@ from pipelines.registry import (
     RegistryError,
     VersionInfo,
     now_iso,
+    tag_text,
 )
 from pipelines.split_metrics import compare_by_length, evaluate_predictions, finite_or_none
 from pipelines.stage import stage_main
@@ -82,14 +90,6 @@ class GateDecision:
     """The challenger against the baseline, as the evaluate stage measured it (None: missing)."""
 
 
-def _signed(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:+.4f}"
-
-
-def _plain(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
 def overall(result: dict[str, Any]) -> dict[str, Any]:
     """The overall metrics of an evaluation result."""
     return dict(result.get("overall") or result.get("metrics") or {})
@@ -102,15 +102,15 @@ def _baseline_check(
     unless = f"; set {BASELINE_SWITCH}: false to promote without it" if required else ""
     if not isinstance(skill, dict):
         (blocking if required else notes).append(
-            "no baseline comparison: reports/metrics.json has no `skill` (the evaluate "
+            "no baseline comparison: reports/evaluation.json has no `skill` (the evaluate "
             f"stage's challenger vs baseline){unless}"
         )
         return
     metric = skill.get("metric", "?")
     numbers = (
-        f"{metric} {_plain(finite_or_none(skill.get('model')))} vs baseline "
-        f"{_plain(finite_or_none(skill.get('baseline')))} (improvement "
-        f"{_signed(finite_or_none(skill.get('improvement')))})"
+        f"{metric} {plain(finite_or_none(skill.get('model')))} vs baseline "
+        f"{plain(finite_or_none(skill.get('baseline')))} (improvement "
+        f"{signed(finite_or_none(skill.get('improvement')))})"
     )
     if skill.get("beats_baseline") is True:
         notes.append(f"beats the baseline: {numbers}")
@@ -124,8 +124,8 @@ def _slice_check(row: dict[str, Any], primary: str, cfg: RegisterConfig) -> tupl
     ci = row.get("regression_ci")
     entry = {**row, "gated": False, "ok": None}
     head = (
-        f"length {row['range']} ({n} examples): {primary} {_plain(finite_or_none(row.get('challenger')))}"
-        f" vs champion {_plain(finite_or_none(row.get('champion')))}, regression {_signed(regression)}"
+        f"length {row['range']} ({n} examples): {primary} {plain(finite_or_none(row.get('challenger')))}"
+        f" vs champion {plain(finite_or_none(row.get('champion')))}, regression {signed(regression)}"
         + (f" (CI {ci[0]:+.4f}..{ci[1]:+.4f})" if ci else "")
     )
     if n < cfg.min_slice_examples:
@@ -162,7 +162,7 @@ def decide(
 
     ``slices`` are ``split_metrics.compare_by_length`` rows (the paired comparison by length
     range); ``skill`` is the evaluate stage's challenger-vs-baseline comparison, or None where
-    metrics.json has none.
+    evaluation.json has none.
     """
     higher = primary not in LOWER_IS_BETTER
     ours = finite_or_none(overall(challenger).get(primary))
@@ -202,86 +202,6 @@ def decide(
                         checks, skill)  # fmt: skip
 
 
-def _baseline_line(metrics: dict[str, Any]) -> str:
-    skill = metrics.get("skill")
-    if not isinstance(skill, dict):
-        return "**Baseline:** not compared (the evaluation has no `skill` entry)."
-    name = (metrics.get("baseline") or {}).get("name", "the baseline")
-    metric = skill.get("metric", "?")
-    model, base = finite_or_none(skill.get("model")), finite_or_none(skill.get("baseline"))
-    improvement, relative = (
-        finite_or_none(skill.get("improvement")),
-        finite_or_none(skill.get("relative")),
-    )
-    if improvement is None:
-        return f"**Baseline:** {name}: {metric} {_plain(base)}; the comparison is undefined."
-    verb = "beats it by" if skill.get("beats_baseline") is True else "misses it by"
-    share = f" ({abs(relative):.1%} of the baseline's value)" if relative is not None else ""
-    return (f"**Baseline:** {name}: {metric} {_plain(base)}; this model {_plain(model)}, "
-            f"{verb} {abs(improvement):.4f}{share}.")  # fmt: skip
-
-
-def _length_table(metrics: dict[str, Any], primary: str) -> str:
-    rows = metrics.get("by_length") or []
-    if not rows:
-        return ""
-    level = (metrics.get("length_ranges") or {}).get("confidence")
-    band = f"{level:.0%} CI" if level else "CI"
-    lines = [f"| true length | examples | {primary} | {band} |", "|---|---|---|---|"]
-    for r in rows:
-        ci = (r.get("ci") or {}).get(primary)
-        interval = f"{ci[0]:.4f}..{ci[1]:.4f}" if ci else "n/a"
-        lines.append(
-            f"| {r['range']} | {r['examples']} | "
-            f"{_plain(finite_or_none(r['metrics'].get(primary)))} | {interval} |"
-        )
-    return "\n" + "\n".join(lines) + "\n"
-
-
-def model_card(
-    summary: dict[str, Any],
-    run: Any,
-    manifest: Manifest,
-    metrics: dict[str, Any],
-    primary: str,
-) -> str:
-    params = run.data.params
-    tags = run.data.tags
-    keep = ("train.model.architecture", "train.task", "train.model.hidden_size", "train.model.num_layers", "train.epochs", "train.lr",
-            "train.max_tokens", "train.max_tokens_resolved", "train.passes_per_epoch", "train.num_workers",
-            "shard.window.policy", "shard.window.length", "shard.split.method")  # fmt: skip
-    rows = "\n".join(f"| {k} | {params[k]} |" for k in keep if k in params)
-    scores = "\n".join(
-        f"| {k} | {v:.4f} |"
-        for k, v in sorted(overall(metrics).items())
-        if finite_or_none(v) is not None
-    )
-    return f"""# seqops {summary["architecture"]} — {summary["task"]}
-
-**Intended task:** {summary["task"]} on per-entity event sequences (most recent {manifest.window_len} events per entity); \
-scores raw events through the shard manifest's preprocessing, which travels inside the model.
-
-**Data:** shard manifest `{manifest.content_hash[:16]}`, events sha256 `{manifest.input.sha256[:16]}`, \
-DVC shards `{tags.get("dvc_shards_md5", "?")}`, split `{manifest.split_method}`, {manifest.splits["test"].examples} test examples.
-
-**Code:** git `{tags.get("git_commit", "?")[:12]}` (dirty: {tags.get("git_dirty", "?")}), run `{summary["run_id"]}`.
-
-**Primary metric:** {primary} = {overall(metrics).get(primary)}; padding invariance max abs diff {metrics.get("invariance", {}).get("max_abs_diff")}.
-
-{_baseline_line(metrics)}
-
-| metric | test |
-|---|---|
-{scores}
-{_length_table(metrics, primary)}
-| param | value |
-|---|---|
-{rows}
-
-**Limitations:** trained on the data described above; scores for entities with event types unseen in training use the OOV id.
-"""
-
-
 SCORING_ERRORS = (KeyError, ValueError, IndexError, TypeError, pa.ArrowException)
 """What scoring a model on events it does not fit raises (e.g. a column its schema names that
 the events lack); anything else is a bug and keeps its traceback."""
@@ -307,15 +227,20 @@ def _score(
     return preds, evaluate_predictions(preds, manifest, scorer.config.task, overall_only, {})
 
 
-def _read_inputs(train_report: Path, metrics_path: Path) -> tuple[dict, dict]:
-    for path in (train_report, metrics_path):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found (run the train and evaluate stages first)")
-    summary, metrics = json.loads(train_report.read_text()), json.loads(metrics_path.read_text())
+def _read_inputs(train_report: Path, evaluation_path: Path) -> tuple[dict, dict]:
+    if not train_report.is_file():
+        raise FileNotFoundError(f"{train_report} not found (run the train stage first)")
+    if not evaluation_path.is_file():
+        raise FileNotFoundError(
+            f"{evaluation_path} not found: the gate reads the evaluate stage's full report "
+            "(by length range, skill, invariance); run the evaluate stage first"
+        )
+    summary = json.loads(train_report.read_text())
+    evaluation = json.loads(evaluation_path.read_text())
     missing = [k for k in ("run_id", "model_uri", "task", "architecture") if not summary.get(k)]
     if missing:
         raise RegistryError(f"train report {train_report} lacks {', '.join(missing)}")
-    return summary, metrics
+    return summary, evaluation
 
 
 def _outcome(decision: GateDecision, cfg: RegisterConfig) -> str:
@@ -324,14 +249,21 @@ def _outcome(decision: GateDecision, cfg: RegisterConfig) -> str:
     return GATE_PROMOTED if cfg.auto_promote else GATE_PASSED
 
 
+def short_decision(outcome: str) -> str:
+    """promoted, passed or rejected: the decision as reports/gate.json and the card say it."""
+    return "passed" if outcome == GATE_PASSED else outcome
+
+
 def _version_tags(
-    metrics: dict[str, Any], manifest: Manifest, run_info: Any, summary: dict[str, Any],
+    evaluation: dict[str, Any], manifest: Manifest, run_info: Any, summary: dict[str, Any],
     decision: GateDecision, outcome: str, decided_at: str, rival: VersionInfo | None,
 ) -> dict[str, str]:  # fmt: skip
     """Lineage, metric and gate tags of the new version, all set when it is created."""
     skill = decision.skill or {}
     tags = {
-        f"metric.{k}": str(v) for k, v in overall(metrics).items() if finite_or_none(v) is not None
+        f"metric.{k}": str(v)
+        for k, v in overall(evaluation).items()
+        if finite_or_none(v) is not None
     }
     tags.update({
         "data.manifest_hash": manifest.content_hash,
@@ -341,7 +273,7 @@ def _version_tags(
         "code.git_dirty": run_info.data.tags.get("git_dirty", "unknown"),
         "train.task": summary["task"],
         "train.architecture": summary["architecture"],
-        "invariance.passed": str(bool(metrics.get("invariance", {}).get("passed"))).lower(),
+        "invariance.passed": str(bool(evaluation.get("invariance", {}).get("passed"))).lower(),
         "gate.decision": outcome, "gate.decided_at": decided_at,
         "gate.primary_metric": decision.primary_metric,
         "gate.challenger_value": str(decision.challenger_value),
@@ -357,22 +289,79 @@ def _version_tags(
     return tags
 
 
+def not_registered(summary: dict[str, Any]) -> str:
+    """What happened to a candidate the gate rejected under ``register.versions: passed``."""
+    return (
+        f"not registered (register.versions: passed): the model stays in MLflow run "
+        f"{summary['run_id']} as {summary['model_uri']}. To register it anyway, for review: "
+        "set register.versions: all and rerun the register stage (`dvc exp run -S "
+        "register.versions=all`, or edit params.yaml and `dvc repro register`); the version "
+        "then records gate.decision=rejected and becomes champion only through "
+        "`seqops registry promote N --override-gate --reason ...`"
+    )
+
+
+def gate_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """reports/gate.json: the decision in a few scalars, for ``dvc metrics show`` and ``dvc exp
+    show`` (reports/promotion.json is the full record)."""
+    gate, champion = record["gate"], record["champion"]
+    return {
+        "decision": short_decision(record["decision"]),
+        "passed": gate["passed"],
+        "registered": record["challenger"]["version"] is not None,
+        "version": record["challenger"]["version"],
+        "primary_metric": gate["primary_metric"],
+        "challenger_value": gate["challenger_value"],
+        "champion_value": gate["champion_value"],
+        "delta": gate["delta"],
+        "compared_with": None if champion is None else champion["version"],
+        "beats_baseline": (gate.get("skill") or {}).get("beats_baseline"),
+        "regressing_ranges": sum(1 for c in gate["slice_checks"] if c["ok"] is False),
+    }
+
+
+def _tag_run(client: Any, record: dict[str, Any]) -> None:
+    """The decision on the training run too, where a candidate that was not registered stays.
+    A view, not the record: a failure here is logged and does not fail the stage, whose
+    registry writes have landed."""
+    from mlflow.entities import RunTag
+    from mlflow.exceptions import MlflowException
+
+    version = record["challenger"]["version"]
+    tags = {
+        "seqops.gate.decision": short_decision(record["decision"]),
+        "seqops.gate.decided_at": record["decided_at"],
+        "seqops.gate.model_name": record["model_name"],
+        "seqops.gate.version": "none" if version is None else str(version),
+        "seqops.gate.reasons": tag_text("; ".join(record["gate"]["reasons"])),
+    }
+    try:
+        client.log_batch(record["challenger"]["run_id"],
+                         tags=[RunTag(k, v) for k, v in tags.items()])  # fmt: skip
+    except MlflowException as exc:
+        log.warning("could not tag training run %s with the decision: %s",
+                    record["challenger"]["run_id"], exc)  # fmt: skip
+
+
 def run(
     params: Params,
     train_report: Path,
-    metrics_path: Path,
+    evaluation_path: Path,
     shards: Path,
     validated: Path,
     promotion_path: Path,
+    gate_path: Path,
     root: Path = Path("."),
 ) -> dict[str, Any]:
+    """Gate the train stage's model against the champion; register it (every candidate, or
+    only a passed one: ``register.versions``); write reports/promotion.json and gate.json."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from pipelines.tracking import configure
 
     cfg = params.register
-    summary, metrics = _read_inputs(train_report, metrics_path)
+    summary, evaluation = _read_inputs(train_report, evaluation_path)
     manifest = load_manifest(shards)
     uri = configure(root)
     client = MlflowClient(uri)
@@ -402,45 +391,62 @@ def run(
         slices = compare_by_length(
             challenger_preds, champion_preds, manifest, task, primary, params.evaluate
         )
-    invariance = bool(metrics.get("invariance", {}).get("passed"))
-    decision = decide(challenger_eval, champion_eval, invariance, primary, cfg,
-                      slices=slices, skill=metrics.get("skill"))  # fmt: skip
+    invariance = evaluation.get("invariance") or {}
+    decision = decide(challenger_eval, champion_eval, bool(invariance.get("passed")), primary,
+                      cfg, slices=slices, skill=evaluation.get("skill"))  # fmt: skip
     decided_at = now_iso()
     outcome = _outcome(decision, cfg)
-    tags = _version_tags(metrics, manifest, run_info, summary, decision, outcome, decided_at, rival)
-    card = model_card(summary, run_info, manifest, metrics, primary)
-
-    # The version, its aliases and the champion's tags land together or not at all.
-    with registry.atomic():
-        version = registry.register(summary["model_uri"], summary["run_id"], card, tags)
-        if decision.passed and cfg.auto_promote:
-            registry.promote(
-                version.version, reason="; ".join(decision.reasons), evidence={"gate": "passed"}
-            )
-        if rival is not None:
-            registry.set_tags(rival.version, {f"gate.challenged_by.v{version.version}": {
-                "decision": outcome, "at": decided_at, primary: decision.champion_value,
-                "challenger": decision.challenger_value,
-            }})  # fmt: skip
-    log.info("registered %s version %s: %s", cfg.model_name, version.version, outcome)
     evaluate = params.evaluate
+    slice_test = {"length_ranges": evaluate.length_ranges, "paired": True,
+                  "bootstrap_samples": evaluate.bootstrap_samples,
+                  "confidence": evaluate.confidence}  # fmt: skip
+
+    version: int | None = None
+    if decision.passed or cfg.versions == "all":
+        tags = _version_tags(evaluation, manifest, run_info, summary, decision, outcome,
+                             decided_at, rival)  # fmt: skip
+        card = model_card(summary, run_info, manifest, evaluation, primary) + "\n" + gate_section(
+            jsonable(asdict(decision)), short_decision(outcome),
+            None if rival is None else rival.version, decided_at, asdict(cfg), slice_test,
+            invariance,
+        )  # fmt: skip
+        # The version, its aliases and the champion's tags land together or not at all.
+        with registry.atomic():
+            created = registry.register(summary["model_uri"], summary["run_id"], card, tags)
+            if decision.passed and cfg.auto_promote:
+                registry.promote(created.version, reason="; ".join(decision.reasons),
+                                 evidence={"gate": "passed"})  # fmt: skip
+            if rival is not None:
+                registry.set_tags(rival.version, {f"gate.challenged_by.v{created.version}": {
+                    "decision": outcome, "at": decided_at, primary: decision.champion_value,
+                    "challenger": decision.challenger_value,
+                }})  # fmt: skip
+        version = created.version
+        log.info("registered %s version %s: %s", cfg.model_name, version, outcome)
+    else:
+        log.info("%s: %s, not registered (register.versions: passed)", cfg.model_name, outcome)
     record = {
         "model_name": cfg.model_name,
         "decided_at": decided_at,
         "decision": outcome,
+        "registered": version is not None,
         "gate": asdict(decision),
-        "challenger": {"version": version.version, "run_id": summary["run_id"], "metrics": overall(challenger_eval)},
+        "challenger": {"version": version, "run_id": summary["run_id"],
+                       "model_uri": summary["model_uri"], "metrics": overall(challenger_eval)},
         "champion": None if rival is None or champion_eval is None else {
             "version": rival.version, "run_id": rival.run_id, "metrics": overall(champion_eval), "rescored": True,
         },
         "test_data": {"split": evaluate.split, "manifest_hash": manifest.content_hash,
                       "examples": manifest.splits[evaluate.split].examples},
         "thresholds": asdict(cfg),
-        "slice_test": {"length_ranges": evaluate.length_ranges, "paired": True,
-                       "bootstrap_samples": evaluate.bootstrap_samples,
-                       "confidence": evaluate.confidence},
+        "slice_test": slice_test,
     }  # fmt: skip
-    write_json(promotion_path, jsonable(record))
+    if version is None:
+        record["not_registered"] = not_registered(summary)
+    record = jsonable(record)
+    write_json(promotion_path, record)
+    write_json(gate_path, gate_summary(record))
+    _tag_run(client, record)
     return record
 
 
@@ -449,18 +455,26 @@ def run(
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-report", default="reports/train.json")
-    parser.add_argument("--metrics", default="reports/metrics.json")
+    parser.add_argument(
+        "--evaluation",
+        default="reports/evaluation.json",
+        help="the evaluate stage's full report (by length range, skill, invariance)",
+    )
     parser.add_argument("--shards", default="data/shards")
     parser.add_argument("--events", default="data/validated/events.parquet")
-    parser.add_argument("--out", default="reports/promotion.json")
+    parser.add_argument("--out", default="reports/promotion.json", help="the full audit record")
+    parser.add_argument("--gate", default="reports/gate.json", help="the decision, a DVC metric")
 
 
 def _command(params: Params, args: argparse.Namespace) -> int:
-    record = run(params, Path(args.train_report), Path(args.metrics), Path(args.shards),
-                 Path(args.events), Path(args.out))  # fmt: skip
-    print(
-        f"register: {record['model_name']} v{record['challenger']['version']}: {record['decision']}"
-    )
+    record = run(params, Path(args.train_report), Path(args.evaluation), Path(args.shards),
+                 Path(args.events), Path(args.out), Path(args.gate))  # fmt: skip
+    version = record["challenger"]["version"]
+    if version is None:
+        print(f"register: {record['model_name']}: {record['decision']}")
+        print(f"  {record['not_registered']}")
+    else:
+        print(f"register: {record['model_name']} v{version}: {record['decision']}")
     for reason in record["gate"]["reasons"]:
         print(f"  - {reason}")
     return 0

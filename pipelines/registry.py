@@ -93,7 +93,7 @@ class VersionInfo:
         return None if value in (None, "", "null") else float(value)
 
 
-def _tag_text(value: Any) -> str:
+def tag_text(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
     return text[:TAG_VALUE_LIMIT]
 
@@ -231,7 +231,7 @@ class Registry:
                 source=model_uri,
                 run_id=run_id,
                 description=description,
-                tags={k: _tag_text(v) for k, v in tags.items()},
+                tags={k: tag_text(v) for k, v in tags.items()},
             )
             self._on_failure(f"version {mv.version}", lambda: self._withdraw(mv.version))
             self._set_alias(CHALLENGER, mv.version)
@@ -261,7 +261,7 @@ class Registry:
                     self.client.set_model_version_tag(self.name, str(version), key, old)
 
             self._on_failure(f"tag {key} of v{version}", restore)
-            self.client.set_model_version_tag(self.name, str(version), key, _tag_text(value))
+            self.client.set_model_version_tag(self.name, str(version), key, tag_text(value))
 
     def _append_history(self, entry: dict[str, Any]) -> None:
         previous = self.client.get_registered_model(self.name).tags.get(HISTORY_TAG)

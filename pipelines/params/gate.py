@@ -90,9 +90,14 @@ class RegisterConfig:
     """Length ranges with fewer test examples are reported but not gated (too noisy)."""
     require_beat_baseline: bool = True
     """Refuse a challenger that does not beat the evaluate stage's baseline (``skill`` in
-    reports/metrics.json); false = report the comparison only."""
+    reports/evaluation.json); false = report the comparison only."""
     auto_promote: bool = True
     """Move the champion alias when the gate passes; false = record the decision only."""
+    versions: Literal["all", "passed"] = "passed"
+    """Which candidates become registry versions: ``passed`` = only those the gate passes (a
+    rejected one stays a logged model in its MLflow run; reports/promotion.json and
+    reports/gate.json record the decision); ``all`` = every candidate, rejected ones included,
+    each with its decision (an audit trail in the registry)."""
 
     def __post_init__(self) -> None:
         if not self.model_name or not str(self.model_name).strip():
@@ -105,6 +110,8 @@ class RegisterConfig:
             )
         if self.min_slice_examples < 1:
             raise fail("register.min_slice_examples", self.min_slice_examples, "must be >= 1")
+        if self.versions not in ("all", "passed"):
+            raise fail("register.versions", self.versions, "expected all or passed")
 
     def metric_for(self, task: str) -> str:
         return self.primary_metric or PRIMARY_METRICS[task]

@@ -133,7 +133,8 @@ def _params(case: Case, path: Path) -> dict[str, Any]:
             "num_workers": 1,  # the shapes are the point here; DDP has tests of its own
         },
         "evaluate": {"slices": [], "invariance_entities": 4},
-        "register": {"model_name": f"conformance-{case.name}"},
+        # every case's candidate is registered, rejected or not: the test loads version 1
+        "register": {"model_name": f"conformance-{case.name}", "versions": "all"},
     }
     return merge_params(params, case.params)
 
@@ -170,6 +171,8 @@ def test_table_shape_goes_from_events_to_a_registered_model_that_scores(
     metrics = json.loads((repo / "reports/metrics.json").read_text())
     assert metrics["task"] == case.task
     assert "baseline" in metrics and "skill" in metrics
+    assert json.loads((repo / "reports/evaluation.json").read_text())["task"] == case.task
+    assert json.loads((repo / "reports/gate.json").read_text())["version"] == 1
 
     from seqcore.loading import load_scorer
 

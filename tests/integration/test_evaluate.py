@@ -13,6 +13,7 @@ import torch
 from pipelines import baselines, evaluate, invariance, split_metrics
 from pipelines import metrics as M
 from pipelines.predict import split_targets
+from seqcore.io import jsonable
 from seqcore.loading import load_scorer
 from seqcore.manifest import Manifest, load_manifest
 from tests.conftest import REPO, tiny_params
@@ -41,12 +42,23 @@ def evaluated(trained_run, tmp_path_factory):
             trained_run["shards"],
             trained_run["validated"],
             out / "reports" / "metrics.json",
+            out / "reports" / "evaluation.json",
             out / "reports" / "plots",
             root=out,
         )
     mlflow.set_tracking_uri(previous)
     return {"report": report, "metrics": out / "reports" / "metrics.json",
+            "evaluation": out / "reports" / "evaluation.json",
             "plots": out / "reports" / "plots"}  # fmt: skip
+
+
+def _leaves(value, path=""):
+    """Dotted paths of the values DVC shows one column each (a list is not one of them)."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            yield from _leaves(inner, f"{path}.{key}" if path else key)
+    else:
+        yield path
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +67,8 @@ def scorer(trained_run):
     return load_scorer(trained_run["summary"]["model_uri"], trained_run["tracking_uri"])
 
 
-def test_metrics_json_has_classify_metrics_buckets_slices_and_invariance(evaluated, trained_run):
-    metrics = json.loads(evaluated["metrics"].read_text())
+def test_evaluation_json_has_classify_metrics_buckets_slices_and_invariance(evaluated, trained_run):
+    metrics = json.loads(evaluated["evaluation"].read_text())
     assert metrics == evaluated["report"]
     manifest = load_manifest(trained_run["shards"])
     split = metrics["split"]
@@ -84,8 +96,8 @@ def test_metrics_json_has_classify_metrics_buckets_slices_and_invariance(evaluat
     assert invariance["entities"] > 1 and invariance["padded_sequences"] > 0
 
 
-def test_metrics_json_has_a_baseline_scored_like_the_model_and_the_skill(evaluated, trained_run):
-    metrics = json.loads(evaluated["metrics"].read_text())
+def test_evaluation_json_has_a_baseline_scored_like_the_model_and_the_skill(evaluated, trained_run):
+    metrics = json.loads(evaluated["evaluation"].read_text())
     baseline, skill = metrics["baseline"], metrics["skill"]
     assert baseline["name"] in ("order_blind_logistic_regression", "class_prior")
     assert baseline["description"] and baseline["fit"]["split"] == "train"
@@ -107,6 +119,33 @@ def test_metrics_json_has_a_baseline_scored_like_the_model_and_the_skill(evaluat
     assert "baselines" not in metrics  # forecast only
     assert metrics["class_names"] == ["0", "1"]
     assert not [k for k in metrics["undefined"] if k.startswith(("baseline.", "skill."))]
+
+
+def test_metrics_json_is_the_headline_of_the_evaluation(evaluated):
+    """What `dvc metrics diff` and `dvc exp show` show: a few scalars, all from the report."""
+    headline = json.loads(evaluated["metrics"].read_text())
+    report = evaluated["report"]
+    leaves = list(_leaves(headline))
+    assert len(leaves) <= 30, leaves
+    assert not [k for k in leaves if isinstance(_get(headline, k), list)]
+    assert set(headline) == {"task", "split", "examples", "primary_metric", "primary_value",
+                             "overall", "baseline", "skill", "invariance"}  # fmt: skip
+    assert set(headline["overall"]) == set(CLASSIFY_METRICS)
+    for key in leaves:  # every headline value is the report's own, at the same path
+        assert _get(report, key) == _get(headline, key), key
+    assert headline["baseline"]["primary_value"] == report["baseline"]["overall"]["roc_auc"]
+    skill, invariance = report["skill"], report["invariance"]
+    assert headline["skill"] == {k: skill[k] for k in ("improvement", "relative", "beats_baseline")}
+    assert headline["invariance"] == {"passed": True, "max_abs_diff": invariance["max_abs_diff"]}
+    # the detail stays in evaluation.json only
+    assert {"by_bucket", "by_length", "slices", "class_names", "run_id"} <= set(report)
+    assert not {"by_bucket", "by_length", "slices", "class_names", "run_id"} & set(headline)
+
+
+def _get(obj, dotted):
+    for key in dotted.split("."):
+        obj = obj[key]
+    return obj
 
 
 def test_baseline_plots_are_written(evaluated):
@@ -158,7 +197,7 @@ def test_the_training_run_gets_test_metrics_and_evaluation_artifacts(evaluated, 
     assert run.data.tags["seqops.evaluate.beats_baseline"] == str(skill["beats_baseline"]).lower()
     assert run.data.tags["seqops.evaluate.baseline"] == report["baseline"]["name"]
     top = {f.path for f in client.list_artifacts(run.info.run_id, "evaluation")}
-    assert {"evaluation/metrics.json", "evaluation/plots"} <= top
+    assert {"evaluation/metrics.json", "evaluation/evaluation.json", "evaluation/plots"} <= top
     plots = {Path(f.path).name for f in client.list_artifacts(run.info.run_id, "evaluation/plots")}
     assert set(PNGS) <= plots and "roc.json" in plots
 
@@ -217,6 +256,7 @@ def test_cli_errors_name_what_is_missing(trained_run, tmp_path, monkeypatch, cap
     monkeypatch.setenv("MLFLOW_TRACKING_URI", trained_run["tracking_uri"])
     common = ["--params", str(REPO / "params.yaml"), "--shards", str(trained_run["shards"]),
               "--events", str(trained_run["validated"]), "--metrics", str(tmp_path / "m.json"),
+              "--evaluation", str(tmp_path / "e.json"),
               "--plots", str(tmp_path / "plots")]  # fmt: skip
     missing = tmp_path / "nope" / "train.json"
     assert evaluate.main(["--train-report", str(missing), *common]) == 2
@@ -234,6 +274,7 @@ def test_cli_errors_name_what_is_missing(trained_run, tmp_path, monkeypatch, cap
     assert evaluate.main(["--train-report", str(report), *common]) == 2
     assert "0" * 32 in capsys.readouterr().err
     assert not (tmp_path / "m.json").exists() and not (tmp_path / "plots").exists()
+    assert not (tmp_path / "e.json").exists()
 
 
 def _targets_only(shards):
@@ -287,3 +328,37 @@ def test_forecast_baselines_on_real_shards_are_in_original_units(tiny_pipeline):
     skill = sections["skill"]
     assert skill["metric"] == "mae"
     assert skill["improvement"] == pytest.approx(chosen["primary_value"] - model["mae"])
+
+
+@pytest.mark.parametrize("task", ["next_event", "forecast"])
+def test_the_headline_of_the_other_tasks_stays_small(tiny_pipeline, task):
+    """The same assembly as the stage (metrics, baseline, invariance), on real shards with a
+    constant predictor: the headline keeps the task's overall set, not the per-step detail."""
+    shards = tiny_pipeline["shards"]
+    manifest = load_manifest(shards)
+    preds = _targets_only(shards)
+    if task == "next_event":
+        size = manifest.targets.next_event.vocab_size
+        preds.outputs = [np.full((len(t), size), 1.0 / size) for t in preds.next_event]
+    else:
+        preds.outputs = [np.zeros_like(f) for f in preds.forecast]
+    config = tiny_params().evaluate
+    values = split_metrics.last_event_values(shards, "test", manifest, config.slices)
+    result = split_metrics.evaluate_predictions(preds, manifest, task, config, values)
+    base = baselines.baseline_report(preds, manifest, task, shards, "test", result["overall"])
+    invariance_report = {"passed": True, "max_abs_diff": 0.0, "entities": 4, "tolerance": 1e-5}
+    report = jsonable({**evaluate.with_baseline(result, base), "invariance": invariance_report})
+    headline = evaluate.headline(report)
+    leaves = list(_leaves(headline))
+    assert len(leaves) <= 30, leaves
+    assert len(list(_leaves(report))) > 2 * len(leaves)  # the detail is where it was
+    assert list(headline["overall"]) == list(evaluate.HEADLINE_METRICS[task])
+    assert not [k for k in leaves if "_h" in k]  # forecast's per-step metrics stay out
+    assert headline["primary_value"] == report["overall"][headline["primary_metric"]]
+    baseline = report["baseline"]
+    assert headline["baseline"] == {"name": baseline["name"],
+                                    "primary_value": baseline["primary_value"]}  # fmt: skip
+    assert headline["skill"]["beats_baseline"] is report["skill"]["beats_baseline"]
+    for key in leaves:
+        if key != "undefined" and not key.startswith("undefined."):
+            assert _get(report, key) == _get(headline, key), key

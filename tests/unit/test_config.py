@@ -25,6 +25,7 @@ def test_repository_params_are_valid(default_params):
     assert default_params.shard.window.window_len == 256
     assert isinstance(default_params.train.model, ModelSpec)
     assert default_params.train.model.architecture == "lstm"
+    assert default_params.register.versions == "passed"  # rejected candidates stay in their run
 
 
 def test_model_defaults_are_written_once():
@@ -59,6 +60,7 @@ def test_repository_params_spell_out_the_model_defaults(default_params):
         ({"seed": "seven"}, "seed"),
         ({"train": {"task": "regress"}}, "train.task"),
         ({"train": {"use_gpu": "maybe"}}, "train.use_gpu"),
+        ({"register": {"versions": "rejected"}}, r"register\.versions='rejected': expected all or"),
         ({"train": {"model": "lstm"}}, "train.model"),
         ({"train": {"model": {"architecture": "rnn"}}}, "train.model.architecture"),
         ({"train": {"model": {"colour": 1}}}, "train.model: unknown key"),
@@ -173,6 +175,8 @@ def test_params_yaml_names_its_schema_and_validates(repo_root, validator):
         ({"train": {"architecture": "lstm"}}, False),  # the old flat key
         ({"shard": {"window": {"policy": "random"}}}, False),
         ({"shard": {"features": {"numeric_transform": {"amount": "sqrt"}}}}, False),
+        ({"register": {"versions": "all"}}, True),
+        ({"register": {"versions": "some"}}, False),
     ],
 )
 def test_schema_agrees_with_the_loader(validator, doc, valid):

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from types import SimpleNamespace
 
 import numpy as np
 
+from pipelines.model_card import gate_section, model_card
 from pipelines.params.gate import EvaluateConfig, RegisterConfig
 from pipelines.predict import SplitPredictions
-from pipelines.register import decide, model_card
+from pipelines.register import GATE_PASSED, decide, gate_summary, short_decision
 from pipelines.split_metrics import compare_by_length
+from seqcore.io import jsonable
 
 CFG = RegisterConfig(min_improvement=0.01, max_slice_regression=0.02, min_slice_examples=20)
 BEATS = {"metric": "roc_auc", "model": 0.9, "baseline": 0.8, "improvement": 0.1,
@@ -195,3 +198,77 @@ def test_only_the_decisions_of_a_passed_gate_promote_without_an_override():
     assert not gate_passed(_outcome(rejected, CFG)) and not gate_passed(_outcome(rejected, manual))
     for never in (None, "incomplete", ""):  # never evaluated, or a registration that failed
         assert not gate_passed(never)
+
+
+# --------------------------------------------------------------------------- for reviewers
+
+SLICE_TEST = {"bootstrap_samples": 200, "confidence": 0.9}
+
+
+def _blocked_by_a_range():
+    rows = [
+        _slice("2-15", 200, 0.80, 0.85, [0.03, 0.07]),  # regresses with confidence
+        _slice("16-63", 5, 0.90, 0.50, [-0.5, -0.1]),  # too small to gate
+        _slice("64+", 300, 0.95, 0.85, [-0.12, -0.08]),
+    ]
+    return decide(_eval(0.90), _eval(0.85), True, "roc_auc", CFG, slices=rows, skill=BEATS)
+
+
+def test_the_gate_section_of_the_card_is_markdown_a_reviewer_can_read():
+    decision = _blocked_by_a_range()
+    invariance = {"passed": True, "max_abs_diff": 1e-7}
+    text = gate_section(jsonable(asdict(decision)), "rejected", 3, "2026-01-02T03:04:05Z",
+                        asdict(CFG), SLICE_TEST, invariance)  # fmt: skip
+    lines = text.splitlines()
+    assert lines[0] == "## Promotion gate"
+    assert (
+        "**Decision:** **rejected**: the champion is unchanged (decided 2026-01-02T03:04:05Z)."
+        in lines
+    )
+    assert any(line.startswith("**roc_auc** (higher is better): this version 0.9000 vs champion v3 "
+                               "0.8500, delta +0.0500") for line in lines)  # fmt: skip
+    assert "beats it: roc_auc 0.9000 vs 0.8000" in text
+    header = "| true length | examples | this version | champion | regression | interval | check |"
+    table = lines[lines.index(header) :][:5]
+    assert table[2:] == [
+        "| 2-15 | 200 | 0.8000 | 0.8500 | +0.0500 | +0.0300..+0.0700 | **regresses** (gated) |",
+        "| 16-63 | 5 | 0.9000 | 0.5000 | -0.4000 | -0.5000..-0.1000 | not gated (< 20 examples) |",
+        "| 64+ | 300 | 0.9500 | 0.8500 | -0.1000 | -0.1200..-0.0800 | ok (gated) |",
+    ]
+    bullets = [line[2:] for line in lines if line.startswith("- ")]
+    assert bullets == decision.reasons and bullets[0].startswith("length 2-15")
+    thresholds = lines[-1]
+    assert thresholds.startswith("**Thresholds:** register: `min_improvement` 0.01")
+    assert "`max_slice_regression` 0.02" in thresholds and "`versions` passed" in thresholds
+    assert "`confidence` 0.9" in thresholds
+
+
+def test_the_gate_section_without_a_champion_or_a_baseline_comparison():
+    first = decide(_eval(0.7), None, False, "roc_auc", RegisterConfig(require_beat_baseline=False))
+    text = gate_section(jsonable(asdict(first)), "rejected", None, "t", asdict(CFG), SLICE_TEST,
+                        {"passed": False, "max_abs_diff": 0.3})  # fmt: skip
+    assert "no champion yet" in text and "not compared (the evaluation has no `skill`)" in text
+    assert "**Padding invariance:** **failed** (max abs diff 0.3)" in text
+    assert "| true length |" not in text  # nothing compared by length range
+    assert "- padding-invariance check failed" in text
+
+
+def test_gate_json_is_the_decision_in_a_few_scalars():
+    decision = _blocked_by_a_range()
+    record = jsonable({"decision": "rejected", "gate": asdict(decision),
+                       "challenger": {"version": None}, "champion": {"version": 3}})  # fmt: skip
+    summary = gate_summary(record)
+    assert summary == {
+        "decision": "rejected", "passed": False, "registered": False, "version": None,
+        "primary_metric": "roc_auc", "challenger_value": 0.9, "champion_value": 0.85,
+        "delta": decision.delta, "compared_with": 3, "beats_baseline": True,
+        "regressing_ranges": 1,
+    }  # fmt: skip
+    assert all(not isinstance(v, dict | list) for v in summary.values())  # one DVC column each
+    first = decide(_eval(0.7), None, True, "roc_auc", CFG, skill=BEATS)
+    record = jsonable({"decision": GATE_PASSED, "gate": asdict(first),
+                       "challenger": {"version": 1}, "champion": None})  # fmt: skip
+    summary = gate_summary(record)
+    assert summary["decision"] == "passed" == short_decision(GATE_PASSED)
+    assert summary["registered"] is True and summary["version"] == 1
+    assert summary["compared_with"] is None and summary["regressing_ranges"] == 0
