@@ -2,7 +2,12 @@
 
 Tracking URI: ``MLFLOW_TRACKING_URI`` when set (a team's server), else a SQLite store
 ``mlflow.db`` plus an artifact folder ``mlartifacts/`` in the repository, the same for tracking
-and registry (docs/architecture.md, "Defaults that run on one laptop"). Every part that scores
+and registry (docs/architecture.md, "Defaults that run on one laptop"). "The repository" is
+DVC's: a stage that ``dvc exp run`` runs in a temporary copy (``--temp``, ``--queue``) finds the
+parent repository in ``DVC_ROOT`` and logs there (:func:`store_root`), not to a store that is
+deleted with the copy. A local store records absolute ``file://`` artifact paths; a store
+moved with its ``mlartifacts/`` still loads, as the files are looked up under the store's own
+folder when the recorded path is gone (:func:`artifact_source`). Every part that scores
 a logged model (evaluation, the promotion gate, online and batch serving) loads it through
 :func:`load_scorer`, by URI (``models:/<name>@<alias>``, ``models:/<name>/<version>``,
 ``models:/<model id>`` or ``runs:/<run>/<name>``), never by a file path of the run that made it.
@@ -27,12 +32,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlparse
 
 if TYPE_CHECKING:  # torch loads with the scorer, only where a model is loaded
     from seqcore.scorer import SequenceScorer
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
+DVC_ROOT_ENV = "DVC_ROOT"
+"""Set by DVC for every stage command: the repository root, for ``dvc exp run`` the parent
+repository's (not the temporary copy an experiment may run in)."""
+ARTIFACT_ROOT_ENV = "SEQOPS_ARTIFACT_ROOT"
+"""Where a new experiment keeps its files (a folder or any MLflow artifact URI, e.g.
+``s3://bucket/prefix``); default ``mlartifacts/`` next to a SQLite store."""
 
 MODEL_FORMAT = 1
 """The layout of a logged model this code writes: a pyfunc flavour whose ``artifacts`` are the
@@ -59,12 +71,93 @@ class ModelLoadError(LookupError):
     """The model URI names nothing loadable in the store; the message says which and where."""
 
 
+def store_root(root: str | Path = ".") -> Path:
+    """The folder the default store lives in: ``DVC_ROOT`` inside a DVC stage, else ``root``.
+
+    Only the store moves: code, params and ``dvc.lock`` lineage stay those of ``root``, the
+    folder the stage runs in (an experiment's own copy)."""
+    dvc_root = os.environ.get(DVC_ROOT_ENV)
+    if not dvc_root:
+        return Path(root).resolve()
+    found = Path(dvc_root).resolve()
+    if not found.is_dir():  # else SQLite fails later, naming only the database file
+        raise FileNotFoundError(
+            f"{DVC_ROOT_ENV}={dvc_root} is not a folder: the repository this DVC stage belongs "
+            "to has moved or was removed; run the experiment again from the repository"
+        )
+    return found
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (relative as written), None for any other
+    store or an in-memory database."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri.removeprefix("sqlite:///").partition("?")[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
 def tracking_uri(root: str | Path = ".") -> str:
-    """The tracking (and registry) URI: the environment's, else the repository's SQLite file."""
+    """The tracking (and registry) URI: the environment's, else the SQLite file in
+    :func:`store_root`. A relative SQLite path in the environment is relative to
+    :func:`store_root` too, not to the folder a stage happens to run in."""
     env = os.environ.get("MLFLOW_TRACKING_URI")
     if env:
-        return env
-    return f"sqlite:///{(Path(root).resolve() / DEFAULT_DB).as_posix()}"
+        path = sqlite_path(env)
+        if path is None or path.is_absolute():
+            return env
+        _, mark, query = env.partition("?")
+        return f"sqlite:///{(store_root(root) / path).as_posix()}{mark}{query}"
+    return f"sqlite:///{(store_root(root) / DEFAULT_DB).as_posix()}"
+
+
+def _local_path(location: str) -> Path | None:
+    """The folder of a ``file://`` (or scheme-less absolute) artifact location, else None."""
+    parsed = urlparse(location)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if not parsed.scheme and Path(location).is_absolute():
+        return Path(location)
+    return None
+
+
+def rebased(recorded: Path, db: Path) -> list[Path]:
+    """Where ``recorded`` lies if its ``mlartifacts/`` moved next to ``db``: the path after an
+    ``mlartifacts`` segment under ``<folder of db>/mlartifacts/``, from the last segment to
+    the first (an experiment may itself be named ``mlartifacts``)."""
+    parts = recorded.parts
+    base = db.resolve().parent / DEFAULT_ARTIFACTS
+    return [
+        base.joinpath(*parts[i + 1 :])
+        for i in range(len(parts) - 2, -1, -1)
+        if parts[i] == DEFAULT_ARTIFACTS
+    ]
+
+
+def artifact_source(location: str, store: str, where: str = "cannot load") -> str:
+    """Where to download a model's files recorded at ``location`` from: ``location`` itself,
+    unless it is a local folder that is gone and the store is a SQLite file whose own
+    ``mlartifacts/`` holds it (the store was moved or copied with its files). Safe because
+    each file is then checked against its recorded sha256 before it is read."""
+    recorded = _local_path(location)
+    if recorded is None or recorded.exists():
+        return location
+    db = sqlite_path(store)
+    candidates = [c for c in rebased(recorded, db) if c != recorded] if db is not None else []
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate.as_uri()
+    looked = (
+        f", nor does {candidates[0]} (the same path in the store's own folder)"
+        if candidates
+        else ""
+    )
+    raise ModelLoadError(
+        f"{where}: its files were recorded at {recorded}, which does not exist{looked}. "
+        f"A local MLflow store records absolute paths: move {DEFAULT_ARTIFACTS}/ together "
+        f"with {DEFAULT_DB} (side by side), or set {ARTIFACT_ROOT_ENV} to a location every "
+        "user of the store reaches (s3://bucket/prefix) before new experiments are created"
+    )
 
 
 def installed_version() -> str:
@@ -170,6 +263,8 @@ def _fetch(
     before it is read; returns the parsed MLmodel and a folder for ``from_dir``."""
     import mlflow
     import yaml
+
+    location = artifact_source(location, store, where)
 
     def download(rel: str) -> Path:
         into = dst / "download" / str(PurePosixPath(rel).parent)

@@ -22,7 +22,14 @@ import yaml
 from pipelines import cli
 from pipelines.registry import Registry
 from seqcore.io import sha256_file
-from seqcore.loading import FILES_TAG, FORMAT_KEY, FORMAT_TAG, ModelLoadError, load_scorer
+from seqcore.loading import (
+    FILES_TAG,
+    FORMAT_KEY,
+    FORMAT_TAG,
+    ModelLoadError,
+    file_record,
+    load_scorer,
+)
 from seqcore.scorer import SequenceScorer
 from tests.conftest import tiny_params
 
@@ -231,3 +238,57 @@ def test_a_version_without_a_record_is_refused_until_it_is_sealed(logged, model_
     assert entry["reason"] == "files checked against the training run"
     assert cli.main([*seal, "--reason", "again"]) == 2  # a record is not replaced silently
     assert "already has a record" in capsys.readouterr().err
+
+
+def test_a_store_moved_with_its_files_loads_and_still_checks_them(
+    mlflow_store, model_files, tmp_path, monkeypatch
+):
+    """A local store records absolute artifact paths; moved (or copied to another clone)
+    together with its mlartifacts/, its models load from the files next to it, each still
+    checked against its recorded sha256."""
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.tracking import ensure_experiment
+    from pipelines.train import _log_model
+
+    for name in ("DVC_ROOT", "SEQOPS_ARTIFACT_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    client = MlflowClient(tracking_uri=mlflow_store, registry_uri=mlflow_store)
+    experiment = ensure_experiment("moving", tmp_path)  # mlartifacts/ next to mlflow.db
+    run_id = client.create_run(experiment).info.run_id
+    model_uri = _log_model(
+        run_id, model_files["weights"][0], model_files["config"], model_files["manifest"],
+        model_files["validated"], None,
+    )  # fmt: skip
+    Registry(client, NAME).register(model_uri, run_id, "card", {})
+    model = client.get_logged_model(model_uri.removeprefix("models:/"))
+    recorded = Path(unquote(urlparse(model.artifact_location).path))
+    assert recorded.is_relative_to(tmp_path / "mlartifacts/moving")
+    expected = _reference(model_files, tmp_path)
+
+    moved = tmp_path / "another-clone"
+    moved.mkdir()
+    for name in ("mlflow.db", "mlartifacts"):
+        (tmp_path / name).rename(moved / name)
+    store = f"sqlite:///{moved / 'mlflow.db'}"
+    uris = ("models:/loading-model/1", "models:/loading-model@challenger", model_uri,
+            f"runs:/{run_id}/model")  # fmt: skip
+    for uri in uris:
+        assert _scores(load_scorer(uri, store), model_files["events"]) == expected, uri
+    assert file_record(model_uri, store)[FILES_TAG] == model.tags[FILES_TAG]  # what a seal reads
+
+    here = moved / recorded.relative_to(tmp_path)
+    weights = here / "artifacts/weights.safetensors"
+    weights.write_bytes(model_files["weights"][1].read_bytes())  # a valid model, another one
+    for uri in uris:
+        with pytest.raises(ModelLoadError, match="weights.safetensors has sha256 .* recorded"):
+            load_scorer(uri, store)
+
+    (moved / "mlartifacts").rename(moved / "elsewhere")  # the files left behind
+    with pytest.raises(ModelLoadError) as lost:
+        load_scorer("models:/loading-model/1", store)
+    message = str(lost.value)
+    assert f"its files were recorded at {recorded}, which does not exist, nor does {here}" in (
+        message
+    )
+    assert "move mlartifacts/ together with mlflow.db" in message
