@@ -28,6 +28,7 @@ from pipelines.config import load_params
 from pipelines.registry import Registry, RegistryError, gate_passed
 from seqcore.config import ConfigError
 from seqcore.loading import ModelLoadError
+from seqcore.progress import quiet
 
 
 def _print_table(rows: Sequence[dict[str, Any]]) -> None:
@@ -42,13 +43,26 @@ def _print_table(rows: Sequence[dict[str, Any]]) -> None:
 
 
 def _registry(args: argparse.Namespace) -> Registry:
+    return open_registry(args.model, args.params)
+
+
+def open_registry(model: str | None, params_file: str = "params.yaml") -> Registry:
+    """The registered model ``model`` (default: ``register.model_name`` of the params file)
+    in the project's store; :class:`RegistryError` when that store does not exist yet."""
     from mlflow.tracking import MlflowClient
 
     from pipelines.tracking import configure
+    from seqcore.loading import sqlite_path, tracking_uri
 
-    name = args.model
-    if not name:
-        name = load_params(args.params).register.model_name
+    name = model or load_params(params_file).register.model_name
+    # Reading a store that does not exist would create an empty one here and report "no
+    # such model"; the useful answer is where the store was expected.
+    db = sqlite_path(tracking_uri(Path(".")))
+    if db is not None and not db.exists():
+        raise RegistryError(
+            f"no MLflow store at {db}: run the pipeline first (make pipeline, or dvc repro), "
+            "run this from the repository, or set MLFLOW_TRACKING_URI to the team's store"
+        )
     return Registry(MlflowClient(configure(Path("."))), name)
 
 
@@ -124,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet()
     try:
         if args.command == "registry":
             return registry_command(args)

@@ -114,20 +114,14 @@ def metrics_diff(
     import subprocess
     from pathlib import Path
 
-    from mlflow.tracking import MlflowClient
-
-    from pipelines.config import load_params
-    from pipelines.registry import Registry
-    from pipelines.tracking import configure
+    from pipelines.cli import open_registry
     from seqcore.config import ConfigError
     from seqcore.progress import quiet
     from seqops.lineage import version_origin
 
     quiet()
     try:
-        name = model or load_params(params_file).register.model_name
-        registry = Registry(MlflowClient(configure(Path("."))), name)
-        origin = version_origin(registry, against)
+        origin = version_origin(open_registry(model, params_file), against)
     except (ConfigError, LookupError) as exc:
         click.echo(f"seqops metrics diff: {exc}", err=True)
         sys.exit(2)

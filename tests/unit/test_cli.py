@@ -40,8 +40,17 @@ def test_serve_and_registry_errors_come_back_as_exit_codes(capsys, monkeypatch, 
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     code = main(["registry", "--params", "params.yaml", "--model", "nothing-here", "list"])
-    assert code != 0
-    assert "nothing-here" in capsys.readouterr().err
+    assert code == 2
+    assert f"no MLflow store at {tmp_path / 'mlflow.db'}: run the pipeline first" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "mlflow.db").exists()  # asking created nothing
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(store).search_experiments()  # the store exists, empty
+    code = main(["registry", "--params", "params.yaml", "--model", "nothing-here", "list"])
+    assert code == 2
+    assert "registered model 'nothing-here' not found" in capsys.readouterr().err
 
 
 def test_no_cluster_at_ray_address_is_one_line_at_once(monkeypatch):
