@@ -10,10 +10,11 @@ stream state through ``DeploymentHandle``s) and "Pass Arguments to Applications"
 scores the champion with its own :class:`~serving.holder.ModelServer`, in its own replicas:
 a second deployment for the champion would cost every request a handle hop, more than the
 model's own time (benchmarks/README.md, "Serving"). Scale the champion by scaling
-``ScoringAPI``. The other pieces live in their own modules: the HTTP plumbing
-(``serving.http_edge``), the challenger, traffic split and shadow (``serving.rollout``) and
-the per-entity streaming state behind the entity-affinity router (``serving.stream_holder``,
-``serving.routing``).
+``ScoringAPI``. Streaming calls are scored here too when the state lives in Redis
+(``serving.redis_state``, docs/architecture.md §7); without a store they go to the
+in-memory fallback behind the entity-affinity router (``serving.stream_holder``,
+``serving.routing``). The other pieces live in their own modules: the HTTP plumbing
+(``serving.http_edge``) and the challenger, traffic split and shadow (``serving.rollout``).
 """
 
 # No ``from __future__ import annotations`` here: FastAPI must see real annotation objects on
@@ -30,9 +31,12 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
+from ray.serve.metrics import Counter
 
+from seqcore.config import ConfigError
 from serving.auth import Authenticator, load_tokens, resolve_auth
 from serving.config import (
+    REDIS_URL_ENV,
     Batching,
     Limits,
     ServingConfig,
@@ -41,13 +45,15 @@ from serving.config import (
     split_user_config,
 )
 from serving.holder import HoldsModel, ModelServer, short_gil_switch
-from serving.http_edge import Replies, check_entity_id, json_api, read_body
+from serving.http_edge import Replies, check_entity_id, json_api, jsonable, read_body
 from serving.openapi import complete
+from serving.redis_state import RedisStateStore, StateStoreUnavailable, redacted
 from serving.registry import resolve_version
 from serving.rollout import ChallengerHolder, Shadow, variant
 from serving.routing import EntityAffinityRouter
 from serving.schemas import (
     RequestError,
+    StreamRequest,
     feature_columns,
     parse_request,
     parse_stream_request,
@@ -55,6 +61,7 @@ from serving.schemas import (
     stream_request_model,
 )
 from serving.stream_holder import StreamHolder
+from serving.streaming import StateConflict, StreamingScorer, StreamOrderError
 
 api = json_api("seqops online scoring")
 log = logging.getLogger("ray.serve")
@@ -64,12 +71,12 @@ log = logging.getLogger("ray.serve")
 @serve.ingress(api)
 class ScoringAPI(HoldsModel):
     """HTTP edge: validates requests, scores them with the champion it holds (batched across
-    this replica's requests), sends the challenger's share to ``ChallengerHolder`` and
-    streaming calls to ``StreamHolder``."""
+    this replica's requests), sends the challenger's share to ``ChallengerHolder``, and
+    streams against the shared store itself (or hands stream calls to ``StreamHolder``)."""
 
     async def __init__(  # type: ignore[misc]
         self,
-        stream: DeploymentHandle,
+        stream: DeploymentHandle | None,
         challenger: DeploymentHandle | None,
         config: ServingConfig,
         auth: Authenticator,
@@ -79,6 +86,23 @@ class ScoringAPI(HoldsModel):
         self.limits, self.rollout = config.limits, config.rollout
         # Loading reads the registry and artifacts: off the loop that answers health checks.
         self.server = await asyncio.to_thread(ModelServer, config, "champion")
+        # With a shared store the stream state is read and written here, where the call
+        # landed (serving.redis_state); without one it lives in StreamHolder replicas.
+        self.store: RedisStateStore | None = None
+        self.retries = config.streaming.stream_conflict_retries
+        if stream is None:
+            url = config.streaming.redis_url
+            assert url is not None, "build_app passes a stream handle or a Redis URL"
+            self.store = RedisStateStore(url, config.streaming.state_ttl_s)
+            model = self.server.model
+            self.streamer = StreamingScorer(model.scorer, model.version, self.store, self.retries)
+            self.stream_calls = Counter(
+                "seqops_stream_calls", "Streaming calls by state status", ("status",)
+            )
+        try:
+            self.replica = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # constructed outside Serve (a test)
+            self.replica = "local"
         self._validators()
         self.shadow = None if challenger is None else Shadow(challenger, self.rollout.shadow_log)
         self.replies = Replies()
@@ -144,10 +168,39 @@ class ScoringAPI(HoldsModel):
         parsed = parse_stream_request(body, entity_id, self.stream_model, self.schema, self.limits)
         if parsed.reset:  # dropping an entity's state is an operator's act
             self._allow(request, "admin")
-        result = await self.stream.update.remote(entity_id, parsed)
+        if self.stream is not None:
+            result = await self.stream.update.remote(entity_id, parsed)
+        else:
+            result = await asyncio.to_thread(self._stream_here, entity_id, parsed)
         if "error" in result:
-            raise RequestError(422, result["error"], result["field"])
+            raise RequestError(result.get("status", 422), result["error"], result["field"])
         return result
+
+    def _stream_here(self, entity_id: str, parsed: StreamRequest) -> dict[str, Any]:
+        """One stream call against the shared store, with the champion this replica holds."""
+        model, streamer = self.server.model, self.streamer
+        if streamer.version != model.version:  # the alias moved: states reset by version
+            assert self.store is not None
+            streamer = StreamingScorer(model.scorer, model.version, self.store, self.retries)
+            self.streamer = streamer
+        try:
+            result = streamer.update(
+                entity_id,
+                parsed.events,
+                history=parsed.history,
+                expect_events_seen=parsed.expect_events_seen,
+                reset=parsed.reset,
+            )
+        except StreamOrderError as exc:
+            return {"error": str(exc), "field": f"events[{exc.index}].{exc.column}"}
+        except StateConflict as exc:
+            return {"status": 409, "error": str(exc), "field": "path.entity_id"}
+        except StateStoreUnavailable as exc:
+            return {"status": 503, "error": f"{exc}; retry later", "field": None}
+        result["state"]["replica"] = self.replica
+        self.stream_calls.inc(tags={"status": result["state"]["status"]})
+        header = {**model.describe(), "task": model.scorer.config.task}
+        return {"model": header, "score": {k: jsonable(v) for k, v in result.items()}}
 
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:
@@ -210,7 +263,11 @@ class ScoringAPI(HoldsModel):
         if self.challenger is not None:
             challenger = await self.challenger.info.remote()
             models.append({**challenger, "features": features, "variant": "challenger"})
-        stream = await self.stream.info.remote()  # one replica's view: states are per replica
+        if self.stream is not None:  # one replica's view: states are per replica
+            stream = {"store": "memory", **await self.stream.info.remote()}
+        else:
+            assert self.store is not None
+            stream = await asyncio.to_thread(self.store.describe)
         rollout = dataclasses.asdict(self.rollout)
         return {
             "models": models,
@@ -260,11 +317,39 @@ def build_app(
         challenger = ChallengerHolder.options(**challenger_opts).bind(  # type: ignore[attr-defined]
             dataclasses.replace(config, model=challenger_ref)
         )
-    router = RequestRouterConfig(request_router_class=EntityAffinityRouter)  # type: ignore[arg-type]
-    stream_opts = {"max_ongoing_requests": 64, **options.get("StreamHolder", {})}
-    stream_opts["request_router_config"] = router  # entity affinity is not optional
-    stream = StreamHolder.options(**stream_opts).bind(config)  # type: ignore[attr-defined]
+    url = config.streaming.store_url()  # resolved here: replicas do not see our environment
+    stream = None
+    if url is not None:
+        config = dataclasses.replace(
+            config,
+            streaming=dataclasses.replace(config.streaming, stream_store="redis", redis_url=url),
+        )
+        if check:  # the CLI checks a store itself, from where it can reach it
+            check_store(url)
+    else:
+        router = RequestRouterConfig(request_router_class=EntityAffinityRouter)  # type: ignore[arg-type]
+        stream_opts = {"max_ongoing_requests": 64, **options.get("StreamHolder", {})}
+        stream_opts["request_router_config"] = router  # entity affinity is not optional
+        stream = StreamHolder.options(**stream_opts).bind(config)  # type: ignore[attr-defined]
     return ScoringAPI.options(**api_opts).bind(stream, challenger, config, auth)  # type: ignore[attr-defined]
+
+
+def check_store(url: str) -> None:
+    """The streaming store answers now (a ConfigError naming where, never the password):
+    a wrong URL or password fails the start, not every later stream call."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
+    try:
+        client.ping()
+    except (redis.RedisError, OSError) as exc:
+        raise ConfigError(
+            f"serving: the streaming state store (Redis at {redacted(url)}) does not answer: "
+            f"{type(exc).__name__}: {exc}; check redis_url / ${REDIS_URL_ENV}, or serve with "
+            "stream_store=memory"
+        ) from None
+    finally:
+        client.close()
 
 
 def app_builder(args: dict[str, Any]) -> Any:

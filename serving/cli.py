@@ -23,6 +23,15 @@ over the replicas' direct-ingress ports, and ``RAY_SERVE_THROUGHPUT_OPTIMIZED`` 
 on the replica's own event loop, buffers its access log and calls other deployments over
 gRPC. One address, as with the proxy, at less of a replica's CPU per request
 (benchmarks/README.md, "Serving").
+
+Streaming state (``POST /v1/stream/{entity_id}``) goes to Redis (docs/architecture.md §7):
+the server at ``--redis-url`` (else the config's ``redis_url``, else ``$SEQOPS_REDIS_URL``),
+or, when none is given, one this command starts on 127.0.0.1 before Ray
+(``serving.redis_server``: a fresh password, the config's ``redis_max_memory_mb`` and
+``redis_eviction_policy``, nothing on disk) and stops after Serve. ``--stream-store memory``
+keeps it in the stream replicas' memory instead. On a cluster at ``RAY_ADDRESS`` a server on
+this machine's loopback would be out of the other nodes' reach: there a URL (or ``memory``) is
+required.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +52,8 @@ import yaml
 from seqcore.config import ConfigError
 from seqcore.progress import ray_init_options, ray_log_dir
 from seqcore.ray_connect import ClusterUnreachable, check_ray_address
-from serving.config import AUTH_MODES
+from serving.config import AUTH_MODES, REDIS_URL_ENV, STREAM_STORES, ServingConfig, Streaming
+from serving.redis_server import LocalRedis, RedisStartError
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "serving" / "serve_config.yaml"
@@ -96,7 +107,7 @@ def app_args(app: dict[str, Any], cli: argparse.Namespace) -> dict[str, Any]:
         args.pop("version", None)
     if cli.tracking_uri:
         args["tracking_uri"] = cli.tracking_uri
-    for key in ("auth", "tokens_file"):
+    for key in ("auth", "tokens_file", "stream_store", "redis_url"):
         if getattr(cli, key, None):
             args[key] = getattr(cli, key)
     return args
@@ -112,6 +123,117 @@ def deploy_failure(app_name: str) -> str:
         return f"no application named {app_name!r}"
     lines = [status.message] + [f"{n}: {d.message}" for n, d in status.deployments.items()]
     return "\n".join(line for line in lines if line)
+
+
+@dataclass(frozen=True)
+class StreamState:
+    """Where the command puts the streaming state: ``memory`` (the stream replicas'),
+    ``redis`` (the server at ``url``) or ``local`` (a server this command starts)."""
+
+    kind: str
+    url: str | None = None
+    source: str = ""
+    """What chose it, for the line the command prints (a flag, a variable, the config)."""
+    where: str = ""
+    """``host:port`` of the server, without its password."""
+
+    def describe(self) -> str:
+        """What the command prints after ``streaming state: ``."""
+        if self.kind == "memory":
+            return f"in each stream replica's memory ({self.source})"
+        return f"Redis at {self.where} ({self.source})"
+
+
+def stream_state(streaming: Streaming, cli: argparse.Namespace, shared: bool) -> StreamState:
+    """Decide where the streaming state goes (see the module docstring), before Ray starts.
+
+    ``streaming`` is the config with the command line on top (``app_args``); the URL is
+    ``--redis-url``, else the config's ``redis_url``, else ``$SEQOPS_REDIS_URL`` (the order
+    of ``Streaming.store_url``), and is handed to the replicas in the application's args, so
+    that every node uses the one chosen here. ConfigError on a cluster at ``RAY_ADDRESS``
+    without a URL, naming the fixes."""
+    if streaming.stream_store == "memory":
+        flag = getattr(cli, "stream_store", None) == "memory"
+        return StreamState("memory", source="--stream-store memory" if flag
+                           else f"stream_store: memory in {cli.config}")  # fmt: skip
+    if streaming.redis_url:  # --redis-url, else the config file's (as Streaming.store_url)
+        given = getattr(cli, "redis_url", None)
+        source = "--redis-url" if given else f"redis_url in {cli.config}"
+        return StreamState("redis", streaming.redis_url, source)
+    if os.environ.get(REDIS_URL_ENV):
+        return StreamState("redis", os.environ[REDIS_URL_ENV], f"${REDIS_URL_ENV}")
+    if shared:
+        raise ConfigError(
+            "streaming state: on the cluster at RAY_ADDRESS a Redis this command started on "
+            "127.0.0.1 would be out of the other nodes' reach; pass --redis-url "
+            f"redis://:PASSWORD@HOST:6379/0 (or set ${REDIS_URL_ENV}) of a server every node "
+            "reaches (Kubernetes: infra/redis/redis.yaml), or --stream-store memory"
+        )
+    return StreamState("local", source="local")
+
+
+def open_stream_state(
+    store: StreamState, streaming: Streaming, *, check: bool = True
+) -> tuple[StreamState, LocalRedis | None]:
+    """Start the local server ``store`` asks for (with the config's ``maxmemory`` and policy),
+    or, with ``check`` (replicas of a local cluster, which run here), make sure the given one
+    answers; returns the state to print and the server to stop after Serve, if any.
+    RedisStartError says what failed; the URL's password is never in it."""
+    from serving.redis_state import redacted
+
+    if store.kind == "local":
+        local = LocalRedis(
+            max_memory_mb=streaming.redis_max_memory_mb,
+            eviction_policy=streaming.redis_eviction_policy,
+        ).start()
+        source = f"local, maxmemory {local.max_memory_mb} MB, policy {local.eviction_policy}"
+        return StreamState("redis", local.url, source, f"{local.host}:{local.port}"), local
+    if store.url is None:
+        return store, None
+    try:
+        where = redacted(store.url)
+    except ValueError:  # e.g. a port that is not a number
+        raise ConfigError(f"streaming state: the Redis URL ({store.source}) is not a valid "
+                          "redis://[:PASSWORD@]HOST:PORT/DB URL") from None  # fmt: skip
+    # A cluster's replicas may reach a name this machine cannot resolve: left to them there.
+    reason = redis_unreachable(store.url) if check else None
+    if reason:
+        raise RedisStartError(
+            f"no Redis answers at {where} ({store.source}): {reason}; start it, fix the URL, "
+            "or pass --stream-store memory"
+        )
+    return replace(store, where=where), None
+
+
+def redis_unreachable(url: str, timeout_s: float = 3.0) -> str | None:
+    """Why the Redis at ``url`` does not answer a PING now (never with its password), or
+    None."""
+    from urllib.parse import urlsplit
+
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    client = None
+    try:
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),  # one answer now, not redis-py's retries
+        )
+        client.ping()
+    except (redis.RedisError, OSError, ValueError) as exc:
+        text = str(exc).strip()
+        password = urlsplit(url).password
+        if password:
+            text = text.replace(password, "***")
+        first = text.splitlines()[0] if text else ""
+        return f"{type(exc).__name__}: {first}".rstrip(": ")
+    finally:
+        if client is not None:
+            client.close()
+    return None
 
 
 DIRECT_PORTS = 64
@@ -288,9 +410,6 @@ def running_http_options() -> dict[str, Any]:
 
 
 def serve_command(cli: argparse.Namespace) -> int:
-    from ray import serve
-
-    from serving.app import build_app
     from serving.auth import load_tokens, resolve_auth
     from serving.config import serving_config
     from serving.registry import ModelNotFoundError, resolve_version
@@ -298,7 +417,8 @@ def serve_command(cli: argparse.Namespace) -> int:
     try:
         raw = load_serve_config(cli.config)
         app = raw["applications"][0]
-        config = serving_config(app_args(app, cli))
+        args = app_args(app, cli)
+        config = serving_config(args)
         http = {**(raw.get("http_options") or {})}
         if cli.host:
             http["host"] = cli.host
@@ -327,6 +447,42 @@ def serve_command(cli: argparse.Namespace) -> int:
         print(f"error: {flag} starts a local cluster of its own; for the cluster at "
               f"RAY_ADDRESS, start it with {var}=1 instead", file=sys.stderr)  # fmt: skip
         return 2
+    # Where streaming state goes, settled before Ray starts: a failure is one line at once.
+    try:
+        store = stream_state(config.streaming, cli, shared)
+        if store.url is not None:  # checked as the replicas will take it
+            config = serving_config({**args, "redis_url": store.url})
+        store, local = open_stream_state(store, config.streaming, check=not shared)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RedisStartError as exc:
+        print(f"error: streaming state: {exc}", file=sys.stderr)
+        return 1
+    try:
+        if local is not None:  # the replicas connect to the server started here
+            config = serving_config({**args, "redis_url": local.url})
+        print(f"streaming state: {store.describe()}", flush=True)
+        return _serve(cli, app, config, http, shared, direct)
+    finally:
+        if local is not None:  # after Serve stopped (_serve's own finally)
+            local.stop()
+
+
+def _serve(
+    cli: argparse.Namespace,
+    app: dict[str, Any],
+    config: ServingConfig,
+    http: dict[str, Any],
+    shared: bool,
+    direct: int | None,
+) -> int:
+    """Connect to Ray, start Serve and deploy ``config``; block until Ctrl-C, then stop what
+    this command started."""
+    from ray import serve
+
+    from serving.app import build_app
+
     try:
         dashboard = _connect_ray(direct, cli.high_throughput)
     except (ClusterUnreachable, ConfigError) as exc:
@@ -444,6 +600,21 @@ def main(argv: list[str] | None = None) -> int:
         "--tokens-file",
         default=None,
         help="the API tokens file (default: $SEQOPS_API_TOKENS_FILE, else $SEQOPS_API_TOKENS)",
+    )
+    run.add_argument(
+        "--stream-store",
+        choices=STREAM_STORES,
+        default=None,
+        help="where /v1/stream state lives (default: the config's, auto): redis or auto, the "
+        "Redis at --redis-url, else a local one this command starts; memory, each stream "
+        "replica's own (lost when it restarts)",
+    )
+    run.add_argument(
+        "--redis-url",
+        default=None,
+        help="redis://:PASSWORD@HOST:PORT/DB of the Redis for streaming state (default: the "
+        f"config's redis_url, else ${REDIS_URL_ENV}, which keeps the password out of `ps`; "
+        "on a cluster at RAY_ADDRESS, this or --stream-store memory is needed)",
     )
     cli = parser.parse_args(argv)
     logging.basicConfig(

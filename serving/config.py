@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,18 +119,69 @@ class Batching:
             raise _fail("batch_wait_timeout_s", value, "must be within [0, 10] seconds")
 
 
+STREAM_STORES = ("auto", "redis", "memory")
+REDIS_URL_ENV = "SEQOPS_REDIS_URL"
+EVICTION_POLICIES = ("volatile-lru", "volatile-lfu", "volatile-ttl", "allkeys-lru", "allkeys-lfu")
+
+
 @dataclass(frozen=True)
 class Streaming:
-    """Per-entity state of ``POST /v1/stream/{entity_id}``, kept by each stream replica."""
+    """Per-entity state of ``POST /v1/stream/{entity_id}`` (docs/architecture.md §7)."""
 
+    stream_store: str = "auto"
+    """``redis``: in the Redis at ``redis_url``, read and written by whichever ingress replica
+    a call lands on (no second hop; survives replica restarts); ``memory``: in the memory of
+    ``StreamHolder`` replicas behind the entity-affinity router (the fallback: a replica
+    restart resets its entities); ``auto``: redis when a URL is set, else memory."""
+    redis_url: str | None = None
+    """``redis://[:password@]host:port/db`` (or ``rediss://``) of any Redis-compatible server;
+    default ``$SEQOPS_REDIS_URL``. ``seqops serve`` starts a local server when none is set."""
+    redis_max_memory_mb: int = 256
+    """``maxmemory`` of a server that seqops starts (set it on your own server)."""
+    redis_eviction_policy: str = "volatile-lru"
+    """``maxmemory-policy`` of a server that seqops starts; every state key has a TTL, so the
+    ``volatile-*`` policies evict only streaming state."""
+    stream_conflict_retries: int = 3
+    """Times a call re-reads and re-scores when another call for the same entity wrote first
+    (compare-and-set on ``events_seen``), before answering 409."""
     max_entities: int = 100_000
-    """Entities whose state one replica keeps; the least recently used is evicted beyond it."""
+    """Memory store: entities whose state one replica keeps; the least recently used is
+    evicted beyond it (Redis is bounded by ``maxmemory`` instead)."""
     state_ttl_s: float = 3600.0
     """State untouched this long is dropped; the entity's next call is answered as a reset."""
 
     def __post_init__(self) -> None:
+        if self.stream_store not in STREAM_STORES:
+            raise _fail("stream_store", self.stream_store, f"expected one of {STREAM_STORES}")
+        url = self.redis_url
+        if url is not None and not str(url).startswith(("redis://", "rediss://", "unix://")):
+            raise _fail("redis_url", "<hidden>", "expected redis://, rediss:// or unix:// URL")
+        if self.redis_eviction_policy not in EVICTION_POLICIES:
+            raise _fail(
+                "redis_eviction_policy", self.redis_eviction_policy,
+                f"expected one of {EVICTION_POLICIES}",
+            )  # fmt: skip
+        _positive_int("redis_max_memory_mb", self.redis_max_memory_mb)
+        if isinstance(self.stream_conflict_retries, bool) or not (
+            isinstance(self.stream_conflict_retries, int)
+            and 0 <= self.stream_conflict_retries <= 100
+        ):
+            raise _fail("stream_conflict_retries", self.stream_conflict_retries, "expected 0..100")
         _positive_int("max_entities", self.max_entities)
         _seconds("state_ttl_s", self.state_ttl_s, low=0.001, high=30 * 86_400)
+
+    def store_url(self) -> str | None:
+        """The Redis URL the state goes to, or None for the in-memory fallback; ConfigError
+        when ``redis`` is asked for without a URL."""
+        url = self.redis_url or os.environ.get(REDIS_URL_ENV) or None
+        if self.stream_store == "memory":
+            return None
+        if self.stream_store == "redis" and not url:
+            raise _fail(
+                "stream_store", "redis",
+                f"needs redis_url or ${REDIS_URL_ENV} (seqops serve starts a local server)",
+            )  # fmt: skip
+        return url
 
 
 @dataclass(frozen=True)
@@ -242,7 +294,15 @@ _KINDS: dict[type, dict[str, type]] = {
         "order_policy": str,
     },
     Batching: {"max_batch_size": int, "batch_wait_timeout_s": float, "max_tokens": int},
-    Streaming: {"max_entities": int, "state_ttl_s": float},
+    Streaming: {
+        "stream_store": str,
+        "redis_url": str,
+        "redis_max_memory_mb": int,
+        "redis_eviction_policy": str,
+        "stream_conflict_retries": int,
+        "max_entities": int,
+        "state_ttl_s": float,
+    },
     Rollout: {
         "challenger_alias": str,
         "challenger_percent": float,

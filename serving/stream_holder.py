@@ -24,7 +24,8 @@ from serving.holder import follow_alias, short_gil_switch
 from serving.http_edge import jsonable
 from serving.registry import LoadedModel, load_model
 from serving.schemas import StreamRequest
-from serving.streaming import StateStore, StreamingScorer, StreamOrderError
+from serving.stream_state import StateStore
+from serving.streaming import StreamingScorer, StreamOrderError
 
 
 @serve.deployment
@@ -37,8 +38,8 @@ class StreamHolder:
         self.settings = config.streaming
         self.max_tokens = config.batching.max_tokens
         self.model = load_model(self.ref, self.max_tokens)
-        store = StateStore(self.settings.max_entities, self.settings.state_ttl_s)
-        self.streamer = StreamingScorer(self.model.scorer, self.model.version, store)
+        self.store = StateStore(self.settings.max_entities, self.settings.state_ttl_s)
+        self.streamer = StreamingScorer(self.model.scorer, self.model.version, self.store)
         self._lock = threading.Lock()  # one call at a time changes the store or the model
         try:
             self.replica = serve.get_replica_context().replica_id.unique_id
@@ -61,7 +62,7 @@ class StreamHolder:
         """``user_config``: max_entities, state_ttl_s."""
         self.settings = apply_user_config(self.settings, user_config)
         with self._lock:
-            self.streamer.store.resize(self.settings.max_entities, self.settings.state_ttl_s)
+            self.store.resize(self.settings.max_entities, self.settings.state_ttl_s)
 
     async def update(self, entity_id: str, request: StreamRequest) -> dict[str, Any]:
         """New events of one entity -> its updated score (the router sends ``entity_id`` to
@@ -83,12 +84,12 @@ class StreamHolder:
                 return {"error": str(exc), "field": f"events[{exc.index}].{exc.column}"}
         result["state"]["replica"] = self.replica
         self.calls.inc(tags={"status": result["state"]["status"]})
-        self.entities.set(len(streamer.store))
+        self.entities.set(len(self.store))
         header = {**model.describe(), "task": model.scorer.config.task}
         return {"model": header, "score": {k: jsonable(v) for k, v in result.items()}}
 
     def info(self) -> dict[str, Any]:
-        store = self.streamer.store
+        store = self.store
         return {
             **self.model.describe(),
             "replica": self.replica,
@@ -102,8 +103,8 @@ class StreamHolder:
     def drop_state(self) -> int:
         """Forget every entity (answered as ``reset: dropped`` afterwards); returns how many."""
         with self._lock:
-            n = len(self.streamer.store)
-            self.streamer.store.clear("dropped")
+            n = len(self.store)
+            self.store.clear("dropped")
         return n
 
     def _sweep(self) -> None:
@@ -111,8 +112,8 @@ class StreamHolder:
         while True:
             time.sleep(min(max(self.settings.state_ttl_s / 4, 0.05), 60.0))
             with self._lock:
-                self.streamer.store.sweep()
-            self.entities.set(len(self.streamer.store))
+                self.store.sweep()
+            self.entities.set(len(self.store))
 
     def _swap(self, loaded: LoadedModel) -> None:
         with self._lock:

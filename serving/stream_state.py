@@ -79,8 +79,15 @@ class StateStore:
                 return None, self._gone.get(entity)
             return state, None
 
-    def put(self, entity: str, state: EntityState) -> None:
+    kind = "memory"
+
+    def put(self, entity: str, state: EntityState, expected: int | None = None) -> bool:
+        """Keep ``state`` if the entity still holds ``expected`` events (None: no state), as
+        the shared store does (``serving.redis_state``); False when another call wrote first."""
         with self._lock:
+            held = self._states.get(entity)
+            if (held.events_seen if held is not None else None) != expected:
+                return False
             state.touched = self.clock()
             self._states[entity] = state
             self._states.move_to_end(entity)
@@ -89,6 +96,11 @@ class StateStore:
                 old, _ = self._states.popitem(last=False)
                 self.evicted["lru"] += 1
                 self._forget(old, "lru_evicted")
+            return True
+
+    def on_model_change(self) -> None:
+        """Kept states belong to the old version: drop them (answered as ``model_changed``)."""
+        self.clear("model_changed")
 
     def drop(self, entity: str, reason: str) -> None:
         with self._lock:

@@ -32,7 +32,7 @@ entity, e.g. after a restart, say ``reset`` instead of ``new``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -50,6 +50,8 @@ from seqmodels.stepping import (
 )
 from serving.stream_state import EntityState, StateStore
 
+__all__ = ["StateConflict", "StateStore", "StreamingScorer", "StreamOrderError"]
+
 UNLIMITED_WINDOW = 2**62
 """``window_len`` that keeps every event: how a recurrent model reads a whole history."""
 
@@ -62,11 +64,30 @@ class StreamOrderError(ValueError):
         self.index, self.column = index, column
 
 
+class StateConflict(RuntimeError):
+    """Other calls for the same entity kept writing first, through every retry (409)."""
+
+
+class StateStoreLike(Protocol):
+    """What :class:`StreamingScorer` needs of a store: :class:`StateStore` (one replica's
+    memory) or ``serving.redis_state.RedisStateStore`` (shared by every replica)."""
+
+    kind: str
+
+    def get(self, entity: str) -> tuple[EntityState | None, str | None]: ...
+
+    def put(self, entity: str, state: EntityState, expected: int | None) -> bool: ...
+
+    def on_model_change(self) -> None: ...
+
+
 class StreamingScorer:
     """Streams events of many entities through one loaded model (see the module docstring)."""
 
-    def __init__(self, scorer: SequenceScorer, version: str, store: StateStore) -> None:
-        self.store = store
+    def __init__(
+        self, scorer: SequenceScorer, version: str, store: StateStoreLike, retries: int = 3
+    ) -> None:
+        self.store, self.retries = store, int(retries)
         self._bind(scorer, version)
 
     def _bind(self, scorer: SequenceScorer, version: str) -> None:
@@ -101,9 +122,9 @@ class StreamingScorer:
         return columns
 
     def swap_model(self, scorer: SequenceScorer, version: str) -> None:
-        """Serve another version; kept states belong to the old one and are dropped."""
+        """Serve another version; states of the old one answer as ``model_changed``."""
         self._bind(scorer, version)
-        self.store.clear("model_changed")
+        self.store.on_model_change()
 
     # ------------------------------------------------------------------ one call
 
@@ -116,8 +137,35 @@ class StreamingScorer:
         expect_events_seen: int | None = None,
         reset: bool = False,
     ) -> dict[str, Any]:
-        """Score ``events`` (raw, one entity) after what this entity streamed before."""
+        """Score ``events`` (raw, one entity) after what this entity streamed before.
+
+        The state is read, stepped and written back with compare-and-set on its event count:
+        if another call for the entity wrote in between, this one reads again and re-scores
+        (``retries`` times), then raises :class:`StateConflict`."""
+        for _ in range(self.retries + 1):
+            result, new_state, expected = self._attempt(
+                entity, events, history=history, expect_events_seen=expect_events_seen,
+                reset=reset,
+            )  # fmt: skip
+            if self.store.put(entity, new_state, expected):
+                return result
+        raise StateConflict(
+            f"entity {entity!r}: {self.retries + 1} attempts lost to concurrent calls for the "
+            "same entity; send one entity's events in order, one call at a time"
+        )
+
+    def _attempt(
+        self,
+        entity: str,
+        events: EventColumns,
+        *,
+        history: EventColumns | None,
+        expect_events_seen: int | None,
+        reset: bool,
+    ) -> tuple[dict[str, Any], EntityState, int | None]:
+        """One read and score: (the reply, the state to write, the count read)."""
         state, reason = self.store.get(entity)
+        expected = state.events_seen if state is not None else None
         before = state.events_seen if state is not None else 0
         if state is not None and state.model_version != self.version:
             state, reason = None, "model_changed"
@@ -151,9 +199,8 @@ class StreamingScorer:
             self._step_recurrent(seq, state) if self.recurrent else self._step_window(seq, state)
         )
         new_state.last_seq = self._last_seq(events)
-        self.store.put(entity, new_state)
         window_len = min(new_state.events_seen, self.window_len)
-        return {
+        reply = {
             "entity": entity,
             "n_events": int(window_len),
             "window_end": pd.Timestamp(new_state.last_time_us, unit="us", tz="UTC"),
@@ -166,6 +213,7 @@ class StreamingScorer:
                 "new_events": int(events.num_rows),
             },
         }
+        return reply, new_state, expected
 
     def _encode(self, events: EventColumns) -> EncodedSequence:
         sequences = self.scorer.encode(events)

@@ -401,6 +401,7 @@ def test_cli_serves_through_the_proxy_and_direct_ingress_alike(registry, events,
     port, direct = free_ports(1), free_ports(DIRECT_PORTS)
     env = stage_env()
     env.pop("RAY_ADDRESS", None)  # not the test session's cluster: one of its own
+    env.pop("SEQOPS_REDIS_URL", None)  # and a Redis of its own for the streaming state
     # HAProxy's stats and metrics ports, off Ray's fixed defaults (another cluster may hold them)
     stats = free_ports(2)
     env.update(
@@ -415,6 +416,7 @@ def test_cli_serves_through_the_proxy_and_direct_ingress_alike(registry, events,
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
     seen: list[str] = []
+    redis_port = None
     try:
         deadline = time.monotonic() + 300
         while not (seen and seen[-1].startswith("direct ingress:")):
@@ -446,8 +448,14 @@ def test_cli_serves_through_the_proxy_and_direct_ingress_alike(registry, events,
         assert dashboard.startswith("http://127.0.0.1:"), seen[-1]
         dashboard_port = int(dashboard.rsplit(":", 1)[1].rstrip("/"))
         assert ("127.0.0.1", dashboard_port) in _listeners()
+        # Streaming state: a Redis the command started, before Ray (its password never shown).
+        (state,) = [line for line in seen if line.startswith("streaming state:")]
+        assert state.startswith("streaming state: Redis at 127.0.0.1:") and "(local," in state
+        redis_port = int(state.split("127.0.0.1:", 1)[1].split()[0])
+        assert ("127.0.0.1", redis_port) in _listeners()
         # Everything the command opens for clients and operators answers on loopback only.
-        ours = {port, stats, stats + 1, dashboard_port, *range(direct, direct + DIRECT_PORTS)}
+        ours = {port, stats, stats + 1, dashboard_port, redis_port,
+                *range(direct, direct + DIRECT_PORTS)}  # fmt: skip
         exposed = [a for a in _listeners() if a[1] in ours and not a[0].startswith("127.")]
         assert not exposed, exposed
         if ingress == "--high-throughput":  # HAProxy, not Serve's proxy, answers the port
@@ -472,6 +480,7 @@ def test_cli_serves_through_the_proxy_and_direct_ingress_alike(registry, events,
             proc.kill()
             raise
     assert returncode == 0, "".join(seen)
+    assert redis_port is None or not any(a[1] == redis_port for a in _listeners())
 
 
 def test_prometheus_metrics_count_requests_errors_and_batches(served):
@@ -533,8 +542,10 @@ def test_cli_on_a_shared_cluster_refuses_a_second_app_and_stops_only_its_own(
     config = tmp_path / "serve.yaml"
     config.write_text(yaml.safe_dump(raw))
     env = {**stage_env(), "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    # On a cluster at RAY_ADDRESS the command needs a Redis URL or memory for stream state.
     command = [sys.executable, "-m", "serving.cli", "serve", "--model-name", MODEL,
-               "--tracking-uri", registry["uri"], "--config", str(config), "--port", "1"]  # fmt: skip
+               "--tracking-uri", registry["uri"], "--config", str(config), "--port", "1",
+               "--stream-store", "memory"]  # fmt: skip
     first = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)  # fmt: skip
     seen: list[str] = []

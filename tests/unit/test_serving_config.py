@@ -78,3 +78,41 @@ def test_serve_refuses_a_port_in_use_in_one_line_before_ray_starts(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1, err
     assert f"127.0.0.1:{port}" in err[0] or "not found" in err[0], err
+
+
+def test_streaming_store_and_redis_args(monkeypatch):
+    from serving.config import REDIS_URL_ENV
+
+    monkeypatch.delenv(REDIS_URL_ENV, raising=False)
+    config = serving_config({"model_name": "m", "stream_store": "redis", "redis_max_memory_mb": "64",
+                             "redis_eviction_policy": "allkeys-lru", "redis_url": "redis://:pw@h:1/0"})  # fmt: skip
+    streaming = config.streaming
+    assert (streaming.redis_max_memory_mb, streaming.redis_eviction_policy) == (64, "allkeys-lru")
+    assert streaming.store_url() == "redis://:pw@h:1/0"
+    assert Streaming().store_url() is None  # auto without a URL: the replicas' memory
+    monkeypatch.setenv(REDIS_URL_ENV, "redis://:env@h:2/0")
+    assert Streaming().store_url() == "redis://:env@h:2/0"
+    assert streaming.store_url() == "redis://:pw@h:1/0"  # the args' URL before the variable
+    assert Streaming(stream_store="memory").store_url() is None
+    monkeypatch.delenv(REDIS_URL_ENV)
+    with pytest.raises(ConfigError, match=r"stream_store='redis': needs redis_url or \$SEQOPS"):
+        Streaming(stream_store="redis").store_url()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"stream_store": "disk"}, "stream_store='disk': expected one of"),
+        ({"redis_eviction_policy": "noeviction"}, "redis_eviction_policy='noeviction'"),
+        ({"redis_max_memory_mb": "0"}, "redis_max_memory_mb=0: must be >= 1"),
+    ],
+)
+def test_bad_streaming_args_name_the_key(args, message):
+    with pytest.raises(ConfigError, match=message):
+        serving_config({"model_name": "m", **args})
+
+
+def test_a_bad_redis_url_is_refused_without_echoing_it():
+    with pytest.raises(ConfigError) as refused:
+        serving_config({"model_name": "m", "redis_url": "http://:secret@h:1/"})
+    assert "redis_url" in str(refused.value) and "secret" not in str(refused.value)
