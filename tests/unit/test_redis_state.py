@@ -194,3 +194,11 @@ def test_an_outage_is_a_clear_error_and_the_store_heals(tiny_pipeline, events):
         assert result["state"]["status"] == "continued"
     finally:
         server.stop()
+
+
+def test_bytes_this_code_did_not_write_are_a_reset_never_unpickled(url):
+    store = RedisStateStore(url, ttl_s=60)
+    store.client.hset(f"{PREFIX}s:odd", mapping={"seen": "4", "state": b"\x80\x04\x95pickle"})
+    assert store.get("odd") == (None, "unreadable_state")
+    assert not store.client.exists(f"{PREFIX}s:odd")  # dropped, so the next write succeeds
+    assert store.put("odd", _state(), expected=None)
