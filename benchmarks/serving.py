@@ -21,35 +21,55 @@ a temporary MLflow store and promoted to ``champion`` (``benchmarks.batch_scorin
    cluster started with ``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``, where each ingress replica
    answers HTTP on its own port without the proxy (README, "Low-latency mode"); and the
    model alone, 16 requests one by one against one batch: what batching can gain at most.
-4. **High-throughput mode**: 1, 2 and the HTTP half of 5 again on a third local cluster
-   started as ``serve --high-throughput`` starts one (``RAY_SERVE_ENABLE_HA_PROXY=1``,
+4. **High-throughput mode**: 1, 2 and 5 again on a third local cluster started as
+   ``serve --high-throughput`` starts one (``RAY_SERVE_ENABLE_HA_PROXY=1``,
    ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``): Ray's HAProxy in place of Serve's Python proxy on
    the one HTTP port, in front of direct-ingress, throughput-optimized replicas.
-5. **Streaming**: an entity with ``--history`` events streamed so far; one new event through
-   ``/v1/stream/{entity}`` against re-scoring the whole history through ``/v1/score``; and
-   the same pair in-process (``StreamingScorer.update`` against ``SequenceScorer.score`` of
-   the whole history, which for an RNN is what the stream carries). **Target: at least 10x.**
-   (``/v1/score`` reads only the model's last window of the history, so the HTTP ratio
-   understates what a full re-score costs.)
+5. **Streaming**, in every phase, for each state design (``--designs``): ``holder``, the
+   ``/on`` application, whose ingress hands each stream call to the ``StreamHolder`` replica
+   that owns the entity (``serving.routing``); ``redis``, a third copy of ``/on`` under
+   ``/redis`` deployed with ``redis_url`` (a :class:`serving.redis_server.LocalRedis` this
+   script starts), whose ingress reads and writes the entity's state in Redis itself.
+   An entity with ``--history`` events streamed so far (reset each block of steps); one new
+   event at a time through ``/v1/stream/{entity}`` (each reply checked: ``continued``, at the
+   right count) against re-scoring the whole history through ``/v1/score``, and against a
+   ``/v1/score`` of one short sequence (``--short-events``), the designs alternating block by
+   block. **Targets: stream / re-score at least 5x over HTTP; a stream call's p50 within 2 ms
+   of the short ``/v1/score``'s.** The same pair in-process (``StreamingScorer.update``
+   against ``SequenceScorer.score`` of the whole history, which for an RNN is what the stream
+   carries). **Target: at least 10x.** (``/v1/score`` reads only the model's last window of
+   the history, so the HTTP ratio understates what a full re-score costs.)
+6. **Stream load** (high-throughput phase): ``--concurrency`` client threads streaming one
+   new event per call for a random one of ``--entities`` entities (each thread owns every
+   ``concurrency``-th entity and stamps its events with the wall clock, so every entity's
+   events arrive in time order, one call at a time), first every entity once (its first
+   call), then ``--seconds`` per round, the designs alternating; stream calls per second,
+   Redis against StreamHolder (reported; no target).
 
 The in-process arms use one torch thread, as the replicas do (Ray sets ``OMP_NUM_THREADS=1``
-in them).
+in them). ``--phases`` and ``--parts`` pick what runs, for a shorter run.
 
     .venv/bin/python benchmarks/serving.py [--quick] [--rounds 3] [--seconds 10]
+    .venv/bin/python benchmarks/serving.py --phases high-throughput --parts stream
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,7 +86,20 @@ from benchmarks._common import median, print_table, verdict, write_result
 if TYPE_CHECKING:  # torch loads only in the processes that score
     from seqcore.scorer import SequenceScorer
 
-TARGETS = {"overhead_ms": 5.0, "batching": 3.0, "streaming": 10.0}
+TARGETS = {
+    "overhead_ms": 5.0,
+    "batching": 3.0,
+    "streaming": 10.0,  # in-process
+    "streaming_http": 5.0,  # over HTTP, high-throughput mode (the issue's target)
+    "stream_gap_ms": 2.0,  # stream call p50 - short /v1/score p50
+}
+PHASES = ("proxy", "direct", "high-throughput")
+PARTS = ("score", "stream", "stream-load")
+DESIGNS = {"holder": "on", "redis": "redis"}
+"""Streaming state design -> the application (route prefix) that serves it."""
+DESIGN_NAMES = {"holder": "StreamHolder", "redis": "Redis"}
+STEPS_PER_RESET = 10
+"""Stream calls measured after each reset to ``--history`` events."""
 
 
 # --------------------------------------------------------------------------- the client
@@ -76,38 +109,76 @@ def _percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
+def _iso_us(us: int) -> str:
+    """Microseconds since the epoch as an ISO time (exact, no float rounding)."""
+    return (datetime.fromtimestamp(us // 1_000_000, UTC) + timedelta(microseconds=us % 1_000_000)).isoformat()  # fmt: skip
+
+
 def client_main(args: argparse.Namespace) -> int:
-    """The load process: POST bodies from a JSON file, print latencies as JSON."""
-    bodies = [json.dumps(b).encode() for b in json.loads(Path(args.bodies).read_text())]
+    """The load process: POST bodies from a JSON file, print latencies as JSON.
+
+    With ``--stream-entities N``, stream calls instead: each thread owns the entities ``k, k +
+    concurrency, ...`` of ``N``, and each call sends one event (a template from the file, see
+    :func:`stream_events_file`) stamped with the wall clock, so every entity's events arrive
+    in time order, one call at a time. Without ``--seconds`` every thread calls each of its
+    entities once (in order); with it, random ones of its entities until the time is up."""
+    spec = json.loads(Path(args.bodies).read_text())
+    entities = int(args.stream_entities or 0)
+    bodies = [] if entities else [json.dumps(b).encode() for b in spec]
     host, port = args.url.split("//", 1)[1].split(":")
     latencies: list[float] = []
     errors = [0]
+    statuses: Counter[str] = Counter()
     lock = threading.Lock()
     stop_at = time.perf_counter() + args.seconds if args.seconds else None
+
+    def stream_calls(index: int) -> Any:
+        """(path, body) of each stream call of thread ``index``."""
+        owned = range(index, entities, args.concurrency)
+        rng = random.Random(index)
+        last: dict[int, int] = {}
+        n = 0
+        while owned:
+            if stop_at is None and n >= len(owned):
+                return
+            e = owned[n] if stop_at is None else owned[rng.randrange(len(owned))]
+            stamp = max(time.time_ns() // 1000, last.get(e, 0) + 1)
+            last[e] = stamp
+            event = dict(spec["events"][(e + n) % len(spec["events"])])
+            event[spec["time"]] = _iso_us(stamp)
+            if spec["seq"]:
+                event[spec["seq"]] = n  # the thread's count: increasing for each entity too
+            n += 1
+            path = args.path.replace("{entity}", f"{args.prefix}{e}")
+            yield path, json.dumps({"events": [event]}).encode()
+
+    def score_calls(index: int) -> Any:
+        i = index
+        while stop_at is not None or i < len(bodies):
+            yield args.path.replace("{i}", str(i)), bodies[i % len(bodies)]
+            i += args.concurrency
 
     def worker(index: int) -> None:
         conn = http.client.HTTPConnection(host, int(port), timeout=60)
         mine: list[float] = []
-        i = index
-        while True:
+        seen: Counter[str] = Counter()
+        for path, body in stream_calls(index) if entities else score_calls(index):
             if stop_at is not None and time.perf_counter() >= stop_at:
                 break
-            if stop_at is None and i >= len(bodies):
-                break
-            body = bodies[i % len(bodies)]
-            path = args.path.replace("{i}", str(i))
             started = time.perf_counter()
             conn.request("POST", path, body, {"Content-Type": "application/json"})
             response = conn.getresponse()
-            response.read()
+            text = response.read()
             mine.append(time.perf_counter() - started)
             if response.status != 200:
-                with lock:
-                    errors[0] += 1
-            i += args.concurrency
+                seen["error"] += 1
+            elif entities:  # what the state was: new, continued, reset
+                seen[json.loads(text)["score"]["state"]["status"]] += 1
         conn.close()
         with lock:
             latencies.extend(mine)
+            errors[0] += seen.pop("error", 0)
+            statuses.update(seen)
 
     started = time.perf_counter()
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(args.concurrency)]
@@ -116,16 +187,26 @@ def client_main(args: argparse.Namespace) -> int:
     for t in threads:
         t.join()
     wall = time.perf_counter() - started
-    print(json.dumps({"latencies": latencies, "errors": errors[0], "wall_s": wall}))
+    result = {"latencies": latencies, "errors": errors[0], "wall_s": wall, "statuses": statuses}
+    print(json.dumps(result))
     return 0
 
 
 def load(
-    url: str, path: str, bodies: Path, concurrency: int = 1, seconds: float = 0.0
+    url: str,
+    path: str,
+    bodies: Path,
+    concurrency: int = 1,
+    seconds: float = 0.0,
+    entities: int = 0,
+    prefix: str = "e-",
 ) -> dict[str, Any]:
-    """Run the client in a second process; requests/s and latency percentiles (ms)."""
+    """Run the client in a second process; requests/s and latency percentiles (ms).
+    ``entities``: stream calls (see :func:`client_main`), with the reply's state statuses."""
     cmd = [sys.executable, __file__, "--client", "--url", url, "--path", path,
            "--bodies", str(bodies), "--concurrency", str(concurrency), "--seconds", str(seconds)]  # fmt: skip
+    if entities:
+        cmd += ["--stream-entities", str(entities), "--prefix", prefix]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=900)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     lat = [x * 1000 for x in result["latencies"]]
@@ -135,6 +216,7 @@ def load(
         "rps": len(lat) / result["wall_s"],
         "p50_ms": _percentile(lat, 50),
         "p99_ms": _percentile(lat, 99),
+        **({"statuses": result["statuses"]} if entities else {}),
     }
 
 
@@ -194,12 +276,54 @@ def long_history(events: pa.Table, schema: Any, length: int) -> pa.Table:
     return table.cast(pa.schema(strings))
 
 
+@dataclass(frozen=True)
+class Streams:
+    """The streaming inputs: one entity's ``history`` (``--history`` + 1 events, client
+    columns) split into ``past`` and its last event ``new``; the stream-load templates."""
+
+    past: pa.Table
+    new: pa.Table
+    history: pa.Table
+    schema: Any
+    short_events: int
+    load_file: Path
+
+
+def stepped_events(new: pa.Table, schema: Any, steps: int) -> list[dict[str, Any]]:
+    """``steps`` events following ``past`` in order: ``new``, then copies of it one minute
+    (and one seq) apart."""
+    (row,) = new.drop_columns([schema.entity]).to_pylist()
+    events = []
+    for k in range(steps):
+        event = dict(row)
+        event[schema.time] = (row[schema.time] + timedelta(minutes=k)).isoformat()
+        if schema.seq:
+            event[schema.seq] = row[schema.seq] + k
+        events.append(event)
+    return events
+
+
+def stream_events_file(history: pa.Table, schema: Any, path: Path) -> Path:
+    """The stream-load client's input (:func:`client_main`): real events (their times and
+    seqs are replaced per call) and the column names to stamp."""
+    events = _events_json(history.slice(0, 512), schema.entity)
+    path.write_text(json.dumps({"events": events, "time": schema.time, "seq": schema.seq}))
+    return path
+
+
 # --------------------------------------------------------------------------- the server
 
 
-def start_apps(model: dict[str, Any], port: int, arms: tuple[str, ...] = ("on", "off")) -> None:
-    """The real application once per arm (``on``: the shipped user_config; ``off``: the same
-    with ``max_batch_size`` 1) under ``/<arm>``, and the no-op application under ``/noop``."""
+def start_apps(
+    model: dict[str, Any],
+    port: int,
+    arms: tuple[str, ...] = ("on", "off", "noop"),
+    redis_url: str | None = None,
+) -> None:
+    """The real application once per arm under ``/<arm>``: ``on``, the shipped user_config
+    with its streaming state in ``StreamHolder``; ``off``, the same with ``max_batch_size`` 1;
+    ``redis``, ``on`` with its streaming state in the Redis at ``redis_url``; and ``noop``, the
+    no-op application."""
     from ray import serve
 
     from serving.app import build_app
@@ -208,13 +332,21 @@ def start_apps(model: dict[str, Any], port: int, arms: tuple[str, ...] = ("on", 
 
     shipped = deployment_options(load_serve_config(DEFAULT_CONFIG)["applications"][0])
     user_config = shipped["ScoringAPI"]["user_config"]  # the shipped limits and batching
-    # Scheduling labels only (nothing is pinned): 2 x 0.6 + 0.2 for the no-op app fits 2 CPUs.
+    # Scheduling labels only (nothing is pinned): 2 x 0.6 + 0.5 + 0.2 for the no-op app fits
+    # 2 CPUs.
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     for name in arms:
-        batch = user_config["max_batch_size"] if name == "on" else 1
+        if name == "noop":
+            serve.run(noop_app(), name="bench-noop", route_prefix="/noop")
+            continue
+        batch = 1 if name == "off" else user_config["max_batch_size"]
+        store = {"redis_url": redis_url} if name == "redis" else {"stream_store": "memory"}
+        if name == "redis" and not redis_url:
+            raise ValueError("start_apps: the redis arm needs a redis_url")
         config = serving_config(
             {**user_config, "model_name": model["name"], "tracking_uri": model["tracking_uri"],
-             "max_batch_size": batch, "alias_poll_s": 0, "max_events_per_sequence": 4096}
+             "max_batch_size": batch, "alias_poll_s": 0, "max_events_per_sequence": 4096,
+             **store}
         )  # fmt: skip
         options = {
             "ScoringAPI": {"ray_actor_options": {"num_cpus": 0.5},
@@ -222,7 +354,6 @@ def start_apps(model: dict[str, Any], port: int, arms: tuple[str, ...] = ("on", 
             "StreamHolder": {"ray_actor_options": {"num_cpus": 0.1}},
         }  # fmt: skip
         serve.run(build_app(config, options), name=f"bench-{name}", route_prefix=f"/{name}")
-    serve.run(noop_app(), name="bench-noop", route_prefix="/noop")
 
 
 def noop_app() -> Any:
@@ -288,53 +419,82 @@ def measure_phase(
     return out
 
 
-def ingress_phase(
+def cluster_phase(
+    mode: str,
     model: dict[str, Any],
     bodies: Path,
     scorer: SequenceScorer,
     tables: list[pa.Table],
+    streams: Streams,
     args: Any,
-    high_throughput: bool = False,
-    streams: tuple[pa.Table, pa.Table, pa.Table, Any] | None = None,
+    redis_url: str | None = None,
 ) -> dict[str, Any]:
-    """Light load and saturation again on a second local cluster with Serve's direct
-    ingress (``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``; README, "Low-latency mode"): each
-    ingress replica answers HTTP on a port of its own, without the proxy's hop and its CPU
-    per request. The same applications; the in-process arm again side by side.
+    """One local cluster (``mode``: one of :data:`PHASES`) and what ``args.parts`` asks of it.
 
-    ``high_throughput``: the cluster of ``serve --high-throughput`` instead, measured through
-    HAProxy on the one HTTP port, with ``streams`` (past, new, history, schema) also timed
-    over HTTP there."""
+    ``proxy``: Serve's Python proxy on one port. ``direct``: Serve's direct ingress
+    (``RAY_SERVE_ENABLE_DIRECT_INGRESS=1``; README, "Low-latency mode"): each ingress replica
+    answers HTTP on a port of its own, without the proxy's hop and its CPU per request.
+    ``high-throughput``: the cluster of ``serve --high-throughput``, measured through HAProxy
+    on the one HTTP port. The in-process arm runs again beside each."""
     import ray
     from ray import serve
 
     from serving.cli import DIRECT_PORTS, direct_ingress_env, direct_ports, high_throughput_env
 
-    low = free_ports(DIRECT_PORTS)
-    # What ``serve --direct-ingress``/``--high-throughput`` sets; a benchmark shuts down at
-    # once, without draining, and keeps HAProxy's stats and metrics off ports another may hold.
-    env = {**(high_throughput_env if high_throughput else direct_ingress_env)(low),
-           "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0"}  # fmt: skip
-    if high_throughput:
-        stats = free_ports(2)
-        env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(stats)
-        env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(stats + 1)
+    env: dict[str, str] = {}
+    low = 0
+    if mode != "proxy":
+        low = free_ports(DIRECT_PORTS)
+        # What ``serve --direct-ingress``/``--high-throughput`` sets; a benchmark shuts down
+        # at once, without draining, and keeps HAProxy's stats and metrics off ports another
+        # may hold.
+        high = mode == "high-throughput"
+        env = {**(high_throughput_env if high else direct_ingress_env)(low),
+               "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0"}  # fmt: skip
+        if high:
+            stats = free_ports(2)
+            env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(stats)
+            env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(stats + 1)
+    designs = {d: DESIGNS[d] for d in args.designs}
+    if redis_url is None:
+        designs.pop("redis", None)
+    streaming = bool({"stream", "stream-load"} & set(args.parts) and designs)
+    arms = ["on", "off", "noop"] if "score" in args.parts else []
+    arms += [app for app in designs.values() if streaming and app not in arms]
+    if redis_url is not None and "redis" in arms:
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        client.flushdb()  # every phase starts with no state in either design
+        client.close()
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the cluster's processes inherit them from this one
     try:
         _init_ray()
         try:
             port = free_ports(1)
-            start_apps(model, port)
+            start_apps(model, port, tuple(arms), redis_url)
             url = {}
-            for app in ("on", "off", "noop"):
+            for app in arms:
+                if mode == "proxy":
+                    url[app] = f"http://127.0.0.1:{port}"
+                    continue
                 ports = direct_ports("127.0.0.1", low, f"/{app}")
                 if not ports:
                     raise RuntimeError(f"direct ingress: /{app} answered on no port from {low}")
-                url[app] = f"http://127.0.0.1:{port if high_throughput else ports[0]}"
-            out = measure_phase(url, bodies, scorer, tables, args)
-            if streams is not None:
-                out["stream_ms"], out["rescore_ms"] = http_streaming(port, *streams, args.rounds)
+                # high-throughput: through HAProxy on the one port, to every replica
+                url[app] = f"http://127.0.0.1:{ports[0] if mode == 'direct' else port}"
+            out: dict[str, Any] = {}
+            if "score" in args.parts:
+                out.update(measure_phase(url, bodies, scorer, tables, args))
+            if "stream" in args.parts and designs:
+                out["streams"] = http_streaming(
+                    {d: (url[app], app) for d, app in designs.items()}, streams, args.rounds
+                )
+            if "stream-load" in args.parts and designs and mode == "high-throughput":
+                out["stream_load"] = stream_load(
+                    {d: (url[app], app) for d, app in designs.items()}, streams.load_file, args
+                )
             return out
         finally:
             serve.shutdown()
@@ -348,35 +508,78 @@ def ingress_phase(
 
 
 def http_streaming(
-    port: int, past: pa.Table, new: pa.Table, history: pa.Table, schema: Any, rounds: int
-) -> tuple[list[float], list[float]]:
-    """Streaming over HTTP (ms): state of ``past``, then one event at a time (reset each round
-    so that every measured call is at the same history length), against re-scoring the whole
-    history through ``/v1/score``."""
-    stream_body = {"events": _events_json(past, schema.entity), "reset": True}
-    step_body = {"events": _events_json(new, schema.entity)}
-    full_body = {"sequences": [{"entity": "long-history",
-                                "events": _events_json(history, schema.entity)}]}  # fmt: skip
-    stream_ms, rescore_ms = [], []
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    targets: dict[str, tuple[str, str]], streams: Streams, rounds: int
+) -> dict[str, dict[str, list[float]]]:
+    """Streaming over HTTP (ms) for each design (``targets``: design -> (base URL, route
+    prefix)): the entity reset to ``past``, then :data:`STEPS_PER_RESET` calls of one new
+    event each (every reply checked: ``continued``, at the right count), each followed by a
+    re-score of the whole history and a ``/v1/score`` of the history's last
+    ``short_events`` events (one short sequence); the designs alternate block by block."""
+    schema = streams.schema
+    n_past = streams.past.num_rows
+    reset_body = {"events": _events_json(streams.past, schema.entity), "reset": True}
+    steps = [{"events": [e]} for e in stepped_events(streams.new, schema, STEPS_PER_RESET)]
+    full = _events_json(streams.history, schema.entity)
+    full_body = {"sequences": [{"entity": "long-history", "events": full}]}
+    short_body = {"sequences": [{"entity": "short", "events": full[-streams.short_events :]}]}
+    conns = {}
+    for design, (url, _) in targets.items():
+        host, port = url.split("//", 1)[1].split(":")
+        conns[design] = http.client.HTTPConnection(host, int(port), timeout=60)
 
-    def post(path: str, body: dict) -> float:
+    def post(design: str, path: str, body: dict) -> tuple[float, bytes]:
         data = json.dumps(body).encode()
+        conn = conns[design]
         started = time.perf_counter()
         conn.request("POST", path, data, {"Content-Type": "application/json"})
         response = conn.getresponse()
         text = response.read()
-        assert response.status == 200, text[:300]
-        return (time.perf_counter() - started) * 1000
+        elapsed = (time.perf_counter() - started) * 1000
+        assert response.status == 200, f"{design} {path}: {response.status} {text[:300]!r}"
+        return elapsed, text
 
+    out: dict[str, dict[str, list[float]]] = {
+        d: {"stream_ms": [], "rescore_ms": [], "short_ms": []} for d in targets
+    }
     try:
-        for _ in range(max(20, rounds * 10)):
-            post("/on/v1/stream/long-history", stream_body)
-            stream_ms.append(post("/on/v1/stream/long-history", step_body))
-            rescore_ms.append(post("/on/v1/score", full_body))
+        for block in range(max(4, rounds * 2)):
+            order = list(targets) if block % 2 == 0 else list(reversed(targets))
+            for design in order:
+                app = targets[design][1]
+                stream_path = f"/{app}/v1/stream/long-history"
+                post(design, stream_path, reset_body)
+                for k, step in enumerate(steps):
+                    elapsed, text = post(design, stream_path, step)
+                    state = json.loads(text)["score"]["state"]
+                    assert state["status"] == "continued", state
+                    assert state["events_seen"] == n_past + k + 1, state
+                    out[design]["stream_ms"].append(elapsed)
+                    out[design]["rescore_ms"].append(post(design, f"/{app}/v1/score", full_body)[0])
+                    out[design]["short_ms"].append(post(design, f"/{app}/v1/score", short_body)[0])
     finally:
-        conn.close()
-    return stream_ms, rescore_ms
+        for conn in conns.values():
+            conn.close()
+    return out
+
+
+def stream_load(
+    targets: dict[str, tuple[str, str]], events_file: Path, args: Any
+) -> dict[str, dict[str, Any]]:
+    """Stream calls at ``args.concurrency`` clients over ``args.entities`` entities, per design
+    (``targets`` as in :func:`http_streaming`): every entity's first call (each once), then
+    ``args.rounds`` rounds of ``args.seconds`` with the designs alternating."""
+    out: dict[str, dict[str, Any]] = {d: {"first": None, "rounds": []} for d in targets}
+    for design, (url, app) in targets.items():
+        out[design]["first"] = load(url, f"/{app}/v1/stream/{{entity}}", events_file,
+                                    args.concurrency, 0.0, args.entities)  # fmt: skip
+    for r in range(args.rounds):
+        for design in list(targets) if r % 2 == 0 else list(reversed(targets)):
+            url, app = targets[design]
+            out[design]["rounds"].append(
+                load(url, f"/{app}/v1/stream/{{entity}}", events_file,
+                     args.concurrency, args.seconds, args.entities)
+            )  # fmt: skip
+    return out
 
 
 def inprocess_batching(
@@ -416,59 +619,115 @@ def inprocess_latency(scorer: SequenceScorer, tables: list[pa.Table], n: int) ->
     return {"p50_ms": _percentile(lat, 50), "p99_ms": _percentile(lat, 99)}
 
 
-def streaming_inprocess(scorer: SequenceScorer, history: pa.Table, rounds: int) -> dict[str, float]:
+def streaming_inprocess(
+    scorer: SequenceScorer, history: pa.Table, rounds: int, redis_url: str | None = None
+) -> dict[str, float]:
+    """One event streamed after ``history[:-1]`` against re-scoring ``history``, in this
+    process (ms, medians); with ``redis_url`` the same stream call again with the state in
+    that Redis (``RedisStateStore``: one read, one compare-and-set write), alternating."""
     from serving.streaming import StateStore, StreamingScorer
 
-    streamer = StreamingScorer(scorer, "bench", StateStore(10, 3600))
-    # As a StreamHolder receives them: columns, validated from the request.
-    past = streamer.columns(history.slice(0, history.num_rows - 1))
-    new = streamer.columns(history.slice(history.num_rows - 1))
-    step, full = [], []
+    streamers = {"stream_ms": StreamingScorer(scorer, "bench", StateStore(10, 3600))}
+    if redis_url is not None:
+        from serving.redis_state import RedisStateStore
+
+        store = RedisStateStore(redis_url, 3600)
+        streamers["stream_redis_ms"] = StreamingScorer(scorer, "bench", store)
+    # As the ingress or a StreamHolder receives them: columns, validated from the request.
+    columns = streamers["stream_ms"].columns
+    past = columns(history.slice(0, history.num_rows - 1))
+    new = columns(history.slice(history.num_rows - 1))
+    times: dict[str, list[float]] = {key: [] for key in [*streamers, "rescore_ms"]}
     for _ in range(rounds):
-        streamer.update("e", past, reset=True)
+        for key, streamer in streamers.items():
+            streamer.update("inprocess", past, reset=True)
+            started = time.perf_counter()
+            streamer.update("inprocess", new)
+            times[key].append(time.perf_counter() - started)
         started = time.perf_counter()
-        streamer.update("e", new)
-        step.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        streamer.reference(history)
-        full.append(time.perf_counter() - started)
-    return {"stream_ms": median(step) * 1000, "rescore_ms": median(full) * 1000}
+        streamers["stream_ms"].reference(history)
+        times["rescore_ms"].append(time.perf_counter() - started)
+    if redis_url is not None:
+        store.close()
+    return {key: median(values) * 1000 for key, values in times.items()}
 
 
 def phase_table(
     name: str, phase: dict[str, Any], args: Any
-) -> tuple[list[list[str]], dict[str, float]]:
+) -> tuple[list[list[str]], dict[str, Any]]:
     """One phase's rows (light load against in-process and the no-op floor, saturation with
-    batching on and off, streaming over HTTP where measured) and its ratios."""
-    p50 = {key: median(x["p50_ms"] for x in phase[key]) for key in ("light", "inprocess", "floor")}
-    p99 = {key: median(x["p99_ms"] for x in phase[key]) for key in ("light", "inprocess", "floor")}
-    overhead = p50["light"] - p50["inprocess"]
-    sat = phase["sat"]
-    ratios = [on["rps"] / off["rps"] for on, off in zip(sat["on"], sat["off"], strict=True)]
-    out = {"overhead_ms": overhead, "batching_ratio": median(ratios)}
-    rows = [
-        *[[f"{name}: {label} p50 / p99 (ms)", f"{p50[key]:.2f} / {p99[key]:.2f}", ""]
-          for label, key in (("/v1/score, light load", "light"), ("in-process", "inprocess"),
-                             ("no-op Serve app, the floor", "floor"))],
-        [f"{name}: p50 overhead (ms)", f"{overhead:.2f}",
-         f"{verdict(overhead <= TARGETS['overhead_ms'])} (<= {TARGETS['overhead_ms']:g} ms)"],
-        [f"{name}, {args.concurrency} clients: batching on / off req/s",
-         f"{median(x['rps'] for x in sat['on']):.0f} / {median(x['rps'] for x in sat['off']):.0f}",
-         ""],
-        [f"{name}: batching on / off",
-         f"{out['batching_ratio']:.2f}x ({min(ratios):.2f}-{max(ratios):.2f})",
-         f"{verdict(out['batching_ratio'] >= TARGETS['batching'])} (>= {TARGETS['batching']:g}x)"],
-    ]  # fmt: skip
-    if "stream_ms" in phase:
-        stream, rescore = median(phase["stream_ms"]), median(phase["rescore_ms"])
-        out["streaming_http"] = rescore / stream
+    batching on and off, streaming over HTTP and stream load where measured) and its
+    figures."""
+    rows: list[list[str]] = []
+    out: dict[str, Any] = {}
+    if "light" in phase:
+        keys = ("light", "inprocess", "floor")
+        p50 = {key: median(x["p50_ms"] for x in phase[key]) for key in keys}
+        p99 = {key: median(x["p99_ms"] for x in phase[key]) for key in keys}
+        overhead = p50["light"] - p50["inprocess"]
+        sat = phase["sat"]
+        ratios = [on["rps"] / off["rps"] for on, off in zip(sat["on"], sat["off"], strict=True)]
+        out.update(overhead_ms=overhead, batching_ratio=median(ratios))
+        rows += [
+            *[[f"{name}: {label} p50 / p99 (ms)", f"{p50[key]:.2f} / {p99[key]:.2f}", ""]
+              for label, key in (("/v1/score, light load", "light"), ("in-process", "inprocess"),
+                                 ("no-op Serve app, the floor", "floor"))],
+            [f"{name}: p50 overhead (ms)", f"{overhead:.2f}",
+             f"{verdict(overhead <= TARGETS['overhead_ms'])} (<= {TARGETS['overhead_ms']:g} ms)"],
+            [f"{name}, {args.concurrency} clients: batching on / off req/s",
+             f"{median(x['rps'] for x in sat['on']):.0f} / "
+             f"{median(x['rps'] for x in sat['off']):.0f}", ""],
+            [f"{name}: batching on / off",
+             f"{out['batching_ratio']:.2f}x ({min(ratios):.2f}-{max(ratios):.2f})",
+             f"{verdict(out['batching_ratio'] >= TARGETS['batching'])} "
+             f"(>= {TARGETS['batching']:g}x)"],
+        ]  # fmt: skip
+    for design, figures in phase.get("streams", {}).items():
+        label = f"{name}, {DESIGN_NAMES[design]}"
+        stream, rescore = median(figures["stream_ms"]), median(figures["rescore_ms"])
+        short = median(figures["short_ms"])
+        ratio, gap = rescore / stream, stream - short
+        out[f"streaming_http_{design}"] = ratio
+        out[f"stream_gap_ms_{design}"] = gap
+        rows += [
+            [f"{label}: stream 1 event at history {args.history} / re-score it, HTTP p50 (ms)",
+             f"{stream:.2f} / {rescore:.2f}: {ratio:.1f}x",
+             f"{verdict(ratio >= TARGETS['streaming_http'])} "
+             f"(>= {TARGETS['streaming_http']:g}x)"],
+            [f"{label}: stream call / /v1/score of {args.short_events} events, p50 (ms)",
+             f"{stream:.2f} / {short:.2f}: {gap:+.2f} ms",
+             f"{verdict(gap <= TARGETS['stream_gap_ms'])} "
+             f"(<= +{TARGETS['stream_gap_ms']:g} ms)"],
+        ]  # fmt: skip
+    loads = phase.get("stream_load", {})
+    for design, figures in loads.items():
+        first, rounds = figures["first"], figures["rounds"]
+        rows += [
+            [f"{name}, {DESIGN_NAMES[design]}: stream calls/s, {args.concurrency} clients over "
+             f"{args.entities} entities (p50 / p99 ms)",
+             f"{median(x['rps'] for x in rounds):.0f} "
+             f"({median(x['p50_ms'] for x in rounds):.1f} / "
+             f"{median(x['p99_ms'] for x in rounds):.1f})", ""],
+            [f"{name}, {DESIGN_NAMES[design]}: first call of every entity, calls/s",
+             f"{first['rps']:.0f}", ""],
+        ]  # fmt: skip
+    if {"holder", "redis"} <= set(loads):
+        pairs = zip(loads["redis"]["rounds"], loads["holder"]["rounds"], strict=True)
+        ratios = [r["rps"] / h["rps"] for r, h in pairs]
+        out["stream_load_ratio"] = median(ratios)
         rows.append(
-            [f"{name}: stream 1 event at history {args.history} / re-score it, HTTP (ms)",
-             f"{stream:.2f} / {rescore:.2f}: {out['streaming_http']:.1f}x",
-             f"{verdict(out['streaming_http'] >= TARGETS['streaming'])} "
-             f"(>= {TARGETS['streaming']:g}x)"]
+            [f"{name}: stream calls/s, Redis / StreamHolder",
+             f"{median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})", "(reported)"]
         )  # fmt: skip
     return rows, out
+
+
+def _choices(value: str, allowed: tuple[str, ...] | list[str]) -> list[str]:
+    chosen = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [v for v in chosen if v not in allowed]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"{unknown}: expected some of {', '.join(allowed)}")
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -477,12 +736,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     parser.add_argument("--bodies", help=argparse.SUPPRESS)
+    parser.add_argument("--stream-entities", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--prefix", default="e-", help=argparse.SUPPRESS)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=300, help="light-load requests")
     parser.add_argument("--window", type=int, default=256, help="events per request")
     parser.add_argument("--history", type=int, default=1000)
+    parser.add_argument(
+        "--short-events", type=int, default=16, help="the short /v1/score beside a stream call"
+    )
+    parser.add_argument("--entities", type=int, default=10_000, help="entities of the stream load")
+    parser.add_argument(
+        "--phases",
+        type=lambda v: _choices(v, PHASES),
+        default=list(PHASES),
+        help=f"comma-separated, of {', '.join(PHASES)} (default: all)",
+    )
+    parser.add_argument(
+        "--parts",
+        type=lambda v: _choices(v, PARTS),
+        default=list(PARTS),
+        help="comma-separated, of score (light load, saturation), stream (stream vs "
+        "re-score), stream-load (high-throughput phase only) (default: all)",
+    )
+    parser.add_argument(
+        "--designs",
+        type=lambda v: _choices(v, list(DESIGNS)),
+        default=list(DESIGNS),
+        help="streaming state designs: holder (StreamHolder), redis (default: both)",
+    )
     parser.add_argument(
         "--architecture",
         choices=["lstm", "gru", "transformer"],
@@ -498,10 +782,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.rounds, args.seconds, args.requests, args.concurrency = 1, 2.0, 30, 8
         args.history = min(args.history, 200)
+        args.entities = min(args.entities, 500)
 
-    import ray
     import torch
-    from ray import serve
 
     from benchmarks._common import PARAMS
     from benchmarks.batch_scoring import build_registered_model
@@ -514,7 +797,7 @@ def main(argv: list[str] | None = None) -> int:
     # on a loaded 2-core machine one 256-event call took 50-300 ms instead of 4.5 ms.
     torch.set_num_threads(1)
     schema = load_params(PARAMS).data.schema
-    with tempfile.TemporaryDirectory(prefix="seqops-serving-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="seqops-serving-bench-") as tmp, contextlib.ExitStack() as stack:  # fmt: skip
         root = Path(tmp)
         changed = {"architecture": args.architecture, "hidden_size": args.hidden_size,
                    "num_layers": args.num_layers}  # fmt: skip
@@ -525,33 +808,31 @@ def main(argv: list[str] | None = None) -> int:
         bodies, tables = request_inputs(events, schema, args.window, 64)
         (root / "bodies.json").write_text(json.dumps(bodies))
         history = long_history(events, schema, args.history)
-        past, new = history.slice(0, args.history), history.slice(args.history)
+        streams = Streams(
+            past=history.slice(0, args.history),
+            new=history.slice(args.history),
+            history=history,
+            schema=schema,
+            short_events=args.short_events,
+            load_file=stream_events_file(history, schema, root / "stream-events.json"),
+        )
         ref = ModelRef(model["name"], tracking_uri=model["tracking_uri"])
         scorer = load_model(ref, 16384).scorer
         scorer.time_calls()  # as the served champion does
+        redis_url = None
+        if "redis" in args.designs and {"stream", "stream-load"} & set(args.parts):
+            from serving.redis_server import LocalRedis
 
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        base = f"http://127.0.0.1:{port}"
-        _init_ray()
-        try:
-            start_apps(model, port)
-            proxy = measure_phase(dict.fromkeys(("on", "off", "noop"), base),
-                                  root / "bodies.json", scorer, tables, args)  # fmt: skip
-            proxy["stream_ms"], proxy["rescore_ms"] = http_streaming(
-                port, past, new, history, schema, args.rounds
-            )
-            local = streaming_inprocess(scorer, history, max(10, args.rounds * 5))
-        finally:
-            serve.shutdown()
-            ray.shutdown()
-        direct = ingress_phase(model, root / "bodies.json", scorer, tables, args)
-        fast = ingress_phase(model, root / "bodies.json", scorer, tables, args,
-                             high_throughput=True, streams=(past, new, history, schema))  # fmt: skip
+            redis_url = stack.enter_context(LocalRedis(max_memory_mb=256)).url
+
+        phases = {}
+        for mode in PHASES:
+            if mode in args.phases:
+                phases[mode] = cluster_phase(mode, model, root / "bodies.json", scorer, tables,
+                                             streams, args, redis_url)  # fmt: skip
+        local = streaming_inprocess(scorer, history, max(20, args.rounds * 10), redis_url)
         model_batching = inprocess_batching(scorer, tables, max(5, args.rounds * 3))
 
-    phases = {"proxy": proxy, "direct ingress": direct, "high-throughput": fast}
     model_ratio = model_batching["alone_ms"] / model_batching["batched_ms"]
     local_stream = local["rescore_ms"] / local["stream_ms"]
     served = scorer.config
@@ -560,7 +841,7 @@ def main(argv: list[str] | None = None) -> int:
          f"{served.hidden_size}" + ("" if args.architecture or args.hidden_size or
                                     args.num_layers else " (params.yaml's)"), ""],
     ]  # fmt: skip
-    summary: dict[str, dict[str, float]] = {}
+    summary: dict[str, dict[str, Any]] = {}
     for name, phase in phases.items():
         phase_rows, summary[name] = phase_table(name, phase, args)
         rows += phase_rows
@@ -573,13 +854,31 @@ def main(argv: list[str] | None = None) -> int:
         ["streaming speed-up, in-process", f"{local_stream:.1f}x",
          f"{verdict(local_stream >= TARGETS['streaming'])} (>= {TARGETS['streaming']:g}x)"],
     ]  # fmt: skip
+    if "stream_redis_ms" in local:
+        rows.append(
+            ["stream 1 event in-process, state in memory / in Redis (ms)",
+             f"{local['stream_ms']:.2f} / {local['stream_redis_ms']:.2f}",
+             "(what Redis adds to a call)"]
+        )  # fmt: skip
     print_table(["serving", "value", "target"], rows)
     errors = sum(
         x["errors"]
         for phase in phases.values()
-        for x in [*phase["light"], *phase["floor"], *phase["sat"]["on"], *phase["sat"]["off"]]
-    )
+        for x in [
+            *phase.get("light", []), *phase.get("floor", []),
+            *phase.get("sat", {}).get("on", []), *phase.get("sat", {}).get("off", []),
+            *[y for load_ in phase.get("stream_load", {}).values()
+              for y in [load_["first"], *load_["rounds"]]],
+        ]
+    )  # fmt: skip
     print(f"HTTP errors during the run: {errors}")
+    statuses: Counter[str] = Counter()
+    for phase in phases.values():
+        for load_ in phase.get("stream_load", {}).values():
+            for x in [load_["first"], *load_["rounds"]]:
+                statuses.update(x["statuses"])
+    if statuses:
+        print(f"stream-load replies by state status: {dict(statuses)}")
     write_result(
         args.json,
         {

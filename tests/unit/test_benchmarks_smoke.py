@@ -224,3 +224,83 @@ def test_serving_long_history_is_one_ordered_entity():
     times = history[schema.time].cast(pa.int64()).to_numpy()
     assert (np.diff(times) > 0).all() and (np.diff(history[schema.seq].to_numpy()) == 1).all()
     assert all(pa.types.is_string(history.schema.field(c).type) for c in schema.categorical)
+
+
+def _recording_server(reply: bytes):
+    """A keep-alive HTTP server on loopback that records (path, body) and answers ``reply``."""
+    import http.server
+    import threading
+
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):  # noqa: N802 (http.server's naming)
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append((self.path, body))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, seen
+
+
+def test_serving_stream_load_keeps_every_entity_in_time_order(tmp_path):
+    """The stream-load client: each entity once first, then random entities, every entity's
+    events in strictly increasing time (one thread owns each entity), statuses counted."""
+    import json
+    from datetime import datetime
+
+    from benchmarks import serving
+
+    schema = load_params(PARAMS).data.schema
+    events = [{schema.time: "2025-01-01T00:00:00+00:00", schema.seq: 0, "x": i} for i in range(3)]
+    spec = tmp_path / "events.json"
+    spec.write_text(json.dumps({"events": events, "time": schema.time, "seq": schema.seq}))
+    server, seen = _recording_server(b'{"score": {"state": {"status": "continued"}}}')
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        first = serving.load(url, "/s/v1/stream/{entity}", spec, 3, 0.0, entities=10)
+        calls = len(seen)
+        timed = serving.load(url, "/s/v1/stream/{entity}", spec, 3, 0.5, entities=10)
+    finally:
+        server.shutdown()
+    assert first["requests"] == calls == 10 and first["errors"] == 0
+    assert sorted(p for p, _ in seen[:calls]) == sorted(f"/s/v1/stream/e-{e}" for e in range(10))
+    assert first["statuses"] == {"continued": 10}
+    assert timed["requests"] == len(seen) - calls > 10 and timed["statuses"]["continued"] > 10
+    last: dict[str, datetime] = {}
+    for path, body in seen:
+        (event,) = json.loads(body)["events"]
+        stamp = datetime.fromisoformat(event[schema.time])
+        assert stamp > last.get(path, datetime.min.replace(tzinfo=stamp.tzinfo)), path
+        last[path] = stamp
+
+
+def test_serving_stepped_events_follow_the_history():
+    import pyarrow as pa
+
+    from benchmarks import serving
+
+    schema = load_params(PARAMS).data.schema
+    n = 12
+    events = pa.table({
+        schema.entity: ["e"] * n,
+        schema.time: pa.array(np.arange(n) * 10**6, pa.timestamp("us", "UTC")),
+        schema.seq: np.zeros(n, dtype=np.int64),
+        **{c: np.ones(n) for c in schema.numeric},
+        **{c: pa.array(["x"] * n) for c in schema.categorical},
+    })  # fmt: skip
+    history = serving.long_history(events, schema, 10)
+    steps = serving.stepped_events(history.slice(10), schema, 4)
+    times = [history[schema.time][9].as_py().isoformat(), *[e[schema.time] for e in steps]]
+    assert times == sorted(times) and len(set(times)) == 5
+    assert [e[schema.seq] for e in steps] == [10, 11, 12, 13]
+    assert schema.entity not in steps[0]
