@@ -1,6 +1,6 @@
 """Quality: every encoder against the order-blind baseline on the default classify task.
 
-Trains LSTM, GRU and Transformer with the real train stage (Ray Train, 2 CPU workers) on the
+Trains LSTM, GRU, Transformer and TCN with the real train stage (Ray Train, 2 CPU workers) on the
 shards of `dvc repro` (data/shards), each into a throw-away MLflow store, loads each logged
 model back from MLflow, scores the test split, and fits the order-blind logistic regression
 (``pipelines.baselines.order_blind_baseline``) on the same train/test examples.
@@ -31,7 +31,7 @@ def main() -> int:
     parser.add_argument("--shards", default=str(REPO / "data/shards"))
     parser.add_argument("--events", default=str(REPO / "data/validated/events.parquet"))
     parser.add_argument("--epochs", type=int, default=None)
-    parser.add_argument("--architectures", default="lstm,gru,transformer")
+    parser.add_argument("--architectures", default="lstm,gru,transformer,tcn")
     args = parser.parse_args()
 
     import mlflow

@@ -35,7 +35,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.config import Params
-from pipelines.params.train import AUTO_MAX_TOKENS, attention_gib, check_attention_memory
+from pipelines.params.train import (
+    AUTO_MAX_TOKENS,
+    attention_gib,
+    check_attention_memory,
+    check_receptive_field,
+)
 from pipelines.sampler import TokenBudgetBatchSampler, auto_max_tokens
 from pipelines.shard_reader import read_index
 from pipelines.stage import stage_main
@@ -335,6 +340,7 @@ def run(
         check_attention_memory(t, manifest.window_len)
     except ConfigError as exc:
         raise TrainError(str(exc)) from None
+    check_receptive_field(t, manifest.window_len)  # a note, not an error
     planned = plan(params, manifest, shards)
     log.info(
         "train.max_tokens=%s resolved to %d (%s): %d steps per worker per pass, %d passes per "
@@ -434,6 +440,7 @@ def run(
             "model_uri": model_uri,
             "task": t.task,
             "architecture": config.architecture,
+            "receptive_field": config.receptive_field,
             "epochs_run": int(state["epoch"]) + 1,
             "best_epoch": int(state["best_epoch"]),
             "best_val_loss": float(state["best"]),

@@ -1,4 +1,4 @@
-"""PyTorch sequence encoders (LSTM, GRU, Transformer) and task heads; no I/O.
+"""PyTorch sequence encoders (LSTM, GRU, Transformer, TCN) and task heads; no I/O.
 
 The models of docs/architecture.md §4. The configuration types (``ModelSpec``, ``ModelConfig``)
 import without torch, so reading ``params.yaml`` (which holds a ``ModelSpec``) stays cheap for
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     )
     from seqmodels.model import SequenceModel, build_model
     from seqmodels.recurrent import RecurrentEncoder
+    from seqmodels.tcn import TCNEncoder
     from seqmodels.transformer import TransformerEncoder
 
 _LAZY = {
@@ -58,6 +59,7 @@ _LAZY = {
     ),
     "seqmodels.model": ("SequenceModel", "build_model"),
     "seqmodels.recurrent": ("RecurrentEncoder",),
+    "seqmodels.tcn": ("TCNEncoder",),
     "seqmodels.transformer": ("TransformerEncoder",),
 }
 _MODULE_OF = {name: module for module, names in _LAZY.items() for name in names}
@@ -86,6 +88,7 @@ __all__ = [
     "RecurrentEncoder",
     "RecurrentState",
     "SequenceModel",
+    "TCNEncoder",
     "TransformerEncoder",
     "build_model",
     "causal_mask",

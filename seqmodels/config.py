@@ -14,6 +14,10 @@ Values that depend on other fields (``pooling``, ``causal``) default to ``None``
 resolved by properties rather than rewritten in ``__post_init__``: that way
 ``dataclasses.replace(spec, architecture="transformer")`` in a sweep gets the transformer's
 defaults instead of the LSTM's frozen choice.
+
+A field added together with an architecture (``kernel_size``, for the TCN) is left out of
+``to_dict`` for the other architectures while it holds its default, so the stored configs of
+those models stay byte for byte what they were.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, get_args
 
-Architecture = Literal["lstm", "gru", "transformer"]
+Architecture = Literal["lstm", "gru", "transformer", "tcn"]
 Task = Literal["classify", "next_event", "forecast"]
 Pooling = Literal["last", "mean"]
 Positions = Literal["learned", "sinusoidal"]
@@ -35,6 +39,17 @@ PER_STEP_TASKS = ("next_event", "forecast")
 POOLINGS: tuple[str, ...] = get_args(Pooling)
 POSITIONS: tuple[str, ...] = get_args(Positions)
 FORECAST_LOSSES: tuple[str, ...] = get_args(ForecastLoss)
+BIDIRECTIONAL = ("transformer", "tcn")
+"""The encoders that can also read later steps (``causal: false``, classify only)."""
+
+MAX_TCN_LAYERS = 16
+"""Block i of a TCN has dilation 2^i and pads its input by (kernel_size - 1) * 2^i steps, so
+depth costs exponentially more padding: 16 blocks already reach 65,536 x 2 (kernel_size - 1)
+events, past any window this project shards."""
+
+ARCHITECTURE_FIELDS = {"kernel_size": "tcn"}
+"""Fields only one architecture reads, written by ``to_dict`` for the others only when set
+away from their default (see the module docstring)."""
 
 _Config = TypeVar("_Config", bound="ModelSpec")
 
@@ -80,13 +95,14 @@ class ModelSpec:
     """The model's hyperparameters: encoder, widths, depth and the switches a user picks."""
 
     architecture: Architecture = "lstm"
-    """Encoder: ``lstm`` | ``gru`` (unidirectional) | ``transformer`` (pre-norm)."""
+    """Encoder: ``lstm`` | ``gru`` (unidirectional) | ``transformer`` (pre-norm) | ``tcn``
+    (dilated convolutions)."""
     embedding_dim: int = 16
     """Embedding width of each categorical feature."""
     hidden_size: int = 64
     """Width of the encoder's per-step representation (the transformer's d_model)."""
     num_layers: int = 2
-    """Stacked recurrent layers or transformer blocks."""
+    """Stacked recurrent layers, transformer blocks or TCN blocks (each doubles the dilation)."""
     dropout: float = 0.1
     """Dropout on the input embedding, between layers and before the head; in [0, 1)."""
     num_heads: int = 4
@@ -96,18 +112,31 @@ class ModelSpec:
     positions: Positions = "learned"
     """Transformer position encoding: ``learned`` | ``sinusoidal``."""
     causal: bool | None = None
-    """Transformer attends only to earlier steps; null = causal for per-step tasks, else not."""
+    """Transformer/TCN read only earlier steps; null = transformer causal for per-step tasks,
+    else not; TCN always causal. false is for classify only (the RNNs are always causal)."""
     pooling: Pooling | None = None
-    """Sequence summary for classify: ``last`` | ``mean``; null = last for RNNs, mean for the transformer."""
+    """Sequence summary for classify: ``last`` | ``mean``; null = last for RNNs, mean for the
+    transformer and the TCN."""
     forecast_loss: ForecastLoss = "huber"
     """forecast: ``huber`` (robust to heavy-tailed amounts) | ``mse``."""
     huber_delta: float = 1.0
     """forecast: Huber threshold, in standardised units."""
+    kernel_size: int = 3
+    """TCN: width of each dilated convolution (>= 2); the receptive field is
+    1 + 2 (kernel_size - 1)(2^num_layers - 1) steps."""
 
     def __post_init__(self) -> None:
         _check_choice("architecture", self.architecture, ARCHITECTURES)
         for name in ("embedding_dim", "hidden_size", "num_layers", "num_heads", "ffn_size"):
             _check_int(name, getattr(self, name), 1)
+        _check_int("kernel_size", self.kernel_size, 2)
+        if self.architecture == "tcn" and self.num_layers > MAX_TCN_LAYERS:
+            raise _fail(
+                "num_layers",
+                self.num_layers,
+                f"a tcn takes at most {MAX_TCN_LAYERS} blocks (block i has dilation 2^i; "
+                f"{MAX_TCN_LAYERS} reach {self.tcn_receptive_field(MAX_TCN_LAYERS)} events)",
+            )
         _check_number("dropout", self.dropout)
         if not 0.0 <= self.dropout < 1.0:
             raise _fail("dropout", self.dropout, "must be within [0, 1)")
@@ -118,11 +147,12 @@ class ModelSpec:
             raise _fail("causal", self.causal, "expected true, false or null")
         if self.architecture == "transformer" and self.hidden_size % self.num_heads:
             raise _fail("num_heads", self.num_heads, f"must divide hidden_size={self.hidden_size}")
-        if self.architecture != "transformer" and self.causal is False:
+        if self.architecture not in BIDIRECTIONAL and self.causal is False:
             raise _fail(
                 "causal",
                 False,
-                f"{self.architecture} is unidirectional; only the transformer can be bidirectional",
+                f"{self.architecture} is unidirectional; only the "
+                f"{' and '.join(BIDIRECTIONAL)} can be bidirectional",
             )
         _check_choice("forecast_loss", self.forecast_loss, FORECAST_LOSSES)
         _check_number("huber_delta", self.huber_delta)
@@ -137,7 +167,8 @@ class ModelSpec:
             raise _fail("causal", False, f"task {task} needs a causal encoder")
 
     def causal_for(self, task: str) -> bool:
-        """Whether step t may only see steps <= t under ``task`` (always true for the RNNs)."""
+        """Whether step t may only see steps <= t under ``task`` (always true for the RNNs,
+        by default for the TCN, so that streaming can keep its last inputs as state)."""
         if self.causal is not None:
             return self.causal
         return self.architecture != "transformer" or task in PER_STEP_TASKS
@@ -147,7 +178,20 @@ class ModelSpec:
         """``last`` or ``mean``: how ``EncoderOutput.pooled`` summarises the real steps."""
         if self.pooling is not None:
             return self.pooling
-        return "mean" if self.architecture == "transformer" else "last"
+        return "mean" if self.architecture in ("transformer", "tcn") else "last"
+
+    @property
+    def receptive_field(self) -> int | None:
+        """TCN: the input steps one output step reads, ``1 + 2 (k - 1)(2^L - 1)`` (two
+        convolutions of width k per block, dilation 2^i in block i); None for the other
+        encoders (an RNN's reach is unbounded, a transformer's is the window)."""
+        if self.architecture != "tcn":
+            return None
+        return self.tcn_receptive_field(self.num_layers)
+
+    def tcn_receptive_field(self, num_layers: int) -> int:
+        """The receptive field of this spec's TCN kernel with ``num_layers`` blocks."""
+        return 1 + 2 * (self.kernel_size - 1) * (2**num_layers - 1)
 
     @property
     def spec(self) -> ModelSpec:
@@ -159,6 +203,9 @@ class ModelSpec:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            owner = ARCHITECTURE_FIELDS.get(f.name)
+            if owner not in (None, self.architecture) and value == f.default:
+                continue  # not read by this architecture; from_dict restores the default
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 

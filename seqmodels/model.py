@@ -22,13 +22,15 @@ from torch import nn
 from seqmodels.config import ModelConfig
 from seqmodels.heads import HEADS, classify_loss, forecast_loss, next_event_loss
 from seqmodels.masking import EncoderOutput, RecurrentState
-from seqmodels.recurrent import RecurrentEncoder
+from seqmodels.recurrent import CELLS, RecurrentEncoder
+from seqmodels.tcn import TCNEncoder
 from seqmodels.transformer import TransformerEncoder
 
 ENCODERS: dict[str, type[nn.Module]] = {
     "lstm": RecurrentEncoder,  # the architecture picks nn.LSTM or nn.GRU inside
     "gru": RecurrentEncoder,
     "transformer": TransformerEncoder,
+    "tcn": TCNEncoder,
 }
 
 # The shard column holding each task's target (docs/architecture.md §3), for mapping-style targets.
@@ -49,7 +51,7 @@ class SequenceModel(nn.Module):
     @property
     def supports_state(self) -> bool:
         """Whether the encoder can carry a recurrent state between calls (LSTM, GRU)."""
-        return self.config.architecture != "transformer"
+        return self.config.architecture in CELLS
 
     def encode(
         self,

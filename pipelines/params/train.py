@@ -10,6 +10,8 @@ reads, and the data decides the head's sizes.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -17,6 +19,8 @@ from typing import Any, Literal
 from seqcore.config import ConfigError, build, fail, only_keys
 from seqmodels import ModelConfigError, ModelSpec
 from seqmodels.config import TASKS, Task
+
+log = logging.getLogger("seqops.train")
 
 MODEL_KEYS = tuple(f.name for f in dataclasses.fields(ModelSpec))
 """The keys of ``train.model``; before the spec they were written flat under ``train``."""
@@ -183,7 +187,7 @@ def check_attention_memory(train: TrainConfig, window_len: int) -> None:
             train.model.architecture,
             f"attention over a window of {window_len} events needs about {need:.1f} GiB per "
             f"worker in training (train.max_attention_gib={train.max_attention_gib}); use "
-            "lstm or gru for windows this long, shorten the window (shard.window.length or "
+            "lstm, gru or tcn for windows this long, shorten the window (shard.window.length or "
             "max_len), use fewer heads or layers, or raise train.max_attention_gib",
         )
 
@@ -199,3 +203,35 @@ def train_from_dict(raw: Mapping[str, Any] | None) -> TrainConfig:
             + ", ".join(f"train.model.{key}" for key in moved)
         )
     return build(TrainConfig, "train", raw)
+
+
+def check_receptive_field(train: TrainConfig, window_len: int) -> str | None:
+    """A note (logged, not an error) when a TCN's depth does not fit the shards' window of
+    ``window_len`` events, and the note; None when it fits or the encoder is not a TCN.
+
+    A receptive field shorter than the window can be what the user wants (local patterns, mean
+    pooling), but each step's output, and ``last`` pooling, sees only the most recent events.
+    Blocks whose dilation reaches past the window read only padding beyond their own step and
+    cost a padding of up to (kernel_size - 1) x dilation steps per convolution."""
+    spec = train.model
+    field = spec.receptive_field
+    if field is None:
+        return None
+    covering = next(n for n in itertools.count(1) if spec.tcn_receptive_field(n) >= window_len)
+    if field < window_len:
+        note = (
+            f"train.model: the tcn's receptive field is {field} events (kernel_size="
+            f"{spec.kernel_size}, num_layers={spec.num_layers}), shorter than the window of "
+            f"{window_len}: each step's output sees only its last {field} events; "
+            f"num_layers={covering} covers the window (1 + 2 (kernel_size - 1)(2^num_layers - 1))"
+        )
+    elif 2 ** (spec.num_layers - 1) >= window_len:
+        note = (
+            f"train.model: num_layers={spec.num_layers}: the tcn's last blocks have a dilation "
+            f"of at least the window of {window_len} events and read only padding beyond "
+            f"their own step; num_layers={covering} already covers the window"
+        )
+    else:
+        return None
+    log.info(note)
+    return note

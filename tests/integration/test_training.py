@@ -120,7 +120,8 @@ def test_a_worker_failure_resumes_from_the_checkpoint_in_the_same_run(
 
 
 @pytest.mark.parametrize(
-    ("architecture", "task"), [("gru", "next_event"), ("transformer", "forecast")]
+    ("architecture", "task"),
+    [("gru", "next_event"), ("transformer", "forecast"), ("tcn", "next_event")],
 )
 def test_every_task_and_encoder_trains_with_ddp(
     ray_cluster, mlflow_store, tiny_pipeline, tmp_path, architecture, task

@@ -23,7 +23,7 @@ NEXT_VOCAB = 7
 HORIZON = 2
 TOL = 1e-5
 
-ARCHS = ("lstm", "gru", "transformer")
+ARCHS = ("lstm", "gru", "transformer", "tcn")
 RNNS = ("lstm", "gru")
 TASKS = ("classify", "next_event", "forecast")
 # (architecture, task, extra config): every encoder x task plus the non-default switches.
@@ -31,8 +31,13 @@ VARIANTS = [(arch, task, {}) for arch in ARCHS for task in TASKS] + [
     ("lstm", "classify", {"pooling": "mean"}),
     ("transformer", "classify", {"pooling": "last", "positions": "sinusoidal"}),
     ("transformer", "classify", {"causal": True}),
+    ("tcn", "classify", {"pooling": "last"}),
+    ("tcn", "classify", {"causal": False}),
+    ("tcn", "classify", {"causal": False, "kernel_size": 4, "num_layers": 3}),  # uneven padding
+    ("tcn", "forecast", {"kernel_size": 2, "num_layers": 4}),
 ]
-CAUSAL_VARIANTS = [v for v in VARIANTS if v[0] in RNNS or v[1] != "classify" or v[2].get("causal")]
+CAUSAL_VARIANTS = [v for v in VARIANTS if ModelSpec(architecture=v[0], **v[2]).causal_for(v[1])]
+BIDIRECTIONAL_VARIANTS = [v for v in VARIANTS if v not in CAUSAL_VARIANTS]
 
 
 def make_model(arch: str, task: str, seed: int = 0, **extra: object) -> SequenceModel:
@@ -152,10 +157,11 @@ def test_causal_models_do_not_see_later_events(arch, task, extra):
         assert max_diff(model(cat[None], num[None], torch.tensor([8]))[0, :6], out[:6]) <= TOL
 
 
+@pytest.mark.parametrize(("arch", "task", "extra"), BIDIRECTIONAL_VARIANTS)
 @torch.no_grad()
-def test_bidirectional_transformer_sees_later_events():
-    # The same check as above fails for the bidirectional classify path: it can fail.
-    model = make_model("transformer", "classify")
+def test_bidirectional_encoders_see_later_events(arch, task, extra):
+    # The same check as above fails for the bidirectional classify paths: it can fail.
+    model = make_model(arch, task, **extra)
     assert not model.config.resolved_causal
     before, _ = change_after(model, k=5)
     assert before > 1e-4
@@ -232,8 +238,9 @@ def test_padded_run_state_is_wrong_for_short_sequences():
     assert state_diff(via_encoder, right) <= TOL
 
 
-def test_transformer_refuses_state():
-    model = make_model("transformer", "next_event")
+@pytest.mark.parametrize("arch", ["transformer", "tcn"])
+def test_stateless_encoders_refuse_state(arch):
+    model = make_model(arch, "next_event")
     cat, num = make_events(3, torch.Generator().manual_seed(0))
     assert not model.supports_state
     with pytest.raises(ValueError, match="state"):
@@ -316,7 +323,7 @@ def test_loss_skips_missing_targets_and_stays_finite(seqs):
 @pytest.mark.parametrize(
     ("arch", "task", "extra"),
     [("lstm", "classify", {}), ("gru", "next_event", {}), ("transformer", "forecast", {})]
-    + [("transformer", "classify", {"positions": "sinusoidal"})],
+    + [("transformer", "classify", {"positions": "sinusoidal"}), ("tcn", "classify", {})],
 )
 @torch.no_grad()
 def test_save_load_round_trip(arch, task, extra, seqs, tmp_path):
@@ -398,6 +405,8 @@ def test_config_round_trips_through_json():
         ({"pooling": "max"}, "pooling"),
         ({"positions": "rope"}, "positions"),
         ({"causal": False}, "causal"),  # an LSTM cannot be bidirectional
+        ({"architecture": "tcn", "kernel_size": 1}, "kernel_size"),
+        ({"architecture": "tcn", "task": "forecast", "causal": False}, "causal"),
         ({"architecture": "transformer", "task": "next_event", "causal": False}, "causal"),
         ({"task": "next_event", "next_event_vocab": None}, "next_event_vocab"),
         ({"num_classes": 1}, "num_classes"),

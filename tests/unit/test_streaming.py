@@ -72,8 +72,8 @@ def _chunks(n: int, seed: int) -> list[int]:
 
 @pytest.mark.parametrize(
     "architecture,pooling",
-    [("lstm", None), ("gru", None), ("lstm", "mean"), ("transformer", None)],
-    ids=["lstm", "gru", "lstm-mean", "transformer"],
+    [("lstm", None), ("gru", None), ("lstm", "mean"), ("transformer", None), ("tcn", None)],
+    ids=["lstm", "gru", "lstm-mean", "transformer", "tcn"],
 )
 def test_streamed_scores_equal_full_rescoring(tiny_pipeline, events, architecture, pooling):
     scorer = _scorer(tiny_pipeline, architecture, pooling=pooling)
@@ -99,7 +99,7 @@ def test_streamed_scores_equal_full_rescoring(tiny_pipeline, events, architectur
         assert result["window_end"] == expected["window_end"]
         assert result["state"]["events_seen"] == seen
     assert [r["state"]["status"] for r in results] == ["new"] + ["continued"] * (len(sizes) - 1)
-    if architecture == "transformer":  # the rolling window is the scorer's own window
+    if architecture in ("transformer", "tcn"):  # a rolling window: the scorer's own window
         assert results[-1]["n_events"] == scorer.window_len
         final = scorer.score(history).iloc[0]
         assert results[-1]["score"] == pytest.approx(final["score"], abs=1e-5)

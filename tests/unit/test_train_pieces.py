@@ -172,7 +172,7 @@ def test_a_transformer_window_whose_attention_is_absurd_is_refused():
     assert attention_gib(transformer.model, [4096, 256], 8192) == pytest.approx(4.0)
     check_attention_memory(lstm, 100_000)
     check_attention_memory(transformer, 5000)
-    with pytest.raises(ConfigError, match="train.model.architecture.*lstm or gru"):
+    with pytest.raises(ConfigError, match="train.model.architecture.*lstm, gru or tcn"):
         check_attention_memory(transformer, 8000)
 
 
