@@ -10,9 +10,11 @@ call stopped, so the cost of a call depends on the new events, not on the entity
   (``SequenceModel.encode``). The streamed score is the model applied to the
   **whole** history seen so far: it equals ``SequenceScorer.score(history,
   window_len=<no limit>)`` (tested to 1e-5).
-* Transformer: a rolling window of the last ``window_len`` encoded events (the model's
-  training window), re-encoded on each call: bounded cost, and the streamed score equals
-  ``SequenceScorer.score(history)``, which reads the same last ``window_len`` events.
+* Transformer and TCN: a rolling window of the last ``window_len`` encoded events (the
+  model's training window), re-encoded on each call: bounded cost, and the streamed score
+  equals ``SequenceScorer.score(history)``, which reads the same last ``window_len`` events.
+  A causal TCN whose output reads the last step (``pooling: last``, or a per-step task)
+  keeps only its receptive field: its last output reads nothing older.
 
 Events arrive as :class:`seqcore.encoding.EventColumns` of one entity (what the request
 validator, ``serving.schemas``, emits), and go to the encoder as they are. Preprocessing is the
@@ -100,6 +102,13 @@ class StreamingScorer:
         self.pooling = self.config.resolved_pooling
         spec = scorer.spec
         self._delta_column = len(spec.numeric) if spec.time_delta else None
+        self.keep = int(scorer.window_len)
+        reach = self.config.receptive_field
+        reads_last = self.config.task != "classify" or self.pooling == "last"
+        if reach is not None and self.config.resolved_causal and reads_last:
+            # A causal TCN's last output reads only its last ``reach`` inputs: keeping those
+            # scores exactly what the whole window would, at a fraction of the cost.
+            self.keep = min(self.keep, int(reach))
 
     @property
     def window_len(self) -> int:
@@ -319,7 +328,7 @@ class StreamingScorer:
             cat = np.concatenate([state.window_cat, cat])
             num = np.concatenate([state.window_num, num])
             times = np.concatenate([state.window_time_us, times])
-        keep = int(self.scorer.window_len)
+        keep = self.keep
         cat, num, times = cat[-keep:], num[-keep:], times[-keep:]
         window = EncodedSequence(seq.entity, times, cat, num)
         output = self.scorer.forward_sequences([window])[0]

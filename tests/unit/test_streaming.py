@@ -190,3 +190,31 @@ def test_events_before_the_last_streamed_one_are_refused(lstm, events):
         _update(streamer, "o", history.slice(0, 5))
     # A refused call changes nothing: the entity still has its 10 events.
     assert streamer.store.get("o")[0].events_seen == 10
+
+
+@pytest.mark.parametrize("task", ["classify", "forecast"])
+def test_a_causal_tcn_keeps_only_its_receptive_field(tiny_pipeline, events, task):
+    """Its last output reads its last ``receptive_field`` inputs only: a state of that many
+    events streams exactly what re-scoring the window gives, at a fraction of the cost."""
+    scorer = _scorer(
+        tiny_pipeline, "tcn", task=task, pooling="last" if task == "classify" else None
+    )
+    reach = scorer.config.receptive_field
+    assert reach is not None and reach < scorer.window_len
+    streamer = StreamingScorer(scorer, "1", StateStore(100, 3600))
+    assert streamer.keep == reach
+    history = _longest(events)
+    sizes = _chunks(history.num_rows, seed=5)
+    results = _stream(streamer, history, sizes)
+    seen = 0
+    for size, result in zip(sizes, results, strict=True):
+        seen += size
+        expected = streamer.reference(history.slice(0, seen)).iloc[0]
+        key = "score" if task == "classify" else "forecast"
+        np.testing.assert_allclose(
+            np.asarray(result[key], dtype=float), np.asarray(expected[key], dtype=float), atol=1e-5
+        )
+    state, _ = streamer.store.get("e")
+    assert len(state.window_cat) == reach and state.events_seen == history.num_rows
+    mean = StreamingScorer(_scorer(tiny_pipeline, "tcn", pooling="mean"), "1", StateStore(9, 60))
+    assert mean.keep == scorer.window_len  # a mean over the window needs all of it
