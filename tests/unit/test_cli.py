@@ -68,6 +68,10 @@ def test_no_cluster_at_ray_address_is_one_line_at_once(monkeypatch):
         listening.listen()
         check_ray_address(f"127.0.0.1:{listening.getsockname()[1]}")
     monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    import ray
+
+    # As in a fresh command, even when this test process already holds a Ray session.
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
     with pytest.raises(ClusterUnreachable, match=rf"RAY_ADDRESS=127.0.0.1:{port} \(connection"):
         _connect_ray()
 
