@@ -14,7 +14,7 @@ and the tests read:
 
 These messages are one line on stderr, without a traceback: they name the key, file or
 column. Any other exception is a bug and keeps its traceback. Ray's and MLflow's own output
-stays out of the terminal unless ``--verbose`` (``pipelines.progress``).
+stays out of the terminal unless ``--verbose`` (``seqcore.progress``).
 """
 
 from __future__ import annotations

@@ -14,7 +14,6 @@ MLflow's own source tags (``mlflow.source.*``, ``mlflow.user``; MLflow's "Source
 
 from __future__ import annotations
 
-import getpass
 import os
 import platform
 import subprocess
@@ -26,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
+from pipelines.registry import actor
 from seqcore.loading import (
     ARTIFACT_ROOT_ENV,
     DEFAULT_ARTIFACTS,
@@ -154,27 +154,25 @@ def _public_url(url: str) -> str:
     return url
 
 
-def _entry(root: Path) -> str:
-    """The script this process runs, relative to ``root`` when inside it."""
-    main = sys.argv[0] if sys.argv and sys.argv[0] else ""
+def _entry(root: Path, source: str | Path | None) -> str:
+    """``source`` (else the script this process runs), relative to ``root`` when inside it."""
+    main = str(source) if source else (sys.argv[0] if sys.argv and sys.argv[0] else "")
     if not main or not Path(main).is_file():
         return main or "<console>"
     path, base = Path(main).resolve(), root.resolve()
     return path.relative_to(base).as_posix() if path.is_relative_to(base) else str(path)
 
 
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError, ImportError):  # no login name nor passwd entry (containers)
-        return "unknown"
-
-
-def source_tags(root: str | Path = ".", state: dict[str, str] | None = None) -> dict[str, str]:
+def source_tags(
+    root: str | Path = ".",
+    state: dict[str, str] | None = None,
+    source: str | Path | None = None,
+) -> dict[str, str]:
     """MLflow's own run tags for where a run came from (its UI's "Source", "User", git
-    fields): the entry script, ``LOCAL``, the commit, branch and ``origin`` of ``root``'s
-    checkout (``origin`` of the parent repository for a DVC experiment's temporary copy,
-    which has none), and the user. A tag is left out where git does not know it."""
+    fields): the entry (``source``, e.g. the stage's module file, else the script this
+    process runs), ``LOCAL``, the commit, branch and ``origin`` of ``root``'s checkout
+    (``origin`` of the parent repository for a DVC experiment's temporary copy, which has
+    none), and the user. A tag is left out where git does not know it."""
     from mlflow.entities import SourceType
     from mlflow.utils.mlflow_tags import (
         MLFLOW_GIT_BRANCH,
@@ -189,9 +187,9 @@ def source_tags(root: str | Path = ".", state: dict[str, str] | None = None) -> 
     root = Path(root)
     state = git_state(root) if state is None else state
     tags = {
-        MLFLOW_SOURCE_NAME: _entry(root),
+        MLFLOW_SOURCE_NAME: _entry(root, source),
         MLFLOW_SOURCE_TYPE: SourceType.to_string(SourceType.LOCAL),
-        MLFLOW_USER: _user(),
+        MLFLOW_USER: actor(),
     }
     if state["git_commit"] != "unknown":
         tags[MLFLOW_GIT_COMMIT] = state["git_commit"]
@@ -201,25 +199,31 @@ def source_tags(root: str | Path = ".", state: dict[str, str] | None = None) -> 
     if branch:
         tags[MLFLOW_GIT_BRANCH] = branch
     url = _git(root, "remote", "get-url", "origin")
-    if not url and store_root(root) != root.resolve():
-        url = _git(store_root(root), "remote", "get-url", "origin")
+    parent = store_root(root)
+    if not url and parent != root.resolve():
+        url = _git(parent, "remote", "get-url", "origin")
     if url:
         tags[MLFLOW_GIT_REPO_URL] = _public_url(url)
     return tags
 
 
 def lineage_tags(
-    root: str | Path, manifest_hash: str, events_sha256: str, shards_out: str = "data/shards"
+    root: str | Path,
+    manifest_hash: str,
+    events_sha256: str,
+    shards_out: str = "data/shards",
+    source: str | Path | None = None,
 ) -> dict[str, str]:
     """Tags that tie a run to its code, data (the shard manifest's content hash, the events'
-    sha256), environment, DVC stage and experiment, with MLflow's source tags."""
+    sha256), environment, DVC stage and experiment, with MLflow's source tags (``source``:
+    the stage's own file, whichever command started it)."""
     tags = dict(git_state(root))
     tags["shard_manifest_hash"] = manifest_hash or "unknown"
     tags["dvc_shards_md5"] = dvc_out_hash(root, "shard", shards_out) or "not-in-dvc.lock"
     tags["events_sha256"] = events_sha256 or "unknown"
     tags.update({f"version.{k}": v for k, v in library_versions().items()})
     tags.update({tag: os.environ[env] for env, tag in DVC_TAGS.items() if os.environ.get(env)})
-    tags.update(source_tags(root, tags))
+    tags.update(source_tags(root, tags, source))
     return tags
 
 

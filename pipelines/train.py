@@ -357,7 +357,7 @@ def run(
     uri = tracking_uri(root)
     experiment_id = ensure_experiment(t.experiment, root)
     client = MlflowClient(uri)
-    tags = lineage_tags(root, manifest.content_hash, manifest.input.sha256)
+    tags = lineage_tags(root, manifest.content_hash, manifest.input.sha256, source=__file__)
     tags.update(
         {"seqops.stage": "train", "seqops.task": t.task, "seqops.architecture": config.architecture}
     )

@@ -50,9 +50,6 @@ def _args(params: Sequence[str]) -> list[str]:
 def run(stage: str, args: Sequence[str]) -> None:
     """Run one pipeline stage (its arguments: seqops run STAGE --help)."""
     module = importlib.import_module(f"pipelines.{stage}")
-    # As `python -m pipelines.<stage>` would have it: runs record their entry point as
-    # MLflow's source name (pipelines.tracking.source_tags).
-    sys.argv = [str(module.__file__), *_args(args)]
     sys.exit(module.main(_args(args)))
 
 

@@ -165,3 +165,6 @@ def test_a_run_records_mlflow_s_source_tags_and_its_dvc_experiment(tmp_path, cle
     on_branch = lineage_tags(repo, "h1", "h2")
     assert on_branch[MLFLOW_GIT_BRANCH] == "main" and "dvc.exp_name" not in on_branch
     assert on_branch[MLFLOW_GIT_REPO_URL] == "https://example.com/team/seqops.git"
+    # The stage names its own file, whichever command (dvc, seqops run) started the process.
+    named = lineage_tags(repo, "h1", "h2", source=repo / "a.txt")
+    assert named[MLFLOW_SOURCE_NAME] == "a.txt"
