@@ -625,7 +625,8 @@ def streaming_inprocess(
     """One event streamed after ``history[:-1]`` against re-scoring ``history``, in this
     process (ms, medians); with ``redis_url`` the same stream call again with the state in
     that Redis (``RedisStateStore``: one read, one compare-and-set write), alternating."""
-    from serving.streaming import StateStore, StreamingScorer
+    from serving.stream_state import StateStore
+    from serving.streaming import StreamingScorer
 
     streamers = {"stream_ms": StreamingScorer(scorer, "bench", StateStore(10, 3600))}
     if redis_url is not None:

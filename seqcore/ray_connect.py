@@ -9,6 +9,14 @@ import socket
 class ClusterUnreachable(RuntimeError):
     """No Ray cluster answers at ``RAY_ADDRESS``; the message says where and what to do."""
 
+    @classmethod
+    def at(cls, address: str, reason: str) -> ClusterUnreachable:
+        return cls(
+            f"no Ray cluster answers at RAY_ADDRESS={address} ({reason}); start one there "
+            "(`ray start --head`), fix the address, or unset RAY_ADDRESS to let this command "
+            "start a local cluster"
+        )
+
 
 def gcs_unreachable(address: str, timeout_s: float = 5.0) -> str | None:
     """Why nothing accepts a connection at a ``host:port`` (or ``ray://host:port``) Ray
@@ -29,8 +37,4 @@ def check_ray_address(address: str) -> None:
     """:class:`ClusterUnreachable` when nothing answers at ``address``."""
     unreachable = gcs_unreachable(address)
     if unreachable:
-        raise ClusterUnreachable(
-            f"no Ray cluster answers at RAY_ADDRESS={address} ({unreachable}); start one there "
-            "(`ray start --head`), fix the address, or unset RAY_ADDRESS to let this command "
-            "start a local cluster"
-        )
+        raise ClusterUnreachable.at(address, unreachable)

@@ -67,6 +67,16 @@ def check_inputs(
     return lengths
 
 
+def refuse_state(encoder: str, state: object, return_state: bool) -> None:
+    """Encoders without a recurrent state (transformer, TCN) share the RNNs' interface; a
+    caller that passes or asks for a state gets this error rather than a silent None."""
+    if state is not None or return_state:
+        raise ValueError(
+            f"state: the {encoder} keeps no recurrent state; rescore the whole window "
+            "(use an lstm or gru model for stateful streaming)"
+        )
+
+
 def lengths_to_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     """(B,) lengths -> (B, T) bool mask, True at real steps ``t < length``."""
     positions = torch.arange(max_len, device=lengths.device)  # (T,)

@@ -42,6 +42,7 @@ from seqmodels.masking import (
     check_inputs,
     lengths_to_mask,
     pool,
+    refuse_state,
 )
 
 
@@ -109,11 +110,7 @@ class TCNEncoder(nn.Module):
         return_state: bool = False,
     ) -> EncoderOutput:
         """Encode a right-padded batch: categorical (B, T, C), numeric (B, T, F), lengths (B,)."""
-        if state is not None or return_state:
-            raise ValueError(
-                "state: the tcn keeps no recurrent state; rescore the whole window "
-                "(use an lstm or gru model for stateful streaming)"
-            )
+        refuse_state("tcn", state, return_state)
         lengths = check_inputs(
             categorical, numeric, lengths, self.config.n_categorical, self.config.n_numeric
         )

@@ -33,6 +33,7 @@ from seqmodels.masking import (
     check_inputs,
     lengths_to_mask,
     pool,
+    refuse_state,
 )
 
 
@@ -100,11 +101,7 @@ class TransformerEncoder(nn.Module):
         return_state: bool = False,
     ) -> EncoderOutput:
         """Encode a right-padded batch: categorical (B, T, C), numeric (B, T, F), lengths (B,)."""
-        if state is not None or return_state:
-            raise ValueError(
-                "state: the transformer keeps no recurrent state; rescore the whole window "
-                "(use an lstm or gru model for stateful streaming)"
-            )
+        refuse_state("transformer", state, return_state)
         lengths = check_inputs(
             categorical, numeric, lengths, self.config.n_categorical, self.config.n_numeric
         )

@@ -31,7 +31,6 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
-from ray.serve.metrics import Counter
 
 from seqcore.config import ConfigError
 from serving.auth import Authenticator, load_tokens, resolve_auth
@@ -45,9 +44,9 @@ from serving.config import (
     split_user_config,
 )
 from serving.holder import HoldsModel, ModelServer, short_gil_switch
-from serving.http_edge import Replies, check_entity_id, json_api, jsonable, read_body
+from serving.http_edge import Replies, check_entity_id, json_api, read_body
 from serving.openapi import complete
-from serving.redis_state import RedisStateStore, StateStoreUnavailable, redacted
+from serving.redis_state import RedisStateStore, redacted, unreachable
 from serving.registry import resolve_version
 from serving.rollout import ChallengerHolder, Shadow, variant
 from serving.routing import EntityAffinityRouter
@@ -60,8 +59,8 @@ from serving.schemas import (
     request_model,
     stream_request_model,
 )
-from serving.stream_holder import StreamHolder
-from serving.streaming import StateConflict, StreamingScorer, StreamOrderError
+from serving.stream_holder import StreamHolder, answer_stream, stream_calls
+from serving.streaming import StreamingScorer
 
 api = json_api("seqops online scoring")
 log = logging.getLogger("ray.serve")
@@ -96,9 +95,7 @@ class ScoringAPI(HoldsModel):
             self.store = RedisStateStore(url, config.streaming.state_ttl_s)
             model = self.server.model
             self.streamer = StreamingScorer(model.scorer, model.version, self.store, self.retries)
-            self.stream_calls = Counter(
-                "seqops_stream_calls", "Streaming calls by state status", ("status",)
-            )
+            self.stream_calls = stream_calls()
         try:
             self.replica = serve.get_replica_context().replica_id.unique_id
         except Exception:  # constructed outside Serve (a test)
@@ -173,7 +170,7 @@ class ScoringAPI(HoldsModel):
         else:
             result = await asyncio.to_thread(self._stream_here, entity_id, parsed)
         if "error" in result:
-            raise RequestError(result.get("status", 422), result["error"], result["field"])
+            raise RequestError(result["status"], result["error"], result["field"])
         return result
 
     def _stream_here(self, entity_id: str, parsed: StreamRequest) -> dict[str, Any]:
@@ -183,24 +180,7 @@ class ScoringAPI(HoldsModel):
             assert self.store is not None
             streamer = StreamingScorer(model.scorer, model.version, self.store, self.retries)
             self.streamer = streamer
-        try:
-            result = streamer.update(
-                entity_id,
-                parsed.events,
-                history=parsed.history,
-                expect_events_seen=parsed.expect_events_seen,
-                reset=parsed.reset,
-            )
-        except StreamOrderError as exc:
-            return {"error": str(exc), "field": f"events[{exc.index}].{exc.column}"}
-        except StateConflict as exc:
-            return {"status": 409, "error": str(exc), "field": "path.entity_id"}
-        except StateStoreUnavailable as exc:
-            return {"status": 503, "error": f"{exc}; retry later", "field": None}
-        result["state"]["replica"] = self.replica
-        self.stream_calls.inc(tags={"status": result["state"]["status"]})
-        header = {**model.describe(), "task": model.scorer.config.task}
-        return {"model": header, "score": {k: jsonable(v) for k, v in result.items()}}
+        return answer_stream(streamer, model, entity_id, parsed, self.replica, self.stream_calls)
 
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:
@@ -320,10 +300,7 @@ def build_app(
     url = config.streaming.store_url()  # resolved here: replicas do not see our environment
     stream = None
     if url is not None:
-        config = dataclasses.replace(
-            config,
-            streaming=dataclasses.replace(config.streaming, stream_store="redis", redis_url=url),
-        )
+        config = config.with_redis(url)
         if check:  # the CLI checks a store itself, from where it can reach it
             check_store(url)
     else:
@@ -337,19 +314,12 @@ def build_app(
 def check_store(url: str) -> None:
     """The streaming store answers now (a ConfigError naming where, never the password):
     a wrong URL or password fails the start, not every later stream call."""
-    import redis
-
-    client = redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0)
-    try:
-        client.ping()
-    except (redis.RedisError, OSError) as exc:
+    reason = unreachable(url, timeout_s=5.0)
+    if reason:
         raise ConfigError(
             f"serving: the streaming state store (Redis at {redacted(url)}) does not answer: "
-            f"{type(exc).__name__}: {exc}; check redis_url / ${REDIS_URL_ENV}, or serve with "
-            "stream_store=memory"
-        ) from None
-    finally:
-        client.close()
+            f"{reason}; check redis_url / ${REDIS_URL_ENV}, or serve with stream_store=memory"
+        )
 
 
 def app_builder(args: dict[str, Any]) -> Any:

@@ -179,7 +179,7 @@ def open_stream_state(
     or, with ``check`` (replicas of a local cluster, which run here), make sure the given one
     answers; returns the state to print and the server to stop after Serve, if any.
     RedisStartError says what failed; the URL's password is never in it."""
-    from serving.redis_state import redacted
+    from serving.redis_state import redacted, unreachable
 
     if store.kind == "local":
         local = LocalRedis(
@@ -196,44 +196,13 @@ def open_stream_state(
         raise ConfigError(f"streaming state: the Redis URL ({store.source}) is not a valid "
                           "redis://[:PASSWORD@]HOST:PORT/DB URL") from None  # fmt: skip
     # A cluster's replicas may reach a name this machine cannot resolve: left to them there.
-    reason = redis_unreachable(store.url) if check else None
+    reason = unreachable(store.url) if check else None
     if reason:
         raise RedisStartError(
             f"no Redis answers at {where} ({store.source}): {reason}; start it, fix the URL, "
             "or pass --stream-store memory"
         )
     return replace(store, where=where), None
-
-
-def redis_unreachable(url: str, timeout_s: float = 3.0) -> str | None:
-    """Why the Redis at ``url`` does not answer a PING now (never with its password), or
-    None."""
-    from urllib.parse import urlsplit
-
-    import redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
-
-    client = None
-    try:
-        client = redis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),  # one answer now, not redis-py's retries
-        )
-        client.ping()
-    except (redis.RedisError, OSError, ValueError) as exc:
-        text = str(exc).strip()
-        password = urlsplit(url).password
-        if password:
-            text = text.replace(password, "***")
-        first = text.splitlines()[0] if text else ""
-        return f"{type(exc).__name__}: {first}".rstrip(": ")
-    finally:
-        if client is not None:
-            client.close()
-    return None
 
 
 DIRECT_PORTS = 64
@@ -327,11 +296,7 @@ def _connect_ray(direct_port: int | None = None, high_throughput: bool = False) 
             ray.init(address=address, runtime_env=runtime_env, **ray_init_options())
         except ConnectionError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no answer"
-            raise ClusterUnreachable(
-                f"no Ray cluster answers at RAY_ADDRESS={address} ({first}); start one there "
-                "(`ray start --head`), fix the address, or unset RAY_ADDRESS to let this "
-                "command start a local cluster"
-            ) from None
+            raise ClusterUnreachable.at(address, first) from None
         return None
     # A cluster of our own: Ray's control ports (the GCS, raylet and workers listen on every
     # interface in Ray 2.60) answer only calls that carry the cluster's token (Ray's token
@@ -417,8 +382,7 @@ def serve_command(cli: argparse.Namespace) -> int:
     try:
         raw = load_serve_config(cli.config)
         app = raw["applications"][0]
-        args = app_args(app, cli)
-        config = serving_config(args)
+        config = serving_config(app_args(app, cli))
         http = {**(raw.get("http_options") or {})}
         if cli.host:
             http["host"] = cli.host
@@ -451,7 +415,7 @@ def serve_command(cli: argparse.Namespace) -> int:
     try:
         store = stream_state(config.streaming, cli, shared)
         if store.url is not None:  # checked as the replicas will take it
-            config = serving_config({**args, "redis_url": store.url})
+            config = config.with_redis(store.url)
         store, local = open_stream_state(store, config.streaming, check=not shared)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -461,7 +425,7 @@ def serve_command(cli: argparse.Namespace) -> int:
         return 1
     try:
         if local is not None:  # the replicas connect to the server started here
-            config = serving_config({**args, "redis_url": local.url})
+            config = config.with_redis(local.url)
         print(f"streaming state: {store.describe()}", flush=True)
         return _serve(cli, app, config, http, shared, direct)
     finally:

@@ -242,6 +242,12 @@ class ServingConfig:
     rollout: Rollout = field(default_factory=Rollout)
     access: Access = field(default_factory=Access)
 
+    def with_redis(self, url: str) -> ServingConfig:
+        """This config with its streaming state in the Redis at ``url`` (validated as the
+        replicas will take it)."""
+        streaming = dataclasses.replace(self.streaming, stream_store="redis", redis_url=url)
+        return dataclasses.replace(self, streaming=streaming)
+
     @property
     def challenger(self) -> ModelRef | None:
         """The challenger's reference (same store and name, its own alias), if one is set."""

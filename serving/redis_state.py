@@ -62,10 +62,37 @@ def redacted(url: str) -> str:
     return f"{parts.hostname}:{parts.port or 6379}{parts.path or ''}"
 
 
+def unreachable(url: str, timeout_s: float = 3.0) -> str | None:
+    """Why the Redis at ``url`` does not answer a PING now (never with its password), or
+    None."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    client = None
+    try:
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),  # one answer now, not redis-py's retries
+        )
+        client.ping()
+    except (redis.RedisError, OSError, ValueError) as exc:
+        text = str(exc).strip()
+        password = urlsplit(url).password
+        if password:
+            text = text.replace(password, "***")
+        first = text.splitlines()[0] if text else ""
+        return f"{type(exc).__name__}: {first}".rstrip(": ")
+    finally:
+        if client is not None:
+            client.close()
+    return None
+
+
 class RedisStateStore:
     """The state of every entity, in the Redis at ``url`` (see the module docstring)."""
-
-    kind = "redis"
 
     def __init__(self, url: str, ttl_s: float, *, timeout_s: float = 2.0) -> None:
         import redis
@@ -95,8 +122,9 @@ class RedisStateStore:
         return f"{PREFIX}s:{entity}"
 
     def get(self, entity: str) -> tuple[EntityState | None, str | None]:
-        """(state, None) or (None, why it is gone: ``ttl_expired``, ``evicted``, or None for
-        an entity this store never held, or whose marker is gone too)."""
+        """(state, None) or (None, why it is gone: ``ttl_expired``, ``evicted``,
+        ``unreadable_state``, or None for an entity not written within the remembered
+        span)."""
         pipe = self.client.pipeline(transaction=False)
         pipe.hget(self._key(entity), "state")
         pipe.zscore(TOUCHED, entity)

@@ -22,10 +22,49 @@ from ray.serve.metrics import Counter, Gauge
 from serving.config import ServingConfig, apply_user_config
 from serving.holder import follow_alias, short_gil_switch
 from serving.http_edge import jsonable
+from serving.redis_state import StateStoreUnavailable
 from serving.registry import LoadedModel, load_model
 from serving.schemas import StreamRequest
 from serving.stream_state import StateStore
-from serving.streaming import StreamingScorer, StreamOrderError
+from serving.streaming import StateConflict, StreamingScorer, StreamOrderError
+
+
+def stream_calls() -> Counter:
+    """The ``seqops_stream_calls`` metric, wherever stream calls are answered."""
+    return Counter("seqops_stream_calls", "Streaming calls by state status", ("status",))
+
+
+def answer_stream(
+    streamer: StreamingScorer,
+    model: LoadedModel,
+    entity_id: str,
+    request: StreamRequest,
+    replica: str,
+    calls: Counter,
+) -> dict[str, Any]:
+    """One stream call's reply (the model that scored and the score with its state), or an
+    error as ``{"status", "error", "field"}`` for the ingress to send: 422 for events out of
+    order, 409 when concurrent calls for the entity kept winning, 503 when the shared store
+    does not answer. Both designs answer through here: ``StreamHolder`` (memory) and
+    ``ScoringAPI`` itself (Redis)."""
+    try:
+        result = streamer.update(
+            entity_id,
+            request.events,
+            history=request.history,
+            expect_events_seen=request.expect_events_seen,
+            reset=request.reset,
+        )
+    except StreamOrderError as exc:
+        return {"status": 422, "error": str(exc), "field": f"events[{exc.index}].{exc.column}"}
+    except StateConflict as exc:
+        return {"status": 409, "error": str(exc), "field": "path.entity_id"}
+    except StateStoreUnavailable as exc:
+        return {"status": 503, "error": f"{exc}; retry later", "field": None}
+    result["state"]["replica"] = replica
+    calls.inc(tags={"status": result["state"]["status"]})
+    header = {**model.describe(), "task": model.scorer.config.task}
+    return {"model": header, "score": {k: jsonable(v) for k, v in result.items()}}
 
 
 @serve.deployment
@@ -45,7 +84,7 @@ class StreamHolder:
             self.replica = serve.get_replica_context().replica_id.unique_id
         except Exception:  # constructed outside Serve (a test)
             self.replica = "local"
-        self.calls = Counter("seqops_stream_calls", "Streaming calls by state status", ("status",))
+        self.calls = stream_calls()
         self.entities = Gauge("seqops_stream_entities", "Entities with state on this replica")
         self._stop = follow_alias(
             "StreamHolder",
@@ -71,22 +110,11 @@ class StreamHolder:
 
     def _update(self, entity_id: str, request: StreamRequest) -> dict[str, Any]:
         with self._lock:
-            model, streamer = self.model, self.streamer
-            try:
-                result = streamer.update(
-                    entity_id,
-                    request.events,
-                    history=request.history,
-                    expect_events_seen=request.expect_events_seen,
-                    reset=request.reset,
-                )
-            except StreamOrderError as exc:
-                return {"error": str(exc), "field": f"events[{exc.index}].{exc.column}"}
-        result["state"]["replica"] = self.replica
-        self.calls.inc(tags={"status": result["state"]["status"]})
+            reply = answer_stream(
+                self.streamer, self.model, entity_id, request, self.replica, self.calls
+            )
         self.entities.set(len(self.store))
-        header = {**model.describe(), "task": model.scorer.config.task}
-        return {"model": header, "score": {k: jsonable(v) for k, v in result.items()}}
+        return reply
 
     def info(self) -> dict[str, Any]:
         store = self.store

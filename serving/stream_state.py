@@ -79,8 +79,6 @@ class StateStore:
                 return None, self._gone.get(entity)
             return state, None
 
-    kind = "memory"
-
     def put(self, entity: str, state: EntityState, expected: int | None = None) -> bool:
         """Keep ``state`` if the entity still holds ``expected`` events (None: no state), as
         the shared store does (``serving.redis_state``); False when another call wrote first."""

@@ -50,9 +50,7 @@ from seqmodels.stepping import (
     to_numpy_state,
     to_torch_state,
 )
-from serving.stream_state import EntityState, StateStore
-
-__all__ = ["StateConflict", "StateStore", "StreamingScorer", "StreamOrderError"]
+from serving.stream_state import EntityState
 
 UNLIMITED_WINDOW = 2**62
 """``window_len`` that keeps every event: how a recurrent model reads a whole history."""
@@ -73,8 +71,6 @@ class StateConflict(RuntimeError):
 class StateStoreLike(Protocol):
     """What :class:`StreamingScorer` needs of a store: :class:`StateStore` (one replica's
     memory) or ``serving.redis_state.RedisStateStore`` (shared by every replica)."""
-
-    kind: str
 
     def get(self, entity: str) -> tuple[EntityState | None, str | None]: ...
 
@@ -175,7 +171,7 @@ class StreamingScorer:
         """One read and score: (the reply, the state to write, the count read)."""
         state, reason = self.store.get(entity)
         expected = state.events_seen if state is not None else None
-        before = state.events_seen if state is not None else 0
+        before = expected or 0
         if state is not None and state.model_version != self.version:
             state, reason = None, "model_changed"
         if reset:

@@ -104,7 +104,8 @@ def _stream(base: str, entity: str, table: pa.Table, **extra) -> requests.Respon
 
 
 def _reference(registry: dict, history: pa.Table) -> dict:
-    from serving.streaming import StateStore, StreamingScorer
+    from serving.stream_state import StateStore
+    from serving.streaming import StreamingScorer
 
     streamer = StreamingScorer(registry["scorer"], "ref", StateStore(1, 1))
     return streamer.reference(history).iloc[0].to_dict()

@@ -15,7 +15,8 @@ from pipelines.train import model_config
 from seqcore.manifest import load_manifest
 from seqcore.scorer import SequenceScorer
 from seqmodels import build_model
-from serving.streaming import StateStore, StreamingScorer, StreamOrderError
+from serving.stream_state import StateStore
+from serving.streaming import StreamingScorer, StreamOrderError
 from tests.conftest import tiny_params
 
 ENTITY = "account_id"
