@@ -25,6 +25,7 @@ from pipelines.params.data import DataConfig, GenerateConfig
 from pipelines.params.gate import EvaluateConfig, RegisterConfig
 from pipelines.params.shard import BucketConfig, ShardConfig, SplitConfig, WindowConfig
 from pipelines.params.train import TrainConfig, check_attention_memory, train_from_dict
+from pipelines.params.tune import TuneConfig
 from seqcore.config import ConfigError, build, fail, only_keys
 from seqcore.features import FeatureConfig
 from seqcore.schema import SchemaConfig
@@ -42,6 +43,8 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     register: RegisterConfig = field(default_factory=RegisterConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+    """``seqops tune``'s search; no stage of dvc.yaml reads it."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Sections owned by later stages (train, evaluate, ...), kept raw until they are typed."""
 
@@ -72,7 +75,8 @@ def params_from_dict(raw: Mapping[str, Any]) -> Params:
     train = train_from_dict(raw.get("train"))
     evaluate = build(EvaluateConfig, "evaluate", raw.get("evaluate"))
     register = build(RegisterConfig, "register", raw.get("register"))
-    known = {"seed", "data", "validate", "shard", "train", "evaluate", "register"}
+    tune = build(TuneConfig, "tune", raw.get("tune"))
+    known = {"seed", "data", "validate", "shard", "train", "evaluate", "register", "tune"}
     extra = {k: v for k, v in raw.items() if k not in known}
     seed = raw.get("seed", 7)
     if not isinstance(seed, int) or isinstance(seed, bool):
@@ -85,6 +89,7 @@ def params_from_dict(raw: Mapping[str, Any]) -> Params:
         train=train,
         evaluate=evaluate,
         register=register,
+        tune=tune,
         extra=extra,
     )
     check_across_sections(params)
@@ -127,6 +132,13 @@ def check_across_sections(params: Params) -> None:
             "part files; raise shard.max_workers or lower train.num_workers",
         )
     check_attention_memory(params.train, params.shard.window.window_len)
+    ranked = {"classify": "val_accuracy", "next_event": "val_top1", "forecast": "val_mae"}[task]
+    if params.tune.metric not in ("val_loss", ranked):
+        raise fail(
+            "tune.metric",
+            params.tune.metric,
+            f"train.task={task} reports val_loss and {ranked} on the validation split",
+        )
     split = params.shard.split
     if split.method == "column" and split.column in schema.source_columns:
         raise fail(

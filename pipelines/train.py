@@ -207,7 +207,9 @@ def _budget(params: Params, train_bounds: np.ndarray, widest: int) -> tuple[int,
     return budget, f"auto: {rule}"
 
 
-def _init_ray(params: Params) -> dict[str, float]:
+def init_ray(params: Params) -> dict[str, float]:
+    """Join ``RAY_ADDRESS`` (checked first: one line when nothing answers) or start a local
+    cluster sized for ``train.num_workers``; returns the cluster's resources."""
     import ray
 
     if not ray.is_initialized():
@@ -315,19 +317,9 @@ def _log_model(
     return str(info.model_uri)
 
 
-def run(
-    params: Params,
-    shards: Path,
-    validated: Path,
-    report_path: Path | None,
-    root: Path = Path("."),
-    model_dir: Path | None = None,
-) -> dict[str, Any]:
-    """Train one model; returns the summary also written to ``report_path``."""
-    from mlflow.tracking import MlflowClient
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
+def prepare(params: Params, shards: Path) -> tuple[Manifest, ModelConfig, Plan]:
+    """The shards' manifest, the model config and the plan of one training, every check that
+    can fail done before Ray starts."""
     t = params.train
     manifest = load_manifest(shards)
     if t.num_workers > manifest.max_workers:
@@ -349,9 +341,112 @@ def run(
     )  # fmt: skip
     if planned.unlabeled and t.task == "classify":
         log.info("classify leaves out the examples without a label: %s", planned.unlabeled)
-    resources = _init_ray(params)
+    return manifest, config, planned
+
+
+def wants_gpu(params: Params, resources: dict[str, float]) -> bool:
+    """``train.use_gpu`` resolved against the cluster's resources."""
+    t = params.train
     gpus = resources.get("GPU", 0) >= t.num_workers
-    use_gpu = t.use_gpu == "always" or (t.use_gpu == "auto" and gpus)
+    return t.use_gpu == "always" or (t.use_gpu == "auto" and gpus)
+
+
+def log_params(
+    client: Any, run_id: str, params: Params, config: ModelConfig, planned: Plan
+) -> None:
+    """The run's params: seed, train and shard sections, the model config, the resolved plan."""
+    from mlflow.entities import Param
+
+    flat = flatten(
+        "", to_jsonable({"seed": params.seed, "train": params.train, "shard": params.shard})
+    )
+    flat.update(flatten("model", config.to_dict()))
+    flat["train.max_tokens_resolved"] = str(planned.max_tokens)
+    flat["train.passes_per_epoch"] = str(planned.passes_per_epoch)
+    for split, n in (planned.unlabeled or {}).items():
+        flat[f"unlabeled_examples.{split}"] = str(n)
+    items = [Param(k, v) for k, v in sorted(flat.items())]
+    for i in range(0, len(items), 90):  # MLflow's log_batch takes at most 100 params
+        client.log_batch(run_id, params=items[i : i + 90])
+
+
+def storage_root(params: Params, root: Path) -> Path:
+    """Where Ray Train (and Tune) keep checkpoints: ``train.storage_path`` or .ray_results."""
+    t = params.train
+    return Path(t.storage_path) if t.storage_path else (root / ".ray_results").resolve()
+
+
+def loop_config(
+    params: Params, shards: Path, config: ModelConfig, planned: Plan, uri: str, run_id: str
+) -> dict[str, Any]:
+    """What ``train_loop_per_worker`` reads: everything a worker needs, JSON-safe."""
+    t = params.train
+    return {
+        "shards": str(shards.resolve()),
+        "model": config.to_dict(),
+        "seed": params.seed,
+        "epochs": t.epochs,
+        "lr": t.lr,
+        "weight_decay": t.weight_decay,
+        "warmup_fraction": t.warmup_fraction,
+        "grad_clip": t.grad_clip,
+        "max_tokens": planned.max_tokens,
+        "passes": planned.passes_per_epoch,
+        "patience": t.patience,
+        "threads": t.cpus_per_worker,
+        "amp": t.amp,
+        "tracking_uri": uri,
+        "run_id": run_id,
+        "inject_failure": os.environ.get(FAIL_ENV),
+    }
+
+
+def make_trainer(
+    params: Params,
+    config: dict[str, Any],
+    *,
+    use_gpu: bool,
+    storage: Path,
+    name: str,
+) -> Any:
+    """A ``TorchTrainer`` over ``train_loop_per_worker``: gloo on CPUs, NCCL on GPUs, retried
+    from the latest epoch checkpoint after a worker failure."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    t = params.train
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config,
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=t.num_workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(storage),
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+
+
+def run(
+    params: Params,
+    shards: Path,
+    validated: Path,
+    report_path: Path | None,
+    root: Path = Path("."),
+    model_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Train one model; returns the summary also written to ``report_path``."""
+    from mlflow.tracking import MlflowClient
+
+    t = params.train
+    manifest, config, planned = prepare(params, shards)
+    use_gpu = wants_gpu(params, init_ray(params))
 
     configure(root)
     uri = tracking_uri(root)
@@ -366,56 +461,16 @@ def run(
     )
     run_id = mlflow_run.info.run_id
     try:
-        flat = flatten(
-            "", to_jsonable({"seed": params.seed, "train": params.train, "shard": params.shard})
-        )
-        flat.update(flatten("model", config.to_dict()))
-        flat["train.max_tokens_resolved"] = str(planned.max_tokens)
-        flat["train.passes_per_epoch"] = str(planned.passes_per_epoch)
-        for split, n in (planned.unlabeled or {}).items():
-            flat[f"unlabeled_examples.{split}"] = str(n)
-        from mlflow.entities import Param
-
-        items = [Param(k, v) for k, v in sorted(flat.items())]
-        for i in range(0, len(items), 90):
-            client.log_batch(run_id, params=items[i : i + 90])
+        log_params(client, run_id, params, config, planned)
         _log_dataset(run_id, shards, manifest)
 
-        storage = Path(t.storage_path) if t.storage_path else (root / ".ray_results").resolve()
-        loop_config = {
-            "shards": str(shards.resolve()),
-            "model": config.to_dict(),
-            "seed": params.seed,
-            "epochs": t.epochs,
-            "lr": t.lr,
-            "weight_decay": t.weight_decay,
-            "warmup_fraction": t.warmup_fraction,
-            "grad_clip": t.grad_clip,
-            "max_tokens": planned.max_tokens,
-            "passes": planned.passes_per_epoch,
-            "patience": t.patience,
-            "threads": t.cpus_per_worker,
-            "amp": t.amp,
-            "tracking_uri": uri,
-            "run_id": run_id,
-            "inject_failure": os.environ.get(FAIL_ENV),
-        }
-
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config=loop_config,
-            torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-            scaling_config=ScalingConfig(
-                num_workers=t.num_workers,
-                use_gpu=use_gpu,
-                resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
-            ),
-            run_config=RunConfig(
-                name=f"seqops-{run_id}",
-                storage_path=str(storage),
-                failure_config=FailureConfig(max_failures=t.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=2),
-            ),
+        storage = storage_root(params, root)
+        trainer = make_trainer(
+            params,
+            loop_config(params, shards, config, planned, uri, run_id),
+            use_gpu=use_gpu,
+            storage=storage,
+            name=f"seqops-{run_id}",
         )
         log.info(
             "%d workers on %s, up to %d epochs (early stopping after %d without improvement); "

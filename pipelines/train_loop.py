@@ -170,13 +170,44 @@ def train_metric(task: str) -> str:
 
 
 def train_loop_per_worker(cfg: dict[str, Any]) -> None:
+    """One DDP rank of a Ray Train run (the train stage)."""
     import ray.train
     import ray.train.torch
 
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    fit(
+        cfg,
+        rank=ctx.get_world_rank(),
+        world=ctx.get_world_size(),
+        device=ray.train.torch.get_device(),
+        session=ray.train,
+        prepare_model=ray.train.torch.prepare_model,
+    )
+
+
+def tune_trial_loop(cfg: dict[str, Any]) -> None:
+    """A whole training in one process: a Ray Tune trial (``seqops tune``). Tune holds the
+    trial's CPUs, and stopping the trial ends this process and all it holds, which a trial
+    driving its own Ray Train run cannot promise (its workers' placement group outlives a
+    stopped trial in Ray 2.60)."""
+    import ray.tune
+
+    device = torch.device("cuda" if cfg.get("use_gpu") and torch.cuda.is_available() else "cpu")
+    fit(cfg, rank=0, world=1, device=device, session=ray.tune, prepare_model=None)
+
+
+def fit(
+    cfg: dict[str, Any],
+    *,
+    rank: int,
+    world: int,
+    device: torch.device,
+    session: Any,
+    prepare_model: Any,
+) -> None:
+    """The training loop; ``session`` is ``ray.train`` or ``ray.tune`` (the same ``report``,
+    ``get_checkpoint`` and ``Checkpoint``)."""
     torch.set_num_threads(int(cfg["threads"]))
-    device = ray.train.torch.get_device()
     amp = device.type == "cuda" and cfg["amp"] == "bf16"
     torch.manual_seed(int(cfg["seed"]))
 
@@ -185,7 +216,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     train = ShardData(cfg["shards"], "train", rank, world, labelled_only)
     val = ShardData(cfg["shards"], "val", rank, world, labelled_only)
     core = build_model(config)
-    model = ray.train.torch.prepare_model(core) if world > 1 else core.to(device)
+    model = prepare_model(core) if world > 1 else core.to(device)
     core = core.to(device)  # prepare_model moved it in place; DDP wraps the same module
     optimizer = torch.optim.AdamW(core.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     sampler = TokenBudgetBatchSampler(
@@ -199,7 +230,7 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
     )
     state = {"epoch": -1, "best": math.inf, "best_epoch": -1, "bad_epochs": 0}
 
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = session.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as ckpt:
             ckpt_dir = Path(ckpt)
@@ -264,12 +295,13 @@ def train_loop_per_worker(cfg: dict[str, Any]) -> None:
             best_val_loss=state["best"],
             stopped_early=float(stop and epoch < int(cfg["epochs"]) - 1),
         )
-        _report(metrics, state, core, optimizer, scheduler, best_dir, rank, logger)
+        _report(session, metrics, state, core, optimizer, scheduler, best_dir, rank, logger)
         if stop:
             break
 
 
 def _report(
+    session: Any,
     metrics: dict,
     state: dict,
     core: SequenceModel,
@@ -279,10 +311,8 @@ def _report(
     rank: int,
     logger: Any,
 ) -> None:
-    import ray.train
-
     if rank != 0:
-        ray.train.report(metrics, checkpoint=None)
+        session.report(metrics, checkpoint=None)
         return
     logger.log(metrics)
     with tempfile.TemporaryDirectory(prefix="seqops-ckpt-") as tmp:
@@ -292,7 +322,7 @@ def _report(
         torch.save(optimizer.state_dict(), out / "optimizer.pt")
         torch.save(scheduler.state_dict(), out / "scheduler.pt")
         (out / "state.json").write_text(json.dumps(state))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        session.report(metrics, checkpoint=session.Checkpoint.from_directory(tmp))
 
 
 class _MlflowLogger:

@@ -2,6 +2,7 @@
 
     seqops --version
     seqops run STAGE [ARGS]     a pipeline stage, as dvc.yaml runs it (python -m pipelines.STAGE)
+    seqops tune [ARGS]          hyperparameter search on Ray Tune; writes the best train params
     seqops serve [ARGS]         online scoring over HTTP (python -m serving.cli serve)
     seqops score [ARGS]         batch scoring of a Parquet dataset (python -m serving.batch)
     seqops registry ACTION      review and promote registered versions (list, compare, promote,
@@ -51,6 +52,15 @@ def run(stage: str, args: Sequence[str]) -> None:
     """Run one pipeline stage (its arguments: seqops run STAGE --help)."""
     module = importlib.import_module(f"pipelines.{stage}")
     sys.exit(module.main(_args(args)))
+
+
+@cli.command(context_settings=PASS_THROUGH, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def tune(args: Sequence[str]) -> None:
+    """Search train params on Ray Tune over the shards (seqops tune --help)."""
+    from pipelines.tune import main as tune_main
+
+    sys.exit(tune_main(_args(args)))
 
 
 @cli.command(context_settings=PASS_THROUGH, add_help_option=False)
