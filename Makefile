@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup pipeline test test-unit lint format typecheck bench clean
+.PHONY: help setup pipeline test test-unit test-matrix lint format typecheck bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-12s %s\n", $$1, $$2}'
@@ -22,6 +22,9 @@ test: setup ## Set up, then run lint, the import-layer contracts and the whole t
 
 test-unit: setup ## Only the fast unit tests (no Ray, no dvc repro)
 	$(BIN)/python -m pytest tests/unit
+
+test-matrix: setup ## The conformance matrix: one user-table difference per case, each through dvc repro (~10 min)
+	$(BIN)/python -m pytest -m matrix tests/integration/test_conformance.py
 
 lint: setup ## ruff lint and format check, and the import-layer contracts
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports

@@ -8,6 +8,11 @@ keys, no label at all for the per-step tasks, an official split column, very lon
 The tables are small and the model tiny: the matrix checks that every shape gets through
 every stage, not what it learns. Stages run as a user runs them (`dvc repro` in a copy of the
 repository) on the session's Ray cluster (``RAY_ADDRESS``), so no case pays a cluster start.
+
+The default suite runs three cases: one table that differs in four ways at once (string
+labels, integer keys, no sequence number, no categorical column), a per-step task with no
+label, and sequences of thousands of events. The one-difference-per-case matrix, which says
+which difference broke when one does, runs with ``make test-matrix`` (marker ``matrix``).
 """
 
 from __future__ import annotations
@@ -49,7 +54,25 @@ class Case:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-CASES = [
+DEFAULT_CASES = [
+    Case(
+        "combined-shapes",
+        labels=("churned", "stayed", "upgraded"),
+        int_keys=True,
+        seq=False,
+        numeric=("x", "y"),
+        categorical=(),
+    ),
+    Case("next-event-no-label", task="next_event", labels=None),
+    Case(
+        "long-sequences",
+        entities=10,
+        length=(2000, 2600),
+        params={"shard": {"window": {"policy": "full", "max_len": 4096}}},
+    ),
+]
+
+MATRIX = [
     Case("string-labels", labels=("churned", "stayed", "upgraded")),
     Case("boolean-labels", labels=(False, True)),
     Case("numeric-only", numeric=("x", "y", "z"), categorical=()),
@@ -148,7 +171,13 @@ def _replace_params(repo: Path) -> None:
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+CASES = [
+    *(pytest.param(c, id=c.name) for c in DEFAULT_CASES),
+    *(pytest.param(c, id=f"matrix-{c.name}", marks=pytest.mark.matrix) for c in MATRIX),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_table_shape_goes_from_events_to_a_registered_model_that_scores(
     case, repo_copy, ray_cluster, monkeypatch
 ):
