@@ -30,7 +30,7 @@ from typing import Any, Literal, TypeVar, get_args
 Architecture = Literal["lstm", "gru", "transformer", "tcn"]
 Task = Literal["classify", "next_event", "forecast"]
 Pooling = Literal["last", "mean"]
-Positions = Literal["learned", "sinusoidal"]
+Positions = Literal["learned", "sinusoidal", "rotary"]
 ForecastLoss = Literal["huber", "mse"]
 
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
@@ -110,7 +110,9 @@ class ModelSpec:
     ffn_size: int = 128
     """Transformer feed-forward width."""
     positions: Positions = "learned"
-    """Transformer position encoding: ``learned`` | ``sinusoidal``."""
+    """Transformer position encoding: ``learned`` | ``sinusoidal`` (both added to the input, up
+    to ``max_len`` steps) | ``rotary`` (RoPE in every layer; no length limit; needs an even
+    ``hidden_size / num_heads``)."""
     causal: bool | None = None
     """Transformer/TCN read only earlier steps; null = transformer causal for per-step tasks,
     else not; TCN always causal. false is for classify only (the RNNs are always causal)."""
@@ -147,6 +149,15 @@ class ModelSpec:
             raise _fail("causal", self.causal, "expected true, false or null")
         if self.architecture == "transformer" and self.hidden_size % self.num_heads:
             raise _fail("num_heads", self.num_heads, f"must divide hidden_size={self.hidden_size}")
+        head_dim = self.hidden_size // self.num_heads
+        if self.architecture == "transformer" and self.positions == "rotary" and head_dim % 2:
+            # RoPE turns pairs of channels of each head; an odd head size leaves one unpaired.
+            raise _fail(
+                "num_heads",
+                self.num_heads,
+                f"positions: rotary needs an even head size (model.hidden_size / "
+                f"model.num_heads), got {self.hidden_size} / {self.num_heads} = {head_dim}",
+            )
         if self.architecture not in BIDIRECTIONAL and self.causal is False:
             raise _fail(
                 "causal",
@@ -251,7 +262,8 @@ class ModelConfig(ModelSpec):
     n_numeric: int
     """Numeric features per step (the shard's ``features.numeric_order``, time delta included)."""
     max_len: int = 256
-    """Transformer positions: the longest padded length T it accepts."""
+    """Transformer positions: the longest padded length T it accepts (learned and sinusoidal
+    positions; rotary has no limit)."""
     num_classes: int = 2
     """classify: number of classes."""
     next_event_vocab: int | None = None

@@ -29,9 +29,12 @@ AUTO_MAX_TOKENS = 8192
 """The budget ``max_tokens: auto`` keeps wherever the data is large enough: the fixed default
 it replaced, so training on the default data is unchanged."""
 
-ATTENTION_BYTES_PER_SCORE = 16
-"""Training memory per attention score per layer (scores, softmax, dropout mask and their
-gradients; 14-17 bytes measured on CPU: benchmarks/README.md, "Small and long data")."""
+ATTENTION_BYTES_PER_TOKEN_CHANNEL = 96
+"""Training memory of a transformer's attention per token, per hidden channel, per layer: the
+projected queries, keys and values, their rotated copies (rotary positions), the output and
+the gradients of each in backward. SDPA's fused kernels never hold the (T, T) scores, so this
+is all that grows with the window: 45 (learned positions) to 85 (rotary) bytes measured on
+CPU, rounded up (benchmarks/README.md, "Long context")."""
 
 
 def _model_error(key: str, exc: ModelConfigError) -> ConfigError:
@@ -99,8 +102,9 @@ class TrainConfig:
     default keeps one pass per epoch on the default data (133k tokens); 1 = always one pass."""
     max_attention_gib: float = 4.0
     """Transformer only: the most training memory its attention may need per worker
-    (estimated: batch rows x window^2 x heads x layers x 16 bytes). A window whose single
-    example exceeds it is refused before training; an auto budget is lowered to fit."""
+    (estimated: batch rows x window x hidden_size x layers x 96 bytes; linear in the window,
+    as SDPA's fused kernels never hold the scores). A window whose single example exceeds it
+    is refused before training; an auto budget is lowered to fit."""
     patience: int = 3
     """Early stopping: epochs without improvement of the validation loss before stopping."""
     num_workers: int = 2
@@ -165,21 +169,23 @@ class TrainConfig:
 
 def attention_gib(spec: ModelSpec, widths: Iterable[int], max_tokens: int) -> float:
     """A transformer's estimated attention memory in training, GiB per worker: the largest
-    over ``widths`` (padded lengths a batch may have) of rows x width^2 x heads x layers x
-    ``ATTENTION_BYTES_PER_SCORE``, with rows = ``max(1, max_tokens // width)`` as the batch
-    sampler makes them. 0 for the recurrent encoders."""
+    over ``widths`` (padded lengths a batch may have) of rows x width x hidden_size x layers x
+    ``ATTENTION_BYTES_PER_TOKEN_CHANNEL``, with rows = ``max(1, max_tokens // width)`` as the
+    batch sampler makes them. Linear in the window: the attention runs in SDPA's fused
+    kernels, which compute the scores block by block. 0 for the other encoders."""
     if spec.architecture != "transformer":
         return 0.0
-    widest = max((max(1, max_tokens // w) * w * w for w in map(int, widths)), default=0)
-    return widest * spec.num_heads * spec.num_layers * ATTENTION_BYTES_PER_SCORE / 1024**3
+    tokens = max((max(1, max_tokens // w) * w for w in map(int, widths)), default=0)
+    per_token = spec.hidden_size * spec.num_layers * ATTENTION_BYTES_PER_TOKEN_CHANNEL
+    return tokens * per_token / 1024**3
 
 
 def check_attention_memory(train: TrainConfig, window_len: int) -> None:
     """Refuse a transformer whose attention over one window of ``window_len`` events (the
-    least any batch of the widest bucket holds) would need more than ``max_attention_gib``:
-    it grows with the square of the window (a window of 5000 events is about 3 GiB with the
-    default 4 heads and 2 layers, and 7-15 s a step on one CPU core against 0.15 s for the
-    LSTM)."""
+    least any batch of the widest bucket holds) would need more than ``max_attention_gib``.
+    The need grows linearly with the window (about 60 MiB at 5,000 events with the default
+    64 channels and 2 layers), so this only stops windows of hundreds of thousands of
+    events; the time of a step still grows with the square of the window."""
     need = attention_gib(train.model, [window_len], 1)
     if need > train.max_attention_gib:
         raise fail(
@@ -188,7 +194,8 @@ def check_attention_memory(train: TrainConfig, window_len: int) -> None:
             f"attention over a window of {window_len} events needs about {need:.1f} GiB per "
             f"worker in training (train.max_attention_gib={train.max_attention_gib}); use "
             "lstm, gru or tcn for windows this long, shorten the window (shard.window.length or "
-            "max_len), use fewer heads or layers, or raise train.max_attention_gib",
+            "max_len), use a smaller hidden_size or fewer layers, or raise "
+            "train.max_attention_gib",
         )
 
 

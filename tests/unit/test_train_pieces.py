@@ -168,12 +168,13 @@ def test_a_transformer_window_whose_attention_is_absurd_is_refused():
     lstm = TrainConfig()
     transformer = lstm.with_model(architecture="transformer")
     assert attention_gib(lstm.model, [5000], 8192) == 0.0
-    # rows x width^2 x heads x layers x 16 bytes: 4 GiB for 2 rows of 4096 at 4 heads, 2 layers.
-    assert attention_gib(transformer.model, [4096, 256], 8192) == pytest.approx(4.0)
-    check_attention_memory(lstm, 100_000)
+    # rows x width x hidden x layers x 96 bytes: linear in the window (SDPA's fused kernels).
+    expected = 8192 * 64 * 2 * 96 / 1024**3
+    assert attention_gib(transformer.model, [4096, 256], 8192) == pytest.approx(expected)
+    check_attention_memory(lstm, 1_000_000)
     check_attention_memory(transformer, 5000)
     with pytest.raises(ConfigError, match="train.model.architecture.*lstm, gru or tcn"):
-        check_attention_memory(transformer, 8000)
+        check_attention_memory(transformer, 400_000)
 
 
 def _with_labels(tiny_pipeline, tmp_path, relabel):
