@@ -52,7 +52,17 @@ import yaml
 from seqcore.config import ConfigError
 from seqcore.progress import ray_init_options, ray_log_dir
 from seqcore.ray_connect import ClusterUnreachable, check_ray_address
-from serving.config import AUTH_MODES, REDIS_URL_ENV, STREAM_STORES, ServingConfig, Streaming
+from serving.config import (
+    AUTH_MODES,
+    REDIS_URL_ENV,
+    STREAM_STORES,
+    Batching,
+    Limits,
+    ServingConfig,
+    Streaming,
+    apply_user_config,
+    split_user_config,
+)
 from serving.redis_server import LocalRedis, RedisStartError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,10 +71,11 @@ HAPROXY_WRAPPER = REPO / "serving" / "haproxy_loopback.sh"
 ALLOCATOR_ENV = {"MALLOC_TRIM_THRESHOLD_": "131072", "MALLOC_MMAP_THRESHOLD_": "131072"}
 """glibc's allocator settings for a cluster's processes. By default glibc raises both
 thresholds after a large block is freed, and then keeps the freed pages: every oversize body
-Serve hands a replica (and its proxy reads) before the replica refuses it would raise resident
-memory for good. Fixed at glibc's initial values, large buffers are mapped and unmapped and
-the heap is trimmed: the replica returns to its level; Serve's proxy does only while it is
-fresh (benchmarks/README.md, "Hardening"). The Kubernetes manifests set the same variables."""
+Serve hands a replica before the replica refuses it would raise resident memory for good.
+Fixed at glibc's initial values, large buffers are mapped and unmapped and the heap is
+trimmed. (Serve's proxy is bounded otherwise: it reads no further than the ingress's
+``max_body_bytes``, ``serving.http_edge.ProxyBodyLimit``.) The Kubernetes manifests set the
+same variables."""
 
 
 def load_serve_config(path: str | Path) -> dict[str, Any]:
@@ -92,6 +103,13 @@ def deployment_options(app: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {
         d["name"]: {k: v for k, v in d.items() if k != "name"} for d in app.get("deployments") or []
     }
+
+
+def ingress_limits(app: dict[str, Any]) -> Limits:
+    """The request limits of the application's ingress (``ScoringAPI``'s ``user_config``)."""
+    user_config = deployment_options(app).get("ScoringAPI", {}).get("user_config")
+    limits, _ = split_user_config(user_config, Limits, Batching)
+    return apply_user_config(Limits(), limits)
 
 
 def app_args(app: dict[str, Any], cli: argparse.Namespace) -> dict[str, Any]:
@@ -280,10 +298,33 @@ def free_port(host: str, first: int, tries: int = 50) -> int:
     )
 
 
-def _connect_ray(direct_port: int | None = None, high_throughput: bool = False) -> str | None:
-    """Connect to ``RAY_ADDRESS`` or start a local cluster; returns the dashboard's URL when
-    this command started it."""
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+"""Ray's single-machine mode, its default on macOS and Windows: the node's address is
+127.0.0.1, and every process of the cluster binds its ports to loopback with it (the GCS,
+raylets and workers listen on 127.0.0.1 when the node's address is loopback; the dashboard and
+runtime-env agents and the metrics exporters do likewise). No other machine can join such a
+cluster, which a local one does not need."""
+
+
+def loopback_cluster() -> None:
+    """Make the cluster this process is about to start listen on loopback only."""
+    os.environ.update(LOOPBACK_ENV)  # for the cluster's processes
+    # Ray reads the switch when it is first imported, which load_serve_config has done here.
+    from ray._private import ray_constants
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+
+def _connect_ray(
+    direct_port: int | None = None,
+    high_throughput: bool = False,
+    max_body_bytes: int = Limits.max_body_bytes,
+) -> str | None:
+    """Connect to ``RAY_ADDRESS`` or start a local cluster, whose HTTP proxy reads no more of a
+    body than ``max_body_bytes``; returns the dashboard's URL when this command started it."""
     import ray
+
+    from serving.http_edge import proxy_env
 
     if ray.is_initialized():
         return None
@@ -298,12 +339,15 @@ def _connect_ray(direct_port: int | None = None, high_throughput: bool = False) 
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no answer"
             raise ClusterUnreachable.at(address, first) from None
         return None
-    # A cluster of our own: Ray's control ports (the GCS, raylet and workers listen on every
-    # interface in Ray 2.60) answer only calls that carry the cluster's token (Ray's token
-    # authentication; its default for local clusters since 2.59, made explicit here).
+    # A cluster of our own, on loopback only; its control ports also answer only calls that
+    # carry the cluster's token (Ray's token authentication; its default for local clusters
+    # since 2.59, made explicit here).
+    loopback_cluster()
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     for key, value in ALLOCATOR_ENV.items():
         os.environ.setdefault(key, value)
+    # Serve's proxy would otherwise read every oversize body whole, whatever the replica says.
+    os.environ.update(proxy_env(max_body_bytes))
     # The dashboard (whose Jobs API runs code) answers on loopback only, behind the token.
     dashboard: dict[str, Any] = {
         "include_dashboard": True,
@@ -448,7 +492,12 @@ def _serve(
     from serving.app import build_app
 
     try:
-        dashboard = _connect_ray(direct, cli.high_throughput)
+        max_body_bytes = ingress_limits(app).max_body_bytes
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        dashboard = _connect_ray(direct, cli.high_throughput, max_body_bytes)
     except (ClusterUnreachable, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

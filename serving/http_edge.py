@@ -12,7 +12,9 @@ kind, and timed, through Ray Serve's custom metrics (Ray docs, "Custom Metrics")
 import asyncio
 import ctypes
 import ctypes.util
+import json
 import logging
+import os
 import time
 from collections.abc import Awaitable
 from typing import Any
@@ -22,6 +24,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray.serve.metrics import Counter, Histogram
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.auth import AuthError
 from serving.schemas import MAX_ENTITY_CHARS, RequestError
@@ -179,3 +183,85 @@ class Replies:
             log.exception("%s failed", route)
             return self.send(route, 500, dict(INTERNAL_ERROR), started)
         return self.send(route, 200, body, started)
+
+
+PROXY_LIMIT_ENV = "SEQOPS_PROXY_MAX_BODY_BYTES"
+
+
+def proxy_env(limit: int) -> dict[str, str]:
+    """What a cluster's processes need for Serve's HTTP proxy to read no more of a body than
+    ``limit`` bytes (read when the proxy starts; see :class:`ProxyBodyLimit`)."""
+    return {
+        "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serving.http_edge:proxy_middlewares",
+        PROXY_LIMIT_ENV: str(limit),
+    }
+
+
+def proxy_middlewares() -> list[Middleware]:
+    """Serve's HTTP proxy callback (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``): the body
+    limit of ``SEQOPS_PROXY_MAX_BODY_BYTES``, none when it is unset."""
+    value = os.environ.get(PROXY_LIMIT_ENV, "").strip()
+    if not value:
+        return []
+    if not value.isdigit() or int(value) <= 0:
+        raise ValueError(f"{PROXY_LIMIT_ENV} must be a positive number of bytes, not {value!r}")
+    return [Middleware(ProxyBodyLimit, limit=int(value))]
+
+
+class ProxyBodyLimit:
+    """Bounds how much of a request body Serve's HTTP proxy reads ahead of the replica.
+
+    Serve's proxy reads a body as fast as the client sends it into an unbounded queue that the
+    replica pulls from, and goes on reading after the replica has refused the body at its own
+    limit (``max_body_bytes``) until the reply is out: megabytes held per oversize request, and
+    the batches the replica pulled beyond Ray's inline size pass through the object store,
+    whose shared pages then stay resident in the proxy. Here the proxy stops reading once a
+    body passes ``limit`` (at least the replica's ``max_body_bytes``): the replica has been
+    handed more than its limit by then and refuses it with its own 413, counted in its
+    metrics. Should no reply begin within ``grace_s`` (a replica allowing more than the proxy,
+    or another application), the proxy answers 413 itself and tells Serve the client has gone,
+    which cancels the replica's call."""
+
+    def __init__(self, app: ASGIApp, limit: int, grace_s: float = 2.0) -> None:
+        self.app, self.limit, self.grace_s = app, limit, grace_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        size, complete, refused = 0, False, False
+        replied = asyncio.Event()
+
+        async def bounded_receive() -> Message:
+            nonlocal size, complete, refused
+            if complete or size <= self.limit:
+                message = await receive()
+                if message["type"] == "http.request":
+                    size += len(message.get("body", b""))
+                    complete = not message.get("more_body", False)
+                return message
+            if not refused:
+                try:
+                    async with asyncio.timeout(self.grace_s):
+                        await replied.wait()
+                except TimeoutError:
+                    refused = True
+                    await self._refuse(send)
+            if not refused:  # the reply is under way; Serve cancels this wait once it is out
+                await asyncio.Event().wait()
+            return {"type": "http.disconnect"}
+
+        async def send_unless_refused(message: Message) -> None:
+            if refused:
+                return  # the client has this proxy's 413
+            replied.set()
+            await send(message)
+
+        await self.app(scope, bounded_receive, send_unless_refused)
+
+    async def _refuse(self, send: Send) -> None:
+        error = f"body exceeds the server's limit of {self.limit} bytes"
+        body = json.dumps({"error": error, "field": "body"}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

@@ -18,6 +18,7 @@ import yaml
 from pipelines.config import merge_params
 
 REPO = Path(__file__).resolve().parents[2]
+PROXY_MAX_BODY_BYTES = 200_000
 
 
 def _tracked_files() -> list[str]:
@@ -98,10 +99,13 @@ def ray_cluster():
     import ray
 
     from serving.cli import ALLOCATOR_ENV
+    from serving.http_edge import proxy_env
 
     if not ray.is_initialized():
-        # As the CLI's local cluster: its processes inherit these from this one.
-        for key, value in ALLOCATOR_ENV.items():
+        # As the CLI's local cluster: its processes inherit these from this one. The proxy
+        # reads no more of a body than the largest max_body_bytes of the applications the
+        # tests serve here (test_serving's).
+        for key, value in {**ALLOCATOR_ENV, **proxy_env(PROXY_MAX_BODY_BYTES)}.items():
             os.environ.setdefault(key, value)
         ray.init(
             num_cpus=2,

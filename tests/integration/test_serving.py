@@ -376,13 +376,38 @@ def test_cli_ingress_modes_refuse_a_running_cluster(registry, flag, variable):
 
 def _listeners() -> list[tuple[str, int]]:
     """(address, port) of every listening TCP socket on this machine, from ``ss -ltnH``."""
-    out = subprocess.run(["ss", "-ltnH"], check=True, capture_output=True, text=True).stdout
+    return [(host, port) for host, port, _ in _listening()]
+
+
+def _listening(of: int | None = None) -> list[tuple[str, int, str]]:
+    """(address, port, process) of every listening TCP socket, from ``ss -ltnpH``; with
+    ``of``, only those of that process and its descendants."""
+    import psutil
+
+    pids = None
+    if of is not None:
+        root = psutil.Process(of)
+        pids = {f"pid={p.pid}," for p in (root, *root.children(recursive=True))}
+    out = subprocess.run(["ss", "-ltnpH"], check=True, capture_output=True, text=True).stdout
     found = []
     for line in out.splitlines():
+        if pids is not None and not any(pid in line for pid in pids):
+            continue
         local = line.split()[3]
         host, _, port = local.rpartition(":")
-        found.append((host.strip("[]").removeprefix("::ffff:"), int(port)))
+        process = line.split('(("', 1)[1].split('"', 1)[0] if '(("' in line else ""
+        found.append((host.strip("[]").removeprefix("::ffff:"), int(port), process))
     return found
+
+
+def _assert_refused_without_ray_token(port: int) -> None:
+    import grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary("/ray.serve.ASGIService/HandleRequest")
+        with pytest.raises(grpc.RpcError) as refused:
+            call(b"", timeout=30)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, refused.value
 
 
 @pytest.mark.parametrize("ingress", ["--direct-ingress", "--high-throughput"])
@@ -458,6 +483,17 @@ def test_cli_serves_through_the_proxy_and_direct_ingress_alike(registry, events,
                 *range(direct, direct + DIRECT_PORTS)}  # fmt: skip
         exposed = [a for a in _listeners() if a[1] in ours and not a[0].startswith("127.")]
         assert not exposed, exposed
+        # So does every process of its cluster: the GCS, raylet, workers, Ray's agents and
+        # metrics exporters (Ray's single-machine mode, serving.cli.LOOPBACK_ENV).
+        # Ray 2.60 binds one port to every interface whatever the node's address: each Serve
+        # replica's inter-deployment gRPC server (ray/serve/_private/replica.py, "[::]:0"),
+        # which refuses calls without the cluster's token.
+        cluster = _listening(of=proc.pid)
+        assert len(cluster) > 8, cluster  # Ray's own, not only the command's
+        wide = [a for a in cluster if not a[0].startswith("127.")]
+        assert all(p.startswith("ray::ServeRepli") for _, _, p in wide), cluster
+        for _, wide_port, _ in wide:
+            _assert_refused_without_ray_token(wide_port)
         if ingress == "--high-throughput":  # HAProxy, not Serve's proxy, answers the port
             assert any("through HAProxy" in line for line in seen), "".join(seen)
             assert any(a == ("127.0.0.1", stats) for a in _listeners()), "no stats listener"
