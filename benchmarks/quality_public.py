@@ -457,6 +457,9 @@ def train_once(folder: Path, info: Mapping[str, Any], arch: str, train: dict[str
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
     raw = yaml.safe_load((folder / "params.yaml").read_text())
+    # The data sections are the set's (cached with its shards); the train section is today's
+    # params.yaml, so a run measures the current defaults, not those of the day the set was cached.
+    raw["train"] = yaml.safe_load(PARAMS.read_text())["train"]
     merge_params(raw, {"train": {**train, "storage_path": str(run_dir / "ray")}})
     params = run_dir / "params.yaml"
     params.write_text(yaml.safe_dump(raw, sort_keys=False))

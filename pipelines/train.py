@@ -38,6 +38,7 @@ from pipelines.config import Params
 from pipelines.params.train import (
     AUTO_MAX_TOKENS,
     attention_gib,
+    auto_patience,
     check_attention_memory,
     check_receptive_field,
 )
@@ -97,6 +98,8 @@ class Plan:
     """Optimizer steps per worker per pass over the training examples with that budget."""
     passes_per_epoch: int
     """Passes over the training examples per epoch (``train.min_epoch_tokens``)."""
+    patience: int
+    """Epochs without improvement before early stopping (``train.patience``, resolved)."""
     examples: dict[str, int]
     """Examples per split that train or validate (for classify: the labelled ones)."""
     unlabeled: dict[str, int] | None
@@ -165,6 +168,9 @@ def plan(params: Params, manifest: Manifest, shards: Path) -> Plan:
         rule=rule,
         steps_per_pass=steps,
         passes_per_epoch=max(1, math.ceil(t.min_epoch_tokens / max(1, int(lengths.sum())))),
+        patience=(
+            auto_patience(int(keep["val"].sum())) if t.patience == "auto" else int(t.patience)
+        ),
         examples={split: int(k.sum()) for split, k in keep.items()},
         unlabeled=unlabeled,
     )
@@ -185,19 +191,20 @@ def _budget(params: Params, train_bounds: np.ndarray, widest: int) -> tuple[int,
                 t.max_tokens, need, t.max_attention_gib,
             )  # fmt: skip
         return int(t.max_tokens), "given"
+    rows = max(1, min(t.min_batch_examples, len(train_bounds) // t.num_workers))
+    floor = rows * widest  # the floor auto_max_tokens applies: rows examples of the widest
     budget = auto_max_tokens(
         buckets, t.num_workers, target=AUTO_MAX_TOKENS, min_steps=t.min_steps_per_pass,
-        widest=widest,
+        widest=floor,
     )  # fmt: skip
-    floor = widest  # the floor auto_max_tokens applies
     if budget == AUTO_MAX_TOKENS:
         rule = f"the default, >= {t.min_steps_per_pass} steps per worker per pass"
     elif budget == floor:
-        rule = f"the widest bucket ({floor} events)"
+        rule = f"{rows} example(s) of the widest bucket ({widest} events)"
     else:
         rule = f"the largest budget giving >= {t.min_steps_per_pass} steps per worker per pass"
     if attention_gib(t.model, widths, budget) > t.max_attention_gib:
-        low, high = floor, budget  # the attention estimate grows with the budget
+        low, high = widest, budget  # the attention estimate grows with the budget
         while high - low > 1:
             middle = (low + high) // 2
             fits = attention_gib(t.model, widths, middle) <= t.max_attention_gib
@@ -363,6 +370,7 @@ def log_params(
     flat.update(flatten("model", config.to_dict()))
     flat["train.max_tokens_resolved"] = str(planned.max_tokens)
     flat["train.passes_per_epoch"] = str(planned.passes_per_epoch)
+    flat["train.patience_resolved"] = str(planned.patience)
     for split, n in (planned.unlabeled or {}).items():
         flat[f"unlabeled_examples.{split}"] = str(n)
     items = [Param(k, v) for k, v in sorted(flat.items())]
@@ -392,7 +400,7 @@ def loop_config(
         "grad_clip": t.grad_clip,
         "max_tokens": planned.max_tokens,
         "passes": planned.passes_per_epoch,
-        "patience": t.patience,
+        "patience": planned.patience,
         "threads": t.cpus_per_worker,
         "amp": t.amp,
         "tracking_uri": uri,
@@ -475,7 +483,7 @@ def run(
         log.info(
             "%d workers on %s, up to %d epochs (early stopping after %d without improvement); "
             "Ray's own output: %s", t.num_workers, "GPU" if use_gpu else "CPU", t.epochs,
-            t.patience, "here (SEQOPS_VERBOSE)" if verbose() else ray_log_dir(),
+            planned.patience, "here (SEQOPS_VERBOSE)" if verbose() else ray_log_dir(),
         )  # fmt: skip
         started = time.perf_counter()
         with EpochProgress(client, run_id, t.epochs, train_metric(t.task)):
@@ -506,6 +514,7 @@ def run(
             "max_tokens_resolved": planned.max_tokens,
             "steps_per_pass": planned.steps_per_pass,
             "passes_per_epoch": planned.passes_per_epoch,
+            "patience_resolved": planned.patience,
             "examples": planned.examples,
             "unlabeled_examples": planned.unlabeled,
             "last_epoch_metrics": {k: v for k, v in final.items() if isinstance(v, int | float)},

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -83,8 +84,9 @@ class TrainConfig:
     classify) and recorded as ``max_tokens_resolved`` (train report, MLflow param
     ``train.max_tokens_resolved``). The rule: 8192 (the former fixed default) when that
     gives every worker at least ``min_steps_per_pass`` optimizer steps per pass over the
-    training examples; otherwise the largest budget that still does; never below the widest
-    bucket of the train and validation splits, so that every batch respects it, a window of
+    training examples; otherwise the largest budget that still does; never below
+    ``min_batch_examples`` examples of the widest bucket of the train and validation splits
+    (fewer where a worker holds fewer), so that every batch respects it, a window of
     thousands of events included (hence above 8192 where a window is longer). A
     transformer's auto budget is also lowered until its attention fits
     ``max_attention_gib``. An integer is used as given; an example longer than it travels
@@ -93,6 +95,11 @@ class TrainConfig:
     """``max_tokens: auto`` only: the fewest optimizer steps per worker per pass over the
     training examples that it aims at (every bucket makes at least one batch per worker, so
     the default 32 buckets already give about 32)."""
+    min_batch_examples: int = 8
+    """``max_tokens: auto`` only: the budget holds at least this many examples of the widest
+    bucket (or all of a worker's examples, when it holds fewer). On a few dozen series the
+    steps rule alone would make batches of one series, whose gradients are too noisy for
+    the default learning rate (benchmarks/README.md, "Public series")."""
     min_epoch_tokens: int = 100_000
     """An epoch repeats passes over the training examples until it holds at least this many
     real (unpadded) tokens, all workers together; recorded as ``passes_per_epoch``. One pass
@@ -105,8 +112,12 @@ class TrainConfig:
     (estimated: batch rows x window x hidden_size x layers x 96 bytes; linear in the window,
     as SDPA's fused kernels never hold the scores). A window whose single example exceeds it
     is refused before training; an auto budget is lowered to fit."""
-    patience: int = 3
-    """Early stopping: epochs without improvement of the validation loss before stopping."""
+    patience: int | Literal["auto"] = "auto"
+    """Early stopping: epochs without improvement of the validation loss before stopping, or
+    ``auto``: from the validation examples n, round(30 / sqrt(n)) within [3, 10] (recorded
+    as ``patience_resolved``). The noise of a mean loss shrinks as 1 / sqrt(n): with 100 or
+    more examples 3 epochs tell a plateau from noise; on 10, one example's swing looks like
+    a plateau, and the run stops while it is still learning."""
     num_workers: int = 2
     """Ray Train workers (DDP ranks); at most shard.max_workers so each reads its own parts."""
     cpus_per_worker: int = 1
@@ -136,10 +147,16 @@ class TrainConfig:
             or self.max_tokens < 1
         ):
             raise fail("train.max_tokens", self.max_tokens, "expected auto or an integer >= 1")
-        for name in ("epochs", "patience", "num_workers", "cpus_per_worker"):
+        for name in ("epochs", "num_workers", "cpus_per_worker"):
             if getattr(self, name) < 1:
                 raise fail(f"train.{name}", getattr(self, name), "must be >= 1")
-        for name in ("min_steps_per_pass", "min_epoch_tokens"):
+        if self.patience != "auto" and (
+            isinstance(self.patience, bool)
+            or not isinstance(self.patience, int)
+            or self.patience < 1
+        ):
+            raise fail("train.patience", self.patience, "expected auto or an integer >= 1")
+        for name in ("min_steps_per_pass", "min_batch_examples", "min_epoch_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise fail(f"train.{name}", value, "must be an integer >= 1")
@@ -165,6 +182,18 @@ class TrainConfig:
     def with_model(self, **changes: Any) -> TrainConfig:
         """This config with some of ``model``'s hyperparameters changed (sweeps, tests)."""
         return dataclasses.replace(self, model=dataclasses.replace(self.model, **changes))
+
+
+AUTO_PATIENCE = (3, 10)
+"""The range ``patience: auto`` resolves within."""
+
+
+def auto_patience(val_examples: int) -> int:
+    """``patience: auto`` for ``val_examples`` validation examples (the rule of its docstring)."""
+    low, high = AUTO_PATIENCE
+    if val_examples <= 0:
+        return low
+    return int(min(high, max(low, round(30 / math.sqrt(val_examples)))))
 
 
 def attention_gib(spec: ModelSpec, widths: Iterable[int], max_tokens: int) -> float:

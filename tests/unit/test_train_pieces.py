@@ -8,6 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
+from pipelines.params.train import auto_patience
 from pipelines.tracking import dvc_out_hash, flatten, git_state, lineage_tags, pipeline_outputs
 from pipelines.train import TrainError, model_config
 from pipelines.train_loop import ShardData, _lr_lambda, _maybe_fail
@@ -222,10 +223,17 @@ def test_plan_resolves_the_budget_and_counts_unlabelled_examples(tiny_pipeline, 
     assert planned.passes_per_epoch == -(-100_000 // real) > 1  # tiny data: many passes
     one = plan(_classify(min_epoch_tokens=1), manifest, shards)
     assert one.passes_per_epoch == 1
-    # At least 32 steps, or as many as the budget's floor (the widest bucket) allows.
-    assert steps >= 32 or planned.max_tokens == widest
-    assert steps_per_epoch(buckets, planned.max_tokens + 1, 2) < 32
+    # At least 32 steps, or as many as the budget's floor allows: 8 examples of the widest
+    # bucket (min_batch_examples), so that no batch is a lone series.
+    floor = 8 * widest
+    assert planned.max_tokens == floor and "8 example(s) of the widest bucket" in planned.rule
+    assert steps < 32 and steps_per_epoch(buckets, planned.max_tokens - 1, 2) < 32
+    lone = plan(_classify(max_tokens="auto", min_batch_examples=1), manifest, shards)
+    assert lone.max_tokens >= widest and steps_per_epoch(buckets, lone.max_tokens + 1, 2) < 32
     assert plan(_classify(max_tokens=8192), manifest, shards).max_tokens == 8192
+    # patience: auto waits longer on a small validation split (10 examples here).
+    assert planned.patience == auto_patience(planned.examples["val"]) == 9
+    assert plan(_classify(patience=4), manifest, shards).patience == 4
     # The per-step tasks keep every example.
     nxt = plan(_classify(task="next_event"), manifest, shards)
     assert nxt.examples["train"] == manifest.splits["train"].examples
@@ -290,3 +298,22 @@ def test_plan_refuses_a_training_whose_evaluated_split_would_be_empty(tiny_pipel
         pq.write_table(table.set_column(i, "label", pa.array([-1] * len(table), pa.int64())), path)
     with pytest.raises(TrainError, match=r"evaluate\.split='test': .*no labelled examples"):
         plan(_classify(), load_manifest(relabelled), relabelled)
+
+
+@pytest.mark.parametrize(
+    ("val_examples", "patience"), [(0, 3), (8, 10), (10, 9), (25, 6), (100, 3), (30_000, 3)]
+)
+def test_auto_patience_waits_longer_on_a_small_validation_split(val_examples, patience):
+    assert auto_patience(val_examples) == patience
+
+
+def test_patience_is_auto_or_a_positive_integer():
+    from pipelines.params.train import TrainConfig
+    from seqcore.config import ConfigError
+
+    assert TrainConfig().patience == "auto" and TrainConfig(patience=2).patience == 2
+    for bad in (0, "soon", True, 1.5):
+        with pytest.raises(ConfigError, match="train.patience"):
+            TrainConfig(patience=bad)
+    with pytest.raises(ConfigError, match="min_batch_examples"):
+        TrainConfig(min_batch_examples=0)

@@ -145,7 +145,7 @@ def test_the_space_becomes_tune_domains_with_inclusive_integer_bounds():
 def test_a_trial_stands_in_for_all_workers_with_their_tokens_per_step():
     params = load_params(REPO / "params.yaml")
     planned = Plan(
-        max_tokens=4096, rule="given", steps_per_pass=10, passes_per_epoch=1,
+        max_tokens=4096, rule="given", steps_per_pass=10, passes_per_epoch=1, patience=3,
         examples={"train": 1}, unlabeled=None,
     )  # fmt: skip
     spec = params.train.model
