@@ -123,7 +123,7 @@ def legacy_encoder_class() -> type:
                 norm_first=True,
             )
             self.blocks = nn.TransformerEncoder(
-                layer, num_layers=config.num_layers, enable_nested_tensor=False
+                layer, num_layers=config.depth, enable_nested_tensor=False
             )
             self.final_norm = nn.LayerNorm(config.hidden_size)
             self.causal = config.resolved_causal
@@ -270,7 +270,7 @@ def cases(lengths: list[int], budget: int = TOKEN_BUDGET) -> list[tuple[int, int
 
 def legacy_gib(length: int, rows: int) -> float:
     spec = params_spec()
-    scores = rows * length * length * spec.num_heads * spec.num_layers
+    scores = rows * length * length * spec.num_heads * spec.depth_for(length)
     return float(scores * LEGACY_BYTES_PER_SCORE / 1024**3)
 
 

@@ -47,6 +47,9 @@ MAX_TCN_LAYERS = 16
 depth costs exponentially more padding: 16 blocks already reach 65,536 x 2 (kernel_size - 1)
 events, past any window this project shards."""
 
+AUTO_DEPTH = 2
+"""``num_layers: auto`` for the RNNs and the transformer (the depth the defaults measured)."""
+
 ARCHITECTURE_FIELDS = {"kernel_size": "tcn"}
 """Fields only one architecture reads, written by ``to_dict`` for the others only when set
 away from their default (see the module docstring)."""
@@ -101,8 +104,10 @@ class ModelSpec:
     """Embedding width of each categorical feature."""
     hidden_size: int = 64
     """Width of the encoder's per-step representation (the transformer's d_model)."""
-    num_layers: int = 2
-    """Stacked recurrent layers, transformer blocks or TCN blocks (each doubles the dilation)."""
+    num_layers: int | Literal["auto"] = "auto"
+    """Stacked recurrent layers, transformer blocks or TCN blocks (each doubles the dilation);
+    ``auto`` is resolved against the data's window by ``depth_for``: 2 for the RNNs and the
+    transformer, for a TCN the fewest blocks whose receptive field covers the window."""
     dropout: float = 0.1
     """Dropout on the input embedding, between layers and before the head; in [0, 1)."""
     num_heads: int = 4
@@ -129,10 +134,16 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         _check_choice("architecture", self.architecture, ARCHITECTURES)
-        for name in ("embedding_dim", "hidden_size", "num_layers", "num_heads", "ffn_size"):
+        for name in ("embedding_dim", "hidden_size", "num_heads", "ffn_size"):
             _check_int(name, getattr(self, name), 1)
+        if self.num_layers != "auto":
+            _check_int("num_layers", self.num_layers, 1)
         _check_int("kernel_size", self.kernel_size, 2)
-        if self.architecture == "tcn" and self.num_layers > MAX_TCN_LAYERS:
+        if (
+            self.architecture == "tcn"
+            and self.num_layers != "auto"
+            and self.num_layers > MAX_TCN_LAYERS
+        ):
             raise _fail(
                 "num_layers",
                 self.num_layers,
@@ -196,9 +207,24 @@ class ModelSpec:
         """TCN: the input steps one output step reads, ``1 + 2 (k - 1)(2^L - 1)`` (two
         convolutions of width k per block, dilation 2^i in block i); None for the other
         encoders (an RNN's reach is unbounded, a transformer's is the window)."""
-        if self.architecture != "tcn":
+        if self.architecture != "tcn" or self.num_layers == "auto":
             return None
         return self.tcn_receptive_field(self.num_layers)
+
+    def depth_for(self, window_len: int) -> int:
+        """``num_layers`` resolved for windows of ``window_len`` events: as given, or for
+        ``auto`` ``AUTO_DEPTH`` (RNNs, transformer) or the fewest TCN blocks whose receptive
+        field covers the window (at most ``MAX_TCN_LAYERS``). A TCN that reaches only part
+        of a long series classifies it from local patterns alone (benchmarks/README.md,
+        "Public series")."""
+        if self.num_layers != "auto":
+            return int(self.num_layers)
+        if self.architecture != "tcn":
+            return AUTO_DEPTH
+        return next(
+            (n for n in range(1, MAX_TCN_LAYERS) if self.tcn_receptive_field(n) >= window_len),
+            MAX_TCN_LAYERS,
+        )
 
     def tcn_receptive_field(self, num_layers: int) -> int:
         """The receptive field of this spec's TCN kernel with ``num_layers`` blocks."""
@@ -208,6 +234,13 @@ class ModelSpec:
     def spec(self) -> ModelSpec:
         """The hyperparameters alone (a ``ModelConfig`` without its task and data sizes)."""
         return ModelSpec(**_spec_values(self))
+
+    @property
+    def depth(self) -> int:
+        """``num_layers`` as a number: a built model's (resolved on construction)."""
+        if self.num_layers == "auto":
+            raise _fail("num_layers", "auto", "a spec's depth is known once the window is")
+        return int(self.num_layers)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types (tuples as lists), one flat mapping; ``from_dict`` inverts it."""
@@ -255,6 +288,9 @@ class ModelConfig(ModelSpec):
     every field, the spec's and these, so stored files keep loading with ``from_dict``.
     """
 
+    num_layers: int | Literal["auto"] = "auto"
+    """The spec's ``num_layers``; ``auto`` is resolved on construction against ``max_len``
+    (``ModelSpec.depth_for``), so a built model always has a depth."""
     task: Task = "classify"
     """Head: ``classify`` (one label per sequence) | ``next_event`` | ``forecast`` (per step)."""
     vocab_sizes: tuple[int, ...]
@@ -273,6 +309,9 @@ class ModelConfig(ModelSpec):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.num_layers == "auto":
+            # max_len is the data's window, which is what auto is resolved against.
+            object.__setattr__(self, "num_layers", self.depth_for(self.max_len))
         self.check_task(self.task)
         if isinstance(self.vocab_sizes, str | bytes) or not isinstance(
             self.vocab_sizes, tuple | list

@@ -92,10 +92,10 @@ class RecurrentEncoder(nn.Module):
         self.rnn = self.cell.module(
             input_size=config.hidden_size,
             hidden_size=config.hidden_size,
-            num_layers=config.num_layers,
+            num_layers=config.depth,
             batch_first=True,
             # Dropout applies between layers only; PyTorch warns when there is one layer.
-            dropout=config.dropout if config.num_layers > 1 else 0.0,
+            dropout=config.dropout if config.depth > 1 else 0.0,
         )
         self.pooling = config.resolved_pooling
 

@@ -92,7 +92,7 @@ class TCNEncoder(nn.Module):
         self.causal = config.resolved_causal
         self.blocks = nn.ModuleList(
             TemporalBlock(config.hidden_size, config.kernel_size, 2**i, config.dropout, self.causal)
-            for i in range(config.num_layers)
+            for i in range(config.depth)
         )
         self.final_norm = nn.LayerNorm(config.hidden_size)
         self.pooling = config.resolved_pooling

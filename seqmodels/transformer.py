@@ -214,7 +214,7 @@ class TransformerEncoder(nn.Module):
             )
         self.dropout = nn.Dropout(config.dropout)
         block = EncoderBlock(config.hidden_size, config.num_heads, config.ffn_size, config.dropout)
-        self.blocks = EncoderBlocks(block, config.num_layers)
+        self.blocks = EncoderBlocks(block, config.depth)
         self.final_norm = nn.LayerNorm(config.hidden_size)
         self.causal = config.resolved_causal
         self.pooling = config.resolved_pooling

@@ -205,7 +205,8 @@ def attention_gib(spec: ModelSpec, widths: Iterable[int], max_tokens: int) -> fl
     if spec.architecture != "transformer":
         return 0.0
     tokens = max((max(1, max_tokens // w) * w for w in map(int, widths)), default=0)
-    per_token = spec.hidden_size * spec.num_layers * ATTENTION_BYTES_PER_TOKEN_CHANNEL
+    layers = spec.depth_for(max(map(int, widths), default=1))
+    per_token = spec.hidden_size * layers * ATTENTION_BYTES_PER_TOKEN_CHANNEL
     return tokens * per_token / 1024**3
 
 
@@ -250,6 +251,8 @@ def check_receptive_field(train: TrainConfig, window_len: int) -> str | None:
     Blocks whose dilation reaches past the window read only padding beyond their own step and
     cost a padding of up to (kernel_size - 1) x dilation steps per convolution."""
     spec = train.model
+    if spec.num_layers == "auto":
+        return None  # resolved to the fewest blocks that cover the window
     field = spec.receptive_field
     if field is None:
         return None

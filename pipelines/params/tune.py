@@ -35,7 +35,7 @@ METRICS = {"loss": "min", "accuracy": "max", "top1": "max", "mae": "min"}
 DEFAULT_SPACE: Mapping[str, Any] = {
     "model.architecture": ["lstm", "gru", "transformer", "tcn"],
     "model.hidden_size": [32, 64, 128],
-    "model.num_layers": [2, 4],
+    "model.num_layers": ["auto", 2, 4],
     "model.dropout": {"uniform": [0.0, 0.3]},
     "lr": {"loguniform": [3.0e-4, 1.0e-2]},
     "max_tokens": ["auto", 4096, 16384],

@@ -471,7 +471,8 @@ def test_config_is_the_spec_plus_task_and_data_sizes():
     config = ModelConfig.from_spec(
         spec, task="forecast", vocab_sizes=VOCABS, n_numeric=N_NUMERIC, horizon=HORIZON
     )
-    assert config.spec == spec and config.hidden_size == 32 and config.task == "forecast"
+    assert config.spec == dataclasses.replace(spec, num_layers=2)  # auto, resolved
+    assert config.hidden_size == 32 and config.task == "forecast"
     assert config.resolved_causal  # per-step task: causal although the spec leaves it open
     sizes = {"task", "vocab_sizes", "n_numeric", "max_len", "num_classes", "next_event_vocab"}
     assert not sizes & set(spec.to_dict())
@@ -558,3 +559,23 @@ def test_training_learns_an_order_task(arch):
     with torch.no_grad():
         accuracy = (model(cat, num, lengths).argmax(-1) == labels).float().mean()
     assert accuracy >= 0.7
+
+
+def test_auto_depth_covers_the_window_for_a_tcn_and_is_two_otherwise():
+    from seqmodels.config import AUTO_DEPTH, MAX_TCN_LAYERS
+
+    tcn = ModelSpec(architecture="tcn", num_layers="auto")
+    for window in (2, 13, 14, 150, 253, 254, 5000):
+        depth = tcn.depth_for(window)
+        assert tcn.tcn_receptive_field(depth) >= window
+        assert depth == 1 or tcn.tcn_receptive_field(depth - 1) < window
+    assert tcn.depth_for(10**9) == MAX_TCN_LAYERS
+    assert ModelSpec(architecture="tcn", num_layers="auto", kernel_size=5).depth_for(256) == 6
+    for arch in ("lstm", "gru", "transformer"):
+        assert ModelSpec(architecture=arch, num_layers="auto").depth_for(5000) == AUTO_DEPTH
+    assert ModelSpec(architecture="tcn", num_layers=3).depth_for(5000) == 3  # as given
+    assert tcn.receptive_field is None  # unknown until the window is
+    built = ModelConfig.from_spec(tcn, vocab_sizes=(3,), n_numeric=1, max_len=150)
+    assert built.num_layers == 6 and built.to_dict()["num_layers"] == 6  # stored resolved
+    with pytest.raises(ModelConfigError, match="num_layers"):
+        ModelSpec(num_layers="deep")

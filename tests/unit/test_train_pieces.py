@@ -59,7 +59,10 @@ def test_model_config_takes_sizes_from_the_manifest(tiny_pipeline):
     assert config.n_numeric == len(features.numeric_order)
     assert config.max_len == manifest.window.window_len
     # The hyperparameters are params.yaml's train.model, unchanged; the task is train.task.
-    assert config.spec == params.train.model and config.task == params.train.task
+    resolved = params.train.model.depth_for(manifest.window.window_len)
+    assert config.num_layers == resolved
+    assert config.spec == dataclasses.replace(params.train.model, num_layers=resolved)
+    assert config.task == params.train.task
     assert config.hidden_size == 16 and config.num_layers == 2 and config.ffn_size == 32
     nxt = model_config(
         dataclasses.replace(params, train=dataclasses.replace(params.train, task="next_event")),

@@ -36,7 +36,7 @@ def _params(tune: dict | None = None, **overrides):
 
 def test_the_repository_space_is_valid_in_every_combination():
     params = load_params(REPO / "params.yaml")
-    assert check_space(params) == 288  # 4 x 3 x 2 x 2 x 2 x 3 corners
+    assert check_space(params) == 432  # 4 x 3 x 3 x 2 x 2 x 3 corners
     assert {d.key for d in params.tune.dimensions} >= {"lr", "model.architecture"}
 
 
