@@ -47,6 +47,7 @@ from pipelines.params.tune import Dimension, TuneConfig
 from pipelines.stage import stage_main
 from pipelines.tracking import configure, ensure_experiment, flatten, lineage_tags
 from pipelines.train import (
+    Plan,
     TrainError,
     init_ray,
     log_params,
@@ -59,8 +60,8 @@ from pipelines.train_loop import tune_trial_loop
 from seqcore.config import ConfigError
 from seqcore.io import atomic_file, write_json
 from seqcore.loading import tracking_uri
-from seqcore.manifest import load_manifest
 from seqcore.progress import verbose
+from seqmodels import ModelConfig
 
 log = logging.getLogger("seqops.tune")
 
@@ -71,10 +72,6 @@ key by key instead (each value against the rest of params)."""
 SIGNIFICANT = 3
 """Sampled continuous values are rounded to this many significant digits, so the value a
 trial used is the value written to params (0.00123, not 0.0012345678901234)."""
-
-
-TRIAL_DRIVER_MEMORY = 512 * 1024**2
-"""Memory reserved for each trial's driver process (Ray's ``memory`` resource)."""
 
 
 class TuneError(RuntimeError):
@@ -178,7 +175,13 @@ def ranked_metric(tune_config: TuneConfig) -> str:
 
 
 def trial_loop_config(
-    params: Params, shards: Path, config: Any, planned: Any, uri: str, run_id: str, use_gpu: bool
+    params: Params,
+    shards: Path,
+    config: ModelConfig,
+    planned: Plan,
+    uri: str,
+    run_id: str,
+    use_gpu: bool,
 ) -> dict[str, Any]:
     """The train stage's loop config for one process standing in for ``train.num_workers``
     DDP ranks: the same tokens per optimizer step (the ranks' budgets together, which DDP
@@ -240,72 +243,74 @@ def _trial(
     client.set_terminated(run_id, "FINISHED")
 
 
-class _Progress:
-    """Tune callback factory: one line when a trial starts and ends, and a summary a minute."""
+def trial_outcome(last: Mapping[str, Any], epochs: int, failed: bool = False) -> str:
+    """How a trial ended, from the last epoch it reported: ``failed``, ``early_stopping`` (its
+    own patience), ``all_epochs``, or ``stopped_by_scheduler`` (ASHA, or the time budget)."""
+    if failed:
+        return "failed"
+    if last.get("stopped_early"):
+        return "early_stopping"
+    if int(last.get("epoch", -1)) + 1 >= epochs:
+        return "all_epochs"
+    return "stopped_by_scheduler"
 
-    @staticmethod
-    def make(total: int, metric: str, mode: str, epochs: int) -> Any:
-        from ray.tune import Callback
 
-        class Progress(Callback):
-            def __init__(self) -> None:
-                self.started = time.monotonic()
-                self.last_line = self.started
-                self.done = 0
-                self.best: float | None = None
-                self.last: dict[str, dict[str, Any]] = {}
+def _progress(total: int, metric: str, mode: str, epochs: int) -> Any:
+    """A Tune callback: one line when a trial starts and ends, and a summary a minute."""
+    from ray.tune import Callback
 
-            def _better(self, value: float) -> bool:
-                if self.best is None:
-                    return True
-                return value < self.best if mode == "min" else value > self.best
+    class Progress(Callback):
+        def __init__(self) -> None:
+            self.started = time.monotonic()
+            self.last_line = self.started
+            self.done = 0
+            self.best: float | None = None
+            self.last: dict[str, dict[str, Any]] = {}
 
-            def on_trial_start(self, iteration, trials, trial, **info):
-                shown = ", ".join(f"{k}={v}" for k, v in rounded(trial.config).items())
-                log.info("trial %s started: %s", trial.trial_id, shown)
+        def _better(self, value: float) -> bool:
+            if self.best is None:
+                return True
+            return value < self.best if mode == "min" else value > self.best
 
-            def on_trial_result(self, iteration, trials, trial, result, **info):
-                self.last[trial.trial_id] = result
-                value = result.get(metric)
-                if isinstance(value, int | float) and self._better(float(value)):
-                    self.best = float(value)
+        def on_trial_start(self, iteration, trials, trial, **info):
+            shown = ", ".join(f"{k}={v}" for k, v in rounded(trial.config).items())
+            log.info("trial %s started: %s", trial.trial_id, shown)
 
-            def on_trial_complete(self, iteration, trials, trial, **info):
-                self.done += 1
-                result = self.last.get(trial.trial_id, {})
-                epochs_run = int(result.get("epoch", -1)) + 1
-                if not result.get("stopped_early") and 0 < epochs_run < epochs:
-                    why = "stopped by the scheduler"
-                elif result.get("stopped_early"):
-                    why = "early stopping"
-                else:
-                    why = "all epochs"
-                log.info(
-                    "trial %s done (%d of %d): %s %.4g after %d epochs (%s)",
-                    trial.trial_id, self.done, total, metric, result.get(metric, math.nan),
-                    epochs_run, why,
-                )  # fmt: skip
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.last[trial.trial_id] = result
+            value = result.get(metric)
+            if isinstance(value, int | float) and self._better(float(value)):
+                self.best = float(value)
 
-            def on_trial_error(self, iteration, trials, trial, **info):
-                self.done += 1
-                log.warning(
-                    "trial %s failed (%d of %d); its error is in Ray's logs",
-                    trial.trial_id, self.done, total,
-                )  # fmt: skip
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.done += 1
+            result = self.last.get(trial.trial_id, {})
+            log.info(
+                "trial %s done (%d of %d): %s %.4g after %d epochs (%s)",
+                trial.trial_id, self.done, total, metric, result.get(metric, math.nan),
+                int(result.get("epoch", -1)) + 1, trial_outcome(result, epochs).replace("_", " "),
+            )  # fmt: skip
 
-            def on_step_end(self, iteration, trials, **info):
-                now = time.monotonic()
-                if now - self.last_line < 60:
-                    return
-                self.last_line = now
-                running = sum(1 for t in trials if t.status == "RUNNING")
-                best = "none yet" if self.best is None else f"{self.best:.4g}"
-                log.info(
-                    "%d of %d trials done, %d running, best %s %s, %.0f s",
-                    self.done, total, running, metric, best, now - self.started,
-                )  # fmt: skip
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.done += 1
+            log.warning(
+                "trial %s failed (%d of %d); its error is in Ray's logs",
+                trial.trial_id, self.done, total,
+            )  # fmt: skip
 
-        return Progress()
+        def on_step_end(self, iteration, trials, **info):
+            now = time.monotonic()
+            if now - self.last_line < 60:
+                return
+            self.last_line = now
+            running = sum(1 for t in trials if t.status == "RUNNING")
+            best = "none yet" if self.best is None else f"{self.best:.4g}"
+            log.info(
+                "%d of %d trials done, %d running, best %s %s, %.0f s",
+                self.done, total, running, metric, best, now - self.started,
+            )  # fmt: skip
+
+    return Progress()
 
 
 # --------------------------------------------------------------------------- the search
@@ -328,8 +333,7 @@ def run(
 
     t, cfg = params.train, params.tune
     checked = check_space(params)
-    manifest = load_manifest(shards)
-    prepare(params, shards)  # the base config against these shards, before Ray starts
+    manifest, _, _ = prepare(params, shards)  # the base config against these shards, first
     metric, mode = ranked_metric(cfg), cfg.mode
     log.info(
         "search: %d trials of %s over %s (%d combinations checked), ranked by %s (%s) on the "
@@ -408,7 +412,7 @@ def run(
                 verbose=0,
                 # Each epoch's checkpoint only serves a retry of its own trial.
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                callbacks=[_Progress.make(cfg.trials, metric, mode, t.epochs)],
+                callbacks=[_progress(cfg.trials, metric, mode, t.epochs)],
             ),
         )
         grid = tuner.fit()
@@ -471,14 +475,7 @@ def _trials(
             column = frame[metric].dropna()
             best = float(column.min() if mode == "min" else column.max())
         epochs_run = int(last.get("epoch", -1)) + 1
-        if result.error is not None:
-            outcome = "failed"
-        elif last.get("stopped_early"):
-            outcome = "early_stopping"
-        elif epochs_run >= epochs:
-            outcome = "all_epochs"
-        else:
-            outcome = "stopped_by_scheduler"
+        outcome = trial_outcome(last, epochs, failed=result.error is not None)
         run = by_trial.get(trial_id)
         if run is not None:
             # Decided here, not by the trial: a trial the scheduler stops ends inside a report
@@ -489,7 +486,7 @@ def _trials(
             {
                 "trial_id": trial_id,
                 "run_id": run.info.run_id if run is not None else None,
-                "config": rounded({k: v for k, v in (result.config or {}).items()}),
+                "config": rounded(result.config or {}),
                 "best": best,
                 "epochs_run": max(epochs_run, 0),
                 "outcome": outcome,
