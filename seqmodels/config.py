@@ -221,6 +221,11 @@ class ModelSpec:
             return int(self.num_layers)
         if self.architecture != "tcn":
             return AUTO_DEPTH
+        return self.tcn_covering_depth(window_len)
+
+    def tcn_covering_depth(self, window_len: int) -> int:
+        """The fewest blocks of this spec's TCN kernel whose receptive field covers
+        ``window_len`` events (at most ``MAX_TCN_LAYERS``)."""
         return next(
             (n for n in range(1, MAX_TCN_LAYERS) if self.tcn_receptive_field(n) >= window_len),
             MAX_TCN_LAYERS,
@@ -288,9 +293,6 @@ class ModelConfig(ModelSpec):
     every field, the spec's and these, so stored files keep loading with ``from_dict``.
     """
 
-    num_layers: int | Literal["auto"] = "auto"
-    """The spec's ``num_layers``; ``auto`` is resolved on construction against ``max_len``
-    (``ModelSpec.depth_for``), so a built model always has a depth."""
     task: Task = "classify"
     """Head: ``classify`` (one label per sequence) | ``next_event`` | ``forecast`` (per step)."""
     vocab_sizes: tuple[int, ...]
@@ -310,7 +312,8 @@ class ModelConfig(ModelSpec):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.num_layers == "auto":
-            # max_len is the data's window, which is what auto is resolved against.
+            # max_len is the data's window, which is what auto is resolved against: a built
+            # model, and the config stored with its weights, always has a number here.
             object.__setattr__(self, "num_layers", self.depth_for(self.max_len))
         self.check_task(self.task)
         if isinstance(self.vocab_sizes, str | bytes) or not isinstance(

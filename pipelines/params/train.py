@@ -10,7 +10,6 @@ reads, and the data decides the head's sizes.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import math
 from collections.abc import Iterable, Mapping
@@ -256,7 +255,7 @@ def check_receptive_field(train: TrainConfig, window_len: int) -> str | None:
     field = spec.receptive_field
     if field is None:
         return None
-    covering = next(n for n in itertools.count(1) if spec.tcn_receptive_field(n) >= window_len)
+    covering = spec.tcn_covering_depth(window_len)
     if field < window_len:
         note = (
             f"train.model: the tcn's receptive field is {field} events (kernel_size="
