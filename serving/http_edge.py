@@ -12,7 +12,6 @@ kind, and timed, through Ray Serve's custom metrics (Ray docs, "Custom Metrics")
 import asyncio
 import ctypes
 import ctypes.util
-import json
 import logging
 import os
 import time
@@ -246,7 +245,9 @@ class ProxyBodyLimit:
                         await replied.wait()
                 except TimeoutError:
                     refused = True
-                    await self._refuse(send)
+                    error = f"body exceeds the server's limit of {self.limit} bytes"
+                    reply = JSONResponse(RequestError(413, error, "body").body(), status_code=413)
+                    await reply(scope, receive, send)
             if not refused:  # the reply is under way; Serve cancels this wait once it is out
                 await asyncio.Event().wait()
             return {"type": "http.disconnect"}
@@ -258,10 +259,3 @@ class ProxyBodyLimit:
             await send(message)
 
         await self.app(scope, bounded_receive, send_unless_refused)
-
-    async def _refuse(self, send: Send) -> None:
-        error = f"body exceeds the server's limit of {self.limit} bytes"
-        body = json.dumps({"error": error, "field": "body"}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
