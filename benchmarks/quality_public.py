@@ -62,7 +62,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from benchmarks._common import OUT_DIR, PARAMS, print_table
-from benchmarks.small_data import stage, test_quality
+from benchmarks.small_data import data_stages, stage, test_quality
 from pipelines.config import merge_params
 
 # --------------------------------------------------------------------------- the data
@@ -408,18 +408,7 @@ def prepare(name: str, wheel: Path, folder: Path, val_fraction: float, seed: int
     params = folder / "params.yaml"
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
     convert = time.perf_counter() - started
-    seconds = {
-        "convert": convert,
-        "ingest": stage("ingest", params, "--out", str(folder / "events"),
-                        "--metrics", str(folder / "ingest.json")),
-        "validate": stage("validate", params, "--events", str(folder / "events"),
-                          "--out", str(folder / "validated"),
-                          "--quarantine", str(folder / "quarantine" / "quarantine.parquet"),
-                          "--report", str(folder / "validation.json"),
-                          "--docs", str(folder / "data_docs")),
-        "shard": stage("shard", params, "--events", str(folder / "validated" / "events.parquet"),
-                       "--out", str(folder / "shards"), "--metrics", str(folder / "shard.json")),
-    }  # fmt: skip
+    seconds = {"convert": convert, **data_stages(params, folder)}
     from pipelines.baselines import order_blind_baseline
 
     started = time.perf_counter()

@@ -92,15 +92,10 @@ def stage(name: str, params: Path, *args: str, env: dict[str, str] | None = None
     return seconds
 
 
-def prepare(case: str, seed: int, folder: Path, fresh: bool) -> dict[str, Any]:
-    """ingest -> validate -> shard for one case, once; their wall seconds and the shard sizes."""
-    done = folder / "data.json"
-    if done.exists() and not fresh:
-        return json.loads(done.read_text())
-    if folder.exists():
-        shutil.rmtree(folder)
-    params = write_params(folder / "params.yaml", CASES[case], {"seed": seed})
-    seconds = {
+def data_stages(params: Path, folder: Path) -> dict[str, float]:
+    """ingest -> validate -> shard with ``params``, their outputs under ``folder`` as dvc.yaml
+    names them; each stage's wall seconds."""
+    return {
         "ingest": stage("ingest", params, "--out", str(folder / "events"),
                         "--metrics", str(folder / "ingest.json")),
         "validate": stage("validate", params, "--events", str(folder / "events"),
@@ -111,6 +106,17 @@ def prepare(case: str, seed: int, folder: Path, fresh: bool) -> dict[str, Any]:
         "shard": stage("shard", params, "--events", str(folder / "validated" / "events.parquet"),
                        "--out", str(folder / "shards"), "--metrics", str(folder / "shard.json")),
     }  # fmt: skip
+
+
+def prepare(case: str, seed: int, folder: Path, fresh: bool) -> dict[str, Any]:
+    """ingest -> validate -> shard for one case, once; their wall seconds and the shard sizes."""
+    done = folder / "data.json"
+    if done.exists() and not fresh:
+        return json.loads(done.read_text())
+    if folder.exists():
+        shutil.rmtree(folder)
+    params = write_params(folder / "params.yaml", CASES[case], {"seed": seed})
+    seconds = data_stages(params, folder)
     manifest = json.loads((folder / "shards" / "manifest.json").read_text())
     train = manifest["splits"]["train"]
     info = {
