@@ -253,7 +253,8 @@ def _input_example(validated: Path, manifest: Manifest, rows: int = 12):
 
 def _pip_requirements() -> list[str]:
     reqs = []
-    for lib in ("torch", "mlflow", "pyarrow", "numpy", "pandas", "safetensors", "pyyaml"):
+    libs = ("torch", "mlflow", "pyarrow", "numpy", "pandas", "safetensors", "pyyaml")
+    for lib in (*libs, "rtdl_num_embeddings"):
         try:
             reqs.append(f"{lib}=={metadata.version(lib)}")
         except metadata.PackageNotFoundError:

@@ -17,7 +17,8 @@ defaults instead of the LSTM's frozen choice.
 
 A field added together with an architecture (``kernel_size``, for the TCN) is left out of
 ``to_dict`` for the other architectures while it holds its default, so the stored configs of
-those models stay byte for byte what they were.
+those models stay byte for byte what they were; so is a field every architecture reads that
+came later (``numeric_embedding``) while it holds its default.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ Task = Literal["classify", "next_event", "forecast"]
 Pooling = Literal["last", "mean"]
 Positions = Literal["learned", "sinusoidal", "rotary"]
 ForecastLoss = Literal["huber", "mse"]
+NumericEmbedding = Literal["linear", "periodic"]
+TcnBlock = Literal["dilated", "inception"]
 
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
 TASKS: tuple[str, ...] = get_args(Task)
@@ -39,6 +42,8 @@ PER_STEP_TASKS = ("next_event", "forecast")
 POOLINGS: tuple[str, ...] = get_args(Pooling)
 POSITIONS: tuple[str, ...] = get_args(Positions)
 FORECAST_LOSSES: tuple[str, ...] = get_args(ForecastLoss)
+NUMERIC_EMBEDDINGS: tuple[str, ...] = get_args(NumericEmbedding)
+TCN_BLOCKS: tuple[str, ...] = get_args(TcnBlock)
 BIDIRECTIONAL = ("transformer", "tcn")
 """The encoders that can also read later steps (``causal: false``, classify only)."""
 
@@ -47,12 +52,21 @@ MAX_TCN_LAYERS = 16
 depth costs exponentially more padding: 16 blocks already reach 65,536 x 2 (kernel_size - 1)
 events, past any window this project shards."""
 
+INCEPTION_KERNELS = (9, 19, 39)
+"""Widths of an inception block's three convolutions: InceptionTime's 10/20/40 (Ismail Fawaz
+et al. 2020), made odd so that a bidirectional block is centred on its step."""
+INCEPTION_DEPTH = 6
+"""``num_layers: auto`` for inception blocks: InceptionTime's depth, whatever the window."""
+
 AUTO_DEPTH = 2
 """``num_layers: auto`` for the RNNs and the transformer (the depth the defaults measured)."""
 
-ARCHITECTURE_FIELDS = {"kernel_size": "tcn"}
+ARCHITECTURE_FIELDS = {"kernel_size": "tcn", "block": "tcn"}
 """Fields only one architecture reads, written by ``to_dict`` for the others only when set
 away from their default (see the module docstring)."""
+LATER_FIELDS = ("numeric_embedding",)
+"""Fields every architecture reads that came after models were stored, written by ``to_dict``
+only when set away from their default, for the same reason."""
 
 _Config = TypeVar("_Config", bound="ModelSpec")
 
@@ -131,6 +145,13 @@ class ModelSpec:
     kernel_size: int = 3
     """TCN: width of each dilated convolution (>= 2); the receptive field is
     1 + 2 (kernel_size - 1)(2^num_layers - 1) steps."""
+    block: TcnBlock = "dilated"
+    """TCN: ``dilated`` (two convolutions of ``kernel_size``, dilation 2^i in block i) |
+    ``inception`` (InceptionTime-style: convolutions of widths ``INCEPTION_KERNELS`` side by
+    side with a max-pool branch; receptive field 1 + 38 num_layers; auto depth 6)."""
+    numeric_embedding: NumericEmbedding = "linear"
+    """Numeric inputs: ``linear`` (the values, projected with the embeddings) | ``periodic``
+    (each feature first coded by learned sines and cosines, ``embedding_dim`` wide)."""
 
     def __post_init__(self) -> None:
         _check_choice("architecture", self.architecture, ARCHITECTURES)
@@ -177,6 +198,11 @@ class ModelSpec:
                 f"{' and '.join(BIDIRECTIONAL)} can be bidirectional",
             )
         _check_choice("forecast_loss", self.forecast_loss, FORECAST_LOSSES)
+        _check_choice("numeric_embedding", self.numeric_embedding, NUMERIC_EMBEDDINGS)
+        _check_choice("block", self.block, TCN_BLOCKS)
+        if self.architecture == "tcn" and self.block == "inception" and self.hidden_size % 4:
+            # Four branches (three widths and the max-pool) of hidden_size / 4 channels each.
+            raise _fail("hidden_size", self.hidden_size, "block: inception needs a multiple of 4")
         _check_number("huber_delta", self.huber_delta)
         if self.huber_delta <= 0:
             raise _fail("huber_delta", self.huber_delta, "must be > 0")
@@ -221,6 +247,8 @@ class ModelSpec:
             return int(self.num_layers)
         if self.architecture != "tcn":
             return AUTO_DEPTH
+        if self.block == "inception":
+            return INCEPTION_DEPTH
         return self.tcn_covering_depth(window_len)
 
     def tcn_covering_depth(self, window_len: int) -> int:
@@ -233,6 +261,8 @@ class ModelSpec:
 
     def tcn_receptive_field(self, num_layers: int) -> int:
         """The receptive field of this spec's TCN kernel with ``num_layers`` blocks."""
+        if self.block == "inception":
+            return 1 + (max(INCEPTION_KERNELS) - 1) * num_layers
         return 1 + 2 * (self.kernel_size - 1) * (2**num_layers - 1)
 
     @property
@@ -253,8 +283,9 @@ class ModelSpec:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             owner = ARCHITECTURE_FIELDS.get(f.name)
-            if owner not in (None, self.architecture) and value == f.default:
-                continue  # not read by this architecture; from_dict restores the default
+            unread = owner not in (None, self.architecture)
+            if (unread or f.name in LATER_FIELDS) and value == f.default:
+                continue  # from_dict restores the default
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 

@@ -15,12 +15,21 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
+from rtdl_num_embeddings import PeriodicEmbeddings
 from torch import nn
 
 PAD = 0
 """Vocabulary id of padding (and of "no target" in next_event targets)."""
 OOV = 1
 """Vocabulary id of categories unseen in training."""
+
+PERIODIC_FREQUENCIES = 16
+"""Frequencies per numeric feature of the periodic embedding (k in the paper, which tunes it
+within [1, 128]; its library's default is 48)."""
+PERIODIC_INIT_SCALE = 0.1
+"""Standard deviation of the periodic embedding's initial frequencies (sigma in the paper, its
+most sensitive setting): inputs are standardised, so 0.1 starts each code close to a smooth
+function of the value over a few standard deviations and lets training sharpen it."""
 
 RecurrentState = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 """GRU: h ``(num_layers, B, H)``; LSTM: (h, c), each ``(num_layers, B, H)``."""
@@ -124,6 +133,13 @@ class EventEmbedding(nn.Module):
     the numeric features first and then the concatenation would be two linear maps in a row,
     the same function class as this single one.)
 
+    ``numeric_embedding="periodic"`` first maps each numeric feature to its own
+    ``embedding_dim`` vector, ReLU(Linear([sin 2 pi c x, cos 2 pi c x])) with learned
+    frequencies c per feature (Gorishniy, Rubachev & Babenko (2022), "On Embeddings for
+    Numerical Features in Tabular Deep Learning", their PLR embedding, from the authors'
+    ``rtdl_num_embeddings``), so the encoder sees a learned non-linear code of each value
+    instead of the value alone (benchmarks/README.md, "Numeric input embedding").
+
     Padded steps are cleared with ``torch.where`` (never by multiplying with the mask: NaN * 0
     is NaN), on the inputs and on the output. Out-of-range ids in pads would break the lookup;
     a NaN in a pad would reach the projection's weight gradient (its backward multiplies the
@@ -140,14 +156,27 @@ class EventEmbedding(nn.Module):
         embedding_dim: int,
         hidden_size: int,
         dropout: float = 0.0,
+        numeric_embedding: str = "linear",
     ) -> None:
         super().__init__()
         self.embeddings = nn.ModuleList(
             nn.Embedding(size, embedding_dim, padding_idx=PAD) for size in vocab_sizes
         )
         self.n_numeric = n_numeric
-        self.project = nn.Linear(len(vocab_sizes) * embedding_dim + n_numeric, hidden_size)
+        periodic = numeric_embedding == "periodic" and n_numeric > 0
+        numeric_width = n_numeric * embedding_dim if periodic else n_numeric
+        self.project = nn.Linear(len(vocab_sizes) * embedding_dim + numeric_width, hidden_size)
         self.dropout = nn.Dropout(dropout)
+        # Built after the layers above so that a seeded linear model draws the same weights.
+        self.numeric: PeriodicEmbeddings | None = None
+        if periodic:
+            self.numeric = PeriodicEmbeddings(
+                n_numeric,
+                embedding_dim,
+                n_frequencies=PERIODIC_FREQUENCIES,
+                frequency_init_scale=PERIODIC_INIT_SCALE,
+                lite=False,
+            )
         self.register_buffer(
             "vocab_sizes", torch.tensor(list(vocab_sizes), dtype=torch.long), persistent=False
         )
@@ -166,7 +195,12 @@ class EventEmbedding(nn.Module):
                     "at a real step; map unseen categories to OOV=1 before scoring"
                 )
         parts = [embed(ids[..., i]) for i, embed in enumerate(self.embeddings)]  # C x (B, T, E)
-        parts.append(torch.where(real, numeric, 0.0))  # (B, T, F)
+        values = torch.where(real, numeric, 0.0)  # (B, T, F)
+        if self.numeric is not None:
+            # The module takes one batch dimension: (B*T, F) -> (B*T, F, E) -> (B, T, F*E).
+            coded = self.numeric(values.reshape(-1, self.n_numeric))
+            values = coded.reshape(*values.shape[:-1], -1)
+        parts.append(values)
         x = self.project(torch.cat(parts, dim=-1))  # (B, T, C*E + F) -> (B, T, H)
         x = torch.where(real, x, 0.0)
         return self.dropout(x)

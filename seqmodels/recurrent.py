@@ -88,6 +88,7 @@ class RecurrentEncoder(nn.Module):
             config.embedding_dim,
             config.hidden_size,
             config.dropout,
+            numeric_embedding=config.numeric_embedding,
         )
         self.rnn = self.cell.module(
             input_size=config.hidden_size,

@@ -23,9 +23,16 @@ result":
   convolution, so a real step near the end reads zeros where the sequence alone would read the
   convolution's own zero padding: the same numbers, in a batch or alone. The causal encoder
   clears pads the same way (one code path), which also keeps ``steps`` zero at pads.
-* State: none yet; streaming rescores the window (``state`` / ``return_state`` are refused).
-  A causal TCN's state would be each convolution's last ``(kernel_size - 1) * dilation``
-  inputs (a follow-up).
+* State: none; a causal TCN's output at step t reads only its last ``receptive_field``
+  inputs, so streaming keeps those events and rescores them (``serving/streaming.py``);
+  ``state`` / ``return_state`` are refused.
+
+``block: inception`` swaps each block for an InceptionTime-style one (Ismail Fawaz et al.
+(2020), "InceptionTime: Finding AlexNet for Time Series Classification", arXiv:1909.04939): a
+1x1 bottleneck, then convolutions of widths ``INCEPTION_KERNELS`` side by side with a
+width-3 max-pool branch, concatenated; no dilation, depth 6 by default. The same pre-norm,
+residual and padding rules as above, and one more for the max-pool: pads enter it as -inf,
+the value a max-pool's own padding has, so they never win.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqmodels.config import ModelConfig
+from seqmodels.config import INCEPTION_KERNELS, ModelConfig
 from seqmodels.masking import (
     EncoderOutput,
     EventEmbedding,
@@ -59,7 +66,7 @@ class TemporalBlock(nn.Module):
         self.conv2 = nn.Conv1d(hidden_size, hidden_size, kernel_size, dilation=dilation)
         self.dropout = nn.Dropout(dropout)
         span = (kernel_size - 1) * dilation  # steps one convolution adds to the receptive field
-        self.padding = (span, 0) if causal else (span // 2, span - span // 2)  # (left, right)
+        self.padding = _span_padding(span, causal)
 
     def convolve(self, conv: nn.Conv1d, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         # Pads are zeroed first: the norm's bias and the previous convolution's bias make them
@@ -76,6 +83,43 @@ class TemporalBlock(nn.Module):
         return torch.where(real, x + self.dropout(y), 0.0)
 
 
+def _span_padding(span: int, causal: bool) -> tuple[int, int]:
+    """(left, right) padding of a convolution that reads ``span`` steps besides its own."""
+    return (span, 0) if causal else (span // 2, span - span // 2)
+
+
+class InceptionBlock(nn.Module):
+    """Bottleneck, three convolutions of widths ``INCEPTION_KERNELS`` and a max-pool branch
+    side by side, pre-norm and a residual: (B, T, H) -> (B, T, H), H divisible by 4."""
+
+    def __init__(self, hidden_size: int, dropout: float, causal: bool) -> None:
+        super().__init__()
+        branch = hidden_size // 4
+        self.norm = nn.LayerNorm(hidden_size)
+        self.bottleneck = nn.Linear(hidden_size, branch)
+        self.convs = nn.ModuleList(nn.Conv1d(branch, branch, k) for k in INCEPTION_KERNELS)
+        self.paddings = [_span_padding(k - 1, causal) for k in INCEPTION_KERNELS]
+        self.pool_padding = _span_padding(2, causal)
+        self.pool_project = nn.Linear(hidden_size, branch)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        """x (B, T, H), zero at pads; real (B, T, 1) True at real steps."""
+        h = self.norm(x)
+        narrow = torch.where(real, self.bottleneck(h), 0.0).transpose(1, 2)  # (B, H/4, T)
+        outs = [
+            conv(F.pad(narrow, padding)).transpose(1, 2)  # (B, T, H/4)
+            for conv, padding in zip(self.convs, self.paddings, strict=True)
+        ]
+        # Pads as -inf before the max-pool, as its own padding is: a pad never wins a max.
+        wide = torch.where(real, h, float("-inf")).transpose(1, 2)  # (B, H, T)
+        pooled = F.max_pool1d(F.pad(wide, self.pool_padding, value=float("-inf")), 3, stride=1)
+        pooled = torch.where(real, pooled.transpose(1, 2), 0.0)  # (B, T, H)
+        outs.append(self.pool_project(pooled))
+        y = F.gelu(torch.cat(outs, dim=-1))  # (B, T, H)
+        return torch.where(real, x + self.dropout(y), 0.0)
+
+
 class TCNEncoder(nn.Module):
     """Events (B, T) -> per-step (B, T, H) and pooled (B, H); no recurrent state."""
 
@@ -88,12 +132,18 @@ class TCNEncoder(nn.Module):
             config.embedding_dim,
             config.hidden_size,
             config.dropout,
+            numeric_embedding=config.numeric_embedding,
         )
         self.causal = config.resolved_causal
-        self.blocks = nn.ModuleList(
-            TemporalBlock(config.hidden_size, config.kernel_size, 2**i, config.dropout, self.causal)
+        blocks: list[nn.Module] = [
+            InceptionBlock(config.hidden_size, config.dropout, self.causal)
+            if config.block == "inception"
+            else TemporalBlock(
+                config.hidden_size, config.kernel_size, 2**i, config.dropout, self.causal
+            )
             for i in range(config.depth)
-        )
+        ]
+        self.blocks = nn.ModuleList(blocks)
         self.final_norm = nn.LayerNorm(config.hidden_size)
         self.pooling = config.resolved_pooling
         receptive = config.receptive_field

@@ -198,6 +198,7 @@ class TransformerEncoder(nn.Module):
             config.embedding_dim,
             config.hidden_size,
             dropout=0.0,  # dropout is applied once, after the positions are added
+            numeric_embedding=config.numeric_embedding,
         )
         self.max_len = config.max_len
         self.position_kind = config.positions

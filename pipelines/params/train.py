@@ -256,14 +256,19 @@ def check_receptive_field(train: TrainConfig, window_len: int) -> str | None:
     if field is None:
         return None
     covering = spec.tcn_covering_depth(window_len)
+    if spec.block == "inception":
+        shape, formula = "block=inception", "1 + 38 num_layers"
+    else:
+        shape = f"kernel_size={spec.kernel_size}"
+        formula = "1 + 2 (kernel_size - 1)(2^num_layers - 1)"
     if field < window_len:
         note = (
-            f"train.model: the tcn's receptive field is {field} events (kernel_size="
-            f"{spec.kernel_size}, num_layers={spec.num_layers}), shorter than the window of "
+            f"train.model: the tcn's receptive field is {field} events ({shape}, "
+            f"num_layers={spec.num_layers}), shorter than the window of "
             f"{window_len}: each step's output sees only its last {field} events; "
-            f"num_layers={covering} covers the window (1 + 2 (kernel_size - 1)(2^num_layers - 1))"
+            f"num_layers={covering} covers the window ({formula})"
         )
-    elif 2 ** (spec.num_layers - 1) >= window_len:
+    elif spec.block == "dilated" and 2 ** (spec.num_layers - 1) >= window_len:
         note = (
             f"train.model: num_layers={spec.num_layers}: the tcn's last blocks have a dilation "
             f"of at least the window of {window_len} events and read only padding beyond "

@@ -35,6 +35,11 @@ VARIANTS = [(arch, task, {}) for arch in ARCHS for task in TASKS] + [
     ("tcn", "classify", {"causal": False}),
     ("tcn", "classify", {"causal": False, "kernel_size": 4, "num_layers": 3}),  # uneven padding
     ("tcn", "forecast", {"kernel_size": 2, "num_layers": 4}),
+    ("tcn", "classify", {"block": "inception", "causal": False}),
+    ("tcn", "next_event", {"block": "inception"}),
+    ("lstm", "classify", {"numeric_embedding": "periodic"}),
+    ("transformer", "forecast", {"numeric_embedding": "periodic"}),
+    ("tcn", "classify", {"numeric_embedding": "periodic", "causal": False}),
 ]
 CAUSAL_VARIANTS = [v for v in VARIANTS if ModelSpec(architecture=v[0], **v[2]).causal_for(v[1])]
 BIDIRECTIONAL_VARIANTS = [v for v in VARIANTS if v not in CAUSAL_VARIANTS]
@@ -412,6 +417,9 @@ def test_config_round_trips_through_json():
         ({"num_classes": 1}, "num_classes"),
         ({"horizon": 0}, "horizon"),
         ({"forecast_loss": "l1"}, "forecast_loss"),
+        ({"numeric_embedding": "ple"}, "numeric_embedding"),
+        ({"architecture": "tcn", "block": "resnet"}, "block"),
+        ({"architecture": "tcn", "block": "inception", "hidden_size": 18}, "hidden_size"),
         ({"max_len": 0}, "max_len"),
         ({"colour": "red"}, "colour"),
     ],

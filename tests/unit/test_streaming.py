@@ -198,13 +198,15 @@ def test_events_before_the_last_streamed_one_are_refused(lstm, events):
     assert streamer.store.get("o")[0].events_seen == 10
 
 
-@pytest.mark.parametrize("task", ["classify", "forecast"])
-def test_a_causal_tcn_keeps_only_its_receptive_field(tiny_pipeline, events, task):
+@pytest.mark.parametrize(
+    ("task", "block"), [("classify", "dilated"), ("forecast", "dilated"), ("forecast", "inception")]
+)
+def test_a_causal_tcn_keeps_only_its_receptive_field(tiny_pipeline, events, task, block):
     """Its last output reads its last ``receptive_field`` inputs only: a state of that many
     events streams exactly what re-scoring the window gives, at a fraction of the cost."""
     scorer = _scorer(
         tiny_pipeline, "tcn", task=task, pooling="last" if task == "classify" else None,
-        num_layers=2,  # auto would cover the whole window
+        block=block, num_layers=2 if block == "dilated" else 1,  # auto: the whole window
     )  # fmt: skip
     reach = scorer.config.receptive_field
     assert reach is not None and reach < scorer.window_len

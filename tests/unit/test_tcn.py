@@ -13,6 +13,7 @@ from pipelines.config import params_from_dict
 from pipelines.params.train import TrainConfig, check_receptive_field
 from seqcore.config import ConfigError
 from seqmodels import ModelConfig, ModelConfigError, ModelSpec
+from seqmodels.config import INCEPTION_DEPTH, INCEPTION_KERNELS
 from tests.unit.test_models import N_NUMERIC, VOCABS, make_model
 
 
@@ -51,6 +52,52 @@ def test_receptive_field_is_what_an_output_reads(kernel_size, num_layers):
     if kernel_size % 2:
         half = (field - 1) // 2
         assert reach(model, total + field, at=field) == list(range(field - half, field + half + 1))
+
+
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_inception_receptive_field_is_what_an_output_reads(num_layers):
+    model = make_model("tcn", "forecast", block="inception", num_layers=num_layers)
+    field = model.config.receptive_field
+    assert field == 1 + (max(INCEPTION_KERNELS) - 1) * num_layers
+    total = field + 10
+    assert reach(model, total, at=total - 1) == list(range(total - field, total))
+    model = make_model("tcn", "classify", block="inception", causal=False, num_layers=num_layers)
+    half = (field - 1) // 2  # odd widths: centred
+    assert reach(model, total + field, at=field) == list(range(field - half, field + half + 1))
+
+
+def test_inception_block_config():
+    spec = ModelSpec(architecture="tcn", block="inception")
+    assert spec.depth_for(10) == spec.depth_for(5000) == INCEPTION_DEPTH
+    config = ModelConfig.from_spec(spec, vocab_sizes=VOCABS, n_numeric=N_NUMERIC, max_len=1460)
+    assert config.num_layers == INCEPTION_DEPTH and config.to_dict()["block"] == "inception"
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    # The other encoders' stored configs do not grow the key.
+    assert "block" not in ModelConfig(vocab_sizes=VOCABS, n_numeric=1).to_dict()
+    with pytest.raises(ConfigError, match=r"train\.model\.hidden_size=30: block: inception needs"):
+        params_from_dict(
+            {"train": {"model": {"architecture": "tcn", "block": "inception", "hidden_size": 30}}}
+        )
+    note = check_receptive_field(
+        TrainConfig(model=ModelSpec(architecture="tcn", block="inception", num_layers=2)), 251
+    )
+    assert note is not None and "77 events (block=inception, num_layers=2)" in note
+    assert "num_layers=7 covers the window (1 + 38 num_layers)" in note
+
+
+def test_periodic_numeric_embedding_is_stored_only_when_chosen():
+    sizes = {"vocab_sizes": VOCABS, "n_numeric": N_NUMERIC}
+    linear = ModelConfig(**sizes)
+    assert "numeric_embedding" not in linear.to_dict()
+    periodic = ModelConfig(**sizes, numeric_embedding="periodic")
+    assert periodic.to_dict()["numeric_embedding"] == "periodic"
+    assert ModelConfig.from_dict(periodic.to_dict()) == periodic
+    model = make_model("lstm", "classify", numeric_embedding="periodic")
+    width = model.encoder.embed.project.in_features
+    assert width == len(VOCABS) * 4 + N_NUMERIC * 4  # embedding_dim 4 per numeric feature too
+    # Without numeric features there is nothing to code.
+    no_numeric = make_model("gru", "classify", n_numeric=0, numeric_embedding="periodic")
+    assert no_numeric.encoder.embed.numeric is None
 
 
 def test_config_of_the_tcn():
