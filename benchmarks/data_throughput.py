@@ -254,6 +254,25 @@ def step_baseline(args: argparse.Namespace) -> dict[str, Any]:
     return {**figures, **sizes}
 
 
+def step_ingest(args: argparse.Namespace) -> dict[str, Any]:
+    """The ingest stage reading the same events as a user's folder of Parquet files
+    (``data.source: file``, no arrival column): a stream, so its peak RSS is the measure."""
+    import dataclasses
+
+    from pipelines import ingest
+    from pipelines.config import load_params
+
+    params = load_params(PARAMS)
+    data = dataclasses.replace(params.data, source="file", path=str(args.events_dir))
+    phases = Phases()
+    for name in ("open_dataset", "normalise_user_table", "_finish_part"):
+        phases.wrap(ingest, name)
+    summary, figures = phases.measure(
+        lambda: ingest.run(dataclasses.replace(params, data=data), Path(args.work) / "ingested")
+    )
+    return {**figures, "rows": summary["rows"], "parts": summary["parts"]}
+
+
 def step_validate(args: argparse.Namespace) -> dict[str, Any]:
     from data_checks import contract
     from pipelines import validate
@@ -326,6 +345,7 @@ def step_pandas(args: argparse.Namespace) -> dict[str, Any]:
 
 
 STEPS = {
+    "ingest": step_ingest,
     "generate": step_generate,
     "baseline": step_baseline,
     "validate": step_validate,

@@ -6,16 +6,25 @@ the row's position in the source stream, so that arrival order survives partitio
 ``data.rows_per_part`` rows the table is split into parts by a stable hash of the entity key;
 each part keeps arrival order.
 
-Arrival order: a user's file is sorted by the column ``data.schema.arrival`` maps (stable, so
+A user's source is read as a stream of record batches (pyarrow datasets): one file, a
+directory of files (read in name order) or a hive-partitioned directory (``key=value``
+folders become columns), local or at a URL such as ``s3://``. Each batch is checked and
+normalised, then its rows go to their entity's part, where they wait in a bounded buffer
+(``BUFFER_BYTES`` over all parts) until written as a row group: the stage never holds the
+whole input (benchmarks/README.md, "Streaming ingest"). The number of parts comes from the
+source's row count (Parquet footers; a CSV is read once more to count).
+
+Arrival order: a user's file is ranked by the column ``data.schema.arrival`` maps (stable, so
 ties keep file order); without one, rows keep the file's order, which validate then does not
 take as the global arrival order (late_events is skipped). Generated rows are produced in
-arrival order.
+arrival order. Ranking reads the arrival column alone first (about 24 bytes per row while
+ranking), then each part is put back into arrival order once written.
 
 A user's file is checked here for what ingest itself needs (mapped columns present, types
-convertible, times normalised to UTC) with messages that name the key, column and rows;
-everything else is the ordering contract's job (the validate stage). Generated data is checked
-against the generator's columns and otherwise passed through as is, so that planted faults
-reach the contract.
+convertible, times normalised to UTC) with messages that name the key, column and rows
+(numbered from 1 in file order across batches); everything else is the ordering contract's
+job (the validate stage). Generated data is checked against the generator's columns and
+otherwise passed through as is, so that planted faults reach the contract.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import argparse
 import logging
 import sys
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -40,9 +51,19 @@ from pipelines.generate import generate_events, role_names
 from pipelines.params.data import DataConfig
 from pipelines.stage import stage_main
 from seqcore.io import atomic_dir, write_json
+from seqcore.progress import RowProgress
 from seqcore.schema import ARRIVAL, SchemaConfig
 
 log = logging.getLogger("seqops.ingest")
+
+READ_BATCH_ROWS = 131_072
+"""Rows per record batch read from the source (and per slice of a generated table)."""
+READ_BUFFER_BYTES = 1024**2
+"""Bytes of a Parquet column chunk read at a time."""
+BUFFER_BYTES = 128 * 1024**2
+"""Rows waiting for their part, over all parts: past this the largest buffer is written."""
+ROW_GROUP_ROWS = 131_072
+"""A part's buffer is written as one row group once it holds this many rows."""
 
 
 class IngestError(ValueError):
@@ -73,44 +94,114 @@ def csv_string_columns(schema: SchemaConfig) -> list[str]:
     ]
 
 
-def read_source(config: DataConfig) -> pa.Table:
-    """Read a user's events file (Parquet or CSV, file or directory of files).
+def source_format(config: DataConfig) -> str:
+    """``parquet`` or ``csv``: ``data.format``, or for ``auto`` the path's suffix."""
+    assert config.path is not None
+    if config.format != "auto":
+        return config.format
+    suffixes = "".join(Path(config.path.split("?")[0]).suffixes).lower()
+    return "csv" if ".csv" in suffixes else "parquet"
+
+
+def open_dataset(config: DataConfig) -> ds.Dataset:
+    """The user's events as a pyarrow dataset: a file, a directory of files (hidden and
+    ``_``-prefixed files such as ``_SUCCESS`` skipped) or a hive-partitioned directory.
 
     Parquet keeps its own types. A CSV reads :func:`csv_string_columns` as strings (an
-    empty cell is null there, as it is in a numeric column) and infers the rest.
+    empty cell becomes null there, as it is in a numeric column, in :func:`source_batches`)
+    and infers the rest.
     """
     assert config.path is not None
-    fmt = config.format
-    if fmt == "auto":
-        suffixes = "".join(Path(config.path.split("?")[0]).suffixes).lower()
-        fmt = "csv" if ".csv" in suffixes else "parquet"
     filesystem, path = _open_source(config.path)
-    try:
-        if fmt == "parquet":
-            return pq.read_table(path, filesystem=filesystem)
+    fmt = source_format(config)
+    file_format: ds.FileFormat
+    if fmt == "csv":
         strings = csv_string_columns(config.schema)
         options = pacsv.ConvertOptions(column_types={c: pa.string() for c in strings})
-        with filesystem.open_input_stream(path) as stream:
-            table = pacsv.read_csv(stream, convert_options=options)
+        file_format = ds.CsvFileFormat(convert_options=options)
+    else:
+        # pre_buffer (Arrow's default) fetches a whole file's column chunks ahead of the
+        # batches asked for: the entire table, for a one-file source.
+        options = ds.ParquetFragmentScanOptions(pre_buffer=False)
+        file_format = ds.ParquetFileFormat(default_fragment_scan_options=options)
+    try:
+        return ds.dataset(path, filesystem=filesystem, format=file_format, partitioning="hive")
     except (pa.ArrowInvalid, OSError) as exc:
         raise IngestError(
-            f"data.path: {config.path} is not a readable {fmt} events file: {exc}"
+            f"data.path: {config.path} is not a readable {fmt} events file or folder: {exc}"
         ) from None
-    for name in strings:
-        if name in table.column_names:
-            column = table[name]
-            empty = pc.equal(column, "")
-            index = table.schema.get_field_index(name)
-            table = table.set_column(
-                index, name, pc.if_else(empty, pa.scalar(None, column.type), column)
-            )
-    return table
 
 
-def _rows(positions: np.ndarray, values: list[Any], limit: int = 3) -> str:
-    """``row 3: 'x', row 9: 'y'``: the first examples, rows numbered from 1 in file order."""
+def _parquet_batches(dataset: ds.Dataset, fragment: ds.ParquetFileFragment) -> Iterator[pa.Table]:
+    """One Parquet file's rows as ``dataset.schema`` tables of up to ``READ_BATCH_ROWS``,
+    hive keys of its folder added as columns. Read page by page (``iter_batches`` without
+    pre-buffering), so even a file written as a single row group streams."""
+    keys = ds.get_partition_keys(fragment.partition_expression) or {}
+    with dataset.filesystem.open_input_file(fragment.path) as handle:
+        # buffer_size: read a column chunk a megabyte at a time, not whole (Arrow's default).
+        reader = pq.ParquetFile(handle, pre_buffer=False, buffer_size=READ_BUFFER_BYTES)
+        for batch in reader.iter_batches(batch_size=READ_BATCH_ROWS):
+            table = pa.Table.from_batches([batch])
+            columns = []
+            for field in dataset.schema:
+                if field.name in keys:
+                    value = pa.array([keys[field.name]], field.type)
+                    column = value.take(pa.array(np.zeros(table.num_rows, dtype=np.int64)))
+                elif field.name in table.column_names:
+                    column = table[field.name]
+                else:  # a column other files of the folder have
+                    column = pa.nulls(table.num_rows, field.type)
+                columns.append(column.cast(field.type) if column.type != field.type else column)
+            yield pa.Table.from_arrays(columns, schema=dataset.schema)
+
+
+def _record_batches(dataset: ds.Dataset) -> Iterator[pa.Table]:
+    """The dataset's rows in file order. Arrow's dataset scanner reads ahead of a slow
+    consumer without bound (the whole of a one-file source, measured), so Parquet files are
+    read with their own page-by-page reader and CSV with no readahead."""
+    for fragment in dataset.get_fragments():
+        if isinstance(fragment, ds.ParquetFileFragment):
+            yield from _parquet_batches(dataset, fragment)
+        else:
+            for batch in fragment.to_batches(
+                schema=dataset.schema,
+                batch_size=READ_BATCH_ROWS,
+                batch_readahead=0,
+                use_threads=False,
+            ):
+                yield pa.Table.from_batches([batch])
+
+
+def source_batches(dataset: ds.Dataset, config: DataConfig) -> Iterator[pa.Table]:
+    """The dataset's rows in file order, up to ``READ_BATCH_ROWS`` at a time (empty CSV
+    string cells as nulls); a file that cannot be parsed fails naming ``data.path``."""
+    strings = csv_string_columns(config.schema) if source_format(config) == "csv" else []
+    try:
+        for table in _record_batches(dataset):
+            if not table.num_rows:
+                continue
+            for name in strings:
+                if name in table.column_names:
+                    column = table[name]
+                    empty = pc.equal(column, "")
+                    index = table.schema.get_field_index(name)
+                    table = table.set_column(
+                        index, name, pc.if_else(empty, pa.scalar(None, column.type), column)
+                    )
+            yield table
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise IngestError(
+            f"data.path: {config.path} is not a readable {source_format(config)} events file "
+            f"or folder: {exc}"
+        ) from None
+
+
+def _rows(positions: np.ndarray, values: list[Any], first_row: int = 0, limit: int = 3) -> str:
+    """``row 3: 'x', row 9: 'y'``: the first examples, rows numbered from 1 in file order
+    (``positions`` count from the batch's first row, ``first_row`` in the file)."""
     return ", ".join(
-        f"row {int(i) + 1}: {v!r}" for i, v in zip(positions[:limit], values[:limit], strict=False)
+        f"row {first_row + int(i) + 1}: {v!r}"
+        for i, v in zip(positions[:limit], values[:limit], strict=False)
     )
 
 
@@ -134,7 +225,9 @@ def _calendar_valid(values: pa.Array) -> np.ndarray:
     return pc.is_valid(parsed).to_numpy(zero_copy_only=False)
 
 
-def _time_strings_error(column: pa.ChunkedArray, name: str, role: str, source_tz: str) -> str:
+def _time_strings_error(
+    column: pa.ChunkedArray, name: str, role: str, source_tz: str, first_row: int = 0
+) -> str:
     """Why a string time column does not parse: which rows mix naive times with times that
     carry an offset, which are no ISO-8601 time at all, and what to do about each."""
     values = column.combine_chunks()
@@ -153,7 +246,7 @@ def _time_strings_error(column: pa.ChunkedArray, name: str, role: str, source_tz
     bad = np.flatnonzero(present & ~good)
 
     def examples(rows: np.ndarray) -> str:
-        return _rows(rows, values.take(pa.array(rows[:3])).to_pylist())
+        return _rows(rows, values.take(pa.array(rows[:3])).to_pylist(), first_row)
 
     problems = []
     if with_offset.size and naive.size:
@@ -176,11 +269,19 @@ def _time_strings_error(column: pa.ChunkedArray, name: str, role: str, source_tz
 
 
 def _to_utc(
-    column: pa.ChunkedArray, name: str, source_tz: str, role: str = "time"
+    column: pa.ChunkedArray,
+    name: str,
+    source_tz: str,
+    role: str = "time",
+    first_row: int = 0,
+    modes: dict[str, str] | None = None,
 ) -> pa.ChunkedArray:
+    """``column`` as UTC microsecond timestamps. Strings either all carry an offset or all
+    are naive times of ``source_tz``; ``modes`` remembers which, per column, across the
+    batches of one file, so that a file cannot mix them between batches either."""
     kind = column.type
     if pa.types.is_dictionary(kind):
-        return _to_utc(pc.cast(column, kind.value_type), name, source_tz, role)
+        return _to_utc(pc.cast(column, kind.value_type), name, source_tz, role, first_row, modes)
     if pa.types.is_timestamp(kind):
         if kind.tz is None:
             column = pc.assume_timezone(
@@ -194,16 +295,29 @@ def _to_utc(
                 "timestamps; fix those values"
             ) from None
     if pa.types.is_date(kind):
-        return _to_utc(pc.cast(column, pa.timestamp("us")), name, source_tz, role)
+        return _to_utc(pc.cast(column, pa.timestamp("us")), name, source_tz, role, first_row)
     if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
+        modes = {} if modes is None else modes
         try:  # every value carries an offset (or Z)
-            return pc.cast(column, pa.timestamp("us", tz="UTC"))
+            mode, values = "offset", pc.cast(column, pa.timestamp("us", tz="UTC"))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            pass
-        try:  # no value carries one: naive local times of the source zone
-            return _to_utc(pc.cast(column, pa.timestamp("us")), name, source_tz, role)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            raise IngestError(_time_strings_error(column, name, role, source_tz)) from None
+            try:  # no value carries one: naive local times of the source zone
+                naive = pc.cast(column, pa.timestamp("us"))
+                mode, values = "naive", _to_utc(naive, name, source_tz, role, first_row)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                raise IngestError(
+                    _time_strings_error(column, name, role, source_tz, first_row)
+                ) from None
+        earlier = modes.setdefault(name, mode)
+        if earlier != mode:
+            have = "carry a UTC offset" if mode == "offset" else "have no UTC offset"
+            raise IngestError(
+                f"column {name!r} ({role}): the rows from row {first_row + 1} on {have} while "
+                "earlier rows of the same source do not; one column must not mix them: write "
+                "every time with an offset (or Z), or every time without one (naive times are "
+                f"read in data.source_timezone, currently {source_tz!r})"
+            )
+        return values
     raise IngestError(
         f"column {name!r} ({role}) has type {kind}; expected a timestamp or ISO-8601 strings"
     )
@@ -223,7 +337,7 @@ def check_mapped_columns(columns: list[str], schema: SchemaConfig, where: str) -
         )
 
 
-def _not_numbers(column: pa.ChunkedArray) -> str:
+def _not_numbers(column: pa.ChunkedArray, first_row: int = 0) -> str:
     """Examples of the values of a string column that are not numbers (rows from 1)."""
     values = column.combine_chunks()
     if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
@@ -233,11 +347,11 @@ def _not_numbers(column: pa.ChunkedArray) -> str:
     rows = np.flatnonzero(~ok)
     if not rows.size:
         return ""
-    examples = _rows(rows, values.take(pa.array(rows[:3])).to_pylist())
+    examples = _rows(rows, values.take(pa.array(rows[:3])).to_pylist(), first_row)
     return f"; {rows.size} value(s) are not numbers ({examples}; rows count from 1)"
 
 
-def _label_column(column: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
+def _label_column(column: pa.ChunkedArray, name: str, first_row: int = 0) -> pa.ChunkedArray:
     """The label as strings, integers or booleans; floats holding whole numbers (pandas
     writes integer labels with a missing value as floats) become integers, NaN a null."""
     kind = column.type
@@ -250,7 +364,7 @@ def _label_column(column: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
         if fractional.size:
             raise IngestError(
                 f"column {name!r} (label) holds {fractional.size} value(s) that are not whole "
-                f"numbers ({_rows(fractional, numbers[fractional[:3]].tolist())}; rows count "
+                f"numbers ({_rows(fractional, numbers[fractional[:3]].tolist(), first_row)}; rows count "
                 "from 1): a label names a class: use strings, integers or booleans, or map a "
                 "numeric target as data.schema.forecast instead"
             )
@@ -263,9 +377,15 @@ def _label_column(column: pa.ChunkedArray, name: str) -> pa.ChunkedArray:
     )
 
 
-def normalise_user_table(table: pa.Table, config: DataConfig) -> pa.Table:
-    """Check the mapped columns of a user's table, bring times to UTC and rows into arrival
-    order (by ``data.schema.arrival`` when it is mapped, else as the file holds them)."""
+def normalise_user_table(
+    table: pa.Table,
+    config: DataConfig,
+    first_row: int = 0,
+    time_modes: dict[str, str] | None = None,
+) -> pa.Table:
+    """Check the mapped columns of (a batch of) a user's table and bring times to UTC; the
+    rows stay as they are. ``first_row``: the batch's first row in the file, for messages;
+    ``time_modes``: one dict for all batches of one file (see :func:`_to_utc`)."""
     schema = config.schema
     check_mapped_columns(table.column_names, schema, str(config.path))
 
@@ -285,21 +405,34 @@ def normalise_user_table(table: pa.Table, config: DataConfig) -> pa.Table:
     for col in schema.numeric:
         kind = table[col].type
         ok = pa.types.is_integer(kind) or pa.types.is_floating(kind)
-        expect(col, "numeric feature", ok, "a number", "" if ok else _not_numbers(table[col]))
+        hint = "" if ok else _not_numbers(table[col], first_row)
+        expect(col, "numeric feature", ok, "a number", hint)
     for col in schema.categorical:
         expect(col, "categorical feature", type_ok("key", table[col].type), "string or integer")
     if schema.label:
         index = table.schema.get_field_index(schema.label)
-        table = table.set_column(
-            index, schema.label, _label_column(table[schema.label], schema.label)
-        )
+        label = _label_column(table[schema.label], schema.label, first_row)
+        table = table.set_column(index, schema.label, label)
     index = table.schema.get_field_index(schema.time)
-    table = table.set_column(
-        index, schema.time, _to_utc(table[schema.time], schema.time, config.source_timezone)
+    utc = _to_utc(
+        table[schema.time], schema.time, config.source_timezone, "time", first_row, time_modes
     )
-    if schema.arrival:
-        table = table.take(pa.array(arrival_order(table, schema.arrival, config.source_timezone)))
-    return table
+    return table.set_column(index, schema.time, utc)
+
+
+def arrival_ranks(dataset: ds.Dataset, config: DataConfig) -> np.ndarray:
+    """Each row's position in arrival order (``_arrival``), by the arrival column alone:
+    the only pass that holds one value per row of the whole source."""
+    name = config.schema.arrival
+    assert name is not None
+    try:
+        column = dataset.to_table(columns=[name])
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise IngestError(f"data.path: {config.path}: cannot read column {name!r}: {exc}") from None
+    order = arrival_order(column, name, config.source_timezone)
+    ranks = np.empty_like(order)
+    ranks[order] = np.arange(order.size, dtype=order.dtype)
+    return ranks
 
 
 def arrival_order(table: pa.Table, name: str, source_tz: str) -> np.ndarray:
@@ -339,54 +472,202 @@ def _entity_parts(entity: pa.ChunkedArray, n_parts: int) -> np.ndarray:
     return np.where(nulls, 0, part_of_value[np.where(nulls, 0, codes)])
 
 
+class PartWriter:
+    """Rows to ``n_parts`` entity-hash part files in ``folder``, with bounded memory: each
+    part's rows wait in a buffer that is written as a row group once it holds
+    ``ROW_GROUP_ROWS`` rows, and the largest buffer is written whenever all of them hold more
+    than ``BUFFER_BYTES``. Within a part, rows keep the order they were given in."""
+
+    def __init__(
+        self,
+        folder: Path,
+        n_parts: int,
+        entity: str | None,
+        dictionary_columns: list[str] | None = None,
+    ) -> None:
+        self.folder, self.n_parts, self.entity = folder, n_parts, entity
+        # Parquet dictionary pages only for the columns that repeat few values: an open
+        # writer keeps each dictionary column's memo table (about 1.5 MB for a key column of
+        # 20,000-row groups), and every part's writer stays open until the end.
+        self.dictionary_columns = dictionary_columns or []
+        self.names = [f"part-{k:05d}.parquet" for k in range(n_parts)]
+        self.buffers: list[list[pa.Table]] = [[] for _ in range(n_parts)]
+        self.buffered_rows = np.zeros(n_parts, dtype=np.int64)
+        self.buffered_bytes = np.zeros(n_parts, dtype=np.int64)
+        self.rows = np.zeros(n_parts, dtype=np.int64)
+        self.writers: list[pq.ParquetWriter | None] = [None] * n_parts
+        self.schema: pa.Schema | None = None
+
+    def write(self, table: pa.Table) -> None:
+        if self.schema is None:
+            self.schema = table.schema
+        elif table.schema != self.schema:
+            table = table.cast(self.schema)
+        if self.n_parts == 1 or self.entity is None or self.entity not in table.column_names:
+            self._add(0, table)
+        else:
+            parts = _entity_parts(table[self.entity], self.n_parts)
+            order = np.argsort(parts, kind="stable")  # stable: each part keeps the row order
+            bounds = np.concatenate([[0], np.cumsum(np.bincount(parts, minlength=self.n_parts))])
+            for k in np.flatnonzero(np.diff(bounds)):
+                # A take of its own per part: a slice of one shared take would keep the whole
+                # batch alive for as long as any part still buffers a piece of it.
+                rows = pa.array(order[bounds[k] : bounds[k + 1]])
+                self._add(int(k), table.take(rows))
+        while self.buffered_bytes.sum() > BUFFER_BYTES:
+            self._flush(int(np.argmax(self.buffered_bytes)))
+
+    def _add(self, k: int, rows: pa.Table) -> None:
+        self.buffers[k].append(rows)
+        self.buffered_rows[k] += rows.num_rows
+        self.buffered_bytes[k] += rows.nbytes
+        self.rows[k] += rows.num_rows
+        if self.buffered_rows[k] >= ROW_GROUP_ROWS:
+            self._flush(k)
+
+    def _flush(self, k: int) -> None:
+        if not self.buffers[k]:
+            return
+        assert self.schema is not None
+        writer = self.writers[k]
+        if writer is None:
+            writer = self.writers[k] = pq.ParquetWriter(
+                self.folder / self.names[k],
+                self.schema,
+                use_dictionary=[c for c in self.dictionary_columns if c in self.schema.names],
+            )
+        writer.write_table(pa.concat_tables(self.buffers[k]).combine_chunks())
+        self.buffers[k] = []
+        self.buffered_rows[k] = self.buffered_bytes[k] = 0
+
+    def close(self, empty_schema: pa.Schema) -> list[str]:
+        """Write what is buffered and close every part; a part without rows is written
+        empty, so the folder always holds ``n_parts`` files. Returns their names."""
+        if self.schema is None:
+            self.schema = empty_schema
+        for k in range(self.n_parts):
+            self._flush(k)
+            writer = self.writers[k]
+            if writer is None:
+                pq.write_table(self.schema.empty_table(), self.folder / self.names[k])
+            else:
+                writer.close()
+        return self.names
+
+
+def dictionary_columns(schema: SchemaConfig) -> list[str]:
+    """Columns worth Parquet's dictionary encoding: categories, labels and event types."""
+    roles = [schema.label, schema.next_event]
+    return [*schema.categorical, *(c for c in roles if c)]
+
+
+def n_parts_for(rows: int, rows_per_part: int) -> int:
+    return max(1, -(-rows // rows_per_part))
+
+
 def write_events(table: pa.Table, out_dir: Path, rows_per_part: int, entity: str) -> list[str]:
     """Write ``table`` (with ``_arrival``) as part files, atomically."""
-    n_parts = max(1, -(-table.num_rows // rows_per_part))
-    written = []
     with atomic_dir(out_dir) as tmp:
-        if n_parts == 1 or entity not in table.column_names:
-            pq.write_table(table, tmp / "part-00000.parquet")
-            written.append("part-00000.parquet")
-        else:
-            parts = _entity_parts(table[entity], n_parts)
-            for k in range(n_parts):
-                rows = np.flatnonzero(parts == k)  # ascending: arrival order is kept
-                pq.write_table(table.take(pa.array(rows)), tmp / f"part-{k:05d}.parquet")
-                written.append(f"part-{k:05d}.parquet")
-                log.info("part %d/%d written: %d rows", k + 1, n_parts, len(rows))
-    return written
+        n_parts = n_parts_for(table.num_rows, rows_per_part)
+        repeated = [
+            f.name
+            for f in table.schema
+            if f.name != entity and (pa.types.is_string(f.type) or pa.types.is_dictionary(f.type))
+        ]
+        writer = PartWriter(tmp, n_parts, entity, repeated)
+        for batch in table.to_batches(max_chunksize=READ_BATCH_ROWS):
+            writer.write(pa.Table.from_batches([batch], schema=table.schema))
+        return writer.close(table.schema)
+
+
+def _with_arrival(table: pa.Table, arrival: np.ndarray) -> pa.Table:
+    if ARRIVAL in table.column_names:  # e.g. a file ingest wrote before: ranked anew here
+        table = table.drop_columns([ARRIVAL])
+    return table.append_column(ARRIVAL, pa.array(arrival, pa.int64()))
+
+
+def _generated_batches(table: pa.Table) -> Iterator[pa.Table]:
+    start = 0
+    for batch in table.to_batches(max_chunksize=READ_BATCH_ROWS):
+        rows = pa.Table.from_batches([batch], schema=table.schema)
+        yield _with_arrival(rows, np.arange(start, start + rows.num_rows, dtype=np.int64))
+        start += rows.num_rows
+
+
+def _user_batches(dataset: ds.Dataset, data: DataConfig) -> Iterator[pa.Table]:
+    ranks = arrival_ranks(dataset, data) if data.schema.arrival else None
+    start, modes = 0, dict[str, str]()
+    for batch in source_batches(dataset, data):
+        rows = normalise_user_table(batch, data, start, modes)
+        stop = start + rows.num_rows
+        arrival = ranks[start:stop] if ranks is not None else np.arange(start, stop)
+        yield _with_arrival(rows, arrival)
+        start = stop
+
+
+def _finish_part(path: Path, entity: str | None, sort: bool) -> int | None:
+    """Put a written part into arrival order (when its rows came in file order) and count
+    its entities (None without an entity column): one bounded read of one part."""
+    if sort:
+        table = pq.read_table(path)
+        table = table.take(pc.sort_indices(table[ARRIVAL]))
+        pq.write_table(table, path)
+        column = table[entity] if entity in table.column_names else None
+    else:
+        names = pq.read_schema(path).names
+        column = pq.read_table(path, columns=[entity])[entity] if entity in names else None
+    return None if column is None else int(pc.count_distinct(column).as_py())
 
 
 def run(params: Params, out_dir: Path, metrics_path: Path | None = None) -> dict[str, Any]:
     """Produce the events table in ``out_dir``; returns a small summary."""
     data = params.data
+    schema = data.schema
     if data.source == "generate":
         # Checked against the generator's columns, not its table: a planted missing_column
         # fault must reach the contract. (Also for Params built without load_params.)
-        check_generated_schema(data.schema)
-        table = generate_events(data.generate, params.seed, role_names(data.schema))
+        check_generated_schema(schema)
+        generated = generate_events(data.generate, params.seed, role_names(schema))
+        total, batches = generated.num_rows, _generated_batches(generated)
+        empty = _with_arrival(generated.slice(0, 0), np.arange(0)).schema
     else:
-        table = normalise_user_table(read_source(data), data)
+        dataset = open_dataset(data)
+        columns = dataset.schema.names
+        check_mapped_columns(columns, schema, str(data.path))
         split = params.shard.split
-        if split.method == "column" and split.column not in table.column_names:
+        if split.method == "column" and split.column not in columns:
             raise IngestError(
                 f"shard.split.column: {split.column!r} is not a column of {data.path} (its "
-                f"columns: {', '.join(table.column_names)}); name the column that holds each "
+                f"columns: {', '.join(columns)}); name the column that holds each "
                 "entity's split, or use shard.split.method: entity or time"
             )
-    if ARRIVAL in table.column_names:  # e.g. a file ingest wrote before: ranked anew here
-        table = table.drop_columns([ARRIVAL])
-    table = table.append_column(ARRIVAL, pa.array(np.arange(table.num_rows, dtype=np.int64)))
-    parts = write_events(table, out_dir, data.rows_per_part, data.schema.entity)
-    summary: dict[str, Any] = {"rows": table.num_rows, "parts": len(parts), "source": data.source}
-    if data.schema.entity in table.column_names:
-        summary["entities"] = pc.count_distinct(table[data.schema.entity]).as_py()
-    if data.schema.time in table.column_names and pa.types.is_timestamp(
-        table[data.schema.time].type
+        total, batches = dataset.count_rows(), _user_batches(dataset, data)
+        empty_rows = normalise_user_table(dataset.schema.empty_table(), data)
+        empty = _with_arrival(empty_rows, np.arange(0)).schema
+    n_parts = n_parts_for(total, data.rows_per_part)
+    progress = RowProgress(log, "ingest", total)
+    bounds: list[Any] = []
+    with atomic_dir(out_dir) as tmp:
+        writer = PartWriter(tmp, n_parts, schema.entity, dictionary_columns(schema))
+        for batch in batches:
+            writer.write(batch)
+            if schema.time in batch.column_names and pa.types.is_timestamp(batch[schema.time].type):
+                found = pc.min_max(batch[schema.time]).as_py()
+                bounds += [v for v in (found["min"], found["max"]) if v is not None]
+            progress.advance(batch.num_rows)
+        names = writer.close(empty)
+        sort = data.source == "file" and schema.arrival is not None
+        counts = [_finish_part(tmp / name, schema.entity, sort) for name in names]
+    progress.finish()
+    rows = int(writer.rows.sum())
+    summary: dict[str, Any] = {"rows": rows, "parts": len(names), "source": data.source}
+    if all(c is not None for c in counts):
+        summary["entities"] = sum(c for c in counts if c is not None)
+    if schema.time in (writer.schema or empty).names and pa.types.is_timestamp(
+        (writer.schema or empty).field(schema.time).type
     ):
-        bounds = pc.min_max(table[data.schema.time]).as_py()
-        summary["time_min"] = None if bounds["min"] is None else bounds["min"].isoformat()
-        summary["time_max"] = None if bounds["max"] is None else bounds["max"].isoformat()
+        summary["time_min"] = min(bounds).isoformat() if bounds else None
+        summary["time_max"] = max(bounds).isoformat() if bounds else None
     if metrics_path is not None:
         write_json(metrics_path, summary)
     return summary

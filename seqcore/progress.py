@@ -175,3 +175,52 @@ class EpochProgress:
         if done < self.epochs:
             parts.append(f"up to ~{_duration(left)} left")
         return "  ".join(parts)
+
+
+def _rate(v: float) -> str:
+    if v >= 1e6:
+        return f"{v / 1e6:.1f}M"
+    return f"{v / 1e3:.0f}k" if v >= 1e4 else f"{v:.0f}"
+
+
+class RowProgress:
+    """Progress of a stage that streams rows: at most one log line per ``every_s`` seconds,
+    "12,345,678 of 100,000,000 rows (12%), 1.2M rows/s, about 3 min left", and a last line
+    when done, so a long run shows it is moving without flooding the terminal or the log."""
+
+    def __init__(
+        self,
+        log: logging.Logger,
+        what: str,
+        total: int | None,
+        *,
+        every_s: float = 10.0,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self.log, self.what, self.total = log, what, total
+        self.every_s, self.clock = every_s, clock
+        self.started = self.last = clock()
+        self.done = 0
+
+    def line(self) -> str:
+        elapsed = max(self.clock() - self.started, 1e-9)
+        rate = self.done / elapsed
+        text = f"{self.what}: {self.done:,}"
+        if self.total:
+            text += f" of {self.total:,} rows ({100 * self.done / self.total:.0f}%)"
+        else:
+            text += " rows"
+        text += f", {_rate(rate)} rows/s"
+        if self.total and 0 < self.done < self.total and rate > 0:
+            text += f", about {_duration((self.total - self.done) / rate)} left"
+        return text
+
+    def advance(self, rows: int) -> None:
+        self.done += rows
+        now = self.clock()
+        if now - self.last >= self.every_s:
+            self.last = now
+            self.log.info(self.line())
+
+    def finish(self) -> None:
+        self.log.info(self.line())

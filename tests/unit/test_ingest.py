@@ -129,8 +129,8 @@ def test_rerun_replaces_output_atomically(default_params, tmp_path, monkeypatch)
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(pq, "write_table", boom)
-    with pytest.raises(RuntimeError):
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", boom)  # a part's first row group
+    with pytest.raises(RuntimeError, match="disk full"):
         run(dataclasses.replace(params, seed=99), tmp_path / "events")
     assert read_events(tmp_path / "events").equals(before)
     assert [p.name for p in tmp_path.iterdir()] == ["events"]  # no temporary leftovers

@@ -83,3 +83,22 @@ def test_quiet_unless_verbose(monkeypatch):
         assert progress.ray_init_options() == {"log_to_driver": True}
     finally:
         logging.getLogger("mlflow").setLevel(level)
+
+
+def test_row_progress_logs_at_most_every_interval_with_rate_and_time_left(caplog):
+    import logging
+
+    from seqcore.progress import RowProgress
+
+    now = [0.0]
+    log = logging.getLogger("seqops.test-progress")
+    progress = RowProgress(log, "ingest", 1_000_000, every_s=10, clock=lambda: now[0])
+    with caplog.at_level(logging.INFO, logger=log.name):
+        for _ in range(8):  # 100,000 rows every 4 s
+            now[0] += 4
+            progress.advance(100_000)
+        progress.finish()
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3  # at 12 and 24 s (not every batch), then the last line
+    assert lines[0] == "ingest: 300,000 of 1,000,000 rows (30%), 25k rows/s, about 28 s left"
+    assert lines[-1].startswith("ingest: 800,000 of 1,000,000 rows (80%)")
