@@ -3,8 +3,8 @@
 Output (docs/architecture.md §1): ``data/events/part-<k>.parquet`` with the mapped columns,
 times as UTC timestamps, rows in arrival order and ``_arrival`` (``seqcore.schema.ARRIVAL``:
 the row's position in the source stream, so that arrival order survives partitioning). Above
-``data.rows_per_part`` rows the table is split into parts by a stable hash of the entity key;
-each part keeps arrival order.
+``data.rows_per_part`` rows (or ``data.part_size_mb`` of Arrow memory) the table is split into
+parts by a stable hash of the entity key; each part keeps arrival order.
 
 A user's source is read as a stream of record batches (pyarrow datasets): one file, a
 directory of files (read in name order) or a hive-partitioned directory (``key=value``
@@ -30,6 +30,7 @@ otherwise passed through as is, so that planted faults reach the contract.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import sys
 import zlib
@@ -644,7 +645,14 @@ def run(params: Params, out_dir: Path, metrics_path: Path | None = None) -> dict
         total, batches = dataset.count_rows(), _user_batches(dataset, data)
         empty_rows = normalise_user_table(dataset.schema.empty_table(), data)
         empty = _with_arrival(empty_rows, np.arange(0)).schema
-    n_parts = n_parts_for(total, data.rows_per_part)
+    first = next(batches, None)
+    rows_per_part = data.rows_per_part
+    if data.part_size_mb is not None and first is not None and first.num_rows:
+        per_row = first.nbytes / first.num_rows
+        rows_per_part = max(1, int(data.part_size_mb * 1024**2 / per_row))
+    if first is not None:
+        batches = itertools.chain([first], batches)
+    n_parts = n_parts_for(total, rows_per_part)
     progress = RowProgress(log, "ingest", total)
     bounds: list[Any] = []
     with atomic_dir(out_dir) as tmp:
@@ -660,7 +668,12 @@ def run(params: Params, out_dir: Path, metrics_path: Path | None = None) -> dict
         counts = [_finish_part(tmp / name, schema.entity, sort) for name in names]
     progress.finish()
     rows = int(writer.rows.sum())
-    summary: dict[str, Any] = {"rows": rows, "parts": len(names), "source": data.source}
+    summary: dict[str, Any] = {
+        "rows": rows,
+        "parts": len(names),
+        "rows_per_part": rows_per_part,
+        "source": data.source,
+    }
     if all(c is not None for c in counts):
         summary["entities"] = sum(c for c in counts if c is not None)
     if schema.time in (writer.schema or empty).names and pa.types.is_timestamp(

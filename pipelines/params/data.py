@@ -86,6 +86,10 @@ class DataConfig:
     """Zone of naive timestamps in a user's file; times are stored as UTC."""
     rows_per_part: int = 2_000_000
     """Above this many rows the events output is split into entity-hash parts."""
+    part_size_mb: float | None = None
+    """Instead of ``rows_per_part``: parts of about this many MB in Arrow (the size each part
+    takes in memory when a later stage reads it), rows per part estimated from the first
+    rows read."""
     schema: SchemaConfig = field(default_factory=SchemaConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
 
@@ -98,3 +102,9 @@ class DataConfig:
             raise fail("data.format", self.format, "expected auto, parquet or csv")
         if self.rows_per_part < 1:
             raise fail("data.rows_per_part", self.rows_per_part, "must be >= 1")
+        if self.part_size_mb is not None and (
+            isinstance(self.part_size_mb, bool)
+            or not isinstance(self.part_size_mb, int | float)
+            or not self.part_size_mb > 0
+        ):
+            raise fail("data.part_size_mb", self.part_size_mb, "must be a number > 0 (or null)")

@@ -195,3 +195,17 @@ def test_memory_is_bounded_by_the_buffers_not_the_table(tmp_path):
     large, size = _ingest_peak(tmp_path, 3_000_000)
     assert large - small < 8 * 1024**2, (small, large)
     assert large < size / 5, (large, size)
+
+
+def test_part_size_in_mb_sets_the_rows_per_part(default_params, tmp_path):
+    table = _events(200)
+    src = tmp_path / "events.parquet"
+    pq.write_table(table, src)
+    params = _file_params(default_params, src)
+    target_mb = table.nbytes / 1024**2 / 5  # about five parts
+    data = dataclasses.replace(params.data, part_size_mb=target_mb)
+    summary = run(dataclasses.replace(params, data=data), tmp_path / "out")
+    assert 4 <= summary["parts"] <= 6
+    assert summary["rows_per_part"] == pytest.approx(table.num_rows / 5, rel=0.2)
+    with pytest.raises(ValueError, match=r"data\.part_size_mb=0: must be a number > 0"):
+        dataclasses.replace(params.data, part_size_mb=0)
