@@ -426,7 +426,7 @@ def measure(n_events: int, pandas_events: int, rounds: int, pandas_rounds: int) 
     size = f"{n_events / 1e6:g}M"
     small_size = f"{pandas_events / 1e6:g}M"
 
-    jobs = ["baseline", "validate", "shard", *(["pandas"] if same else [])]
+    jobs = ["baseline", "ingest", "validate", "shard", *(["pandas"] if same else [])]
     big = _rounds(size, Path(big_in["path"]), work / size, jobs, rounds)
     small = big
     if not same:
@@ -446,6 +446,7 @@ def measure(n_events: int, pandas_events: int, rounds: int, pandas_rounds: int) 
 
     steps = [
         ("baseline: read_table + sort_by", big["baseline"], n),
+        ("ingest.run (the events as a user's folder)", big["ingest"], n),
         ("validate.run", big["validate"], n),
         ("shard.run", big["shard"], n),
     ]
@@ -512,6 +513,8 @@ def measure(n_events: int, pandas_events: int, rounds: int, pandas_rounds: int) 
         ["shard peak RSS / events nbytes", f"<= {TARGET_RSS_VS_TABLE:g}x",
          f"{rss['shard']:.2f}x", "", verdict(rss["shard"] <= TARGET_RSS_VS_TABLE)],
         ["  baseline peak RSS / events nbytes (reference)", "", f"{rss['baseline']:.2f}x", "", ""],
+        ["  ingest peak RSS / events nbytes (streams: flat in N)", "",
+         f"{rss['ingest']:.2f}x", "", ""],
     ]  # fmt: skip
     if not same:  # not side by side (different loops), so CPU time only, and only a guess
         scaled = median(pd_cpu) * n / pandas_events / median(ours_cpu)

@@ -106,6 +106,22 @@ def test_validate_step_runs_the_stage_and_times_the_phases_it_names(tmp_path, mo
     assert (tmp_path / "work" / "validated" / "events.parquet").exists()
 
 
+def test_ingest_step_reads_the_events_as_a_user_folder_and_times_its_phases(
+    tmp_path, monkeypatch
+):
+    from pipelines import ingest
+
+    for name in dir(ingest):  # Phases.wrap replaces them: restore after the test
+        if callable(getattr(ingest, name)) and not name.startswith("__"):
+            monkeypatch.setattr(ingest, name, getattr(ingest, name))
+    write_generated_events(300, tmp_path / "events", seed=11)
+    args = argparse.Namespace(events_dir=str(tmp_path / "events"), work=str(tmp_path / "work"))
+    result = data_throughput.step_ingest(args)
+    assert result["rows"] > 0 and result["parts"] == 1
+    assert {"open_dataset", "normalise_user_table", "_finish_part"} <= set(result["breakdown"])
+    assert (tmp_path / "work" / "ingested" / "part-00000.parquet").exists()
+
+
 def test_batch_scoring_arms_score_every_entity_once_with_equal_scores(tmp_path):
     """The baseline loop and score_dataset (its in-process plan: no Ray in unit tests) give
     every entity once, on both layouts, with the scores the scorer gives the whole table."""
