@@ -106,9 +106,7 @@ def test_validate_step_runs_the_stage_and_times_the_phases_it_names(tmp_path, mo
     assert (tmp_path / "work" / "validated" / "events.parquet").exists()
 
 
-def test_ingest_step_reads_the_events_as_a_user_folder_and_times_its_phases(
-    tmp_path, monkeypatch
-):
+def test_ingest_step_reads_the_events_as_a_user_folder_and_times_its_phases(tmp_path, monkeypatch):
     from pipelines import ingest
 
     for name in dir(ingest):  # Phases.wrap replaces them: restore after the test

@@ -209,3 +209,46 @@ def test_part_size_in_mb_sets_the_rows_per_part(default_params, tmp_path):
     assert summary["rows_per_part"] == pytest.approx(table.num_rows / 5, rel=0.2)
     with pytest.raises(ValueError, match=r"data\.part_size_mb=0: must be a number > 0"):
         dataclasses.replace(params.data, part_size_mb=0)
+
+
+@pytest.fixture(scope="module")
+def s3_server():
+    """A local S3-compatible server (moto's server mode, in a thread) for this module."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"{host}:{port}"
+    server.stop()
+
+
+def test_a_hive_folder_on_an_object_store_reads_as_the_same_files_on_disk(
+    default_params, tmp_path, monkeypatch, s3_server
+):
+    import pyarrow.fs as pafs
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    _small_batches(monkeypatch, rows=200)
+    table = _events()
+    day = np.where(np.arange(table.num_rows) % 3 == 0, "2025-01-01", "2025-01-02")
+    table = table.append_column("day", pa.array(day))
+    store = pafs.S3FileSystem(
+        endpoint_override=s3_server, scheme="http", region="us-east-1", allow_bucket_creation=True
+    )
+    store.create_dir("events-bucket")
+    pq.write_to_dataset(table, "events-bucket/raw", filesystem=store, partition_cols=["day"])
+    pq.write_to_dataset(table, tmp_path / "raw", partition_cols=["day"])
+
+    url = f"s3://events-bucket/raw?endpoint_override={s3_server}&scheme=http&region=us-east-1"
+    remote = run(_file_params(default_params, url, arrival="offset"), tmp_path / "remote")
+    local = run(
+        _file_params(default_params, tmp_path / "raw", arrival="offset"), tmp_path / "local"
+    )
+    assert remote == local and remote["rows"] == table.num_rows and remote["parts"] > 1
+    for a, b in zip(_parts(tmp_path / "remote"), _parts(tmp_path / "local"), strict=True):
+        assert a.equals(b)
+    with pytest.raises(IngestError, match=r"data\.path: s3://events-bucket/missing"):
+        missing = url.replace("/raw?", "/missing?")
+        run(_file_params(default_params, missing), tmp_path / "none")
