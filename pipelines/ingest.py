@@ -595,6 +595,18 @@ def _generated_batches(table: pa.Table) -> Iterator[pa.Table]:
         start += rows.num_rows
 
 
+def _count_rows(dataset: ds.Dataset, config: DataConfig) -> int:
+    """Rows of the source: Parquet footers, or a first pass over a CSV (which is where a
+    malformed line past the first block shows up first)."""
+    try:
+        return int(dataset.count_rows())
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise IngestError(
+            f"data.path: {config.path} is not a readable {source_format(config)} events file "
+            f"or folder: {exc}"
+        ) from None
+
+
 def _user_batches(dataset: ds.Dataset, data: DataConfig) -> Iterator[pa.Table]:
     ranks = arrival_ranks(dataset, data) if data.schema.arrival else None
     start, modes = 0, dict[str, str]()
@@ -642,7 +654,7 @@ def run(params: Params, out_dir: Path, metrics_path: Path | None = None) -> dict
                 f"columns: {', '.join(columns)}); name the column that holds each "
                 "entity's split, or use shard.split.method: entity or time"
             )
-        total, batches = dataset.count_rows(), _user_batches(dataset, data)
+        total, batches = _count_rows(dataset, data), _user_batches(dataset, data)
         empty_rows = normalise_user_table(dataset.schema.empty_table(), data)
         empty = _with_arrival(empty_rows, np.arange(0)).schema
     first = next(batches, None)
@@ -661,7 +673,8 @@ def run(params: Params, out_dir: Path, metrics_path: Path | None = None) -> dict
             writer.write(batch)
             if schema.time in batch.column_names and pa.types.is_timestamp(batch[schema.time].type):
                 found = pc.min_max(batch[schema.time]).as_py()
-                bounds += [v for v in (found["min"], found["max"]) if v is not None]
+                bounds = [v for v in (*bounds, found["min"], found["max"]) if v is not None]
+                bounds = [min(bounds), max(bounds)] if bounds else []
             progress.advance(batch.num_rows)
         names = writer.close(empty)
         sort = data.source == "file" and schema.arrival is not None

@@ -252,3 +252,14 @@ def test_a_hive_folder_on_an_object_store_reads_as_the_same_files_on_disk(
     with pytest.raises(IngestError, match=r"data\.path: s3://events-bucket/missing"):
         missing = url.replace("/raw?", "/missing?")
         run(_file_params(default_params, missing), tmp_path / "none")
+
+
+def test_a_malformed_csv_line_past_the_first_block_fails_naming_the_file(default_params, tmp_path):
+    table = _events(300)
+    src = tmp_path / "events.csv"
+    pacsv.write_csv(table, src)
+    with src.open("a") as handle:  # far past the block the schema is inferred from
+        handle.write("u1,2025-01-01T00:00:00,1,2,3,4,5,6,7,8,9,10,11,12,13\n")
+    with pytest.raises(IngestError, match=r"data\.path: .*events\.csv is not a readable csv"):
+        run(_file_params(default_params, src), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
