@@ -17,8 +17,9 @@ source's row count (Parquet footers; a CSV is read once more to count).
 Arrival order: a user's file is ranked by the column ``data.schema.arrival`` maps (stable, so
 ties keep file order); without one, rows keep the file's order, which validate then does not
 take as the global arrival order (late_events is skipped). Generated rows are produced in
-arrival order. Ranking reads the arrival column alone first (about 24 bytes per row while
-ranking), then each part is put back into arrival order once written.
+arrival order. Ranking reads the arrival column alone first (one value, its sort order and
+its rank per row: the one pass that grows with the source), then each part is read whole,
+put back into arrival order and rewritten (bounded by the part size).
 
 A user's file is checked here for what ingest itself needs (mapped columns present, types
 convertible, times normalised to UTC) with messages that name the key, column and rows
@@ -30,11 +31,13 @@ otherwise passed through as is, so that planted faults reach the contract.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import logging
+import resource
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -126,8 +129,21 @@ def open_dataset(config: DataConfig) -> ds.Dataset:
         options = ds.ParquetFragmentScanOptions(pre_buffer=False)
         file_format = ds.ParquetFileFormat(default_fragment_scan_options=options)
     try:
-        return ds.dataset(path, filesystem=filesystem, format=file_format, partitioning="hive")
-    except (pa.ArrowInvalid, OSError) as exc:
+        dataset = ds.dataset(path, filesystem=filesystem, format=file_format, partitioning="hive")
+        # Folder keys are typed by guessing (account_id=0042 would become 42): the roles that
+        # are names (csv_string_columns) are read as written, as in a CSV.
+        first = next(iter(dataset.get_fragments()), None)
+        stored = set(first.physical_schema.names) if first is not None else set()
+        keys = [f for f in dataset.schema if f.name not in stored]  # from folder names only
+        names = set(csv_string_columns(config.schema))
+        if any(f.name in names and f.type != pa.string() for f in keys):
+            typed = pa.schema([(f.name, pa.string()) if f.name in names else f for f in keys])
+            partitioning = ds.partitioning(typed, flavor="hive")
+            dataset = ds.dataset(
+                path, filesystem=filesystem, format=file_format, partitioning=partitioning
+            )
+        return dataset
+    except (pa.ArrowException, OSError) as exc:
         raise IngestError(
             f"data.path: {config.path} is not a readable {fmt} events file or folder: {exc}"
         ) from None
@@ -158,19 +174,26 @@ def _parquet_batches(dataset: ds.Dataset, fragment: ds.ParquetFileFragment) -> I
 
 def _record_batches(dataset: ds.Dataset) -> Iterator[pa.Table]:
     """The dataset's rows in file order. Arrow's dataset scanner reads ahead of a slow
-    consumer without bound (the whole of a one-file source, measured), so Parquet files are
+    consumer without bound (benchmarks/README.md, "Streaming ingest"), so Parquet files are
     read with their own page-by-page reader and CSV with no readahead."""
     for fragment in dataset.get_fragments():
-        if isinstance(fragment, ds.ParquetFileFragment):
-            yield from _parquet_batches(dataset, fragment)
-        else:
-            for batch in fragment.to_batches(
-                schema=dataset.schema,
-                batch_size=READ_BATCH_ROWS,
-                batch_readahead=0,
-                use_threads=False,
-            ):
-                yield pa.Table.from_batches([batch])
+        try:
+            if isinstance(fragment, ds.ParquetFileFragment):
+                yield from _parquet_batches(dataset, fragment)
+            else:
+                for batch in fragment.to_batches(
+                    schema=dataset.schema,
+                    batch_size=READ_BATCH_ROWS,
+                    batch_readahead=0,
+                    use_threads=False,
+                ):
+                    yield pa.Table.from_batches([batch])
+        except (pa.ArrowException, OSError) as exc:
+            # The folder's schema is its first file's: name the file that does not fit it.
+            raise IngestError(
+                f"data.path: {fragment.path} cannot be read as the source's columns "
+                f"({dataset.schema.to_string(show_schema_metadata=False)}): {exc}"
+            ) from None
 
 
 def source_batches(dataset: ds.Dataset, config: DataConfig) -> Iterator[pa.Table]:
@@ -190,7 +213,7 @@ def source_batches(dataset: ds.Dataset, config: DataConfig) -> Iterator[pa.Table
                         index, name, pc.if_else(empty, pa.scalar(None, column.type), column)
                     )
             yield table
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowException, OSError) as exc:
         raise IngestError(
             f"data.path: {config.path} is not a readable {source_format(config)} events file "
             f"or folder: {exc}"
@@ -279,7 +302,7 @@ def _to_utc(
 ) -> pa.ChunkedArray:
     """``column`` as UTC microsecond timestamps. Strings either all carry an offset or all
     are naive times of ``source_tz``; ``modes`` remembers which, per column, across the
-    batches of one file, so that a file cannot mix them between batches either."""
+    batches of one source, so that a source cannot mix them between batches either."""
     kind = column.type
     if pa.types.is_dictionary(kind):
         return _to_utc(pc.cast(column, kind.value_type), name, source_tz, role, first_row, modes)
@@ -309,6 +332,8 @@ def _to_utc(
                 raise IngestError(
                     _time_strings_error(column, name, role, source_tz, first_row)
                 ) from None
+        if column.null_count == len(column):
+            return values  # no value says which kind the column holds
         earlier = modes.setdefault(name, mode)
         if earlier != mode:
             have = "carry a UTC offset" if mode == "offset" else "have no UTC offset"
@@ -386,7 +411,7 @@ def normalise_user_table(
 ) -> pa.Table:
     """Check the mapped columns of (a batch of) a user's table and bring times to UTC; the
     rows stay as they are. ``first_row``: the batch's first row in the file, for messages;
-    ``time_modes``: one dict for all batches of one file (see :func:`_to_utc`)."""
+    ``time_modes``: one dict for all batches of one source (see :func:`_to_utc`)."""
     schema = config.schema
     check_mapped_columns(table.column_names, schema, str(config.path))
 
@@ -428,7 +453,7 @@ def arrival_ranks(dataset: ds.Dataset, config: DataConfig) -> np.ndarray:
     assert name is not None
     try:
         column = dataset.to_table(columns=[name])
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowException, OSError) as exc:
         raise IngestError(f"data.path: {config.path}: cannot read column {name!r}: {exc}") from None
     order = arrival_order(column, name, config.source_timezone)
     ranks = np.empty_like(order)
@@ -488,8 +513,8 @@ class PartWriter:
     ) -> None:
         self.folder, self.n_parts, self.entity = folder, n_parts, entity
         # Parquet dictionary pages only for the columns that repeat few values: an open
-        # writer keeps each dictionary column's memo table (about 1.5 MB for a key column of
-        # 20,000-row groups), and every part's writer stays open until the end.
+        # writer keeps each dictionary column's memo table, as large as the column's distinct
+        # values in a row group, and every part's writer stays open until the end.
         self.dictionary_columns = dictionary_columns or []
         self.names = [f"part-{k:05d}.parquet" for k in range(n_parts)]
         self.buffers: list[list[pa.Table]] = [[] for _ in range(n_parts)]
@@ -541,6 +566,18 @@ class PartWriter:
         self.buffers[k] = []
         self.buffered_rows[k] = self.buffered_bytes[k] = 0
 
+    @contextlib.contextmanager
+    def aborting(self) -> Iterator[None]:
+        """Close every open writer if the block fails (``atomic_dir`` then removes the files)."""
+        try:
+            yield
+        except BaseException:
+            for writer in self.writers:
+                if writer is not None:
+                    with contextlib.suppress(Exception):
+                        writer.close()
+            raise
+
     def close(self, empty_schema: pa.Schema) -> list[str]:
         """Write what is buffered and close every part; a part without rows is written
         empty, so the folder always holds ``n_parts`` files. Returns their names."""
@@ -560,6 +597,23 @@ def dictionary_columns(schema: SchemaConfig) -> list[str]:
     """Columns worth Parquet's dictionary encoding: categories, labels and event types."""
     roles = [schema.label, schema.next_event]
     return [*schema.categorical, *(c for c in roles if c)]
+
+
+OPEN_FILES_SPARE = 64
+"""File descriptors left for everything else (the source, Arrow, logging, Python)."""
+
+
+def check_open_files(n_parts: int, data: DataConfig) -> None:
+    """Every part's writer stays open while the source streams: refuse, before reading, more
+    parts than this process may open files."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and n_parts > soft - OPEN_FILES_SPARE:
+        key = "data.part_size_mb" if data.part_size_mb is not None else "data.rows_per_part"
+        raise IngestError(
+            f"{key}: the source needs {n_parts} parts, and ingest writes all of them at once, "
+            f"but this process may open {soft} files (ulimit -n); raise {key} so that there "
+            f"are at most {soft - OPEN_FILES_SPARE} parts, or raise ulimit -n"
+        )
 
 
 def n_parts_for(rows: int, rows_per_part: int) -> int:
@@ -587,7 +641,7 @@ def _with_arrival(table: pa.Table, arrival: np.ndarray) -> pa.Table:
     return table.append_column(ARRIVAL, pa.array(arrival, pa.int64()))
 
 
-def _generated_batches(table: pa.Table) -> Iterator[pa.Table]:
+def _generated_batches(table: pa.Table) -> Generator[pa.Table, None, None]:
     start = 0
     for batch in table.to_batches(max_chunksize=READ_BATCH_ROWS):
         rows = pa.Table.from_batches([batch], schema=table.schema)
@@ -600,14 +654,14 @@ def _count_rows(dataset: ds.Dataset, config: DataConfig) -> int:
     malformed line past the first block shows up first)."""
     try:
         return int(dataset.count_rows())
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowException, OSError) as exc:
         raise IngestError(
             f"data.path: {config.path} is not a readable {source_format(config)} events file "
             f"or folder: {exc}"
         ) from None
 
 
-def _user_batches(dataset: ds.Dataset, data: DataConfig) -> Iterator[pa.Table]:
+def _user_batches(dataset: ds.Dataset, data: DataConfig) -> Generator[pa.Table, None, None]:
     ranks = arrival_ranks(dataset, data) if data.schema.arrival else None
     start, modes = 0, dict[str, str]()
     for batch in source_batches(dataset, data):
@@ -662,21 +716,24 @@ def run(params: Params, out_dir: Path, metrics_path: Path | None = None) -> dict
     if data.part_size_mb is not None and first is not None and first.num_rows:
         per_row = first.nbytes / first.num_rows
         rows_per_part = max(1, int(data.part_size_mb * 1024**2 / per_row))
-    if first is not None:
-        batches = itertools.chain([first], batches)
+    stream = itertools.chain([first], batches) if first is not None else batches
     n_parts = n_parts_for(total, rows_per_part)
+    check_open_files(n_parts, data)
     progress = RowProgress(log, "ingest", total)
     bounds: list[Any] = []
     with atomic_dir(out_dir) as tmp:
         writer = PartWriter(tmp, n_parts, schema.entity, dictionary_columns(schema))
-        for batch in batches:
-            writer.write(batch)
-            if schema.time in batch.column_names and pa.types.is_timestamp(batch[schema.time].type):
-                found = pc.min_max(batch[schema.time]).as_py()
-                bounds = [v for v in (*bounds, found["min"], found["max"]) if v is not None]
-                bounds = [min(bounds), max(bounds)] if bounds else []
-            progress.advance(batch.num_rows)
-        names = writer.close(empty)
+        # The generator is closed (its open file with it) however the run ends.
+        with contextlib.closing(batches), writer.aborting():
+            for batch in stream:
+                writer.write(batch)
+                time = batch[schema.time] if schema.time in batch.column_names else None
+                if time is not None and pa.types.is_timestamp(time.type):
+                    found = pc.min_max(time).as_py()
+                    bounds = [v for v in (*bounds, found["min"], found["max"]) if v is not None]
+                    bounds = [min(bounds), max(bounds)] if bounds else []
+                progress.advance(batch.num_rows)
+            names = writer.close(empty)
         sort = data.source == "file" and schema.arrival is not None
         counts = [_finish_part(tmp / name, schema.entity, sort) for name in names]
     progress.finish()

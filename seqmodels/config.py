@@ -64,9 +64,10 @@ AUTO_DEPTH = 2
 ARCHITECTURE_FIELDS = {"kernel_size": "tcn", "block": "tcn"}
 """Fields only one architecture reads, written by ``to_dict`` for the others only when set
 away from their default (see the module docstring)."""
-LATER_FIELDS = ("numeric_embedding",)
-"""Fields every architecture reads that came after models were stored, written by ``to_dict``
-only when set away from their default, for the same reason."""
+LATER_FIELDS = ("numeric_embedding", "block")
+"""Fields that came after models were stored, written by ``to_dict`` only when set away from
+their default, for the same reason (``block``: a dilated TCN's config stays what it was, so
+code from before the field loads it)."""
 
 _Config = TypeVar("_Config", bound="ModelSpec")
 
@@ -148,7 +149,8 @@ class ModelSpec:
     block: TcnBlock = "dilated"
     """TCN: ``dilated`` (two convolutions of ``kernel_size``, dilation 2^i in block i) |
     ``inception`` (InceptionTime-style: convolutions of widths ``INCEPTION_KERNELS`` side by
-    side with a max-pool branch; receptive field 1 + 38 num_layers; auto depth 6)."""
+    side with a max-pool branch; receptive field 1 + 38 num_layers; auto depth 6;
+    ``kernel_size`` is not read)."""
     numeric_embedding: NumericEmbedding = "linear"
     """Numeric inputs: ``linear`` (the values, projected with the embeddings) | ``periodic``
     (each feature first coded by learned sines and cosines, ``embedding_dim`` wide)."""
@@ -168,8 +170,8 @@ class ModelSpec:
             raise _fail(
                 "num_layers",
                 self.num_layers,
-                f"a tcn takes at most {MAX_TCN_LAYERS} blocks (block i has dilation 2^i; "
-                f"{MAX_TCN_LAYERS} reach {self.tcn_receptive_field(MAX_TCN_LAYERS)} events)",
+                f"a tcn takes at most {MAX_TCN_LAYERS} blocks ({MAX_TCN_LAYERS} reach "
+                f"{self.tcn_receptive_field(MAX_TCN_LAYERS)} events)",
             )
         _check_number("dropout", self.dropout)
         if not 0.0 <= self.dropout < 1.0:

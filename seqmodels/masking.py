@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
-from rtdl_num_embeddings import PeriodicEmbeddings
 from torch import nn
 
 PAD = 0
@@ -168,8 +167,11 @@ class EventEmbedding(nn.Module):
         self.project = nn.Linear(len(vocab_sizes) * embedding_dim + numeric_width, hidden_size)
         self.dropout = nn.Dropout(dropout)
         # Built after the layers above so that a seeded linear model draws the same weights.
-        self.numeric: PeriodicEmbeddings | None = None
+        self.numeric: nn.Module | None = None
         if periodic:
+            # Imported here: a model with linear inputs loads without the package.
+            from rtdl_num_embeddings import PeriodicEmbeddings
+
             self.numeric = PeriodicEmbeddings(
                 n_numeric,
                 embedding_dim,

@@ -103,7 +103,61 @@ def test_a_folder_of_files_and_a_hive_folder(default_params, tmp_path):
     summary = run(_file_params(default_params, hive), tmp_path / "out")
     out = read_events(tmp_path / "out")
     assert summary["rows"] == table.num_rows
-    assert "day" in out.column_names and set(out["day"].to_pylist()) == set(day.tolist())
+    # Each row carries its own folder's key (rows come folder by folder, not in table order).
+    keys = zip(table["account_id"].to_pylist(), table["seq_no"].to_pylist(), strict=True)
+    expected = dict(zip(keys, day, strict=True))
+    got = zip(*(out[c].to_pylist() for c in ("account_id", "seq_no", "day")), strict=True)
+    assert all(expected[(a, s)] == d for a, s, d in got)
+
+    csv_hive = tmp_path / "csv-hive"  # the same for CSV files
+    for key in ("2025-01-01", "2025-01-02"):
+        (csv_hive / f"day={key}").mkdir(parents=True)
+        pacsv.write_csv(table.filter(pa.array(day == key)), csv_hive / f"day={key}" / "x.csv")
+    csv_params = _file_params(default_params, csv_hive)
+    csv_params = dataclasses.replace(
+        csv_params, data=dataclasses.replace(csv_params.data, format="csv")
+    )
+    assert run(csv_params, tmp_path / "out")["rows"] == table.num_rows
+    out = read_events(tmp_path / "out")
+    got = zip(*(out[c].to_pylist() for c in ("account_id", "seq_no", "day")), strict=True)
+    assert all(expected[(a, s)] == d for a, s, d in got)
+
+
+def test_folder_keys_that_name_entities_are_read_as_written(default_params, tmp_path):
+    """account_id=0042 and account_id=42 are two entities, as in a CSV; a guessed integer type
+    would make them one."""
+    table = _events(2)
+    half = table.num_rows // 2
+    ids = ["0042"] * half + ["42"] * (table.num_rows - half)
+    table = table.set_column(0, "account_id", pa.array(ids))
+    pq.write_to_dataset(table, tmp_path / "by-account", partition_cols=["account_id"])
+    summary = run(_file_params(default_params, tmp_path / "by-account"), tmp_path / "out")
+    out = read_events(tmp_path / "out")
+    assert summary["entities"] == 2 and set(out["account_id"].to_pylist()) == {"0042", "42"}
+
+
+def test_a_batch_without_times_decides_nothing_about_offsets(default_params, tmp_path, monkeypatch):
+    _small_batches(monkeypatch, rows=10)
+    table = _events(20)
+    times: list[str | None] = [f"2025-03-01T00:00:{i % 60:02d}" for i in range(table.num_rows)]
+    times[:10] = [None] * 10  # the first batch holds no time at all
+    src = tmp_path / "late-times.parquet"
+    pq.write_table(table.set_column(1, "event_time", pa.array(times, pa.string())), src)
+    assert run(_file_params(default_params, src), tmp_path / "out")["rows"] == table.num_rows
+
+
+def test_more_parts_than_open_files_are_refused_before_reading(
+    default_params, tmp_path, monkeypatch
+):
+    table = _events(50)
+    src = tmp_path / "events.parquet"
+    pq.write_table(table, src)
+    params = _file_params(default_params, src)
+    params = dataclasses.replace(params, data=dataclasses.replace(params.data, rows_per_part=10))
+    monkeypatch.setattr(ingest.resource, "getrlimit", lambda _: (256, 256))
+    with pytest.raises(IngestError, match=r"data\.rows_per_part: the source needs \d+ parts"):
+        run(params, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_row_numbers_in_errors_count_across_batches(default_params, tmp_path, monkeypatch):

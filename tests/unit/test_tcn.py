@@ -72,7 +72,10 @@ def test_inception_block_config():
     config = ModelConfig.from_spec(spec, vocab_sizes=VOCABS, n_numeric=N_NUMERIC, max_len=1460)
     assert config.num_layers == INCEPTION_DEPTH and config.to_dict()["block"] == "inception"
     assert ModelConfig.from_dict(config.to_dict()) == config
-    # The other encoders' stored configs do not grow the key.
+    # Nor does a dilated TCN's (code from before the key must load it), nor other encoders'.
+    dilated = ModelConfig(architecture="tcn", vocab_sizes=VOCABS, n_numeric=1)
+    assert "block" not in dilated.to_dict() and dilated.block == "dilated"
+    assert ModelConfig.from_dict(dilated.to_dict()) == dilated
     assert "block" not in ModelConfig(vocab_sizes=VOCABS, n_numeric=1).to_dict()
     with pytest.raises(ConfigError, match=r"train\.model\.hidden_size=30: block: inception needs"):
         params_from_dict(
