@@ -79,7 +79,7 @@ DOWNLOAD = (
     f"{WHEELS_DIR.relative_to(OUT_DIR.parents[1])}"
 )
 SETS = ("GunPoint", "ArrowHead", "BasicMotions", "OSULeaf", "ACSF1")
-"""The sets the defaults were tuned and tested on (issue 18)."""
+"""The sets the defaults were tuned and tested on."""
 HELD_OUT = ("ItalyPowerDemand", "JapaneseVowels", "PickupGestureWiimoteZ")
 """Sets kept aside, never tuned on: do the defaults carry over? (``--sets held-out``).
 JapaneseVowels (12 channels, 7-29 steps) and PickupGestureWiimoteZ (29-361 steps) have
