@@ -98,6 +98,13 @@ def csv_string_columns(schema: SchemaConfig) -> list[str]:
     ]
 
 
+def _unreadable(config: DataConfig, exc: Exception) -> IngestError:
+    return IngestError(
+        f"data.path: {config.path} is not a readable {source_format(config)} events file or "
+        f"folder: {exc}"
+    )
+
+
 def source_format(config: DataConfig) -> str:
     """``parquet`` or ``csv``: ``data.format``, or for ``auto`` the path's suffix."""
     assert config.path is not None
@@ -123,11 +130,8 @@ def open_dataset(config: DataConfig) -> ds.Dataset:
         strings = csv_string_columns(config.schema)
         options = pacsv.ConvertOptions(column_types={c: pa.string() for c in strings})
         file_format = ds.CsvFileFormat(convert_options=options)
-    else:
-        # pre_buffer (Arrow's default) fetches a whole file's column chunks ahead of the
-        # batches asked for: the entire table, for a one-file source.
-        options = ds.ParquetFragmentScanOptions(pre_buffer=False)
-        file_format = ds.ParquetFileFormat(default_fragment_scan_options=options)
+    else:  # rows are read with each file's own reader (_parquet_batches), not this scanner
+        file_format = ds.ParquetFileFormat()
     try:
         dataset = ds.dataset(path, filesystem=filesystem, format=file_format, partitioning="hive")
         # Folder keys are typed by guessing (account_id=0042 would become 42): the roles that
@@ -144,9 +148,7 @@ def open_dataset(config: DataConfig) -> ds.Dataset:
             )
         return dataset
     except (pa.ArrowException, OSError) as exc:
-        raise IngestError(
-            f"data.path: {config.path} is not a readable {fmt} events file or folder: {exc}"
-        ) from None
+        raise _unreadable(config, exc) from None
 
 
 def _parquet_batches(dataset: ds.Dataset, fragment: ds.ParquetFileFragment) -> Iterator[pa.Table]:
@@ -162,8 +164,7 @@ def _parquet_batches(dataset: ds.Dataset, fragment: ds.ParquetFileFragment) -> I
             columns = []
             for field in dataset.schema:
                 if field.name in keys:
-                    value = pa.array([keys[field.name]], field.type)
-                    column = value.take(pa.array(np.zeros(table.num_rows, dtype=np.int64)))
+                    column = pa.repeat(pa.scalar(keys[field.name], field.type), table.num_rows)
                 elif field.name in table.column_names:
                     column = table[field.name]
                 else:  # a column other files of the folder have
@@ -198,26 +199,20 @@ def _record_batches(dataset: ds.Dataset) -> Iterator[pa.Table]:
 
 def source_batches(dataset: ds.Dataset, config: DataConfig) -> Iterator[pa.Table]:
     """The dataset's rows in file order, up to ``READ_BATCH_ROWS`` at a time (empty CSV
-    string cells as nulls); a file that cannot be parsed fails naming ``data.path``."""
+    string cells as nulls); a file that cannot be parsed fails naming that file."""
     strings = csv_string_columns(config.schema) if source_format(config) == "csv" else []
-    try:
-        for table in _record_batches(dataset):
-            if not table.num_rows:
-                continue
-            for name in strings:
-                if name in table.column_names:
-                    column = table[name]
-                    empty = pc.equal(column, "")
-                    index = table.schema.get_field_index(name)
-                    table = table.set_column(
-                        index, name, pc.if_else(empty, pa.scalar(None, column.type), column)
-                    )
-            yield table
-    except (pa.ArrowException, OSError) as exc:
-        raise IngestError(
-            f"data.path: {config.path} is not a readable {source_format(config)} events file "
-            f"or folder: {exc}"
-        ) from None
+    for table in _record_batches(dataset):
+        if not table.num_rows:
+            continue
+        for name in strings:
+            if name in table.column_names:
+                column = table[name]
+                empty = pc.equal(column, "")
+                index = table.schema.get_field_index(name)
+                table = table.set_column(
+                    index, name, pc.if_else(empty, pa.scalar(None, column.type), column)
+                )
+        yield table
 
 
 def _rows(positions: np.ndarray, values: list[Any], first_row: int = 0, limit: int = 3) -> str:
@@ -655,10 +650,7 @@ def _count_rows(dataset: ds.Dataset, config: DataConfig) -> int:
     try:
         return int(dataset.count_rows())
     except (pa.ArrowException, OSError) as exc:
-        raise IngestError(
-            f"data.path: {config.path} is not a readable {source_format(config)} events file "
-            f"or folder: {exc}"
-        ) from None
+        raise _unreadable(config, exc) from None
 
 
 def _user_batches(dataset: ds.Dataset, data: DataConfig) -> Generator[pa.Table, None, None]:
@@ -720,7 +712,7 @@ def run(params: Params, out_dir: Path, metrics_path: Path | None = None) -> dict
     n_parts = n_parts_for(total, rows_per_part)
     check_open_files(n_parts, data)
     progress = RowProgress(log, "ingest", total)
-    bounds: list[Any] = []
+    first_time = last_time = None  # the time column's bounds, for the summary
     with atomic_dir(out_dir) as tmp:
         writer = PartWriter(tmp, n_parts, schema.entity, dictionary_columns(schema))
         # The generator is closed (its open file with it) however the run ends.
@@ -730,8 +722,9 @@ def run(params: Params, out_dir: Path, metrics_path: Path | None = None) -> dict
                 time = batch[schema.time] if schema.time in batch.column_names else None
                 if time is not None and pa.types.is_timestamp(time.type):
                     found = pc.min_max(time).as_py()
-                    bounds = [v for v in (*bounds, found["min"], found["max"]) if v is not None]
-                    bounds = [min(bounds), max(bounds)] if bounds else []
+                    if found["min"] is not None:
+                        first_time = min(found["min"], first_time or found["min"])
+                        last_time = max(found["max"], last_time or found["max"])
                 progress.advance(batch.num_rows)
             names = writer.close(empty)
         sort = data.source == "file" and schema.arrival is not None
@@ -749,8 +742,8 @@ def run(params: Params, out_dir: Path, metrics_path: Path | None = None) -> dict
     if schema.time in (writer.schema or empty).names and pa.types.is_timestamp(
         (writer.schema or empty).field(schema.time).type
     ):
-        summary["time_min"] = min(bounds).isoformat() if bounds else None
-        summary["time_max"] = max(bounds).isoformat() if bounds else None
+        summary["time_min"] = first_time.isoformat() if first_time else None
+        summary["time_max"] = last_time.isoformat() if last_time else None
     if metrics_path is not None:
         write_json(metrics_path, summary)
     return summary

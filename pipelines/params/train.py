@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from seqcore.config import ConfigError, build, fail, only_keys
 from seqmodels import ModelConfigError, ModelSpec
-from seqmodels.config import TASKS, Task
+from seqmodels.config import INCEPTION_KERNELS, TASKS, Task
 
 log = logging.getLogger("seqops.train")
 
@@ -257,7 +257,7 @@ def check_receptive_field(train: TrainConfig, window_len: int) -> str | None:
         return None
     covering = spec.tcn_covering_depth(window_len)
     if spec.block == "inception":
-        shape, formula = "block=inception", "1 + 38 num_layers"
+        shape, formula = "block=inception", f"1 + {max(INCEPTION_KERNELS) - 1} num_layers"
     else:
         shape = f"kernel_size={spec.kernel_size}"
         formula = "1 + 2 (kernel_size - 1)(2^num_layers - 1)"
