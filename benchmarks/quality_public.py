@@ -43,7 +43,6 @@ import argparse
 import hashlib
 import io
 import json
-import os
 import shutil
 import sys
 import time
@@ -62,7 +61,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from benchmarks._common import OUT_DIR, PARAMS, print_table
-from benchmarks.small_data import data_stages, stage, test_quality
+from benchmarks.small_data import data_stages, fresh_dir, test_quality, train_stage
 from pipelines.config import merge_params
 
 # --------------------------------------------------------------------------- the data
@@ -467,10 +466,7 @@ def train_once(folder: Path, info: Mapping[str, Any], arch: str, train: dict[str
     """The train stage on the set's shards into its own MLflow store; the logged model, loaded
     back, scores the official test split."""
     tag = f"{arch}-{settings_tag(train)}"
-    run_dir = folder / "runs" / tag
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
+    run_dir = fresh_dir(folder / "runs" / tag)
     raw = yaml.safe_load((folder / "params.yaml").read_text())
     # The data sections are the set's (cached with its shards); the train section is today's
     # params.yaml, so a run measures the current defaults, not those of the day the set was cached.
@@ -478,13 +474,7 @@ def train_once(folder: Path, info: Mapping[str, Any], arch: str, train: dict[str
     merge_params(raw, {"train": {**train, "storage_path": str(run_dir / "ray")}})
     params = run_dir / "params.yaml"
     params.write_text(yaml.safe_dump(raw, sort_keys=False))
-    uri = f"sqlite:///{run_dir / 'mlflow.db'}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    report = run_dir / "train.json"
-    seconds = stage("train", params, "--shards", str(folder / "shards"),
-                    "--events", str(folder / "validated" / "events.parquet"),
-                    "--report", str(report), "--model-dir", str(run_dir / "model"), env=env)  # fmt: skip
-    summary = json.loads(report.read_text())
+    seconds, summary, uri = train_stage(params, folder, run_dir)
     started = time.perf_counter()
     quality = test_quality(summary["model_uri"], uri, folder / "shards")
     score_seconds = time.perf_counter() - started

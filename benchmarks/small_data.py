@@ -153,25 +153,36 @@ def test_quality(model_uri: str, tracking_uri: str, shards: Path) -> dict[str, f
     }
 
 
-def train_once(
-    case: str, seed: int, folder: Path, budget: str, epochs: int, extra: dict[str, Any]
-) -> dict[str, Any]:
-    max_tokens: int | str = budget if budget == "auto" else int(budget)
-    run_dir = folder / f"train-{budget}"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    train = {"max_tokens": max_tokens, "epochs": epochs, "storage_path": str(run_dir / "ray")}
-    params = write_params(
-        run_dir / "params.yaml", CASES[case], {"seed": seed, "train": {**train, **extra}}
-    )
+def fresh_dir(path: Path) -> Path:
+    """``path`` emptied (a run's folder: its params, MLflow store and Ray results)."""
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def train_stage(params: Path, folder: Path, run_dir: Path) -> tuple[float, dict[str, Any], str]:
+    """The train stage on ``folder``'s shards into an MLflow store of its own in ``run_dir``:
+    the stage's wall seconds, its report and the store's tracking URI."""
     uri = f"sqlite:///{run_dir / 'mlflow.db'}"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     report = run_dir / "train.json"
     seconds = stage("train", params, "--shards", str(folder / "shards"),
                     "--events", str(folder / "validated" / "events.parquet"),
                     "--report", str(report), "--model-dir", str(run_dir / "model"), env=env)  # fmt: skip
-    summary = json.loads(report.read_text())
+    return seconds, json.loads(report.read_text()), uri
+
+
+def train_once(
+    case: str, seed: int, folder: Path, budget: str, epochs: int, extra: dict[str, Any]
+) -> dict[str, Any]:
+    max_tokens: int | str = budget if budget == "auto" else int(budget)
+    run_dir = fresh_dir(folder / f"train-{budget}")
+    train = {"max_tokens": max_tokens, "epochs": epochs, "storage_path": str(run_dir / "ray")}
+    params = write_params(
+        run_dir / "params.yaml", CASES[case], {"seed": seed, "train": {**train, **extra}}
+    )
+    seconds, summary, uri = train_stage(params, folder, run_dir)
     last = summary.get("last_epoch_metrics", {})
     passes = summary.get("passes_per_epoch", 1)  # absent before passes existed: one
     steps = last.get("steps_per_s", 0.0) * last.get("epoch_seconds", 0.0) / passes
