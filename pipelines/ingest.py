@@ -488,9 +488,11 @@ def _entity_parts(entity: pa.ChunkedArray, n_parts: int) -> np.ndarray:
     part_of_value = np.array(
         [zlib.crc32(str(v).encode()) % n_parts for v in values], dtype=np.int64
     )
-    codes = encoded.indices.to_numpy(zero_copy_only=False)
-    nulls = encoded.indices.is_null().to_numpy(zero_copy_only=False)
-    return np.where(nulls, 0, part_of_value[np.where(nulls, 0, codes)])
+    # Rows without a key go to part 0, where validate's key_nulls finds them.
+    codes = pc.fill_null(encoded.indices, 0).to_numpy(zero_copy_only=False)
+    if not len(values):
+        return np.zeros(len(codes), dtype=np.int64)
+    return part_of_value[codes]
 
 
 class PartWriter:
