@@ -10,7 +10,7 @@ cached in ``benchmarks/out/``) in two layouts:
 - ``parts``: written by the ingest stage's ``write_events`` in entity-hash part files of
   ``--rows-per-part`` rows (arrival order inside each file);
 - ``grouped``: one file grouped by entity with pyarrow's default row groups, as
-  ``data/validated/events.parquet`` is.
+  each validate stage part (``data/validated/part-*.parquet``) is.
 
 Arms, sequences (entities) scored per second:
 

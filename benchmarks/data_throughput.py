@@ -282,12 +282,16 @@ def step_validate(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(args.work)
     phases = Phases()
     for name in (
-        "read_events",
-        "check_contract",
+        "whole_table_facts",
+        "map_parts",
+        "finish_report",
+        "_gather_quarantine",
         "write_docs",
-        "write_parquet_chunks",
         "write_json",
     ):
+        phases.wrap(validate, name)
+    # Inside map_parts, seen here when the parts run in this process (data.engine: local).
+    for name in ("check_contract", "write_parquet_chunks"):
         phases.wrap(validate, name)  # write_parquet_chunks: gathers + Parquet, chunk by chunk
     for name in ("_row_checks", "_split"):  # inside check_contract
         phases.wrap(contract, name)
@@ -319,7 +323,7 @@ def step_shard(args: argparse.Namespace) -> dict[str, Any]:
         phases.wrap(shard, name)
     phases.wrap(io, "sha256_tree")
     manifest, figures = phases.measure(
-        lambda: shard.run(params, work / "validated" / "events.parquet", work / "shards")
+        lambda: shard.run(params, work / "validated", work / "shards")
     )
     examples = sum(entry.examples for entry in manifest.splits.values())
     return {**figures, "rows": manifest.input.events_count, "examples": examples}

@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shards", default=str(REPO / "data/shards"))
-    parser.add_argument("--events", default=str(REPO / "data/validated/events.parquet"))
+    parser.add_argument("--events", default=str(REPO / "data/validated"))
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--architectures", default="lstm,gru,transformer,tcn")
     args = parser.parse_args()

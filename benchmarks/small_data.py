@@ -103,7 +103,7 @@ def data_stages(params: Path, folder: Path) -> dict[str, float]:
                           "--quarantine", str(folder / "quarantine" / "quarantine.parquet"),
                           "--report", str(folder / "validation.json"),
                           "--docs", str(folder / "data_docs")),
-        "shard": stage("shard", params, "--events", str(folder / "validated" / "events.parquet"),
+        "shard": stage("shard", params, "--events", str(folder / "validated"),
                        "--out", str(folder / "shards"), "--metrics", str(folder / "shard.json")),
     }  # fmt: skip
 
@@ -168,7 +168,7 @@ def train_stage(params: Path, folder: Path, run_dir: Path) -> tuple[float, dict[
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     report = run_dir / "train.json"
     seconds = stage("train", params, "--shards", str(folder / "shards"),
-                    "--events", str(folder / "validated" / "events.parquet"),
+                    "--events", str(folder / "validated"),
                     "--report", str(report), "--model-dir", str(run_dir / "model"), env=env)  # fmt: skip
     return seconds, json.loads(report.read_text()), uri
 

@@ -302,9 +302,7 @@ def ray_fit(workers: int, epochs: int, work: Path) -> dict[str, Any]:
         mock.patch.object(TorchTrainer, "fit", fit),
         mock.patch.object(train, "train_loop_per_worker", timed_train_loop),
     ):
-        summary = train.run(
-            params, REPO / "data/shards", REPO / "data/validated/events.parquet", None, root=work
-        )
+        summary = train.run(params, REPO / "data/shards", REPO / "data/validated", None, root=work)
     total = time.perf_counter() - started
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     history = {

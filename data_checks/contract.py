@@ -26,7 +26,7 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,9 +39,10 @@ from data_checks.config import CHECK_NAMES, ValidateConfig
 from data_checks.ordering import Finding
 from data_checks.results import CheckResult, ValidationReport, json_safe, skipped
 from data_checks.split import REASON, Split, split_rows
-from seqcore.schema import SchemaConfig
+from data_checks.watermark import LateRows
+from seqcore.schema import ARRIVAL, SchemaConfig
 
-__all__ = ["NO_ARRIVAL", "REASON", "Split", "check_contract", "run_contract"]
+__all__ = ["NO_ARRIVAL", "REASON", "PartFacts", "Split", "check_contract", "run_contract"]
 GX_CHECKS = {"schema", "types", "key_nulls", "value_ranges", "categorical_domain"}
 NO_ARRIVAL = (
     "no arrival column mapped: set data.schema.arrival to the column that records when each "
@@ -55,14 +56,38 @@ FILE_ORDER = (
 )
 
 
+@dataclass(frozen=True)
+class PartFacts:
+    """What the contract run on one part needs to know of the whole table.
+
+    Parts hold whole entities, so every per-entity check is exact on its part. Two checks
+    are not: ``late_events`` compares with the watermark over the global arrival order
+    (``data_checks.watermark``) and ``categorical_domain`` fails on a column's unseen fraction
+    over all rows. Their verdicts are computed first, over all parts, and passed here. The
+    GX suite does not run per part either: it runs once on a sample drawn across parts.
+    """
+
+    late: LateRows | None = None
+    """Rows behind the global watermark; must be given when late_events runs."""
+    domains: gx_suite.DomainFacts | None = None
+    """The domain verdict over all parts; must be given when categorical_domain runs."""
+    whole: bool = False
+    """The table is the only part: its own watermark and domain verdict are the table's."""
+
+
 class _Run:
     """State of one contract run: the config, the index and the findings so far."""
 
     def __init__(
-        self, table: pa.Table, schema: SchemaConfig, config: ValidateConfig, arrival_known: bool
+        self,
+        table: pa.Table,
+        schema: SchemaConfig,
+        config: ValidateConfig,
+        arrival_known: bool,
+        facts: PartFacts | None = None,
     ) -> None:
         self.table, self.schema, self.config = table, schema, config
-        self.arrival_known = arrival_known
+        self.arrival_known, self.facts = arrival_known, facts
         self.k = config.sample_offenders
         self.results: dict[str, CheckResult] = {}
         self.findings: dict[str, Finding] = {}
@@ -191,15 +216,18 @@ def check_contract(
     config: ValidateConfig,
     now: datetime,
     arrival_known: bool = True,
+    facts: PartFacts | None = None,
 ) -> tuple[ValidationReport, Split]:
     """Validate ``table``; returns the report and the split of its rows, not yet gathered.
 
     ``arrival_known``: whether ``_arrival`` is the order rows reached the system (see the
     module docstring); without it ``late_events`` is skipped with ``NO_ARRIVAL``.
+    ``facts``: given when ``table`` is one part of the events (``PartFacts``); the GX suite
+    is then left to the caller (``finish_report``).
     """
     started = time.perf_counter()
     now = now if now.tzinfo else now.replace(tzinfo=UTC)
-    run = _Run(table, schema, config, arrival_known)
+    run = _Run(table, schema, config, arrival_known, facts)
     n = table.num_rows
     timings: dict[str, float] = {}
     run.run("non_empty", None, lambda: _non_empty(n))
@@ -211,7 +239,7 @@ def check_contract(
 
     plan = gx_suite.plan_columns(table, schema)
     enabled = {c for c in CHECK_NAMES if config.checks[c].enabled}
-    use_gx = bool(enabled & GX_CHECKS)
+    use_gx = bool(enabled & GX_CHECKS) and facts is None
     gx_results: dict[str, list[dict]] = {}
     gx_info: dict[str, Any] = {"ran": False}
     # GX's import is seconds of pure Python and the row checks are numpy/Arrow kernels that
@@ -232,6 +260,42 @@ def check_contract(
     _schema_and_types(run, plan, gx_results)
     _attach_gx(run, gx_results, bool(gx_info.get("sampled")))
     return _report(run, split, now, started, timings, gx_info)
+
+
+def finish_report(
+    report: ValidationReport,
+    columns: pa.Schema,
+    schema: SchemaConfig,
+    config: ValidateConfig,
+    sample: pa.Table,
+    total_rows: int,
+) -> ValidationReport:
+    """Add the GX suite, run on ``sample`` of a ``total_rows`` table, and the schema and type
+    checks to a report merged from parts (``data_checks.merge``); ``columns``: the parts'
+    schema (ingest writes one schema for all parts)."""
+    if report.rows_in == 0:
+        return report
+    plan = gx_suite.plan_columns(columns.empty_table(), schema)
+    enabled = {c for c in CHECK_NAMES if config.checks[c].enabled}
+    run = _Run(columns.empty_table(), schema, config, arrival_known=True)
+    run.results = {r.name: r for r in report.results}
+    gx_results: dict[str, list[dict]] = {}
+    gx_info: dict[str, Any] = {"ran": False}
+    if enabled & GX_CHECKS:
+        gx_results, gx_info = gx_suite.run_suite(sample, schema, config, plan, enabled)
+        gx_info.update(
+            rows=total_rows,
+            sampled=sample.num_rows < total_rows,
+            sample_rows=sample.num_rows,
+            sampling="evenly spaced rows" if sample.num_rows < total_rows else "all rows",
+        )
+    _schema_and_types(run, plan, gx_results)
+    _attach_gx(run, gx_results, bool(gx_info.get("sampled")))
+    timings = {**report.timings, "gx_suite": gx_info.get("duration_s", 0.0)}
+    return replace(
+        report, results=[run.results[name] for name in CHECK_NAMES], gx=json_safe(gx_info),
+        timings=timings,
+    )  # fmt: skip
 
 
 def _import_gx(timings: dict[str, float]) -> None:
@@ -269,10 +333,15 @@ def _row_checks(
         plan, [c for c in config.domains if c in schema.categorical], "domain"
     )
     max_unseen = cfg["categorical_domain"].max_unseen_fraction
+    known = None
+    if run.facts is not None and not run.facts.whole:
+        known = run.facts.domains
+        if known is None and not why:
+            why = "no domain verdict over all parts was given (a bug in the caller)"
     run.run(
         "categorical_domain",
         why,
-        lambda: gx_suite.categorical_domain(ix, domained, config.domains, max_unseen, k),
+        lambda: gx_suite.categorical_domain(ix, domained, config.domains, max_unseen, k, known),
     )
     for name, unusable in (("value_ranges", no_range), ("categorical_domain", no_domain)):
         if unusable and run.results[name].status != "skipped":  # e.g. device dropped: noted
@@ -324,7 +393,7 @@ def _row_checks(
     run.run(
         "late_events",
         time_need or (None if run.arrival_known else NO_ARRIVAL),
-        lambda: ordering.late_events(ix, ordering.arrival_order(table), lateness, exclude, k),
+        lambda: _late_events(run, ix, lateness, exclude),
     )
     label_need = (
         "no label column mapped (data.schema.label is null)"
@@ -337,12 +406,30 @@ def _row_checks(
         lambda: ordering.label_consistency(ix, str(schema.label), k),
     )
     if not run.arrival_known:
-        for name in ("time_order", "seq_order"):
-            result = run.results[name]
-            if result.status == "fail":  # the order compared was the file's, say so
-                hint = FILE_ORDER + (f"; {result.message}" if result.message else "")
-                run.results[name] = replace(result, message=hint)
+        file_order_hints(run.results)
     return ix.order, ix.entity_gatherer()
+
+
+def file_order_hints(results: dict[str, CheckResult]) -> None:
+    """Say in time_order's and seq_order's failures that the order compared was the file's."""
+    for name in ("time_order", "seq_order"):
+        result = results[name]
+        if result.status == "fail" and not result.message.startswith(FILE_ORDER):
+            hint = FILE_ORDER + (f"; {result.message}" if result.message else "")
+            results[name] = replace(result, message=hint)
+
+
+def _late_events(
+    run: _Run, ix: ordering.EventIndex, lateness: float, exclude: np.ndarray
+) -> Finding:
+    if run.facts is None or run.facts.whole:
+        return ordering.late_events(ix, ordering.arrival_order(ix.table), lateness, exclude, run.k)
+    if run.facts.late is None or ARRIVAL not in ix.table.column_names:
+        raise ValueError("no watermark over all parts was given (a bug in the caller)")
+    arrival = ix.table[ARRIVAL].to_numpy().astype(np.int64, copy=False)
+    rows, behind = run.facts.late.rows_in(arrival)
+    details = {"allowed_lateness_s": lateness}
+    return ordering.finding(ix, rows, run.k, {"behind_watermark_s": behind}, details=details)
 
 
 def _non_empty(n: int) -> Finding:

@@ -134,54 +134,102 @@ def _unseen_mask(column: pa.ChunkedArray, allowed: frozenset[Any]) -> np.ndarray
     return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
 
 
+def domain_counts(
+    table: pa.Table, columns: list[str], domains: Mapping[str, tuple[Any, ...]]
+) -> dict[str, dict[str, Any]]:
+    """Per column: rows with a value, rows outside the domain and each unseen value's count.
+
+    Counts of several parts add up (``DomainFacts.merge``), which is how the unseen fraction
+    of a table held in parts is decided on the whole table, not part by part.
+    """
+    counts: dict[str, dict[str, Any]] = {}
+    for name in columns:
+        column = table[name]
+        mask = _unseen_mask(column, frozenset(rules.domain_values(domains[name], column.type)))
+        values: list[tuple[Any, int]] = []
+        if mask.any():
+            offending = pc.filter(column, pa.array(mask))
+            if pa.types.is_dictionary(offending.type):
+                offending = pc.cast(offending, offending.type.value_type)
+            values = [(d["values"], d["counts"]) for d in pc.value_counts(offending).to_pylist()]
+        counts[name] = {
+            "present": table.num_rows - column.null_count,
+            "unseen": int(mask.sum()),
+            "values": values,
+        }
+    return counts
+
+
+@dataclass(frozen=True)
+class DomainFacts:
+    """The categorical_domain verdict of the whole table: its details and failing columns."""
+
+    per_column: dict[str, dict[str, Any]]
+    failing: list[str]
+    max_unseen: float
+
+    @classmethod
+    def merge(cls, counts: list[dict[str, dict[str, Any]]], max_unseen: float) -> DomainFacts:
+        """The verdict over parts from each part's ``domain_counts``."""
+        per_column: dict[str, dict[str, Any]] = {}
+        failing = []
+        for name in counts[0] if counts else []:
+            present = sum(c[name]["present"] for c in counts)
+            unseen = sum(c[name]["unseen"] for c in counts)
+            tally: dict[Any, int] = {}
+            for part in counts:
+                for value, n in part[name]["values"]:
+                    tally[value] = tally.get(value, 0) + n
+            ranked = sorted(tally.items(), key=lambda item: (-item[1], str(item[0])))
+            fraction = unseen / present if present else 0.0
+            per_column[name] = {
+                "unseen_rows": unseen,
+                "unseen_fraction": fraction,
+                "unseen_values": [{"value": v, "count": n} for v, n in ranked[:10]],
+            }
+            if fraction > max_unseen:
+                failing.append(name)
+        return cls(per_column, failing, max_unseen)
+
+    def message(self) -> str:
+        return "; ".join(
+            f"{c}: {self.per_column[c]['unseen_fraction']:.2%} unseen "
+            f"(max {self.max_unseen:.2%}), e.g. "
+            + ", ".join(
+                f"{v['value']!r} x{v['count']}" for v in self.per_column[c]["unseen_values"][:3]
+            )
+            for c in self.failing
+        )
+
+
 def categorical_domain(
     ix: EventIndex,
     columns: list[str],
     domains: Mapping[str, tuple[Any, ...]],
     max_unseen: float,
     k: int,
+    known: DomainFacts | None = None,
 ) -> Finding:
-    """Values outside each column's declared domain; fails above ``max_unseen`` per column."""
+    """Values outside each column's declared domain; fails above ``max_unseen`` per column.
+
+    ``known``: the verdict over the whole table when ``ix`` holds one part of it; without it
+    the verdict is this table's own.
+    """
     table = ix.table
-    per_column: dict[str, Any] = {}
+    facts = known or DomainFacts.merge([domain_counts(table, columns, domains)], max_unseen)
     bad = np.zeros(table.num_rows, dtype=bool)
-    failing: list[str] = []
-    for name in columns:
+    for name in facts.failing:
         column = table[name]
-        mask = _unseen_mask(column, frozenset(rules.domain_values(domains[name], column.type)))
-        unseen = int(mask.sum())
-        present = table.num_rows - column.null_count
-        fraction = unseen / present if present else 0.0
-        values: list[dict[str, Any]] = []
-        if unseen:
-            offending = pc.filter(column, pa.array(mask))
-            if pa.types.is_dictionary(offending.type):
-                offending = pc.cast(offending, offending.type.value_type)
-            counts = pc.value_counts(offending).to_pylist()
-            counts.sort(key=lambda d: (-d["counts"], str(d["values"])))
-            values = [{"value": d["values"], "count": d["counts"]} for d in counts[:10]]
-        per_column[name] = {
-            "unseen_rows": unseen,
-            "unseen_fraction": fraction,
-            "unseen_values": values,
-        }
-        if fraction > max_unseen:
-            failing.append(name)
-            bad |= mask
+        bad |= _unseen_mask(column, frozenset(rules.domain_values(domains[name], column.type)))
     rows = np.flatnonzero(bad)
     entities = entity_count(ix, rows)
-    message = "; ".join(
-        f"{c}: {per_column[c]['unseen_fraction']:.2%} unseen (max {max_unseen:.2%}), e.g. "
-        + ", ".join(f"{v['value']!r} x{v['count']}" for v in per_column[c]["unseen_values"][:3])
-        for c in failing
-    )
     details = {
-        "per_column": per_column,
+        "per_column": facts.per_column,
         "max_unseen_fraction": max_unseen,
-        "failing_columns": failing,
+        "failing_columns": facts.failing,
     }
-    sample = describe(ix, rows, k, columns=failing)
-    return Finding(rows, int(rows.size), entities, sample, details, message)
+    sample = describe(ix, rows, k, columns=facts.failing)
+    return Finding(rows, int(rows.size), entities, sample, details, facts.message())
 
 
 def value_ranges(

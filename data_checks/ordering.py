@@ -218,7 +218,7 @@ def entity_count(ix: EventIndex, rows: np.ndarray) -> int:
     return int(codes.size - (codes[-1] == ix.n_codes))
 
 
-def _finding(
+def finding(
     ix: EventIndex,
     rows: np.ndarray,
     k: int,
@@ -260,25 +260,25 @@ def numeric_finite(ix: EventIndex, columns: list[str], k: int) -> Finding:
         mask = pc.fill_null(pc.invert(pc.is_finite(column)), False).to_numpy(zero_copy_only=False)
         per_column[name] = int(mask.sum())
         bad |= mask
-    return _finding(ix, np.flatnonzero(bad), k, columns=columns, details={"per_column": per_column})
+    return finding(ix, np.flatnonzero(bad), k, columns=columns, details={"per_column": per_column})
 
 
 def future_timestamps(ix: EventIndex, now: datetime, max_ahead_s: float, k: int) -> Finding:
     rows = np.flatnonzero(ix.valid & rules.future(ix.times, ix.time_unit, now, max_ahead_s))
     limit = rules.future_limit(ix.time_unit, now, max_ahead_s)
     limit_at = datetime.fromtimestamp(limit / _UNITS_PER_S[ix.time_unit], UTC)
-    return _finding(ix, rows, k, details={"limit": limit_at})
+    return finding(ix, rows, k, details={"limit": limit_at})
 
 
 def time_floor(ix: EventIndex, floor: datetime, k: int) -> Finding:
     rows = np.flatnonzero(ix.valid & rules.before_floor(ix.times, ix.time_unit, floor))
-    return _finding(ix, rows, k, details={"floor": floor})
+    return finding(ix, rows, k, details={"floor": floor})
 
 
 def seq_negative(ix: EventIndex, seq: np.ndarray, seq_valid: np.ndarray, k: int) -> Finding:
     """Rows whose sequence number is below 0 (``data_checks.rules.negative``)."""
     rows = np.flatnonzero(seq_valid & rules.negative(seq))
-    return _finding(ix, rows, k)
+    return finding(ix, rows, k)
 
 
 def time_order(ix: EventIndex, exclude: np.ndarray, k: int) -> Finding:
@@ -290,7 +290,7 @@ def time_order(ix: EventIndex, exclude: np.ndarray, k: int) -> Finding:
     sel = ix.order[(ix.valid & ~exclude)[ix.order]]
     bad, behind_units = below_running_max(ix.times[sel], ix.codes[sel])
     behind = behind_units / _UNITS_PER_S[ix.time_unit]
-    return _finding(ix, sel[bad], k, {"behind_previous_s": behind})
+    return finding(ix, sel[bad], k, {"behind_previous_s": behind})
 
 
 def duplicates(
@@ -331,7 +331,7 @@ def duplicates(
     first_of = cr[np.maximum.accumulate(starts)] if cr.size else cr
     key = ["entity", "time", "seq"] if seq is not None else ["entity", "time"]
     extra = {"duplicate_of_row": first_of[1:][dup]}
-    return _finding(ix, cr[1:][dup], k, extra, details={"key": key})
+    return finding(ix, cr[1:][dup], k, extra, details={"key": key})
 
 
 def seq_gaps(ix: EventIndex, seq: np.ndarray, seq_valid: np.ndarray, k: int) -> Finding:
@@ -368,8 +368,12 @@ def seq_gaps(ix: EventIndex, seq: np.ndarray, seq_valid: np.ndarray, k: int) -> 
             )
     details = {"missing_seq_numbers": int(missing.sum()), "gaps": int(gap.sum())}
     entities = int(flagged.sum())
-    message = f"{details['missing_seq_numbers']} missing sequence number(s)" if entities else ""
+    message = seq_gaps_message(details["missing_seq_numbers"], entities)
     return Finding(rows, int(rows.size), entities, sample, details, message)
+
+
+def seq_gaps_message(missing: int, entities: int) -> str:
+    return f"{missing} missing sequence number(s)" if entities else ""
 
 
 def seq_order(
@@ -402,17 +406,20 @@ def seq_order(
     bad, behind = below_running_max(seq[sel], ix.codes[sel])
     rows = sel[bad]
     extra = {"earlier_seq": seq[rows] + behind}
-    found = _finding(ix, rows, k, extra)
-    message = ""
-    if found.violating_rows:
-        message = (
-            f"{found.violating_rows} row(s) in {found.violating_entities} entit"
-            f"{'y' if found.violating_entities == 1 else 'ies'} carry a sequence number below "
-            "one that arrived before them at an earlier or equal time: seq and time disagree "
-            "on the order of events (fix the producer's seq or times)"
-        )
+    found = finding(ix, rows, k, extra)
+    message = seq_order_message(found.violating_rows, found.violating_entities)
     details = {"compared_rows": int(sel.size)}
     return replace(found, details=details, message=message)
+
+
+def seq_order_message(rows: int, entities: int) -> str:
+    if not rows:
+        return ""
+    return (
+        f"{rows} row(s) in {entities} entit{'y' if entities == 1 else 'ies'} carry a sequence "
+        "number below one that arrived before them at an earlier or equal time: seq and time "
+        "disagree on the order of events (fix the producer's seq or times)"
+    )
 
 
 def _value_codes(column: pa.ChunkedArray) -> tuple[np.ndarray, pa.Array]:
@@ -462,6 +469,11 @@ def label_consistency(ix: EventIndex, label: str, k: int) -> Finding:
         "labeled_entities": int(labeled[: ix.n_codes].sum()),
         "unlabeled_entities": unlabeled,
     }
+    message = label_message(entities, sample, label, unlabeled)
+    return Finding(rows, int(rows.size), entities, sample, details, message)
+
+
+def label_message(entities: int, sample: list[dict[str, Any]], label: str, unlabeled: int) -> str:
     notes = []
     if entities:
         shown = f" (e.g. entity {sample[0]['entity']!r}: {sample[0]['labels']})" if sample else ""
@@ -475,7 +487,7 @@ def label_consistency(ix: EventIndex, label: str, k: int) -> Finding:
             f"{unlabeled} entit{'y has' if unlabeled == 1 else 'ies have'} no label "
             "(kept as unlabeled, not a violation)"
         )
-    return Finding(rows, int(rows.size), entities, sample, details, "; ".join(notes))
+    return "; ".join(notes)
 
 
 def late_events(
@@ -502,4 +514,4 @@ def late_events(
     rows = arrival[positions] if arrival is not None else positions
     behind = (threshold[positions] + lateness - times[positions]) / _UNITS_PER_S[ix.time_unit]
     extra = {"behind_watermark_s": behind}
-    return _finding(ix, rows, k, extra, details={"allowed_lateness_s": lateness_s})
+    return finding(ix, rows, k, extra, details={"allowed_lateness_s": lateness_s})

@@ -219,7 +219,7 @@ def run(
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-report", default="reports/train.json")
     parser.add_argument("--shards", default="data/shards")
-    parser.add_argument("--events", default="data/validated/events.parquet")
+    parser.add_argument("--events", default="data/validated")
     parser.add_argument(
         "--metrics", default="reports/metrics.json", help="the headline (the DVC metric)"
     )

@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipelines.config import Params
 from pipelines.model_card import gate_section, model_card, plain, signed
@@ -62,7 +61,7 @@ from pipelines.registry import (
 )
 from pipelines.split_metrics import compare_by_length, evaluate_predictions, finite_or_none
 from pipelines.stage import stage_main
-from seqcore.io import jsonable, write_json
+from seqcore.io import jsonable, read_events, write_json
 from seqcore.loading import load_scorer
 from seqcore.manifest import Manifest, load_manifest
 
@@ -376,7 +375,7 @@ def run(
     registry = Registry(client, cfg.model_name)
 
     # Everything that can fail, before the registry is written.
-    events = pq.read_table(validated)
+    events = read_events(validated)
     challenger_preds, challenger_eval = _score(
         "challenger", summary["model_uri"], uri, events, shards, manifest, params
     )
@@ -461,7 +460,7 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
         help="the evaluate stage's full report (by length range, skill, invariance)",
     )
     parser.add_argument("--shards", default="data/shards")
-    parser.add_argument("--events", default="data/validated/events.parquet")
+    parser.add_argument("--events", default="data/validated")
     parser.add_argument("--out", default="reports/promotion.json", help="the full audit record")
     parser.add_argument("--gate", default="reports/gate.json", help="the decision, a DVC metric")
 

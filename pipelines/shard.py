@@ -481,7 +481,7 @@ def run(params: Params, validated_path: Path, out_dir: Path) -> Manifest:
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--events", default="data/validated/events.parquet")
+    parser.add_argument("--events", default="data/validated")
     parser.add_argument("--out", default="data/shards")
     parser.add_argument("--metrics", default=None, help="also write a small metrics JSON here")
 

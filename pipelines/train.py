@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -237,10 +238,25 @@ def init_ray(params: Params) -> dict[str, float]:
     return ray.cluster_resources()
 
 
+def _first_rows(events: Path, columns: list[str], n: int) -> pa.Table:
+    """The first ``n`` rows of an events file or folder of parts, reading no more than that."""
+    paths = [events] if events.is_file() else sorted(events.glob("part-*.parquet"))
+    tables, rows = [], 0
+    for path in paths:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=n, columns=columns):
+            tables.append(pa.Table.from_batches([batch]))
+            rows += batch.num_rows
+            if rows >= n:
+                return pa.concat_tables(tables).slice(0, n)
+    if not tables:
+        raise FileNotFoundError(f"{events}: no events (run the validate stage first)")
+    return pa.concat_tables(tables)
+
+
 def _input_example(validated: Path, manifest: Manifest, rows: int = 12):
     """A few raw events of two entities, as a user would send them."""
     schema = manifest.schema
-    table = pq.read_table(validated, columns=schema.event_columns).slice(0, 4000)
+    table = _first_rows(validated, schema.event_columns, 4000)
     entities = pc.unique(table[schema.entity]).slice(0, 2)
     table = table.filter(pc.is_in(table[schema.entity], value_set=entities)).slice(0, rows)
     frame = table.to_pandas()
@@ -550,7 +566,7 @@ def _log_dataset(run_id: str, shards: Path, manifest: Manifest) -> None:
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shards", default="data/shards")
-    parser.add_argument("--events", default="data/validated/events.parquet")
+    parser.add_argument("--events", default="data/validated")
     parser.add_argument("--report", default="reports/train.json")
     parser.add_argument("--model-dir", default="models/model", help="best model's files (DVC out)")
 

@@ -1,14 +1,25 @@
-"""The validate stage: the events table in, validated events, quarantine and reports out.
+"""The validate stage: the events' parts in, validated parts, quarantine and reports out.
 
-A thin CLI over a pure ``run()`` (STYLE.md 2). It reads ``data/events`` once, runs the
-ordering contract (``data_checks.contract``; docs/architecture.md §2) and writes:
+A thin CLI over a pure ``run()`` (STYLE.md 2). The ordering contract (``data_checks.contract``;
+docs/architecture.md §2) runs part by part, so the stage holds one part per task whatever
+the table's size, and the parts run as Ray tasks (``pipelines.fanout``):
 
-* ``data/validated/events.parquet``: rows that passed, grouped by entity, arrival order
-  within an entity; written only when no ``fail``-policy check failed. It is gathered and
-  written a million rows at a time (``data_checks.split``), so the stage never holds a
-  second copy of the events table (benchmarks/README.md);
+1. one pass over the columns they need gives the verdicts no part reaches alone: the global
+   watermark (``data_checks.watermark``) and each domain column's unseen fraction;
+2. each part's task runs every row and per-entity check on its part (an entity never spans
+   two parts), writes its clean and quarantined rows, and returns its report and its rows of
+   the GX sample (evenly spaced over all rows);
+3. the reports are merged (``data_checks.merge``) and the GX suite runs once on the sample
+   (``contract.finish_report``): the report is the one a run on the whole table gives.
+
+Outputs:
+
+* ``data/validated/part-*.parquet``: rows that passed, one file per events part, grouped by
+  entity, arrival order within an entity; published (atomically, the folder at once) only
+  when no ``fail``-policy check failed, else the previous output stays;
 * ``data/quarantine/quarantine.parquet``: rows set aside by ``quarantine`` policies with
-  ``_quarantine_reason`` (always written, possibly empty, so DVC always has the output);
+  ``_quarantine_reason``, in part order (always written, possibly empty, so DVC always has
+  the output);
 * ``reports/validation.json`` and ``reports/data_docs/index.html``: always written, so a
   failed run still explains itself.
 
@@ -24,20 +35,60 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-from data_checks.contract import check_contract
+from data_checks import gx_suite, rules
+from data_checks.config import ValidateConfig
+from data_checks.contract import GX_CHECKS, PartFacts, check_contract, finish_report
 from data_checks.docs import write_docs
+from data_checks.merge import merge_reports
 from data_checks.results import ValidationReport
+from data_checks.split import REASON
+from data_checks.watermark import IGNORED, late_arrivals
 from pipelines.config import Params
+from pipelines.fanout import Part, PartFailed, list_parts, map_parts
 from pipelines.stage import stage_main
-from seqcore.io import read_events, write_json, write_parquet_chunks
+from seqcore.io import staged_dir, write_json, write_parquet_chunks
+from seqcore.ray_connect import ClusterUnreachable
+from seqcore.schema import ARRIVAL, SchemaConfig
 
 log = logging.getLogger("seqops.validate")
-VALIDATED_FILE = "events.parquet"
+MEMORY_FACTOR = 3.0
+"""A part's contract run peaks below this multiple of its Arrow size (benchmarks/README.md)."""
+FACTS_BATCH = 1 << 16
+
+
+@dataclass(frozen=True)
+class PartJob:
+    """What every part's task needs, sent to the cluster once."""
+
+    schema: SchemaConfig
+    config: ValidateConfig
+    now: datetime
+    arrival_known: bool
+    facts: PartFacts
+    out_dir: Path
+    quarantine_dir: Path
+    sample_ids: np.ndarray | None
+    """Row numbers, over all parts, of the GX sample (None: every row)."""
+
+
+@dataclass(frozen=True)
+class PartOutcome:
+    report: ValidationReport
+    sample: pa.Table
 
 
 def run(
@@ -48,30 +99,211 @@ def run(
     report_path: Path,
     docs_dir: Path,
 ) -> ValidationReport:
-    """Validate the events table and write every output; returns the report."""
-    table = read_events(events_dir)
-    # The reader's buffers are no longer needed: return them before the contract's gather.
-    pa.default_memory_pool().release_unused()
+    """Validate the events, part by part, and write every output; returns the report."""
+    started = time.perf_counter()
+    parts = list_parts(events_dir)
+    columns = pq.read_schema(parts[0].path)
+    total = sum(p.rows for p in parts)
+    config, schema = params.validate, params.data.schema
     now = params.validate.now or datetime.now(UTC)
-    log.info("validating %d events from %s (now=%s)", table.num_rows, events_dir, now.isoformat())
-    report, split = check_contract(
-        table, params.data.schema, params.validate, now, arrival_known=arrival_known(params)
-    )
-
-    write_json(report_path, report.to_json())
-    write_docs(report, docs_dir)
-    write_parquet_chunks(split.quarantine_chunks(), split.quarantine_schema, quarantine_path)
+    now = now if now.tzinfo else now.replace(tzinfo=UTC)
+    log.info(
+        "validating %d events in %d part(s) from %s (now=%s)",
+        total, len(parts), events_dir, now.isoformat(),
+    )  # fmt: skip
+    enabled = {c for c, check in config.checks.items() if check.enabled}
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gx-import") as pool:
+        if enabled & GX_CHECKS:  # seconds of imports, overlapping the parts' checks
+            pool.submit(gx_suite.import_gx)
+        with (
+            staged_dir(out_dir) as out,
+            tempfile.TemporaryDirectory(
+                prefix=".quarantine-parts-", dir=_parent(quarantine_path)
+            ) as quarantine_parts,
+        ):
+            t0 = time.perf_counter()
+            facts = whole_table_facts(params, parts, columns, now)
+            facts_s = time.perf_counter() - t0
+            job = PartJob(
+                schema, config, now, arrival_known(params), facts, out.path,
+                Path(quarantine_parts), gx_suite.sample_rows(total, config.gx_sample_rows),
+            )  # fmt: skip
+            outcomes = map_parts(
+                validate_part, parts, job, params.data, what="validate",
+                memory_factor=MEMORY_FACTOR,
+            )  # fmt: skip
+            merged = merge_reports(
+                [o.report for o in outcomes], [p.offset for p in parts],
+                [p.name for p in parts], config.sample_offenders, job.arrival_known,
+            )  # fmt: skip
+            sample = pa.concat_tables([o.sample for o in outcomes])
+            del outcomes
+            report = finish_report(merged, columns, schema, config, sample, total)
+            report = replace(
+                report,
+                duration_s=time.perf_counter() - started,
+                timings={**report.timings, "whole_table_facts": round(facts_s, 4)},
+            )
+            write_json(report_path, report.to_json())
+            write_docs(report, docs_dir)
+            _gather_quarantine(Path(quarantine_parts), parts, columns, quarantine_path)
+            out.keep = not report.failed()
     if report.failed():
         log.error("validation failed: %s", ", ".join(r.name for r in report.failed()))
     else:
-        write_parquet_chunks(split.clean_chunks(), table.schema, Path(out_dir) / VALIDATED_FILE)
         log.info(
             "wrote %d validated events (%d quarantined) in %.2f s",
-            report.rows_out,
-            report.rows_quarantined,
-            report.duration_s,
-        )
+            report.rows_out, report.rows_quarantined, report.duration_s,
+        )  # fmt: skip
     return report
+
+
+def validate_part(part: Part, job: PartJob) -> PartOutcome:
+    """The contract on one part: writes its clean and quarantined rows, returns its report
+    and its rows of the GX sample. Runs as a Ray task (``pipelines.fanout``)."""
+    table = pq.read_table(part.path)
+    report, split = check_contract(
+        table, job.schema, job.config, job.now, job.arrival_known, facts=job.facts
+    )
+    if split.quarantine_count:
+        write_parquet_chunks(
+            split.quarantine_chunks(), split.quarantine_schema, job.quarantine_dir / part.name
+        )
+    if not report.failed():
+        write_parquet_chunks(split.clean_chunks(), table.schema, job.out_dir / part.name)
+    if job.sample_ids is None:
+        sample = table
+    else:
+        ids = job.sample_ids
+        local = ids[(ids >= part.offset) & (ids < part.offset + part.rows)] - part.offset
+        sample = table.take(pa.array(local))
+    return PartOutcome(report, sample)
+
+
+def whole_table_facts(
+    params: Params, parts: list[Part], columns: pa.Schema, now: datetime
+) -> PartFacts:
+    """The verdicts no part can reach alone (``PartFacts``), from one pass over the columns
+    they need: the global watermark (late_events) and each domain column's unseen fraction
+    (categorical_domain). Only what the checks that will run need is read."""
+    if len(parts) == 1:
+        return PartFacts(whole=True)
+    config, schema = params.validate, params.data.schema
+    plan = gx_suite.plan_columns(columns.empty_table(), schema)
+    checks = config.checks
+    time_ok = schema.time in plan.usable
+    need_late = checks["late_events"].enabled and time_ok and arrival_known(params)
+    domained = [c for c in config.domains if c in schema.categorical and c in plan.usable]
+    need_domains = checks["categorical_domain"].enabled and bool(domained)
+    if not (need_late or need_domains):
+        return PartFacts()
+    counts: list[dict[str, dict[str, Any]]] = []
+    exclude = _excluded(config, time_ok, now)
+    unit = columns.field(schema.time).type.unit if time_ok else "us"
+    read = domained if need_domains else []
+    streams = [
+        (p.name, _fact_batches(p, schema, read, config.domains, exclude, counts)) for p in parts
+    ]
+    late = None
+    if need_late:
+        late = late_arrivals(streams, checks["late_events"].allowed_lateness, unit)
+    else:
+        for _, stream in streams:
+            for _ in stream:
+                pass
+    domains = None
+    if need_domains:
+        max_unseen = checks["categorical_domain"].max_unseen_fraction
+        domains = gx_suite.DomainFacts.merge(counts, max_unseen)
+    return PartFacts(late=late, domains=domains)
+
+
+def _excluded(config: ValidateConfig, time_ok: bool, now: datetime) -> Any:
+    """The rows the whole-table watermark leaves out: times the future and floor checks
+    flag (``contract._row_checks``' ``exclude``), when those checks run."""
+    checks = config.checks
+    future = checks["future_timestamps"].enabled and time_ok
+    floor = checks["time_floor"].floor if checks["time_floor"].enabled and time_ok else None
+    max_ahead = checks["future_timestamps"].max_ahead
+
+    def excluded(times: np.ndarray, unit: str) -> np.ndarray:
+        out = np.zeros(times.size, dtype=bool)
+        if future:
+            out |= rules.future(times, unit, now, max_ahead)
+        if floor is not None:
+            out |= rules.before_floor(times, unit, floor)
+        return out
+
+    return excluded
+
+
+def _fact_batches(
+    part: Part,
+    schema: SchemaConfig,
+    domained: list[str],
+    domains: Any,
+    excluded: Any,
+    counts: list[dict[str, dict[str, Any]]],
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """A part's (arrival, time) batches for the watermark, the time ``IGNORED`` where the
+    whole-table check would not look; counts its domain columns on the way."""
+    reader = pq.ParquetFile(part.path, read_dictionary=domained)
+    names = set(reader.schema_arrow.names)
+    wanted = [schema.time, *domained]
+    if ARRIVAL in names:
+        wanted.append(ARRIVAL)
+    if schema.entity in names and _may_hold_nulls(reader, schema.entity):
+        wanted.append(schema.entity)
+    row = part.offset
+    for batch in reader.iter_batches(batch_size=FACTS_BATCH, columns=list(dict.fromkeys(wanted))):
+        table = pa.Table.from_batches([batch])
+        if domained:
+            counts.append(gx_suite.domain_counts(table, domained, domains))
+        column = table[schema.time]
+        times = pc.fill_null(pc.cast(column, pa.int64()), 0).to_numpy().copy()
+        use = np.ones(times.size, dtype=bool)
+        for name in (schema.entity, schema.time):
+            if name in table.column_names and table[name].null_count:
+                use &= pc.is_valid(table[name]).to_numpy(zero_copy_only=False)
+        use &= ~excluded(times, column.type.unit)
+        times[~use] = IGNORED
+        if ARRIVAL in table.column_names:
+            arrival = table[ARRIVAL].to_numpy().astype(np.int64, copy=False)
+        else:
+            arrival = np.arange(row, row + times.size, dtype=np.int64)
+        row += times.size
+        yield arrival, times
+
+
+def _may_hold_nulls(reader: pq.ParquetFile, column: str) -> bool:
+    """False when every row group's statistics say ``column`` has no nulls."""
+    meta = reader.metadata
+    index = reader.schema_arrow.get_field_index(column)
+    for i in range(meta.num_row_groups):
+        stats = meta.row_group(i).column(index).statistics
+        if stats is None or not stats.has_null_count or stats.null_count:
+            return True
+    return False
+
+
+def _parent(path: Path) -> Path:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return Path(path).parent
+
+
+def _gather_quarantine(folder: Path, parts: list[Part], columns: pa.Schema, path: Path) -> None:
+    """One quarantine file from the parts' own, in part order (one row group at a time);
+    written even when empty, so DVC always has the output."""
+    files = [folder / p.name for p in parts if (folder / p.name).exists()]
+    schema = columns.append(pa.field(REASON, pa.string()))
+
+    def chunks() -> Iterator[pa.Table]:
+        for file in files:
+            reader = pq.ParquetFile(file)
+            for i in range(reader.num_row_groups):
+                yield reader.read_row_group(i)
+
+    write_parquet_chunks(chunks(), schema, path)
 
 
 def arrival_known(params: Params) -> bool:
@@ -110,7 +342,10 @@ def _command(params: Params, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return stage_main("validate", _arguments, _command, argv, doc=__doc__)
+    return stage_main(
+        "validate", _arguments, _command, argv, doc=__doc__,
+        failures=(PartFailed, ClusterUnreachable),
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

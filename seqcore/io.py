@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,32 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         _replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@dataclass
+class Staged:
+    """A directory being written for ``atomic_dir``-like publishing (``staged_dir``)."""
+
+    path: Path
+    keep: bool = True
+    """Set to False to discard it and leave the published directory as it was."""
+
+
+@contextlib.contextmanager
+def staged_dir(path: str | Path) -> Iterator[Staged]:
+    """Like ``atomic_dir``, but the block may decide not to publish (``staged.keep = False``)
+    without raising: the new directory is removed and ``path`` stays as it was."""
+    path = Path(path)
+    staged = Staged(_tmp_sibling(path))
+    try:
+        yield staged
+        if staged.keep:
+            _replace(staged.path, path)
+        else:
+            shutil.rmtree(staged.path, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staged.path, ignore_errors=True)
         raise
 
 

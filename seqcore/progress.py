@@ -196,16 +196,21 @@ class RowProgress:
         *,
         every_s: float = 10.0,
         clock: Any = time.monotonic,
+        parts: int | None = None,
     ) -> None:
         self.log, self.what, self.total = log, what, total
         self.every_s, self.clock = every_s, clock
         self.started = self.last = clock()
         self.done = 0
+        self.parts, self.parts_done = parts, 0
 
     def line(self) -> str:
         elapsed = max(self.clock() - self.started, 1e-9)
         rate = self.done / elapsed
-        text = f"{self.what}: {self.done:,}"
+        text = f"{self.what}: "
+        if self.parts is not None:
+            text += f"{self.parts_done} of {self.parts} parts, "
+        text += f"{self.done:,}"
         if self.total:
             text += f" of {self.total:,} rows ({100 * self.done / self.total:.0f}%)"
         else:
@@ -215,8 +220,9 @@ class RowProgress:
             text += f", about {_duration((self.total - self.done) / rate)} left"
         return text
 
-    def advance(self, rows: int) -> None:
+    def advance(self, rows: int, parts: int = 0) -> None:
         self.done += rows
+        self.parts_done += parts
         now = self.clock()
         if now - self.last >= self.every_s:
             self.last = now

@@ -3,7 +3,9 @@ once. ``ray.init`` itself retries an absent cluster for minutes, printing C++ wa
 
 from __future__ import annotations
 
+import os
 import socket
+from typing import Any
 
 
 class ClusterUnreachable(RuntimeError):
@@ -38,3 +40,20 @@ def check_ray_address(address: str) -> None:
     unreachable = gcs_unreachable(address)
     if unreachable:
         raise ClusterUnreachable.at(address, unreachable)
+
+
+def connect(**local: Any) -> None:
+    """Join the cluster in ``RAY_ADDRESS`` (checked first) or start a local one with the
+    ``ray.init`` keywords in ``local``; nothing when this process is already connected."""
+    import ray
+
+    from seqcore.progress import ray_init_options
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        check_ray_address(address)
+        ray.init(address=address, **ray_init_options())
+    else:
+        ray.init(include_dashboard=False, **local, **ray_init_options())

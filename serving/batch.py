@@ -9,9 +9,9 @@ equals the online endpoint's score for the same sequence (docs/architecture.md Â
 Plans (the summary's ``plan``), chosen from metadata and the entity column
 (:mod:`serving.batch_plan`):
 
-- ``files``: no entity spans files, as in the ingest stage's entity-hash part files and the one
-  ``data/validated/events.parquet``: each Ray Data task reads its unit of whole entities and
-  scores it, no shuffle (:mod:`serving.batch_dataset`).
+- ``files``: no entity spans files, as in the ingest stage's entity-hash part files and the
+  validate stage's ``data/validated/part-*.parquet``: each Ray Data task reads its unit of
+  whole entities and scores it, no shuffle (:mod:`serving.batch_dataset`).
 - ``shuffle``: entities span files; Ray Data brings every entity-hash partition's events
   from all files to one scoring call.
 - ``local``: fewer than ``local_max_rows`` events are scored in this process, without Ray:

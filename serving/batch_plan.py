@@ -7,7 +7,7 @@ When no entity spans files, the work is split into :class:`Unit` s that never sp
 and need no shuffle (:func:`plan_units`):
 
 - small files are packed whole into bins of about ``rows_per_block`` events;
-- a file grouped by entity (``data/validated/events.parquet``) is cut into row ranges at
+- a file grouped by entity (a validated part, ``data/validated/part-*.parquet``) is cut into row ranges at
   entity boundaries; a task reads only the row groups its range touches, so ranges are not
   made smaller than a row group unless the cluster would otherwise idle;
 - a larger file in arrival order (the ingest stage's entity-hash parts) is split into entity

@@ -61,10 +61,10 @@ def tiny_pipeline(tmp_path_factory) -> dict[str, Path]:
         root / "validation.json", root / "docs",
     )  # fmt: skip
     assert not report.failed(), report.summary()
-    shard.run(params, root / "validated" / "events.parquet", root / "shards")
+    shard.run(params, root / "validated", root / "shards")
     return {
         "root": root,
         "events": root / "events",
-        "validated": root / "validated" / "events.parquet",
+        "validated": root / "validated",
         "shards": root / "shards",
     }

@@ -90,6 +90,15 @@ class DataConfig:
     """Instead of ``rows_per_part``: parts of about this many MB in Arrow (the size each part
     takes in memory when a later stage reads it), rows per part estimated from the first
     rows read."""
+    engine: Literal["auto", "ray", "local"] = "auto"
+    """How the data stages run their parts: ``ray`` as Ray tasks, on the cluster in
+    ``RAY_ADDRESS`` or a local one; ``local`` one after another in the stage's own process
+    (for debugging: breakpoints and tracebacks as usual); ``auto`` Ray when there is more than
+    one part."""
+    workers: int | None = None
+    """Most parts processed at once (null: one per CPU of the Ray cluster)."""
+    task_retries: int = 2
+    """Times a failed part task is retried before the stage fails naming the part."""
     schema: SchemaConfig = field(default_factory=SchemaConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
 
@@ -102,6 +111,12 @@ class DataConfig:
             raise fail("data.format", self.format, "expected auto, parquet or csv")
         if self.rows_per_part < 1:
             raise fail("data.rows_per_part", self.rows_per_part, "must be >= 1")
+        if self.engine not in ("auto", "ray", "local"):
+            raise fail("data.engine", self.engine, "expected auto, ray or local")
+        if self.workers is not None and (isinstance(self.workers, bool) or self.workers < 1):
+            raise fail("data.workers", self.workers, "must be an integer >= 1 (or null)")
+        if self.task_retries < 0:
+            raise fail("data.task_retries", self.task_retries, "must be >= 0")
         if self.part_size_mb is not None and (
             isinstance(self.part_size_mb, bool)
             or not isinstance(self.part_size_mb, int | float)

@@ -101,9 +101,9 @@ def test_validate_step_runs_the_stage_and_times_the_phases_it_names(tmp_path, mo
     args = argparse.Namespace(events_dir=str(tmp_path / "events"), work=str(tmp_path / "work"))
     result = data_throughput.step_validate(args)
     assert result["rows"] > 0
-    phases = {"read_events", "check_contract", "_row_checks", "_split", "write_parquet_chunks"}
+    phases = {"whole_table_facts", "map_parts", "check_contract", "_row_checks", "_split"}
     assert phases <= set(result["breakdown"])
-    assert (tmp_path / "work" / "validated" / "events.parquet").exists()
+    assert (tmp_path / "work" / "validated" / "part-00000.parquet").exists()
 
 
 def test_ingest_step_reads_the_events_as_a_user_folder_and_times_its_phases(tmp_path, monkeypatch):

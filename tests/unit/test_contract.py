@@ -348,7 +348,7 @@ def test_validate_stage_writes_outputs_and_exit_codes(tmp_path: Path, capsys):
     argv += [str(x) for pair in out.items() for x in pair]
     assert validate.main(argv) == 1
     assert "time_order" in capsys.readouterr().err
-    assert not (out["--out"] / "events.parquet").exists()
+    assert not (out["--out"] / "part-00000.parquet").exists()
     report = json.loads(out["--report"].read_text())
     assert [c["name"] for c in report["checks"] if c["status"] == "fail"] == ["time_order"]
     assert (out["--docs"] / "index.html").read_text().startswith("<!DOCTYPE html>")
@@ -358,7 +358,7 @@ def test_validate_stage_writes_outputs_and_exit_codes(tmp_path: Path, capsys):
         'validate:\n  now: "2026-01-01T00:00:00Z"\n  checks:\n    time_order: {policy: quarantine}\n'
     )
     assert validate.main(argv) == 0
-    validated = pq.read_table(out["--out"] / "events.parquet")
+    validated = pq.read_table(out["--out"] / "part-00000.parquet")
     assert validated.num_rows == len(rows) - 1
     assert pq.read_table(out["--quarantine"])[REASON].to_pylist() == ["time_order"]
 

@@ -89,7 +89,7 @@ def test_stage_streams_the_clean_file_in_row_groups_equal_to_one_gather(tmp_path
     rows = faulty_rows()
     report, out = run_stage(tmp_path, rows, QUARANTINE_ALL)
     assert report.failed() == []
-    written = pq.ParquetFile(out / "events.parquet")
+    written = pq.ParquetFile(out / "part-00000.parquet")
     _, clean, quarantine = run_contract(
         table_from_rows(rows), SCHEMA, stage_params(QUARANTINE_ALL).validate, NOW
     )
@@ -101,10 +101,10 @@ def test_stage_streams_the_clean_file_in_row_groups_equal_to_one_gather(tmp_path
 
 def test_failed_run_keeps_the_previous_output_and_leaves_no_temporary_file(tmp_path):
     _, out = run_stage(tmp_path, faulty_rows(), QUARANTINE_ALL)
-    before = (out / "events.parquet").read_bytes()
+    before = (out / "part-00000.parquet").read_bytes()
     report, _ = run_stage(tmp_path, faulty_rows(), {})  # time_order etc. fail now
     assert report.failed()
-    assert (out / "events.parquet").read_bytes() == before
+    assert (out / "part-00000.parquet").read_bytes() == before
     assert leftovers(out) == []
 
 
@@ -116,10 +116,10 @@ def test_interrupted_write_publishes_nothing(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(Split, "clean_chunks", broken)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OSError, match="disk full") as raised:
         run_stage(tmp_path, make_rows(), {})
-    out = tmp_path / "validated"
-    assert not (out / "events.parquet").exists() and leftovers(out) == []
+    assert any("part-00000.parquet" in note for note in raised.value.__notes__)
+    assert not (tmp_path / "validated").exists() and leftovers(tmp_path) == []
 
 
 def test_chunked_parquet_file_is_complete_or_absent(tmp_path):

@@ -1,0 +1,177 @@
+"""One function over the parts of an events folder: as Ray tasks, or one by one in process.
+
+The ingest stage writes entity-hash parts of bounded size (docs/architecture.md §1), so a data
+stage that works part by part holds one part per task, whatever the table's size. Ray runs
+the tasks, on the cluster in ``RAY_ADDRESS`` or on a local one (``data.engine``):
+
+* each task asks Ray for the ``memory`` its part needs (its Arrow size from the Parquet
+  footer times the stage's factor), so Ray never runs more parts at once on a node than fit
+  in its memory; a part that fits no node is refused before any task starts;
+* at most ``data.workers`` tasks are in flight (default: the cluster's CPUs);
+* a failed task is retried ``data.task_retries`` times (Ray's ``max_retries`` with
+  ``retry_exceptions``), then the stage fails naming the part and the cause;
+* progress is logged per part: parts done of total, rows per second, time left.
+
+``local`` runs the same function in this process, part after part, for debugging: a
+breakpoint stops where it would, a traceback is the function's own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pyarrow.parquet as pq
+
+from pipelines.params.data import DataConfig
+from seqcore.progress import RowProgress
+
+log = logging.getLogger("seqops.fanout")
+T = TypeVar("T")
+TASK_OVERHEAD = 256 * 1024**2
+"""Memory a task's worker takes before its part (interpreter, numpy, pyarrow)."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part file of an events folder and what its Parquet footer says of it."""
+
+    index: int
+    path: Path
+    rows: int
+    offset: int
+    """The number of its first row in the parts' concatenation, in name order."""
+    arrow_bytes: int
+    """Its size once read into Arrow (the row groups' uncompressed size)."""
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+class PartFailed(RuntimeError):
+    """A part's task failed (after its retries); the message names the part and the cause."""
+
+
+def list_parts(folder: str | Path) -> list[Part]:
+    """The ``part-*.parquet`` files of ``folder`` in name order (one file: itself)."""
+    folder = Path(folder)
+    if folder.is_file():
+        paths = [folder]
+    else:
+        paths = sorted(folder.glob("part-*.parquet"))
+        if not paths:
+            raise FileNotFoundError(f"{folder}: no part-*.parquet files (run the ingest stage)")
+    parts, offset = [], 0
+    for index, path in enumerate(paths):
+        meta = pq.ParquetFile(path).metadata
+        size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+        parts.append(Part(index, path, meta.num_rows, offset, size))
+        offset += meta.num_rows
+    return parts
+
+
+def engine(data: DataConfig, parts: Sequence[Part]) -> str:
+    """``ray`` or ``local``: what ``data.engine`` means for this many parts."""
+    if data.engine == "auto":
+        return "ray" if len(parts) > 1 else "local"
+    return data.engine
+
+
+def map_parts(
+    fn: Callable[[Part, Any], T],
+    parts: Sequence[Part],
+    shared: Any,
+    data: DataConfig,
+    *,
+    what: str,
+    memory_factor: float,
+) -> list[T]:
+    """``fn(part, shared)`` for every part, results in part order.
+
+    ``shared`` is sent to the cluster once (Ray's object store), not once per task.
+    ``memory_factor``: the task's peak memory as a multiple of its part's Arrow size.
+    """
+    progress = RowProgress(log, what, sum(p.rows for p in parts), parts=len(parts))
+    if engine(data, parts) == "local":
+        results = []
+        for part in parts:
+            try:
+                results.append(fn(part, shared))
+            except Exception as exc:  # the function's own error and traceback, for debugging
+                exc.add_note(f"{what}: in part {part.path}")
+                raise
+            progress.advance(part.rows, parts=1)
+        progress.finish()
+        return results
+    return _on_ray(fn, parts, shared, data, what, memory_factor, progress)
+
+
+def _on_ray(
+    fn: Callable[[Part, Any], T],
+    parts: Sequence[Part],
+    shared: Any,
+    data: DataConfig,
+    what: str,
+    memory_factor: float,
+    progress: RowProgress,
+) -> list[T]:
+    import ray
+
+    from seqcore.ray_connect import connect
+
+    connect()
+    resources = ray.cluster_resources()
+    memory = {p.index: TASK_OVERHEAD + int(memory_factor * p.arrow_bytes) for p in parts}
+    largest = max(parts, key=lambda p: memory[p.index])
+    available = resources.get("memory", 0.0)
+    if available and memory[largest.index] > available:
+        raise PartFailed(
+            f"{what}: part {largest.path} needs about {memory[largest.index] / 1024**3:.1f} GiB "
+            f"in memory and the Ray cluster has {available / 1024**3:.1f} GiB: lower "
+            "data.rows_per_part (or data.part_size_mb) and rerun the ingest stage"
+        )
+    workers = data.workers or max(1, int(resources.get("CPU", 1)))
+    remote = ray.remote(fn)
+    shared_ref = ray.put(shared)
+    queue = list(parts)
+    pending: dict[Any, Part] = {}
+    results: dict[int, T] = {}
+    try:
+        while queue or pending:
+            while queue and len(pending) < workers:
+                part = queue.pop(0)
+                ref = remote.options(
+                    name=f"{what}:{part.name}",
+                    num_cpus=1,
+                    memory=memory[part.index],
+                    max_retries=data.task_retries,
+                    retry_exceptions=True,
+                ).remote(part, shared_ref)
+                pending[ref] = part
+            done, _ = ray.wait(list(pending), num_returns=1)
+            part = pending.pop(done[0])
+            try:
+                results[part.index] = ray.get(done[0])
+            except ray.exceptions.RayError as exc:
+                retries = data.task_retries
+                raise PartFailed(
+                    f"{what}: part {part.path} failed after {retries} "
+                    f"retr{'y' if retries == 1 else 'ies'}: {_cause(exc)}"
+                ) from None
+            progress.advance(part.rows, parts=1)
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+    progress.finish()
+    return [results[p.index] for p in parts]
+
+
+def _cause(exc: BaseException) -> str:
+    """The underlying error of a Ray task failure, as one line."""
+    cause = getattr(exc, "cause", None) or exc
+    text = str(cause).strip().splitlines()
+    return f"{type(cause).__name__}: {text[-1] if text else ''}"
