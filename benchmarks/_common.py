@@ -91,6 +91,57 @@ def run_child(
         return ChildRun(json.loads(result_path.read_text()), usage.ru_maxrss * 1024, wall)
 
 
+class ProcessTree:
+    """Peak RSS and CPU time of every process below this one, sampled: a stage on a local Ray
+    cluster runs in worker processes that Ray starts (GCS, raylet, workers), whose memory
+    the child's own ``ru_maxrss`` does not include."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self.me = psutil.Process()
+        self.peak: dict[int, int] = {}
+        self.cpu: dict[int, float] = {}
+        self.role: dict[int, str] = {}
+        self.sum_peak = 0
+
+    def sample(self) -> None:
+        import psutil
+
+        total = 0
+        for proc in [self.me, *self.me.children(recursive=True)]:
+            try:
+                rss = proc.memory_info().rss
+                times = proc.cpu_times()
+                if proc.pid not in self.role:
+                    self.role[proc.pid] = _role(proc, self.me)
+            except psutil.Error:  # exited between the listing and the read
+                continue
+            total += rss
+            self.peak[proc.pid] = max(self.peak.get(proc.pid, 0), rss)
+            self.cpu[proc.pid] = times.user + times.system
+        self.sum_peak = max(self.sum_peak, total)
+
+    def summary(self) -> dict[str, Any]:
+        """Peak of the sum over the tree, and per role the largest process peak and CPU."""
+        roles: dict[str, dict[str, float]] = {}
+        for pid, peak in self.peak.items():
+            entry = roles.setdefault(self.role[pid], {"max_peak_rss": 0, "cpu_s": 0.0, "n": 0})
+            entry["max_peak_rss"] = max(entry["max_peak_rss"], peak)
+            entry["cpu_s"] += self.cpu.get(pid, 0.0)
+            entry["n"] += 1
+        return {"sum_peak_rss": self.sum_peak, "roles": roles}
+
+
+def _role(proc: Any, me: Any) -> str:
+    if proc.pid == me.pid:
+        return "driver"
+    name = " ".join(proc.cmdline()[:2])
+    if "ray::" in name or "default_worker" in name:
+        return "ray worker"
+    return "ray services"
+
+
 class Phases:
     """Which wrapped function the main thread is in, and the highest RSS sampled in each.
 
@@ -105,6 +156,7 @@ class Phases:
         self._main = threading.get_ident()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
+        self.tree = ProcessTree()
 
     def __enter__(self) -> Phases:
         self._thread.start()
@@ -115,9 +167,13 @@ class Phases:
         self._thread.join()
 
     def _sample(self) -> None:
+        ticks = 0
         while not self._stop.wait(0.01):
             phase = self.stack[-1] if self.stack else "(between)"
             self.peaks[phase] = max(self.peaks.get(phase, 0), rss_now())
+            ticks += 1
+            if ticks % 10 == 0:  # the process tree costs a /proc walk: every 100 ms
+                self.tree.sample()
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -155,6 +211,7 @@ class Phases:
             "rss_before": rss_before,
             "breakdown": dict(self.seconds),
             "phase_peak_rss": dict(self.peaks),
+            "tree": self.tree.summary(),
         }
         return out, figures
 

@@ -30,6 +30,7 @@ equal the shard stage's (entities, lengths, bucket widths, categorical ids, nume
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import shutil
 import sys
@@ -273,12 +274,51 @@ def step_ingest(args: argparse.Namespace) -> dict[str, Any]:
     return {**figures, "rows": summary["rows"], "parts": summary["parts"]}
 
 
+def _engine_params(args: argparse.Namespace) -> Any:
+    """params.yaml, with ``--engine`` and ``--workers`` (the scaling runs) applied."""
+    from pipelines.config import load_params
+
+    params = load_params(PARAMS)
+    engine, workers = getattr(args, "engine", None), getattr(args, "workers", None)
+    if engine or workers:
+        data = dataclasses.replace(
+            params.data, engine=engine or params.data.engine, workers=workers
+        )
+        params = dataclasses.replace(params, data=data)
+    return params
+
+
+def step_repartition(args: argparse.Namespace) -> dict[str, Any]:
+    """The cached ``--n`` events rewritten in parts of ``--rows-per-part`` rows (one part:
+    the whole table, today's single-process validate); each part keeps arrival order."""
+    import pyarrow.parquet as pq
+
+    from pipelines.config import load_params
+    from pipelines.ingest import write_events
+    from seqcore.io import read_events
+
+    source = ensure_events(args.n)
+    out = source.with_name(f"{source.name}-parts{args.rows_per_part}")
+    if not out.is_dir():
+        entity = load_params(PARAMS).data.schema.entity
+        write_events(read_events(source), out, args.rows_per_part, entity)
+    parts = sorted(out.glob("part-*.parquet"))
+    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+    return {"path": str(out), "rows": rows, "parts": len(parts)}
+
+
 def step_validate(args: argparse.Namespace) -> dict[str, Any]:
     from data_checks import contract
     from pipelines import validate
     from pipelines.config import load_params
 
     params = load_params(PARAMS)
+    engine, workers = getattr(args, "engine", None), getattr(args, "workers", None)
+    if engine or workers:
+        data = dataclasses.replace(
+            params.data, engine=engine or params.data.engine, workers=workers
+        )
+        params = dataclasses.replace(params, data=data)
     work = Path(args.work)
     phases = Phases()
     for name in (
@@ -313,13 +353,12 @@ def step_validate(args: argparse.Namespace) -> dict[str, Any]:
 
 def step_shard(args: argparse.Namespace) -> dict[str, Any]:
     from pipelines import shard
-    from pipelines.config import load_params
     from seqcore import io
 
-    params = load_params(PARAMS)
+    params = _engine_params(args)
     work = Path(args.work)
     phases = Phases()
-    for name in ("_read", "prepare", "make_windows", "_write_split", "check_split_leakage"):
+    for name in ("_split_plan", "fit_part", "_fit", "write_part", "_reduce", "check_split_leakage"):
         phases.wrap(shard, name)
     phases.wrap(io, "sha256_tree")
     manifest, figures = phases.measure(
@@ -349,6 +388,7 @@ def step_pandas(args: argparse.Namespace) -> dict[str, Any]:
 
 
 STEPS = {
+    "repartition": step_repartition,
     "ingest": step_ingest,
     "generate": step_generate,
     "baseline": step_baseline,
@@ -533,6 +573,117 @@ def measure(n_events: int, pandas_events: int, rounds: int, pandas_rounds: int) 
     }
 
 
+SCALING_PART_ROWS = 1_000_000
+"""Parts of the scaling runs: ten per 10M events, so two workers share them evenly."""
+WHOLE_MAX = 10_000_000
+"""Above this, today's whole-table run is left out (it needs ~3x the table in memory)."""
+TARGET_TWO_VS_ONE = 1.7
+TARGET_ONE_VS_WHOLE = 1.10
+TARGET_TREE_RSS = 1.5 * 1024**3
+
+
+def scaling(sizes: list[int], rounds: int) -> None:
+    """Validate + shard in parts on Ray with 1 and 2 workers, in process, and as today's
+    whole-table run (one part), side by side per size with pyarrow's read + sort_by, and the
+    peak RSS of every process (driver, Ray workers, Ray's own services)."""
+    work = OUT_DIR / "scaling-work"
+    summary_rows, targets = [], []
+    for n in sizes:
+        ensure = _child("generate", n=n).result
+        parts = _child("repartition", n=n, rows_per_part=SCALING_PART_ROWS).result
+        arms: dict[str, dict[str, Any]] = {
+            "ray, 2 workers": {"engine": "ray", "workers": 2},
+            "ray, 1 worker": {"engine": "ray", "workers": 1},
+            "in process (parts)": {"engine": "local"},
+        }
+        inputs = {name: parts["path"] for name in arms}
+        if n <= WHOLE_MAX:
+            whole = _child("repartition", n=n, rows_per_part=n).result
+            arms["today: whole table"] = {"engine": "local"}
+            inputs["today: whole table"] = whole["path"]
+        runs: dict[str, dict[str, list[ChildRun]]] = {
+            name: {"validate": [], "shard": []} for name in arms
+        }
+        baseline: list[ChildRun] = []
+        names = list(arms)
+        for r in range(rounds):
+            baseline.append(_child("baseline", events_dir=parts["path"], work=work / "base"))
+            for name in names if r % 2 == 0 else names[::-1]:
+                where = work / name.replace(" ", "_").replace(",", "").replace(":", "")
+                for step in ("validate", "shard"):
+                    run = _child(step, events_dir=inputs[name], work=where, **arms[name])
+                    runs[name][step].append(run)
+                    print(
+                        f"  [{n / 1e6:g}M] round {r + 1}/{rounds} {name:20s} {step:8s} "
+                        f"{run.result['seconds']:7.2f} s  all processes peak "
+                        f"{fmt_bytes(run.result['tree']['sum_peak_rss'])}",
+                        flush=True,
+                    )
+        base = median(b.result["seconds"] for b in baseline)
+        summary_rows.append(
+            [f"{n / 1e6:g}M", f"baseline: read_table + sort_by ({fmt_bytes(ensure['nbytes'])} "
+             "in Arrow)", "", "", f"{base:.2f}",
+             fmt_rate(n, base), fmt_bytes(median(b.peak_rss for b in baseline)), "-", "-",
+             fmt_bytes(median(b.peak_rss for b in baseline))]
+        )  # fmt: skip
+        for name, steps in runs.items():
+            both = _sum(steps["validate"], steps["shard"])
+            group = steps["validate"] + steps["shard"]
+            workers = [
+                g.result["tree"]["roles"].get("ray worker", {}).get("max_peak_rss", 0)
+                for g in group
+            ]
+            services = [
+                g.result["tree"]["roles"].get("ray services", {}).get("max_peak_rss", 0)
+                for g in group
+            ]
+            summary_rows.append(
+                [
+                    f"{n / 1e6:g}M", name, f"{_med(steps['validate']):.2f}",
+                    f"{_med(steps['shard']):.2f}", f"{median(both):.2f}",
+                    fmt_rate(n, median(both)), fmt_bytes(max(g.peak_rss for g in group)),
+                    fmt_bytes(max(workers)) if max(workers) else "-",
+                    fmt_bytes(max(services)) if max(services) else "-",
+                    fmt_bytes(max(g.result["tree"]["sum_peak_rss"] for g in group)),
+                ]
+            )  # fmt: skip
+        total = {name: median(_sum(st["validate"], st["shard"])) for name, st in runs.items()}
+        two, one = total["ray, 2 workers"], total["ray, 1 worker"]
+        targets.append(
+            [f"{n / 1e6:g}M: (validate + shard) 2 workers / 1 worker (throughput)",
+             f">= {TARGET_TWO_VS_ONE}x", f"{one / two:.2f}x",
+             verdict(one / two >= TARGET_TWO_VS_ONE)]
+        )  # fmt: skip
+        best = min(two, one)
+        targets.append(
+            [f"{n / 1e6:g}M: (validate + shard) on Ray / (read_table + sort_by)",
+             f"<= {TARGET_OURS_VS_SORT:g}x", f"{best / base:.2f}x",
+             verdict(best / base <= TARGET_OURS_VS_SORT)]
+        )  # fmt: skip
+        if "today: whole table" in total:
+            whole_s = total["today: whole table"]
+            targets.append(
+                [f"{n / 1e6:g}M: 1 worker / today's whole-table run (time)",
+                 f"<= {TARGET_ONE_VS_WHOLE}x", f"{one / whole_s:.2f}x",
+                 verdict(one / whole_s <= TARGET_ONE_VS_WHOLE)]
+            )  # fmt: skip
+        tree = max(
+            g.result["tree"]["sum_peak_rss"]
+            for g in runs["ray, 2 workers"]["validate"] + runs["ray, 2 workers"]["shard"]
+        )
+        targets.append(
+            [f"{n / 1e6:g}M: 2 workers, peak RSS of all processes together",
+             f"<= {fmt_bytes(TARGET_TREE_RSS)}, flat in N", fmt_bytes(tree),
+             verdict(tree <= TARGET_TREE_RSS)]
+        )  # fmt: skip
+    headers = ["events", "run", "validate s", "shard s", "validate + shard s", "events/s",
+               "driver peak", "largest Ray worker", "largest Ray service",
+               "all processes peak"]  # fmt: skip
+    print_table(headers, summary_rows, f"validate + shard in parts of {SCALING_PART_ROWS:,} rows "
+                f"(medians of {rounds} rounds; peaks: the highest of the runs)")  # fmt: skip
+    print_table(["check", "target", "measured", "result"], targets, "Targets")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=10_000_000)
@@ -554,10 +705,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events-dir", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--rows-per-part", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--engine", help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--scaling",
+        help="comma-separated event counts: validate on Ray with 2 workers against 1, and "
+        "against today's whole-table run, with the RSS of every process (see scaling())",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.step:
         write_result(args.result, STEPS[args.step](args))
+        return 0
+    if args.scaling:
+        scaling([int(float(n)) for n in args.scaling.split(",")], args.rounds)
         return 0
     if args.check:
         summary = check_equivalence(n_entities=2000)

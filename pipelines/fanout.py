@@ -81,6 +81,22 @@ def engine(data: DataConfig, parts: Sequence[Part]) -> str:
     return data.engine
 
 
+@dataclass(frozen=True)
+class _Refused:
+    """A ``fatal`` error raised in a task, carried back as its result: not retried."""
+
+    error: Exception
+
+
+def _guarded(
+    fn: Callable[[Part, Any], T], fatal: tuple[type[Exception], ...], part: Part, shared: Any
+) -> T | _Refused:
+    try:
+        return fn(part, shared)
+    except fatal as exc:
+        return _Refused(exc)
+
+
 def map_parts(
     fn: Callable[[Part, Any], T],
     parts: Sequence[Part],
@@ -89,11 +105,14 @@ def map_parts(
     *,
     what: str,
     memory_factor: float,
+    fatal: tuple[type[Exception], ...] = (),
 ) -> list[T]:
     """``fn(part, shared)`` for every part, results in part order.
 
     ``shared`` is sent to the cluster once (Ray's object store), not once per task.
     ``memory_factor``: the task's peak memory as a multiple of its part's Arrow size.
+    ``fatal``: errors that say the data is wrong, not the machine (e.g. a stage's own input
+    error): raised at once as they are, with the part noted, never retried.
     """
     progress = RowProgress(log, what, sum(p.rows for p in parts), parts=len(parts))
     if engine(data, parts) == "local":
@@ -107,7 +126,7 @@ def map_parts(
             progress.advance(part.rows, parts=1)
         progress.finish()
         return results
-    return _on_ray(fn, parts, shared, data, what, memory_factor, progress)
+    return _on_ray(fn, parts, shared, data, what, memory_factor, fatal, progress)
 
 
 def _on_ray(
@@ -117,6 +136,7 @@ def _on_ray(
     data: DataConfig,
     what: str,
     memory_factor: float,
+    fatal: tuple[type[Exception], ...],
     progress: RowProgress,
 ) -> list[T]:
     import ray
@@ -135,7 +155,7 @@ def _on_ray(
             "data.rows_per_part (or data.part_size_mb) and rerun the ingest stage"
         )
     workers = data.workers or max(1, int(resources.get("CPU", 1)))
-    remote = ray.remote(fn)
+    remote: Any = ray.remote(_guarded)
     shared_ref = ray.put(shared)
     queue = list(parts)
     pending: dict[Any, Part] = {}
@@ -150,18 +170,22 @@ def _on_ray(
                     memory=memory[part.index],
                     max_retries=data.task_retries,
                     retry_exceptions=True,
-                ).remote(part, shared_ref)
+                ).remote(fn, fatal, part, shared_ref)
                 pending[ref] = part
             done, _ = ray.wait(list(pending), num_returns=1)
             part = pending.pop(done[0])
             try:
-                results[part.index] = ray.get(done[0])
+                result = ray.get(done[0])
             except ray.exceptions.RayError as exc:
                 retries = data.task_retries
                 raise PartFailed(
                     f"{what}: part {part.path} failed after {retries} "
                     f"retr{'y' if retries == 1 else 'ies'}: {_cause(exc)}"
                 ) from None
+            if isinstance(result, _Refused):
+                result.error.add_note(f"{what}: in part {part.path}")
+                raise result.error
+            results[part.index] = result
             progress.advance(part.rows, parts=1)
     finally:
         for ref in pending:

@@ -3,12 +3,26 @@
 Follows docs/architecture.md §3: ``<out>/<split>/bucket=<L>/part-<k>.parquet`` plus
 ``manifest.json`` holding everything needed to read the shards and to rebuild the same
 preprocessing at serving time, and the data contract's per-event rules that served requests
-are held to (``validate``'s, through ``data_checks.rules.serving_contract``). Splits are decided first, preprocessing is fitted on
-training rows only, and the split-leakage check runs on what was actually written. The
-output directory is built aside and renamed into place (``atomic_dir``), so an interrupted
-run leaves the previous shards intact. Per-event work is vectorised (``pipelines.windows``):
-one read, one encode per column, one gather per output column and part file; Parquet writes
-(which release the GIL) overlap the next part's gather.
+are held to (``validate``'s, through ``data_checks.rules.serving_contract``). Splits are
+decided first, preprocessing is fitted on training rows only, and the split-leakage check
+runs on what was actually written.
+
+The stage is a map and a reduce over the validated parts (one part per task, as Ray tasks
+through ``pipelines.fanout``), so its memory is that of a part, not of the table:
+
+1. ``_split_plan``: what no part decides alone, the time cutoffs at quantiles of all event
+   times (found exactly by counting, ``time_quantiles``) or whether the split column names
+   any val entity;
+2. ``fit_part`` per part: vocabulary counts, numeric moments and train labels of its training
+   rows, and the lengths of its windows; ``_fit`` merges them into the feature spec, the
+   classes and the bucket bounds, and deals each part's examples their file numbers;
+3. ``write_part`` per part: encode, window, bucket and pad, each shard file's rows written
+   aside; ``_reduce`` writes every shard file from its parts' rows in part order.
+
+The files hold what one pass over the parts' concatenation writes, row for row
+(tests/unit/test_shard_parts.py); numeric statistics merged from moments may differ from one
+pass in their last bits. The output directory is built aside and renamed into place
+(``atomic_dir``), so an interrupted run leaves the previous shards intact.
 """
 
 from __future__ import annotations
@@ -18,9 +32,11 @@ import dataclasses
 import hashlib
 import json
 import logging
+import shutil
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,22 +48,23 @@ import pyarrow.parquet as pq
 from data_checks.leakage import NO_TARGET, SplitExamples, check_split_leakage
 from data_checks.rules import serving_contract
 from pipelines.config import Params
+from pipelines.fanout import Part, list_parts, map_parts
 from pipelines.params.shard import ShardConfig, SplitConfig
 from pipelines.stage import stage_main
 from pipelines.windows import (
     PaddedIndex,
-    Windows,
     assign_buckets,
-    bucket_boundaries,
+    bucket_boundaries_counted,
     entity_split,
     make_windows,
     order_events,
-    time_cutoffs,
+    quantile_rank,
     visible_counts,
 )
 from seqcore import io
+from seqcore.arrays import time_us
 from seqcore.config import to_jsonable
-from seqcore.features import FeatureSpec, fit_features
+from seqcore.features import FeatureCounts, FeatureSpec
 from seqcore.manifest import (
     SPLITS,
     BucketEntry,
@@ -94,39 +111,53 @@ class EventArrays:
 
 
 @dataclass(frozen=True)
-class Plan:
-    """Everything decided before any shard is written."""
+class SplitPlan:
+    """The split decisions every part applies alike, made before any part runs."""
 
-    events: EventArrays
-    spec: FeatureSpec
+    info: dict[str, Any]
+    """The manifest's split section."""
+    cutoffs: tuple[int, int] | None = None
+    """Time method: (train_end, val_end) in us."""
+    carve_val: bool = False
+    """Column method: no value means val anywhere, so val entities come out of train."""
+
+
+@dataclass(frozen=True)
+class PartPrep:
+    """One part's events ordered and split (both passes over a part start from this)."""
+
+    table: pa.Table
+    offsets: np.ndarray
+    keys: pa.Array
+    t: np.ndarray
     prefixes: dict[str, tuple[np.ndarray, np.ndarray]]
     """Per split: (visible prefix length, bound the window end must exceed) per entity."""
-    split_info: dict[str, Any]
-    cutoffs: tuple[int, int] | None
+    train_rows: np.ndarray
     reordered: int
-    classes: tuple[Any, ...] = ()
-    """The label values of the training rows, sorted: class index i is ``classes[i]``."""
+
+
+def _check_input(parts: list[Part], schema: SchemaConfig, split_column: str | None) -> None:
+    """Refuse, before any part runs, a table that lacks a mapped column or has no events."""
+    columns = [*schema.required_columns, *([split_column] if split_column else [])]
+    names = pq.read_schema(parts[0].path).names
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise ShardError(
+            f"{parts[0].path}: missing column(s) {', '.join(missing)} "
+            "(see data.schema and shard.split.column)"
+        )
+    if not sum(p.rows for p in parts):
+        raise ShardError(f"{parts[0].path.parent}: no events to shard")
 
 
 def _read(path: Path, schema: SchemaConfig, split_column: str | None = None) -> pa.Table:
-    """The columns the schema maps (and the split column of the column split method),
-    refusing what the validate stage should have stopped."""
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: not found (run the validate stage first)")
+    """The columns the schema maps (and the split column of the column split method) of one
+    part, refusing what the validate stage should have stopped."""
     columns = [*schema.required_columns, *([split_column] if split_column else [])]
-    if path.is_file():
-        missing = [c for c in columns if c not in pq.read_schema(path).names]
-        if missing:
-            raise ShardError(
-                f"{path}: missing column(s) {', '.join(missing)} "
-                "(see data.schema and shard.split.column)"
-            )
     try:
-        table = io.read_events(path, columns=columns)
+        table = pq.read_table(path, columns=columns)
     except pa.ArrowInvalid as exc:
         raise ShardError(f"{path}: {str(exc).splitlines()[0]} (see data.schema)") from None
-    if not len(table):
-        raise ShardError(f"{path}: no events to shard")
     for col in (schema.entity, schema.time):
         if table.column(col).null_count:
             raise ShardError(f"{path}: {table.column(col).null_count} nulls in key column {col!r}")
@@ -141,14 +172,20 @@ def _read(path: Path, schema: SchemaConfig, split_column: str | None = None) -> 
 
 
 def column_split(
-    column: pa.ChunkedArray, keys: pa.Array, offsets: np.ndarray, cfg: SplitConfig, salt: str
-) -> tuple[np.ndarray, dict[str, Any]]:
+    column: pa.ChunkedArray,
+    keys: pa.Array,
+    offsets: np.ndarray,
+    cfg: SplitConfig,
+    salt: str,
+    carve_val: bool,
+) -> np.ndarray:
     """Split index per entity (0 train, 1 val, 2 test) from the column naming it.
 
     Every event of an entity must carry the same value, one that ``shard.split.values``
     knows; anything else is refused with the entities and values named, since guessing would
-    move examples across the split the user's results are compared on. With no val value
-    present, validation entities are carved out of train by the entity method's hash."""
+    move examples across the split the user's results are compared on. ``carve_val`` (no val
+    value in the whole table, ``_split_plan``): validation entities are carved out of train
+    by the entity method's hash."""
     name = cfg.column
     encoded = pc.dictionary_encode(pc.cast(column, pa.string())).combine_chunks()
     codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -176,46 +213,55 @@ def column_split(
             f"shard.split.values (now {dict(cfg.values)})"
         )
     split = np.array([meaning[v] for v in found], dtype=np.int8)[first]
-    info: dict[str, Any] = {"method": "column", "column": name, "values": dict(cfg.values)}
-    if not (split == 1).any() and cfg.val_fraction > 0:
+    if carve_val:
         train = np.flatnonzero(split == 0)
         fractions = (1.0 - cfg.val_fraction, cfg.val_fraction, 0.0)
         split[train[entity_split(keys.take(pa.array(train)), fractions, salt) == 1]] = 1
-        info.update(val_from_train=cfg.val_fraction, salt=salt, hash=HASH_RULE)
-    return split, info
+    return split
 
 
-def _split(
-    keys: pa.Array,
-    t: np.ndarray,
-    offsets: np.ndarray,
-    params: Params,
-    split_column: pa.ChunkedArray | None = None,
-):
-    """Per-split prefixes, the train-row mask, the manifest's split section, cutoffs (us)."""
-    cfg, sizes = params.shard.split, np.diff(offsets)
-    zero = np.zeros_like(sizes)
-    salt = f"seqops-split:{params.seed}"
-    if cfg.method in ("entity", "column"):
-        if cfg.method == "column":
-            assert split_column is not None
-            split, info = column_split(split_column, keys, offsets, cfg, salt)
-        else:
-            split = entity_split(keys, cfg.fractions, salt)
-            info = {"method": "entity", "fractions": list(cfg.fractions), "salt": salt,
-                    "hash": HASH_RULE}  # fmt: skip
-        prefixes = {s: (np.where(split == i, sizes, 0), zero) for i, s in enumerate(SPLITS)}
-        return prefixes, np.repeat(split == 0, sizes), info, None
+def _salt(params: Params) -> str:
+    return f"seqops-split:{params.seed}"
+
+
+def _split_plan(parts: list[Part], params: Params) -> SplitPlan:
+    """What no part can decide alone: the time cutoffs at quantiles of all event times, and
+    whether any entity of the table is in val (column method)."""
+    cfg = params.shard.split
+    salt = _salt(params)
+    if cfg.method == "entity":
+        return SplitPlan(
+            {"method": "entity", "fractions": list(cfg.fractions), "salt": salt,
+             "hash": HASH_RULE}
+        )  # fmt: skip
+    if cfg.method == "column":
+        assert cfg.column is not None
+        found: set[Any] = set()
+        for part in parts:
+            column = pq.read_table(part.path, columns=[cfg.column])[cfg.column]
+            found.update(pc.unique(pc.cast(column, pa.string())).drop_null().to_pylist())
+        meaning = {v: SPLITS.index(s) for s, vs in cfg.values.items() for v in vs}
+        unknown = sorted(v for v in found if v not in meaning)
+        if unknown:
+            raise ShardError(
+                f"shard.split.column {cfg.column!r}: value(s) {unknown[:5]} mean no split; map "
+                f"them in shard.split.values (now {dict(cfg.values)})"
+            )
+        carve = not any(meaning[v] == 1 for v in found) and cfg.val_fraction > 0
+        info: dict[str, Any] = {
+            "method": "column", "column": cfg.column, "values": dict(cfg.values),
+        }  # fmt: skip
+        if carve:
+            info.update(val_from_train=cfg.val_fraction, salt=salt, hash=HASH_RULE)
+        return SplitPlan(info, carve_val=carve)
     if cfg.train_end is not None and cfg.val_end is not None:
         train_end = pa.scalar(cfg.train_end, pa.timestamp("us", "UTC")).value
         val_end = pa.scalar(cfg.val_end, pa.timestamp("us", "UTC")).value
         source = "params"
     else:
-        train_end, val_end = time_cutoffs(t, cfg.time_quantiles)
+        column = params.data.schema.time
+        train_end, val_end = time_quantiles(parts, column, tuple(cfg.time_quantiles))
         source = f"quantiles {list(cfg.time_quantiles)} of event time"
-    n_train = visible_counts(t, offsets, train_end)
-    n_val = visible_counts(t, offsets, val_end)
-    prefixes = {"train": (n_train, zero), "val": (n_val, n_train), "test": (sizes, n_val)}
     info = {
         "method": "time",
         "train_end": _iso(train_end),
@@ -224,35 +270,92 @@ def _split(
         "rule": "train sees events <= train_end; val windows end in (train_end, val_end];"
         " test windows end after val_end; targets never go beyond the split's visible events",
     }
-    return prefixes, t <= train_end, info, (train_end, val_end)
+    return SplitPlan(info, cutoffs=(train_end, val_end))
 
 
-def prepare(table: pa.Table, params: Params, path: Path) -> Plan:
-    """Order events, split, fit features on train rows only and encode every event."""
+BINS = 1 << 16
+
+
+def time_quantiles(parts: list[Part], column: str, quantiles: tuple[float, ...]) -> tuple[int, ...]:
+    """``time_cutoffs`` over all parts, exactly, holding one part's times at a time: the
+    ranks the quantiles need are found in a histogram of all times, then the values of the
+    (one or two) bins that hold them are gathered and sorted."""
+
+    def times(part: Part) -> np.ndarray:
+        return time_us(pq.read_table(part.path, columns=[column])[column])
+
+    low, high, n = np.iinfo(np.int64).max, np.iinfo(np.int64).min, 0
+    for part in parts:
+        t = times(part)
+        if len(t):
+            low, high, n = min(low, int(t.min())), max(high, int(t.max())), n + len(t)
+    if not n:
+        raise ShardError("no events to derive time cutoffs from")
+    edges = np.linspace(low, high + 1, BINS + 1)  # float edges: a span of years is fine
+    counts = np.zeros(BINS, dtype=np.int64)
+    for part in parts:
+        counts += np.bincount(_bin(times(part), edges), minlength=BINS)
+    ranks = [quantile_rank(n, q) for q in quantiles]
+    cum = np.cumsum(counts)
+    bins = [int(np.searchsorted(cum, r, side="right")) for r in ranks]
+    held: dict[int, list[np.ndarray]] = {b: [] for b in bins}
+    for part in parts:
+        t = times(part)
+        which = _bin(t, edges)
+        for b in held:
+            held[b].append(t[which == b])
+    out = []
+    for rank, b in zip(ranks, bins, strict=True):
+        values = np.sort(np.concatenate(held[b]))
+        out.append(int(values[rank - (int(cum[b - 1]) if b else 0)]))
+    return tuple(out)
+
+
+def _bin(t: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    return np.clip(np.searchsorted(edges, t, side="right") - 1, 0, len(edges) - 2)
+
+
+def _part_split(
+    prep_keys: pa.Array,
+    t: np.ndarray,
+    offsets: np.ndarray,
+    params: Params,
+    plan: SplitPlan,
+    split_column: pa.ChunkedArray | None,
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray]:
+    """Per-split prefixes and the train-row mask of one part's entities."""
+    cfg, sizes = params.shard.split, np.diff(offsets)
+    zero = np.zeros_like(sizes)
+    if cfg.method in ("entity", "column"):
+        if cfg.method == "column":
+            assert split_column is not None
+            split = column_split(
+                split_column, prep_keys, offsets, cfg, _salt(params), plan.carve_val
+            )
+        else:
+            split = entity_split(prep_keys, cfg.fractions, _salt(params))
+        prefixes = {s: (np.where(split == i, sizes, 0), zero) for i, s in enumerate(SPLITS)}
+        return prefixes, np.repeat(split == 0, sizes)
+    assert plan.cutoffs is not None
+    train_end, val_end = plan.cutoffs
+    n_train = visible_counts(t, offsets, train_end)
+    n_val = visible_counts(t, offsets, val_end)
+    prefixes = {"train": (n_train, zero), "val": (n_val, n_train), "test": (sizes, n_val)}
+    return prefixes, t <= train_end
+
+
+def _prepare(part: Part, params: Params, plan: SplitPlan) -> PartPrep:
+    """Read one part, order its events and split its entities."""
     schema = params.data.schema
+    split_column = params.shard.split.column if params.shard.split.method == "column" else None
+    table = _read(part.path, schema, split_column)
     table, offsets, t, reordered = order_events(table, schema.entity, schema.time, schema.seq)
     keys = pc.cast(table.column(schema.entity).take(pa.array(offsets[:-1])), pa.string())
     keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
-    split_column = params.shard.split.column if params.shard.split.method == "column" else None
-    prefixes, train_rows, split_info, cutoffs = _split(
-        keys, t, offsets, params, table.column(split_column) if split_column else None
+    prefixes, train_rows = _part_split(
+        keys, t, offsets, params, plan, table.column(split_column) if split_column else None
     )
-    try:
-        spec = fit_features(table, schema, params.shard.features, rows=train_rows, offsets=offsets)
-        cat, num = spec.transform(table, offsets=offsets)
-        forecast = None
-        if schema.forecast:  # the standardised feature, but NaN (no target) where not finite
-            raw = pc.cast(table.column(schema.forecast), pa.float64()).to_numpy()
-            forecast = num[:, spec.numeric.index(schema.forecast)].copy()
-            forecast[~np.isfinite(raw)] = np.nan
-    except (TypeError, pa.ArrowInvalid) as exc:
-        raise ShardError(f"{path}: {exc}") from None
-    next_event = cat[:, spec.categorical.index(schema.next_event)] if schema.next_event else None
-    labels, classes = None, ()
-    if schema.label:
-        labels, classes = encode_labels(table.column(schema.label), train_rows, schema.label)
-    events = EventArrays(offsets, keys, t, cat, num, next_event, forecast, labels)
-    return Plan(events, spec, prefixes, split_info, cutoffs, reordered, classes)
+    return PartPrep(table, offsets, keys, t, prefixes, train_rows, reordered)
 
 
 def _label_values(column: pa.ChunkedArray, name: str) -> pa.Array:
@@ -280,19 +383,25 @@ def _label_values(column: pa.ChunkedArray, name: str) -> pa.Array:
     )
 
 
-def encode_labels(
-    column: pa.ChunkedArray, train_rows: np.ndarray, name: str
-) -> tuple[np.ndarray, tuple[Any, ...]]:
-    """Each row's class index and the classes: the sorted distinct labels of training rows.
-
-    Classes come from training rows only, like every other fitted part of preprocessing; a
-    label that training never saw, and a null, become -1 (no label)."""
+def train_labels(column: pa.ChunkedArray, train_rows: np.ndarray, name: str) -> pa.Array:
+    """The distinct labels of the training rows: the classes, once parts' are merged
+    (``label_classes``). Classes come from training rows only, like every other fitted part
+    of preprocessing."""
     values = _label_values(column, name)
-    seen = pc.unique(values.filter(pa.array(train_rows, pa.bool_())).drop_null())
-    classes = seen.take(pc.sort_indices(seen))
-    index = pc.index_in(values, value_set=classes)
-    labels = pc.fill_null(index, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-    return labels, tuple(classes.to_pylist())
+    return pc.unique(values.filter(pa.array(train_rows, pa.bool_())).drop_null())
+
+
+def label_classes(seen: list[pa.Array]) -> tuple[Any, ...]:
+    """The classes, sorted, from the parts' ``train_labels``."""
+    values = pc.unique(pa.concat_arrays(seen)) if seen else pa.array([], pa.string())
+    return tuple(values.take(pc.sort_indices(values)).to_pylist())
+
+
+def label_index(column: pa.ChunkedArray, classes: tuple[Any, ...], name: str) -> np.ndarray:
+    """Each row's class index; a label that training never saw, and a null, become -1."""
+    values = _label_values(column, name)
+    index = pc.index_in(values, value_set=pa.array(classes, values.type))
+    return pc.fill_null(index, -1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def _fsl(values: np.ndarray, size: int) -> pa.FixedSizeListArray:
@@ -331,59 +440,291 @@ def _stats(examples: int, real: int, padded: int) -> dict[str, Any]:
     return {"examples": examples, "real_tokens": real, "padded_tokens": padded, "pad_fraction": pad}
 
 
-def _write_split(
-    root: Path, split: str, win: Windows, plan: Plan, bounds: tuple[int, ...], cfg: ShardConfig,
-    pool: ThreadPoolExecutor, pending: list[Future],
-) -> tuple[SplitEntry, SplitExamples, np.ndarray]:  # fmt: skip
-    """Write one split's part files; return its manifest entry, leakage inputs and labels."""
-    ev, n_visible = plan.events, plan.prefixes[split][0]
-    lengths, bucket_of = win.length, assign_buckets(win.length, bounds)
-    start = ev.offsets[win.group] + win.start
-    limit = ev.offsets[win.group] + n_visible[win.group]
-    # An empty split still gets max_workers (empty) parts, so every worker finds its files.
-    present = [b for b in range(len(bounds)) if (bucket_of == b).any()] or [len(bounds) - 1]
-    buckets: dict[int, BucketEntry] = {}
-    written: list[pa.Table] = []  # what the leakage check reads: the rows as written
-    targets: list[np.ndarray] = []
-    dealt = 0  # examples dealt so far: each bucket's deal starts where the last one ended
-    for b in present:
-        width, members = bounds[b], np.flatnonzero(bucket_of == b)
-        (root / part_path(split, width, 0)).parent.mkdir(parents=True, exist_ok=True)
-        for k in range(cfg.max_workers):
-            # Round-robin, continued across buckets: parts differ by at most one row in a
-            # bucket and in the split, so even a handful of examples reaches every worker.
-            sel = members[(k - dealt) % cfg.max_workers :: cfg.max_workers]
-            ix = PaddedIndex.build(start[sel], lengths[sel], limit[sel], width)
-            table, offset = part_table(ix, win.group[sel], ev, plan.spec, cfg.forecast_horizon)
-            while len(pending) >= 2:  # bound the memory held by tables waiting to be written
-                pending.pop(0).result()
-            path = root / part_path(split, width, k)
-            pending.append(pool.submit(pq.write_table, table, path, **PARQUET_OPTIONS))
-            written.append(table.select(["entity", "window_end", "label"]))
-            at = np.where(offset >= 0, start[sel] + offset, 0)
-            targets.append(np.where(offset >= 0, ev.t[at], NO_TARGET))
-        dealt += len(members)
-        stats = _stats(len(members), int(lengths[members].sum()), len(members) * width)
-        parts = [part_path(split, width, k) for k in range(cfg.max_workers)]
-        buckets[width] = BucketEntry(**stats, parts=tuple(parts))
-    rows = pa.concat_tables(written).combine_chunks()
-    examples = SplitExamples(
-        entity=rows.column("entity"),
-        window_end=rows.column("window_end").cast(pa.int64()).to_numpy(),
-        target_end=np.concatenate(targets),
+# --------------------------------------------------------------------------- map: fit
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every part's task needs, sent to the cluster once."""
+
+    params: Params
+    plan: SplitPlan
+    fitted: Fitted | None = None
+    scratch: Path | None = None
+
+
+@dataclass(frozen=True)
+class PartFit:
+    """What one part contributes to the fit: counts that add up over parts."""
+
+    counts: FeatureCounts
+    labels: pa.Array | None
+    lengths: dict[str, np.ndarray]
+    """Per split: how many of the part's windows have each length (index)."""
+    entities: dict[str, int]
+    """Per split: the part's entities with at least one window."""
+    events: int
+    n_entities: int
+    reordered: int
+
+
+def fit_part(part: Part, job: Job) -> PartFit:
+    """One part's share of the fit (a Ray task): feature counts and labels of its training
+    rows, and the lengths of its windows, from which the bucket bounds are derived."""
+    params = job.params
+    schema, cfg = params.data.schema, params.shard
+    prep = _prepare(part, params, job.plan)
+    try:
+        counts = FeatureCounts.of(
+            prep.table, schema, cfg.features, rows=prep.train_rows, offsets=prep.offsets
+        )
+    except (TypeError, pa.ArrowInvalid) as exc:
+        raise ShardError(f"{part.path}: {exc}") from None
+    labels = None
+    if schema.label:
+        labels = train_labels(prep.table.column(schema.label), prep.train_rows, schema.label)
+    lengths, entities = {}, {}
+    for s in SPLITS:
+        win = make_windows(*prep.prefixes[s], cfg.window)
+        lengths[s] = np.bincount(win.length, minlength=cfg.window.window_len + 1)
+        entities[s] = len(np.unique(win.group))
+    return PartFit(
+        counts, labels, lengths, entities, prep.table.num_rows, len(prep.keys), prep.reordered
     )
-    padded = sum(v.padded_tokens for v in buckets.values())
-    stats = _stats(len(win), int(lengths.sum()), padded)
-    entry = SplitEntry(**stats, entities=len(np.unique(win.group)), buckets=buckets)
-    return entry, examples, rows.column("label").to_numpy()
 
 
-def _targets(plan: Plan, params: Params, labels: dict[str, np.ndarray]) -> Targets:
-    schema, spec = params.data.schema, plan.spec
+@dataclass(frozen=True)
+class Fitted:
+    """The fit over all parts, and where each part's examples go."""
+
+    spec: FeatureSpec
+    classes: tuple[Any, ...]
+    bounds: tuple[int, ...]
+    derived: str
+    present: dict[str, list[int]]
+    """Per split: the buckets (indices into ``bounds``) that get files."""
+    first: dict[str, np.ndarray]
+    """Per split: (parts, buckets) the number, in the split's deal over all parts, of each
+    part's first example of each bucket; examples are dealt to the ``max_workers`` files
+    round-robin in part order, so the files hold what one pass over the table deals them."""
+
+
+def _fit(fits: list[PartFit], params: Params) -> Fitted:
+    """Merge the parts' fits: features, classes, bucket bounds, and the deal of examples."""
+    schema, cfg = params.data.schema, params.shard
+    spec = FeatureCounts.merge([f.counts for f in fits]).spec(schema, cfg.features)
+    classes: tuple[Any, ...] = ()
+    if schema.label:
+        classes = label_classes([f.labels for f in fits if f.labels is not None])
+    width = cfg.window.window_len
+    train = np.sum([f.lengths["train"] for f in fits], axis=0)
+    if not train.sum():
+        raise ShardError("no training examples (no train window reaches window.min_length)")
+    bounds, derived = bucket_boundaries_counted(train, cfg.buckets, width)
+    edges = np.concatenate(([0], np.asarray(bounds) + 1))  # lengths of bucket b: [e_b, e_b+1)
+    present, first = {}, {}
+    for s in SPLITS:
+        # (parts, buckets): examples of each part in each bucket
+        counts = np.array(
+            [np.add.reduceat(f.lengths[s][: edges[-1]], edges[:-1]) for f in fits], np.int64
+        ).reshape(len(fits), len(bounds))
+        totals = counts.sum(axis=0)
+        present[s] = [b for b in range(len(bounds)) if totals[b]] or [len(bounds) - 1]
+        dealt = np.zeros(len(bounds), np.int64)  # examples of earlier present buckets
+        running = 0
+        for b in present[s]:
+            dealt[b] = running
+            running += int(totals[b])
+        before = np.cumsum(counts, axis=0) - counts  # examples of earlier parts
+        first[s] = before + dealt
+    return Fitted(spec, classes, tuple(bounds), derived, present, first)
+
+
+# --------------------------------------------------------------------------- map: write
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One part's rows of one shard file, written aside, and what the reduce needs of them."""
+
+    path: Path | None
+    """None when the part has no rows for the file."""
+    rows: int
+    real_tokens: int
+    entity: pa.Array
+    window_end: np.ndarray
+    target_end: np.ndarray
+    label: np.ndarray
+
+
+@dataclass(frozen=True)
+class PartWritten:
+    pieces: dict[tuple[str, int, int], Piece]
+    """By (split, bucket bound, file number k)."""
+    schemas: dict[int, pa.Schema]
+    """The shard row schema of each bucket bound (for files no part has rows for)."""
+
+
+def write_part(part: Part, job: Job) -> PartWritten:
+    """Encode, window, bucket and pad one part's events, and write its rows of each shard
+    file aside (a Ray task); returns what the reduce and the leakage check need."""
+    assert job.fitted is not None and job.scratch is not None
+    params, fitted = job.params, job.fitted
+    schema, cfg = params.data.schema, params.shard
+    prep = _prepare(part, params, job.plan)
+    spec, table = fitted.spec, prep.table
+    try:
+        cat, num = spec.transform(table, offsets=prep.offsets)
+        forecast = None
+        if schema.forecast:  # the standardised feature, but NaN (no target) where not finite
+            raw = pc.cast(table.column(schema.forecast), pa.float64()).to_numpy()
+            forecast = num[:, spec.numeric.index(schema.forecast)].copy()
+            forecast[~np.isfinite(raw)] = np.nan
+    except (TypeError, pa.ArrowInvalid) as exc:
+        raise ShardError(f"{part.path}: {exc}") from None
+    next_event = cat[:, spec.categorical.index(schema.next_event)] if schema.next_event else None
+    labels = None
+    if schema.label:
+        labels = label_index(table.column(schema.label), fitted.classes, schema.label)
+    ev = EventArrays(prep.offsets, prep.keys, prep.t, cat, num, next_event, forecast, labels)
+    prefixes = prep.prefixes
+    del table, prep, cat, num
+    workers, horizon = cfg.max_workers, cfg.forecast_horizon
+    pieces: dict[tuple[str, int, int], Piece] = {}
+    schemas: dict[int, pa.Schema] = {}
+    for s in SPLITS:
+        n_visible = prefixes[s][0]
+        win = make_windows(*prefixes[s], cfg.window)
+        lengths, bucket_of = win.length, assign_buckets(win.length, fitted.bounds)
+        start = ev.offsets[win.group] + win.start
+        limit = ev.offsets[win.group] + n_visible[win.group]
+        for b in fitted.present[s]:
+            width, members = fitted.bounds[b], np.flatnonzero(bucket_of == b)
+            # Round-robin over all parts, continued across buckets (``Fitted.first``): parts
+            # differ by at most one row in a bucket and in the split.
+            k_of = (fitted.first[s][part.index, b] + np.arange(len(members))) % workers
+            for k in range(workers):
+                sel = members[k_of == k]
+                ix = PaddedIndex.build(start[sel], lengths[sel], limit[sel], width)
+                rows, offset = part_table(ix, win.group[sel], ev, fitted.spec, horizon)
+                schemas.setdefault(width, rows.schema)
+                path = None
+                if len(sel):
+                    path = job.scratch / s / str(width) / str(k) / part.name
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    pq.write_table(rows, path, **PARQUET_OPTIONS)
+                at = np.where(offset >= 0, start[sel] + offset, 0)
+                pieces[(s, width, k)] = Piece(
+                    path,
+                    len(sel),
+                    int(lengths[sel].sum()),
+                    rows.column("entity").combine_chunks(),
+                    rows.column("window_end").cast(pa.int64()).to_numpy(),
+                    np.where(offset >= 0, ev.t[at], NO_TARGET),
+                    rows.column("label").to_numpy(),
+                )
+    return PartWritten(pieces, schemas)
+
+
+# --------------------------------------------------------------------------- reduce
+
+
+ROW_GROUP_BYTES = 128 * 1024**2
+"""A shard file is written a row group at a time, each at most this big (padded rows)."""
+PIECE_ROW_GROUP_ROWS = 1 << 20
+"""pyarrow's default row group: a file that fits one is written as one write_table did."""
+
+
+def _gather(pieces: list[Piece], schema: pa.Schema, path: Path) -> None:
+    """One shard file from its pieces in part order, a bounded row group at a time."""
+    files = [p.path for p in pieces if p.path is not None]
+    total = sum(p.rows for p in pieces)
+    row_bytes = _row_bytes(schema)
+    group = max(1, min(PIECE_ROW_GROUP_ROWS, ROW_GROUP_BYTES // row_bytes))
+    if total <= group:  # the common case: the bytes one write_table of the rows gives
+        tables = [pq.read_table(f) for f in files] or [schema.empty_table()]
+        pq.write_table(pa.concat_tables(tables), path, **PARQUET_OPTIONS)
+        return
+    with pq.ParquetWriter(path, schema, **PARQUET_OPTIONS) as writer:
+        held: list[pa.Table] = []
+        rows = 0
+        for file in files:
+            reader = pq.ParquetFile(file)
+            for i in range(reader.num_row_groups):
+                table = reader.read_row_group(i)
+                held.append(table)
+                rows += table.num_rows
+                while rows >= group:
+                    joined = pa.concat_tables(held)
+                    writer.write_table(joined.slice(0, group), row_group_size=group)
+                    held, rows = [joined.slice(group)], rows - group
+        if rows:
+            writer.write_table(pa.concat_tables(held), row_group_size=group)
+
+
+def _row_bytes(schema: pa.Schema) -> int:
+    """About how many bytes one shard row takes (fixed-size lists of 4-byte values)."""
+    size = 0
+    for field in schema:
+        kind = field.type
+        if pa.types.is_fixed_size_list(kind):
+            size += kind.list_size * max(1, kind.value_type.bit_width // 8)
+        else:
+            size += 16
+    return size
+
+
+def _reduce(
+    root: Path, written: list[PartWritten], fits: list[PartFit], fitted: Fitted, cfg: ShardConfig
+) -> tuple[dict[str, SplitEntry], dict[str, SplitExamples], dict[str, np.ndarray]]:
+    """Write every shard file from its pieces; the manifest's split entries, the leakage
+    check's examples (in the order of the files' rows) and each split's labels."""
+    splits: dict[str, SplitEntry] = {}
+    checked: dict[str, SplitExamples] = {}
+    labels: dict[str, np.ndarray] = {}
+    for s in SPLITS:
+        buckets: dict[int, BucketEntry] = {}
+        entity, window_end, target_end, label = [], [], [], []
+        for b in fitted.present[s]:
+            width = fitted.bounds[b]
+            (root / part_path(s, width, 0)).parent.mkdir(parents=True, exist_ok=True)
+            examples = real = 0
+            for k in range(cfg.max_workers):
+                pieces = [w.pieces[(s, width, k)] for w in written]
+                schema = next(w.schemas[width] for w in written if width in w.schemas)
+                _gather(pieces, schema, root / part_path(s, width, k))
+                for piece in pieces:
+                    examples += piece.rows
+                    real += piece.real_tokens
+                    entity.append(piece.entity)
+                    window_end.append(piece.window_end)
+                    target_end.append(piece.target_end)
+                    label.append(piece.label)
+            parts = tuple(part_path(s, width, k) for k in range(cfg.max_workers))
+            buckets[width] = BucketEntry(**_stats(examples, real, examples * width), parts=parts)
+        total = sum(e.examples for e in buckets.values())
+        stats = _stats(
+            total,
+            sum(e.real_tokens for e in buckets.values()),
+            sum(e.padded_tokens for e in buckets.values()),
+        )
+        entities = sum(f.entities[s] for f in fits)
+        splits[s] = SplitEntry(**stats, entities=entities, buckets=buckets)
+        checked[s] = SplitExamples(
+            entity=pa.concat_arrays(entity) if entity else pa.array([], pa.string()),
+            window_end=np.concatenate(window_end) if window_end else np.zeros(0, np.int64),
+            target_end=np.concatenate(target_end) if target_end else np.zeros(0, np.int64),
+        )
+        labels[s] = np.concatenate(label) if label else np.zeros(0, np.int64)
+    return splits, checked, labels
+
+
+def _targets(fitted: Fitted, params: Params, labels: dict[str, np.ndarray]) -> Targets:
+    schema, spec = params.data.schema, fitted.spec
     col = schema.forecast
     unlabeled = {s: int((v < 0).sum()) for s, v in labels.items()}
     return Targets(
-        label=LabelTarget(schema.label, plan.classes, unlabeled=unlabeled)
+        label=LabelTarget(schema.label, fitted.classes, unlabeled=unlabeled)
         if schema.label
         else None,
         next_event=NextEventTarget(schema.next_event, spec.vocab_size(schema.next_event))
@@ -405,64 +746,67 @@ def _input_hash(path: Path) -> str:
     return io.sha256_file(path) if path.is_file() else io.combined_hash(io.sha256_tree(path))
 
 
+MEMORY_FACTOR = 6.0
+"""A part's shard task peaks below this multiple of its Arrow size (benchmarks/README.md)."""
+
+
 def run(params: Params, validated_path: Path, out_dir: Path) -> Manifest:
-    """Write the shards and ``manifest.json`` into ``out_dir`` atomically; return the manifest."""
+    """Write the shards and ``manifest.json`` into ``out_dir`` atomically; return the manifest.
+
+    Map and reduce over the validated parts (docs/architecture.md §3): the split decisions
+    no part makes alone (``_split_plan``); per part, the counts the fit needs (``fit_part``);
+    merged, the features, classes, bucket bounds and the deal of examples to files
+    (``_fit``); per part, its examples encoded, padded and written aside (``write_part``);
+    then each shard file from its parts' pieces (``_reduce``) and the leakage check."""
     cfg, validated_path = params.shard, Path(validated_path)
-    split = cfg.split
-    table = _read(
-        validated_path, params.data.schema, split.column if split.method == "column" else None
-    )
-    n_events = len(table)
+    if not validated_path.exists():
+        raise FileNotFoundError(f"{validated_path}: not found (run the validate stage first)")
+    parts = list_parts(validated_path)
+    split_column = cfg.split.column if cfg.split.method == "column" else None
+    _check_input(parts, params.data.schema, split_column)
+    parts = [p for p in parts if p.rows]
     # The validate stage's per-event rules, for the requests the trained model will serve.
-    types = {c: table.schema.field(c).type for c in params.data.schema.categorical}
+    columns = pq.read_schema(parts[0].path)
+    types = {c: columns.field(c).type for c in params.data.schema.categorical}
     contract = serving_contract(params.validate, params.data.schema, types)
-    with ThreadPoolExecutor(max_workers=2) as pool, io.atomic_dir(out_dir) as tmp:
+    with ThreadPoolExecutor(max_workers=1) as pool, io.atomic_dir(out_dir) as tmp:
         input_hash = pool.submit(_input_hash, validated_path)  # hashlib releases the GIL
-        plan = prepare(table, params, validated_path)
-        del table  # only the encoded arrays are needed from here on
-        windows = {s: make_windows(*plan.prefixes[s], cfg.window) for s in SPLITS}
-        if not len(windows["train"]):
-            raise ShardError("no training examples (no train window reaches window.min_length)")
-        width = cfg.window.window_len
-        bounds, derived = bucket_boundaries(windows["train"].length, cfg.buckets, width)
-        splits: dict[str, SplitEntry] = {}
-        checked: dict[str, SplitExamples] = {}
-        labels: dict[str, np.ndarray] = {}
-        pending: list[Future] = []
-        try:
-            for i, s in enumerate(SPLITS, 1):
-                splits[s], checked[s], labels[s] = _write_split(
-                    tmp, s, windows[s], plan, bounds, cfg, pool, pending
-                )
-                log.info("split %d/%d (%s): %d examples queued for writing",
-                         i, len(SPLITS), s, splits[s].examples)  # fmt: skip
-        finally:  # every write ends (or fails) before the temporary directory can be removed
-            wait(pending)
-        for future in pending:
-            future.result()
+        plan = _split_plan(parts, params)
+        run_parts = partial(
+            map_parts, parts=parts, data=params.data, memory_factor=MEMORY_FACTOR,
+            fatal=(ShardError,),
+        )  # fmt: skip
+        fits = run_parts(fit_part, shared=Job(params, plan), what="shard: fit")
+        fitted = _fit(fits, params)
+        scratch = tmp / ".pieces"
+        job = Job(params, plan, fitted, scratch)
+        written = run_parts(write_part, shared=job, what="shard: write")
+        splits, checked, labels = _reduce(tmp, written, fits, fitted, cfg)
+        shutil.rmtree(scratch)
+        del written
         cut = plan.cutoffs or (None, None)
         # A column split is an entity split: no entity may appear on two sides.
-        method = "time" if plan.split_info["method"] == "time" else "entity"
+        method = "time" if plan.info["method"] == "time" else "entity"
         leakage = check_split_leakage(method, checked, train_end_us=cut[0], val_end_us=cut[1])
         if not leakage.passed:
             raise ShardError(f"leakage between splits, shards not written: {leakage.summary()}")
         files = io.sha256_tree(tmp)
         manifest = Manifest(
             schema=params.data.schema,
-            features=plan.spec,
-            targets=_targets(plan, params, labels),
-            bucket_boundaries=tuple(bounds),
-            buckets_derived=derived,
-            window=WindowInfo(**to_jsonable(cfg.window), window_len=width),
-            split=plan.split_info,
+            features=fitted.spec,
+            targets=_targets(fitted, params, labels),
+            bucket_boundaries=fitted.bounds,
+            buckets_derived=fitted.derived,
+            window=WindowInfo(**to_jsonable(cfg.window), window_len=cfg.window.window_len),
+            split=plan.info,
             splits=splits,
             leakage=leakage.to_dict(),
             input=InputInfo(
                 events=validated_path.name,
                 sha256=input_hash.result(),
-                events_count=n_events,
-                entities=len(plan.events.offsets) - 1,
-                reordered_entities=plan.reordered,
+                events_count=sum(f.events for f in fits),
+                entities=sum(f.n_entities for f in fits),
+                reordered_entities=sum(f.reordered for f in fits),
             ),
             max_workers=cfg.max_workers,
             seed=params.seed,

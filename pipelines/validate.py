@@ -112,42 +112,44 @@ def run(
         total, len(parts), events_dir, now.isoformat(),
     )  # fmt: skip
     enabled = {c for c, check in config.checks.items() if check.enabled}
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gx-import") as pool:
-        if enabled & GX_CHECKS:  # seconds of imports, overlapping the parts' checks
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="gx-import") as pool,
+        staged_dir(out_dir) as out,
+        tempfile.TemporaryDirectory(
+            prefix=".validate-scratch-", dir=_parent(quarantine_path)
+        ) as scratch,
+    ):
+        t0 = time.perf_counter()
+        facts = whole_table_facts(params, parts, columns, now, Path(scratch))
+        facts_s = time.perf_counter() - t0
+        # Seconds of pure-Python imports: started only now, they overlap the parts'
+        # checks (Ray workers, or numpy kernels that release the GIL), not the facts.
+        if enabled & GX_CHECKS:
             pool.submit(gx_suite.import_gx)
-        with (
-            staged_dir(out_dir) as out,
-            tempfile.TemporaryDirectory(
-                prefix=".quarantine-parts-", dir=_parent(quarantine_path)
-            ) as quarantine_parts,
-        ):
-            t0 = time.perf_counter()
-            facts = whole_table_facts(params, parts, columns, now)
-            facts_s = time.perf_counter() - t0
-            job = PartJob(
-                schema, config, now, arrival_known(params), facts, out.path,
-                Path(quarantine_parts), gx_suite.sample_rows(total, config.gx_sample_rows),
-            )  # fmt: skip
-            outcomes = map_parts(
-                validate_part, parts, job, params.data, what="validate",
-                memory_factor=MEMORY_FACTOR,
-            )  # fmt: skip
-            merged = merge_reports(
-                [o.report for o in outcomes], [p.offset for p in parts],
-                [p.name for p in parts], config.sample_offenders, job.arrival_known,
-            )  # fmt: skip
-            sample = pa.concat_tables([o.sample for o in outcomes])
-            del outcomes
-            report = finish_report(merged, columns, schema, config, sample, total)
-            report = replace(
-                report,
-                duration_s=time.perf_counter() - started,
-                timings={**report.timings, "whole_table_facts": round(facts_s, 4)},
-            )
-            write_json(report_path, report.to_json())
-            write_docs(report, docs_dir)
-            _gather_quarantine(Path(quarantine_parts), parts, columns, quarantine_path)
-            out.keep = not report.failed()
+        job = PartJob(
+            schema, config, now, arrival_known(params), facts, out.path,
+            Path(scratch), gx_suite.sample_rows(total, config.gx_sample_rows),
+        )  # fmt: skip
+        outcomes = map_parts(
+            validate_part, parts, job, params.data, what="validate",
+            memory_factor=MEMORY_FACTOR,
+        )  # fmt: skip
+        merged = merge_reports(
+            [o.report for o in outcomes], [p.offset for p in parts],
+            [p.name for p in parts], config.sample_offenders, job.arrival_known,
+        )  # fmt: skip
+        sample = pa.concat_tables([o.sample for o in outcomes])
+        del outcomes
+        report = finish_report(merged, columns, schema, config, sample, total)
+        report = replace(
+            report,
+            duration_s=time.perf_counter() - started,
+            timings={**report.timings, "whole_table_facts": round(facts_s, 4)},
+        )
+        write_json(report_path, report.to_json())
+        write_docs(report, docs_dir)
+        _gather_quarantine(Path(scratch), parts, columns, quarantine_path)
+        out.keep = not report.failed()
     if report.failed():
         log.error("validation failed: %s", ", ".join(r.name for r in report.failed()))
     else:
@@ -181,11 +183,14 @@ def validate_part(part: Part, job: PartJob) -> PartOutcome:
 
 
 def whole_table_facts(
-    params: Params, parts: list[Part], columns: pa.Schema, now: datetime
+    params: Params, parts: list[Part], columns: pa.Schema, now: datetime, scratch: Path
 ) -> PartFacts:
-    """The verdicts no part can reach alone (``PartFacts``), from one pass over the columns
-    they need: the global watermark (late_events) and each domain column's unseen fraction
-    (categorical_domain). Only what the checks that will run need is read."""
+    """The verdicts no part can reach alone (``PartFacts``): the global watermark
+    (late_events) and each domain column's unseen fraction (categorical_domain).
+
+    Each part's task (``part_facts``) reads only the columns these need, counts its domain
+    values and writes its rows' (arrival, time) to ``scratch``; the watermark is then one
+    merge of those arrays in arrival order (``data_checks.watermark``)."""
     if len(parts) == 1:
         return PartFacts(whole=True)
     config, schema = params.validate, params.data.schema
@@ -194,85 +199,106 @@ def whole_table_facts(
     time_ok = schema.time in plan.usable
     need_late = checks["late_events"].enabled and time_ok and arrival_known(params)
     domained = [c for c in config.domains if c in schema.categorical and c in plan.usable]
-    need_domains = checks["categorical_domain"].enabled and bool(domained)
-    if not (need_late or need_domains):
+    if not checks["categorical_domain"].enabled:
+        domained = []
+    if not (need_late or domained):
         return PartFacts()
-    counts: list[dict[str, dict[str, Any]]] = []
-    exclude = _excluded(config, time_ok, now)
-    unit = columns.field(schema.time).type.unit if time_ok else "us"
-    read = domained if need_domains else []
-    streams = [
-        (p.name, _fact_batches(p, schema, read, config.domains, exclude, counts)) for p in parts
-    ]
+    job = FactsJob(schema, config, now, time_ok, need_late, domained, scratch)
+    counts = map_parts(
+        part_facts, parts, job, params.data, what="validate: whole-table facts",
+        memory_factor=1.0,
+    )  # fmt: skip
     late = None
     if need_late:
+        unit = columns.field(schema.time).type.unit
+        streams = [(p.name, _saved_batches(scratch, p.name)) for p in parts]
         late = late_arrivals(streams, checks["late_events"].allowed_lateness, unit)
-    else:
-        for _, stream in streams:
-            for _ in stream:
-                pass
     domains = None
-    if need_domains:
+    if domained:
         max_unseen = checks["categorical_domain"].max_unseen_fraction
-        domains = gx_suite.DomainFacts.merge(counts, max_unseen)
+        domains = gx_suite.DomainFacts.merge([c for c in counts if c is not None], max_unseen)
     return PartFacts(late=late, domains=domains)
 
 
-def _excluded(config: ValidateConfig, time_ok: bool, now: datetime) -> Any:
-    """The rows the whole-table watermark leaves out: times the future and floor checks
-    flag (``contract._row_checks``' ``exclude``), when those checks run."""
-    checks = config.checks
-    future = checks["future_timestamps"].enabled and time_ok
-    floor = checks["time_floor"].floor if checks["time_floor"].enabled and time_ok else None
-    max_ahead = checks["future_timestamps"].max_ahead
+@dataclass(frozen=True)
+class FactsJob:
+    """What every part's ``part_facts`` task needs."""
 
-    def excluded(times: np.ndarray, unit: str) -> np.ndarray:
-        out = np.zeros(times.size, dtype=bool)
-        if future:
-            out |= rules.future(times, unit, now, max_ahead)
-        if floor is not None:
-            out |= rules.before_floor(times, unit, floor)
-        return out
-
-    return excluded
+    schema: SchemaConfig
+    config: ValidateConfig
+    now: datetime
+    time_ok: bool
+    need_late: bool
+    domained: list[str]
+    scratch: Path
 
 
-def _fact_batches(
-    part: Part,
-    schema: SchemaConfig,
-    domained: list[str],
-    domains: Any,
-    excluded: Any,
-    counts: list[dict[str, dict[str, Any]]],
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """A part's (arrival, time) batches for the watermark, the time ``IGNORED`` where the
-    whole-table check would not look; counts its domain columns on the way."""
-    reader = pq.ParquetFile(part.path, read_dictionary=domained)
+def part_facts(part: Part, job: FactsJob) -> dict[str, dict[str, Any]] | None:
+    """One part's share of the whole-table verdicts (a Ray task): its domain counts, and its
+    rows' arrival and time (``IGNORED`` where the whole-table watermark does not look: null
+    key or time, a time the future or floor check flags) saved to ``job.scratch``."""
+    schema = job.schema
+    reader = pq.ParquetFile(part.path, read_dictionary=job.domained)
     names = set(reader.schema_arrow.names)
-    wanted = [schema.time, *domained]
-    if ARRIVAL in names:
-        wanted.append(ARRIVAL)
-    if schema.entity in names and _may_hold_nulls(reader, schema.entity):
-        wanted.append(schema.entity)
-    row = part.offset
-    for batch in reader.iter_batches(batch_size=FACTS_BATCH, columns=list(dict.fromkeys(wanted))):
-        table = pa.Table.from_batches([batch])
-        if domained:
-            counts.append(gx_suite.domain_counts(table, domained, domains))
+    wanted = [*job.domained]
+    if job.need_late:
+        wanted += [schema.time, *([ARRIVAL] if ARRIVAL in names else [])]
+        if schema.entity in names and _may_hold_nulls(reader, schema.entity):
+            wanted.append(schema.entity)
+    table = reader.read(columns=list(dict.fromkeys(wanted)))
+    counts = None
+    if job.domained:
+        counts = gx_suite.domain_counts(table, job.domained, job.config.domains)
+    if job.need_late:
         column = table[schema.time]
         times = pc.fill_null(pc.cast(column, pa.int64()), 0).to_numpy().copy()
         use = np.ones(times.size, dtype=bool)
         for name in (schema.entity, schema.time):
             if name in table.column_names and table[name].null_count:
                 use &= pc.is_valid(table[name]).to_numpy(zero_copy_only=False)
-        use &= ~excluded(times, column.type.unit)
+        use &= ~_excluded(job.config, job.time_ok, job.now, times, column.type.unit)
         times[~use] = IGNORED
         if ARRIVAL in table.column_names:
             arrival = table[ARRIVAL].to_numpy().astype(np.int64, copy=False)
         else:
-            arrival = np.arange(row, row + times.size, dtype=np.int64)
-        row += times.size
-        yield arrival, times
+            arrival = np.arange(part.offset, part.offset + times.size, dtype=np.int64)
+        np.save(job.scratch / f"{part.name}.arrival.npy", arrival)
+        np.save(job.scratch / f"{part.name}.time.npy", times)
+    return counts
+
+
+def _excluded(
+    config: ValidateConfig, time_ok: bool, now: datetime, times: np.ndarray, unit: str
+) -> np.ndarray:
+    """The rows the whole-table watermark leaves out: times the future and floor checks
+    flag (``contract._row_checks``' ``exclude``), when those checks run."""
+    checks = config.checks
+    out = np.zeros(times.size, dtype=bool)
+    if checks["future_timestamps"].enabled and time_ok:
+        out |= rules.future(times, unit, now, checks["future_timestamps"].max_ahead)
+    floor = checks["time_floor"].floor
+    if checks["time_floor"].enabled and time_ok and floor is not None:
+        out |= rules.before_floor(times, unit, floor)
+    return out
+
+
+def _saved_batches(scratch: Path, name: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """A part's saved (arrival, time) arrays, ``FACTS_BATCH`` rows at a time: read, not
+    memory-mapped, so the merge holds one batch per part, not the pages it went through."""
+    with (
+        open(scratch / f"{name}.arrival.npy", "rb") as arrival,
+        open(scratch / f"{name}.time.npy", "rb") as times,
+    ):
+        for handle in (arrival, times):
+            if np.lib.format.read_magic(handle) == (1, 0):
+                np.lib.format.read_array_header_1_0(handle)
+            else:
+                np.lib.format.read_array_header_2_0(handle)
+        while True:
+            a = np.fromfile(arrival, dtype=np.int64, count=FACTS_BATCH)
+            if not a.size:
+                return
+            yield a, np.fromfile(times, dtype=np.int64, count=a.size)
 
 
 def _may_hold_nulls(reader: pq.ParquetFile, column: str) -> bool:

@@ -11,6 +11,7 @@ solution found by dynamic programming over the length histogram.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -176,20 +177,37 @@ def make_windows(n_visible: np.ndarray, min_end: np.ndarray, window: WindowConfi
 # --------------------------------------------------------------------------- buckets
 
 
-def _quantile_bounds(lengths: np.ndarray, n_buckets: int) -> list[int]:
+def quantile_rank(n: int, q: float) -> int:
+    """The 0-based rank of ``np.quantile(x, q, method="inverted_cdf")`` among ``n`` sorted
+    values (the smallest value whose empirical CDF reaches ``q``): what lets parts that never
+    meet find a quantile of their union by counting (``counted_quantiles``)."""
+    virtual = n * q - 1  # numpy's virtual index for inverted_cdf (alpha = beta = 1)
+    below = np.floor(virtual)
+    rank = int(below) if virtual == below else int(below) + 1
+    return min(max(rank, 0), n - 1)
+
+
+def counted_quantiles(counts: np.ndarray, quantiles: Sequence[float]) -> list[int]:
+    """``inverted_cdf`` quantiles of the values ``0..len(counts)-1`` held ``counts`` times."""
+    cum = np.cumsum(counts)
+    n = int(cum[-1])
+    return [int(np.searchsorted(cum, quantile_rank(n, q), side="right")) for q in quantiles]
+
+
+def _quantile_bounds(counts: np.ndarray, n_buckets: int) -> list[int]:
     qs = np.arange(1, n_buckets + 1) / n_buckets
-    return sorted({int(x) for x in np.quantile(lengths, qs, method="inverted_cdf")})
+    return sorted(set(counted_quantiles(counts, qs.tolist())))
 
 
-def _optimal_bounds(lengths: np.ndarray, n_buckets: int, window_len: int) -> list[int]:
+def _optimal_bounds(counts: np.ndarray, n_buckets: int, window_len: int) -> list[int]:
     """Least total padded tokens with at most ``n_buckets`` bounds, the last one ``window_len``.
 
     Bounds only ever need to sit on observed lengths (lowering a bound to the longest length
     it holds never adds padding), so the DP runs over the m distinct lengths: O(k * m^2)
     with m <= window_len, a fraction of a second even for windows of thousands.
     """
-    cand = np.unique(np.append(lengths, window_len)).astype(np.int64)
-    counts = np.bincount(np.searchsorted(cand, lengths), minlength=len(cand))
+    cand = np.unique(np.append(np.flatnonzero(counts), window_len)).astype(np.int64)
+    counts = np.append(counts, np.zeros(max(0, window_len + 1 - len(counts)), np.int64))[cand]
     cum = np.concatenate(([0], np.cumsum(counts)))  # cum[i] = examples with length < cand[i]
     m = len(cand)
     k = min(n_buckets, m)
@@ -217,16 +235,25 @@ def bucket_boundaries(
     train_lengths: np.ndarray, config: BucketConfig, window_len: int
 ) -> tuple[tuple[int, ...], str]:
     """Bucket upper bounds (the last always ``window_len``) and how they were derived."""
+    lengths = np.asarray(train_lengths, dtype=np.int64)
+    return bucket_boundaries_counted(np.bincount(lengths), config, window_len)
+
+
+def bucket_boundaries_counted(
+    length_counts: np.ndarray, config: BucketConfig, window_len: int
+) -> tuple[tuple[int, ...], str]:
+    """:func:`bucket_boundaries` from how many train examples have each length (index):
+    the bounds depend on the lengths' counts only, which parts can add up."""
     if config.boundaries is not None:
         bounds = [b for b in config.boundaries if b < window_len] + [window_len]
         return tuple(bounds), "explicit"
-    lengths = np.asarray(train_lengths, dtype=np.int64)
-    if not len(lengths):
+    counts = np.asarray(length_counts, dtype=np.int64)
+    if not counts.sum():
         return (window_len,), f"{config.method} (no train examples)"
     if config.method == "quantile":
-        bounds = [b for b in _quantile_bounds(lengths, config.n_buckets) if b < window_len]
+        bounds = [b for b in _quantile_bounds(counts, config.n_buckets) if b < window_len]
         return (*bounds, window_len), "quantile of train example lengths"
-    bounds = _optimal_bounds(lengths, config.n_buckets, window_len)
+    bounds = _optimal_bounds(counts, config.n_buckets, window_len)
     return tuple(bounds), "optimal (least padded tokens) over train example lengths"
 
 

@@ -235,7 +235,9 @@ class FeatureSpec:
         )
 
 
-def _fit_vocab(values: pa.Array, rows: np.ndarray | None, min_count: int) -> tuple[str, ...]:
+def vocab_counts(values: pa.Array, rows: np.ndarray | None) -> dict[str, int]:
+    """How many (training) rows hold each category, by its string: counts of several parts
+    add up, and ``vocab_of`` turns the total into the vocabulary."""
     codes, dictionary = category_codes(values)
     if rows is not None:
         codes = codes[rows]
@@ -245,17 +247,127 @@ def _fit_vocab(values: pa.Array, rows: np.ndarray | None, min_count: int) -> tup
     table = (
         table.filter(pc.is_valid(table["value"])).group_by("value").aggregate([("count", "sum")])
     )
-    table = table.filter(pc.greater_equal(table["count_sum"], min_count))
-    table = table.sort_by([("count_sum", "descending"), ("value", "ascending")])
-    return tuple(table["value"].to_pylist())
+    table = table.filter(pc.greater(table["count_sum"], 0))
+    return dict(zip(table["value"].to_pylist(), table["count_sum"].to_pylist(), strict=True))
+
+
+def vocab_of(counts: Mapping[str, int], min_count: int) -> tuple[str, ...]:
+    """Categories seen at least ``min_count`` times, most frequent first, ties by value
+    (code point order, which is UTF-8 byte order: Arrow's string sort)."""
+    kept = [(value, n) for value, n in counts.items() if n >= min_count]
+    kept.sort(key=lambda item: (-item[1], item[0]))
+    return tuple(value for value, _ in kept)
+
+
+def _fit_vocab(values: pa.Array, rows: np.ndarray | None, min_count: int) -> tuple[str, ...]:
+    return vocab_of(vocab_counts(values, rows), min_count)
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Count, mean and sum of squared deviations of a feature's finite values: what its
+    standardisation needs, mergeable over parts (Chan, Golub and LeVeque, 1979)."""
+
+    n: int = 0
+    mean: float = 0.0
+    m2: float = 0.0
+
+    @classmethod
+    def of(cls, x: np.ndarray) -> Moments:
+        finite = x[np.isfinite(x)]
+        if not len(finite):
+            return cls()
+        mean = float(finite.mean())
+        # As np.std computes it: the stats of one part are today's single-table stats.
+        return cls(len(finite), mean, float(np.sum(np.square(finite - mean))))
+
+    def merge(self, other: Moments) -> Moments:
+        if not other.n:
+            return self
+        if not self.n:
+            return other
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        mean = self.mean + delta * other.n / n
+        return Moments(n, mean, self.m2 + other.m2 + delta * delta * self.n * other.n / n)
+
+    def stats(self) -> tuple[float, float]:
+        """(mean, std) for standardising, the std floored at ``STD_FLOOR``; (0, 1) if empty."""
+        if not self.n:
+            return 0.0, 1.0
+        return self.mean, max(float(np.sqrt(self.m2 / self.n)), STD_FLOOR)
 
 
 def _fit_stats(x: np.ndarray) -> tuple[float, float]:
-    finite = x[np.isfinite(x)]
-    if not len(finite):
-        return 0.0, 1.0
-    mean = float(finite.mean())
-    return mean, max(float(finite.std()), STD_FLOOR)
+    return Moments.of(x).stats()
+
+
+@dataclass(frozen=True)
+class FeatureCounts:
+    """What fitting learns from some training rows, in a form that parts add up (``merge``)."""
+
+    vocab: Mapping[str, Mapping[str, int]]
+    moments: Mapping[str, Moments]
+
+    @classmethod
+    def of(
+        cls,
+        events: Events,
+        schema: SchemaConfig,
+        config: FeatureConfig,
+        *,
+        rows: np.ndarray | None = None,
+        offsets: np.ndarray | None = None,
+    ) -> FeatureCounts:
+        """See ``fit_features``."""
+        vocab = {col: vocab_counts(column(events, col), rows) for col in schema.categorical}
+        moments: dict[str, Moments] = {}
+        for col in schema.numeric:
+            x = numeric_values(column(events, col))
+            x = x if rows is None else x[rows]
+            if config.numeric_transform.get(col, "none") == "log1p":
+                x = _signed_log1p(x)
+            moments[col] = Moments.of(x)
+        if config.time_delta:
+            if offsets is None:
+                offsets = run_offsets(column(events, schema.entity))
+            delta = time_deltas(time_us(column(events, schema.time)), offsets)
+            moments[TIME_DELTA] = Moments.of(delta if rows is None else delta[rows])
+        return cls(vocab, moments)
+
+    @classmethod
+    def merge(cls, parts: list[FeatureCounts]) -> FeatureCounts:
+        """The counts of the parts' union, parts in order (moments merge left to right)."""
+        vocab: dict[str, dict[str, int]] = {}
+        moments: dict[str, Moments] = {}
+        for part in parts:
+            for col, counts in part.vocab.items():
+                total = vocab.setdefault(col, {})
+                for value, n in counts.items():
+                    total[value] = total.get(value, 0) + n
+            for name, m in part.moments.items():
+                moments[name] = moments.get(name, Moments()).merge(m)
+        return cls(vocab, moments)
+
+    def spec(self, schema: SchemaConfig, config: FeatureConfig) -> FeatureSpec:
+        transform = {col: config.numeric_transform.get(col, "none") for col in schema.numeric}
+        if config.time_delta:
+            transform[TIME_DELTA] = "none"
+        stats = {name: self.moments.get(name, Moments()).stats() for name in transform}
+        return FeatureSpec(
+            entity=schema.entity,
+            time=schema.time,
+            categorical=tuple(schema.categorical),
+            vocab={
+                col: vocab_of(self.vocab.get(col, {}), config.min_category_count)
+                for col in schema.categorical
+            },
+            numeric=tuple(schema.numeric),
+            numeric_transform=transform,
+            mean={name: s[0] for name, s in stats.items()},
+            std={name: s[1] for name, s in stats.items()},
+            time_delta=config.time_delta,
+        )
 
 
 def fit_features(
@@ -272,32 +384,5 @@ def fit_features(
     training rows when ``events`` holds every split: only they are counted. With a time split
     the training rows of an entity are a prefix, so each one's time delta uses train rows only.
     """
-    vocab = {
-        col: _fit_vocab(column(events, col), rows, config.min_category_count)
-        for col in schema.categorical
-    }
-    transform = {col: config.numeric_transform.get(col, "none") for col in schema.numeric}
-    mean: dict[str, float] = {}
-    std: dict[str, float] = {}
-    for col in schema.numeric:
-        x = numeric_values(column(events, col))
-        x = x if rows is None else x[rows]
-        x = _signed_log1p(x) if transform[col] == "log1p" else x
-        mean[col], std[col] = _fit_stats(x)
-    if config.time_delta:
-        if offsets is None:
-            offsets = run_offsets(column(events, schema.entity))
-        delta = time_deltas(time_us(column(events, schema.time)), offsets)
-        mean[TIME_DELTA], std[TIME_DELTA] = _fit_stats(delta if rows is None else delta[rows])
-        transform[TIME_DELTA] = "none"
-    return FeatureSpec(
-        entity=schema.entity,
-        time=schema.time,
-        categorical=tuple(schema.categorical),
-        vocab=vocab,
-        numeric=tuple(schema.numeric),
-        numeric_transform=transform,
-        mean=mean,
-        std=std,
-        time_delta=config.time_delta,
-    )
+    counts = FeatureCounts.of(events, schema, config, rows=rows, offsets=offsets)
+    return counts.spec(schema, config)

@@ -49,6 +49,27 @@ def test_validate_on_ray_equals_validate_in_process(ray_cluster, parts, tmp_path
     assert read_events(ray_out).equals(read_events(local_out))
 
 
+def test_shard_on_ray_equals_shard_in_process(ray_cluster, tmp_path):
+    import dataclasses as dc
+
+    from pipelines import shard
+    from tests.unit.test_shard import _events, _params
+    from tests.unit.test_shard_parts import as_parts, assert_same_shards
+
+    as_parts(_events(n_entities=300, plant_test_category=False), tmp_path / "validated", 3)
+    params = _params()
+    local = shard.run(
+        dc.replace(params, data=dc.replace(params.data, engine="local")),
+        tmp_path / "validated", tmp_path / "local",
+    )  # fmt: skip
+    on_ray = shard.run(
+        dc.replace(params, data=dc.replace(params.data, engine="ray")),
+        tmp_path / "validated", tmp_path / "ray",
+    )  # fmt: skip
+    assert on_ray.to_json() == local.to_json()  # byte for byte: the same code, elsewhere
+    assert_same_shards(tmp_path / "local", tmp_path / "ray", local)
+
+
 def test_a_failed_part_is_retried(ray_cluster, parts, tmp_path):
     data = DataConfig(engine="ray", task_retries=1)
     rows = map_parts(flaky, parts, tmp_path, data, what="test", memory_factor=1.0)
