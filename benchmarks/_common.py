@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 REPO = Path(__file__).resolve().parents[1]
 OUT_DIR = REPO / "benchmarks" / "out"
@@ -289,6 +290,68 @@ def ensure_events(n_events: int, seed: int = 7) -> Path:
         n_entities = math.ceil(n_entities * n_events / max(written["rows"], 1) * 1.02) + 10
     meta = {"events": n_events, "entities_generated": n_entities, "seed": seed, **written}
     done.write_text(json.dumps(meta, indent=2))
+    return out
+
+
+CHUNK_EVENTS = 10_000_000
+"""Above this many events, ``ensure_events_chunked`` generates the table in pieces."""
+
+
+def ensure_events_chunked(n_events: int, rows_per_part: int, seed: int = 7) -> Path:
+    """A cached folder of about ``n_events`` ingest-written events in parts of
+    ``rows_per_part`` rows, for tables the generator cannot build at once (it peaks at a few
+    times the table: 100M events would need some 40 GB).
+
+    Chunks of ``CHUNK_EVENTS`` come from the generator with seeds of their own, each chunk's
+    entities renamed apart and its times shifted past the previous chunk's, so the stream is
+    one clean log in arrival order; rows go through ingest's ``PartWriter`` as they come.
+    """
+    from pipelines.config import load_params
+    from pipelines.generate import generate_events
+    from pipelines.ingest import PartWriter, dictionary_columns, n_parts_for
+    from seqcore.io import atomic_dir
+    from seqcore.schema import ARRIVAL
+
+    out = OUT_DIR / f"events-{n_events}-seed{seed}-parts{rows_per_part}"
+    done = out.with_name(out.name + ".json")
+    if done.exists() and out.is_dir():
+        return out
+    params = load_params(PARAMS)
+    schema, gen = params.data.schema, params.data.generate
+    names = {"entity": schema.entity, "time": schema.time, "seq": schema.seq or "seq_no"}
+    names["label"] = schema.label or "label"
+    mean = _mean_length(gen.median_length, gen.length_sigma, gen.max_length)
+    per_chunk = math.ceil(CHUNK_EVENTS / mean)
+    rows, shift, chunk = 0, 0, 0
+    with atomic_dir(out) as tmp:
+        writer = PartWriter(
+            tmp, n_parts_for(n_events, rows_per_part), schema.entity, dictionary_columns(schema)
+        )
+        with writer.aborting():
+            while rows < n_events:
+                cfg = replace(gen, n_entities=per_chunk, faults=())
+                table = generate_events(cfg, seed + chunk, names)
+                table = table.slice(0, min(table.num_rows, n_events - rows))
+                keys = pa.compute.binary_join_element_wise(
+                    f"c{chunk}-", pa.compute.cast(table[schema.entity], pa.string()), ""
+                )
+                table = table.set_column(table.schema.get_field_index(schema.entity),
+                                         schema.entity, keys)  # fmt: skip
+                times = table[schema.time]
+                start = pa.compute.min(times).value
+                moved = pa.compute.add(pa.compute.cast(times, pa.int64()), shift)
+                table = table.set_column(
+                    table.schema.get_field_index(schema.time), schema.time,
+                    pa.compute.cast(moved, times.type),
+                )  # fmt: skip
+                shift = pa.compute.max(moved).as_py() - start + 86_400_000_000
+                arrival = np.arange(rows, rows + table.num_rows, dtype=np.int64)
+                writer.write(table.append_column(ARRIVAL, pa.array(arrival)))
+                rows += table.num_rows
+                chunk += 1
+                del table
+            writer.close(writer.schema or pa.schema([]))
+    done.write_text(json.dumps({"events": rows, "chunks": chunk, "seed": seed}, indent=2))
     return out
 
 

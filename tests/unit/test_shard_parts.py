@@ -21,7 +21,14 @@ import pytest
 
 from pipelines import shard
 from pipelines.windows import stable_hash
-from tests.unit.test_shard import FILE, _events, _params, _with_folds
+from tests.unit.test_shard import FILE, _events, _with_folds
+from tests.unit.test_shard import _params as _shard_params
+
+
+def _params(data: dict | None = None, **overrides: Any) -> Any:
+    """test_shard's params, the parts run in this process (tests/integration: on Ray)."""
+    return _shard_params({**(data or {}), "engine": "local"}, **overrides)
+
 
 FLOATS = ("num", "forecast")
 """Shard columns holding standardised values (compared to float32 rounding)."""
@@ -128,3 +135,25 @@ def test_a_part_error_names_the_part_and_is_not_retried(tmp_path):
         shard.run(_params(), tmp_path / "validated", tmp_path / "shards")
     assert any("part-0000" in note for note in raised.value.__notes__)
     assert not (tmp_path / "shards").exists()
+
+
+def test_an_interrupted_run_leaves_no_output_and_no_pieces(tmp_path, monkeypatch):
+    as_parts(_events(n_entities=200, plant_test_category=False), tmp_path / "validated", 3)
+    params = _params()
+    shard.run(params, tmp_path / "validated", tmp_path / "shards")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "shards").rglob("*") if p.is_file()}
+    calls = {"n": 0}
+    intact = shard.part_table
+
+    def dies_on_the_third_piece(*args, **kwargs):  # e.g. the disk fills up mid-write
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("No space left on device")
+        return intact(*args, **kwargs)
+
+    monkeypatch.setattr(shard, "part_table", dies_on_the_third_piece)
+    with pytest.raises(OSError, match="No space left"):
+        shard.run(params, tmp_path / "validated", tmp_path / "shards")
+    after = {p.name: p.read_bytes() for p in (tmp_path / "shards").rglob("*") if p.is_file()}
+    assert after == before  # the previous shards, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shards", "validated"]
