@@ -64,7 +64,9 @@ def list_parts(folder: str | Path) -> list[Part]:
     else:
         paths = sorted(folder.glob("part-*.parquet"))
         if not paths:
-            raise FileNotFoundError(f"{folder}: no part-*.parquet files (run the ingest stage)")
+            raise FileNotFoundError(
+                f"{folder}: no part-*.parquet files in it (run the stage that writes it first)"
+            )
     parts, offset = [], 0
     for index, path in enumerate(paths):
         meta = pq.ParquetFile(path).metadata

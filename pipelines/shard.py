@@ -610,9 +610,9 @@ def write_part(part: Part, job: Job) -> PartWritten:
                 schemas.setdefault(width, rows.schema)
                 path = None
                 if len(sel):
-                    path = job.scratch / s / str(width) / str(k) / part.name
+                    path = job.scratch / s / str(width) / str(k) / f"{part.path.stem}.arrow"
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    pq.write_table(rows, path, **PARQUET_OPTIONS)
+                    _write_piece(rows, path)
                 at = np.where(offset >= 0, start[sel] + offset, 0)
                 pieces[(s, width, k)] = Piece(
                     path,
@@ -635,6 +635,18 @@ PIECE_ROW_GROUP_ROWS = 1 << 20
 """pyarrow's default row group: a file that fits one is written as one write_table did."""
 
 
+def _write_piece(rows: pa.Table, path: Path) -> None:
+    """Pieces live only until the reduce reads them once: Arrow IPC, uncompressed, costs
+    neither a compression on write nor a decode on read (the reduce maps it)."""
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, rows.schema) as writer:
+        writer.write_table(rows)
+
+
+def _piece_batches(path: Path) -> list[pa.RecordBatch]:
+    reader = pa.ipc.open_file(pa.memory_map(str(path)))
+    return [reader.get_batch(i) for i in range(reader.num_record_batches)]
+
+
 def _gather(pieces: list[Piece], schema: pa.Schema, path: Path) -> None:
     """One shard file from its pieces in part order, a bounded row group at a time."""
     files = [p.path for p in pieces if p.path is not None]
@@ -642,16 +654,15 @@ def _gather(pieces: list[Piece], schema: pa.Schema, path: Path) -> None:
     row_bytes = _row_bytes(schema)
     group = max(1, min(PIECE_ROW_GROUP_ROWS, ROW_GROUP_BYTES // row_bytes))
     if total <= group:  # the common case: the bytes one write_table of the rows gives
-        tables = [pq.read_table(f) for f in files] or [schema.empty_table()]
-        pq.write_table(pa.concat_tables(tables), path, **PARQUET_OPTIONS)
+        batches = [b for f in files for b in _piece_batches(f)]
+        pq.write_table(pa.Table.from_batches(batches, schema), path, **PARQUET_OPTIONS)
         return
     with pq.ParquetWriter(path, schema, **PARQUET_OPTIONS) as writer:
         held: list[pa.Table] = []
         rows = 0
         for file in files:
-            reader = pq.ParquetFile(file)
-            for i in range(reader.num_row_groups):
-                table = reader.read_row_group(i)
+            for batch in _piece_batches(file):
+                table = pa.Table.from_batches([batch], schema)
                 held.append(table)
                 rows += table.num_rows
                 while rows >= group:
