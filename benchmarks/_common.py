@@ -93,9 +93,14 @@ def run_child(
 
 
 class ProcessTree:
-    """Peak RSS and CPU time of every process below this one, sampled: a stage on a local Ray
-    cluster runs in worker processes that Ray starts (GCS, raylet, workers), whose memory
-    the child's own ``ru_maxrss`` does not include."""
+    """Peak memory and CPU time of every process below this one, sampled: a stage on a
+    local Ray cluster runs in processes that Ray starts (GCS, raylet, workers), whose memory
+    the child's own ``ru_maxrss`` does not include.
+
+    Per process the peak RSS; for all of them together the peak of the summed PSS
+    (proportional set size), since Ray's object store is shared memory that the store and
+    every process reading an object map: summing their RSS would count those pages twice.
+    """
 
     def __init__(self) -> None:
         import psutil
@@ -112,26 +117,27 @@ class ProcessTree:
         total = 0
         for proc in [self.me, *self.me.children(recursive=True)]:
             try:
-                rss = proc.memory_info().rss
+                memory = proc.memory_full_info()
                 times = proc.cpu_times()
                 if proc.pid not in self.role:
                     self.role[proc.pid] = _role(proc, self.me)
             except psutil.Error:  # exited between the listing and the read
                 continue
-            total += rss
-            self.peak[proc.pid] = max(self.peak.get(proc.pid, 0), rss)
+            total += memory.pss
+            self.peak[proc.pid] = max(self.peak.get(proc.pid, 0), memory.rss)
             self.cpu[proc.pid] = times.user + times.system
         self.sum_peak = max(self.sum_peak, total)
 
     def summary(self) -> dict[str, Any]:
-        """Peak of the sum over the tree, and per role the largest process peak and CPU."""
+        """Peak of the summed PSS over the tree, and per role the largest process's peak RSS
+        and the CPU seconds of all its processes."""
         roles: dict[str, dict[str, float]] = {}
         for pid, peak in self.peak.items():
             entry = roles.setdefault(self.role[pid], {"max_peak_rss": 0, "cpu_s": 0.0, "n": 0})
             entry["max_peak_rss"] = max(entry["max_peak_rss"], peak)
             entry["cpu_s"] += self.cpu.get(pid, 0.0)
             entry["n"] += 1
-        return {"sum_peak_rss": self.sum_peak, "roles": roles}
+        return {"sum_peak_pss": self.sum_peak, "roles": roles}
 
 
 def _role(proc: Any, me: Any) -> str:

@@ -23,8 +23,16 @@ interleaved round by round (baseline, ours, ours, baseline, ...), medians report
 ``--check`` runs ``check_equivalence()``: on a small generated input the pandas windows must
 equal the shard stage's (entities, lengths, bucket widths, categorical ids, numeric features).
 
+``--scaling 10000000,30000000,100000000`` (``scaling()``): validate + shard on the events in
+parts of 1M rows, run on Ray with 2 workers and with 1, in process (``data.engine: local``)
+and, up to 10M, as one part (the single-process path of before), beside read_table +
+sort_by; the peak RSS of every process of a step (driver, Ray workers, Ray's own services,
+sampled by ``_common.ProcessTree``). Above 30M events the table is generated in chunks
+straight into parts and the baseline is the smallest size's, scaled linearly.
+
     .venv/bin/python benchmarks/data_throughput.py [--events 10000000 | --quick] [--rounds 3]
     .venv/bin/python benchmarks/data_throughput.py --check
+    .venv/bin/python benchmarks/data_throughput.py --scaling 10000000,100000000 --rounds 2
 """
 
 from __future__ import annotations
@@ -643,8 +651,8 @@ def scaling(sizes: list[int], rounds: int) -> None:
                     runs[name][step].append(run)
                     print(
                         f"  [{n / 1e6:g}M] round {r + 1}/{rounds} {name:20s} {step:8s} "
-                        f"{run.result['seconds']:7.2f} s  all processes peak "
-                        f"{fmt_bytes(run.result['tree']['sum_peak_rss'])}",
+                        f"{run.result['seconds']:7.2f} s  all processes peak PSS "
+                        f"{fmt_bytes(run.result['tree']['sum_peak_pss'])}",
                         flush=True,
                     )
         table = f"{fmt_bytes(ensure['nbytes'])} in Arrow"
@@ -681,7 +689,7 @@ def scaling(sizes: list[int], rounds: int) -> None:
                     fmt_rate(n, median(both)), fmt_bytes(max(g.peak_rss for g in group)),
                     fmt_bytes(max(workers)) if max(workers) else "-",
                     fmt_bytes(max(services)) if max(services) else "-",
-                    fmt_bytes(max(g.result["tree"]["sum_peak_rss"] for g in group)),
+                    fmt_bytes(max(g.result["tree"]["sum_peak_pss"] for g in group)),
                 ]
             )  # fmt: skip
         total = {name: median(_sum(st["validate"], st["shard"])) for name, st in runs.items()}
@@ -707,17 +715,17 @@ def scaling(sizes: list[int], rounds: int) -> None:
                  verdict(one / whole_s <= TARGET_ONE_VS_WHOLE)]
             )  # fmt: skip
         tree = max(
-            g.result["tree"]["sum_peak_rss"]
+            g.result["tree"]["sum_peak_pss"]
             for g in runs["ray, 2 workers"]["validate"] + runs["ray, 2 workers"]["shard"]
         )
         targets.append(
-            [f"{n / 1e6:g}M: 2 workers, peak RSS of all processes together",
+            [f"{n / 1e6:g}M: 2 workers, peak memory (PSS) of all processes together",
              f"<= {fmt_bytes(TARGET_TREE_RSS)}, flat in N", fmt_bytes(tree),
              verdict(tree <= TARGET_TREE_RSS)]
         )  # fmt: skip
     headers = ["events", "run", "validate s", "shard s", "validate + shard s", "events/s",
                "driver peak", "largest Ray worker", "largest Ray service",
-               "all processes peak"]  # fmt: skip
+               "all processes peak (PSS)"]  # fmt: skip
     print_table(headers, summary_rows, f"validate + shard in parts of {SCALING_PART_ROWS:,} rows "
                 f"(medians of {rounds} rounds; peaks: the highest of the runs)")  # fmt: skip
     print_table(["check", "target", "measured", "result"], targets, "Targets")

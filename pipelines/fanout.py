@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 import pyarrow.parquet as pq
 
@@ -31,6 +31,24 @@ from seqcore.progress import RowProgress
 
 log = logging.getLogger("seqops.fanout")
 T = TypeVar("T")
+
+
+class Unit(Protocol):
+    """A unit of work of a data stage: a part file, or any file-sized piece of work."""
+
+    @property
+    def index(self) -> int: ...
+    @property
+    def path(self) -> Path: ...
+    @property
+    def rows(self) -> int: ...
+    @property
+    def arrow_bytes(self) -> int: ...
+    @property
+    def name(self) -> str: ...
+
+
+U = TypeVar("U", bound=Unit)
 TASK_OVERHEAD = 256 * 1024**2
 """Memory a task's worker takes before its part (interpreter, numpy, pyarrow)."""
 
@@ -76,7 +94,7 @@ def list_parts(folder: str | Path) -> list[Part]:
     return parts
 
 
-def engine(data: DataConfig, parts: Sequence[Part]) -> str:
+def engine(data: DataConfig, parts: Sequence[Unit]) -> Literal["ray", "local"]:
     """``ray`` or ``local``: what ``data.engine`` means for this many parts."""
     if data.engine == "auto":
         return "ray" if len(parts) > 1 else "local"
@@ -91,7 +109,7 @@ class _Refused:
 
 
 def _guarded(
-    fn: Callable[[Part, Any], T], fatal: tuple[type[Exception], ...], part: Part, shared: Any
+    fn: Callable[[U, Any], T], fatal: tuple[type[Exception], ...], part: U, shared: Any
 ) -> T | _Refused:
     try:
         return fn(part, shared)
@@ -100,8 +118,8 @@ def _guarded(
 
 
 def map_parts(
-    fn: Callable[[Part, Any], T],
-    parts: Sequence[Part],
+    fn: Callable[[U, Any], T],
+    parts: Sequence[U],
     shared: Any,
     data: DataConfig,
     *,
@@ -132,8 +150,8 @@ def map_parts(
 
 
 def _on_ray(
-    fn: Callable[[Part, Any], T],
-    parts: Sequence[Part],
+    fn: Callable[[U, Any], T],
+    parts: Sequence[U],
     shared: Any,
     data: DataConfig,
     what: str,
@@ -160,7 +178,7 @@ def _on_ray(
     remote: Any = ray.remote(_guarded)
     shared_ref = ray.put(shared)
     queue = list(parts)
-    pending: dict[Any, Part] = {}
+    pending: dict[Any, U] = {}
     results: dict[int, T] = {}
     try:
         while queue or pending:

@@ -48,8 +48,9 @@ import pyarrow.parquet as pq
 from data_checks.leakage import NO_TARGET, SplitExamples, check_split_leakage
 from data_checks.rules import serving_contract
 from pipelines.config import Params
-from pipelines.fanout import Part, list_parts, map_parts
-from pipelines.params.shard import ShardConfig, SplitConfig
+from pipelines.fanout import Part, engine, list_parts, map_parts
+from pipelines.params.data import DataConfig
+from pipelines.params.shard import SplitConfig
 from pipelines.stage import stage_main
 from pipelines.windows import (
     PaddedIndex,
@@ -647,12 +648,14 @@ def _piece_batches(path: Path) -> list[pa.RecordBatch]:
     return [reader.get_batch(i) for i in range(reader.num_record_batches)]
 
 
-def _gather(pieces: list[Piece], schema: pa.Schema, path: Path) -> None:
+def _group_rows(schema: pa.Schema) -> int:
+    """Rows per row group of a shard file: pyarrow's default, or fewer for wide rows."""
+    return max(1, min(PIECE_ROW_GROUP_ROWS, ROW_GROUP_BYTES // _row_bytes(schema)))
+
+
+def _gather(files: list[Path], total: int, schema: pa.Schema, path: Path) -> None:
     """One shard file from its pieces in part order, a bounded row group at a time."""
-    files = [p.path for p in pieces if p.path is not None]
-    total = sum(p.rows for p in pieces)
-    row_bytes = _row_bytes(schema)
-    group = max(1, min(PIECE_ROW_GROUP_ROWS, ROW_GROUP_BYTES // row_bytes))
+    group = _group_rows(schema)
     if total <= group:  # the common case: the bytes one write_table of the rows gives
         batches = [b for f in files for b in _piece_batches(f)]
         pq.write_table(pa.Table.from_batches(batches, schema), path, **PARQUET_OPTIONS)
@@ -685,25 +688,60 @@ def _row_bytes(schema: pa.Schema) -> int:
     return size
 
 
+@dataclass(frozen=True)
+class ShardFile:
+    """One shard file to gather from its pieces: a unit of work for ``pipelines.fanout``."""
+
+    index: int
+    path: Path
+    rows: int
+    arrow_bytes: int
+    pieces: tuple[Path, ...]
+    """Its pieces' files, in part order."""
+    schema: pa.Schema
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def gather_file(unit: ShardFile, _: object) -> None:
+    """Write one shard file from its pieces (a Ray task)."""
+    _gather(list(unit.pieces), unit.rows, unit.schema, unit.path)
+
+
 def _reduce(
-    root: Path, written: list[PartWritten], fits: list[PartFit], fitted: Fitted, cfg: ShardConfig
+    root: Path,
+    written: list[PartWritten],
+    fits: list[PartFit],
+    fitted: Fitted,
+    params: Params,
+    data: DataConfig,
 ) -> tuple[dict[str, SplitEntry], dict[str, SplitExamples], dict[str, np.ndarray]]:
-    """Write every shard file from its pieces; the manifest's split entries, the leakage
-    check's examples (in the order of the files' rows) and each split's labels."""
+    """Write every shard file from its pieces (one task per file); the manifest's split
+    entries, the leakage check's examples (in the order of the files' rows) and each split's
+    labels."""
+    cfg = params.shard
     splits: dict[str, SplitEntry] = {}
     checked: dict[str, SplitExamples] = {}
     labels: dict[str, np.ndarray] = {}
+    files: list[ShardFile] = []
     for s in SPLITS:
         buckets: dict[int, BucketEntry] = {}
         entity, window_end, target_end, label = [], [], [], []
         for b in fitted.present[s]:
             width = fitted.bounds[b]
             (root / part_path(s, width, 0)).parent.mkdir(parents=True, exist_ok=True)
+            schema = next(w.schemas[width] for w in written if width in w.schemas)
             examples = real = 0
             for k in range(cfg.max_workers):
                 pieces = [w.pieces[(s, width, k)] for w in written]
-                schema = next(w.schemas[width] for w in written if width in w.schemas)
-                _gather(pieces, schema, root / part_path(s, width, k))
+                rows = sum(p.rows for p in pieces)
+                paths = tuple(p.path for p in pieces if p.path is not None)
+                size = min(rows, _group_rows(schema)) * _row_bytes(schema)
+                files.append(
+                    ShardFile(len(files), root / part_path(s, width, k), rows, size, paths, schema)
+                )
                 for piece in pieces:
                     examples += piece.rows
                     real += piece.real_tokens
@@ -727,6 +765,7 @@ def _reduce(
             target_end=np.concatenate(target_end) if target_end else np.zeros(0, np.int64),
         )
         labels[s] = np.concatenate(label) if label else np.zeros(0, np.int64)
+    map_parts(gather_file, files, None, data, what="shard: gather", memory_factor=2.0)
     return splits, checked, labels
 
 
@@ -783,16 +822,17 @@ def run(params: Params, validated_path: Path, out_dir: Path) -> Manifest:
     with ThreadPoolExecutor(max_workers=1) as pool, io.atomic_dir(out_dir) as tmp:
         input_hash = pool.submit(_input_hash, validated_path)  # hashlib releases the GIL
         plan = _split_plan(parts, params)
+        # One engine for the whole stage: its input's part count decides, not each step's.
+        data = dataclasses.replace(params.data, engine=engine(params.data, parts))
         run_parts = partial(
-            map_parts, parts=parts, data=params.data, memory_factor=MEMORY_FACTOR,
-            fatal=(ShardError,),
-        )  # fmt: skip
+            map_parts, parts=parts, data=data, memory_factor=MEMORY_FACTOR, fatal=(ShardError,)
+        )
         fits = run_parts(fit_part, shared=Job(params, plan), what="shard: fit")
         fitted = _fit(fits, params)
         scratch = tmp / ".pieces"
         job = Job(params, plan, fitted, scratch)
         written = run_parts(write_part, shared=job, what="shard: write")
-        splits, checked, labels = _reduce(tmp, written, fits, fitted, cfg)
+        splits, checked, labels = _reduce(tmp, written, fits, fitted, params, data)
         shutil.rmtree(scratch)
         del written
         cut = plan.cutoffs or (None, None)

@@ -56,7 +56,7 @@ from data_checks.docs import write_docs
 from data_checks.merge import merge_reports
 from data_checks.results import ValidationReport
 from data_checks.split import REASON
-from data_checks.watermark import IGNORED, late_arrivals
+from data_checks.watermark import BLOCK, IGNORED, late_arrivals
 from pipelines.config import Params
 from pipelines.fanout import Part, PartFailed, list_parts, map_parts
 from pipelines.stage import stage_main
@@ -67,7 +67,7 @@ from seqcore.schema import ARRIVAL, SchemaConfig
 log = logging.getLogger("seqops.validate")
 MEMORY_FACTOR = 3.0
 """A part's contract run peaks below this multiple of its Arrow size (benchmarks/README.md)."""
-FACTS_BATCH = 1 << 16
+FACTS_MIN_BATCH = 1 << 13
 
 
 @dataclass(frozen=True)
@@ -211,7 +211,10 @@ def whole_table_facts(
     late = None
     if need_late:
         unit = columns.field(schema.time).type.unit
-        streams = [(p.name, _saved_batches(scratch, p.name)) for p in parts]
+        # Each cursor holds one batch: about a block's share per part keeps the merge's
+        # memory the same for 10 parts or 1,000.
+        batch = max(FACTS_MIN_BATCH, BLOCK // len(parts))
+        streams = [(p.name, _saved_batches(scratch, p.name, batch)) for p in parts]
         late = late_arrivals(streams, checks["late_events"].allowed_lateness, unit)
     domains = None
     if domained:
@@ -282,8 +285,8 @@ def _excluded(
     return out
 
 
-def _saved_batches(scratch: Path, name: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """A part's saved (arrival, time) arrays, ``FACTS_BATCH`` rows at a time: read, not
+def _saved_batches(scratch: Path, name: str, batch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """A part's saved (arrival, time) arrays, ``batch`` rows at a time: read, not
     memory-mapped, so the merge holds one batch per part, not the pages it went through."""
     with (
         open(scratch / f"{name}.arrival.npy", "rb") as arrival,
@@ -295,7 +298,7 @@ def _saved_batches(scratch: Path, name: str) -> Iterator[tuple[np.ndarray, np.nd
             else:
                 np.lib.format.read_array_header_2_0(handle)
         while True:
-            a = np.fromfile(arrival, dtype=np.int64, count=FACTS_BATCH)
+            a = np.fromfile(arrival, dtype=np.int64, count=batch)
             if not a.size:
                 return
             yield a, np.fromfile(times, dtype=np.int64, count=a.size)
