@@ -333,15 +333,8 @@ def step_repartition(args: argparse.Namespace) -> dict[str, Any]:
 def step_validate(args: argparse.Namespace) -> dict[str, Any]:
     from data_checks import contract
     from pipelines import validate
-    from pipelines.config import load_params
 
-    params = load_params(PARAMS)
-    engine, workers = getattr(args, "engine", None), getattr(args, "workers", None)
-    if engine or workers:
-        data = dataclasses.replace(
-            params.data, engine=engine or params.data.engine, workers=workers
-        )
-        params = dataclasses.replace(params, data=data)
+    params = _engine_params(args)
     work = Path(args.work)
     phases = Phases()
     for name in (
