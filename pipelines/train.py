@@ -52,8 +52,8 @@ from seqcore.config import ConfigError, to_jsonable
 from seqcore.io import atomic_dir, write_json
 from seqcore.loading import tracking_uri
 from seqcore.manifest import Manifest, load_manifest
-from seqcore.progress import EpochProgress, ray_init_options, ray_log_dir, verbose
-from seqcore.ray_connect import ClusterUnreachable, check_ray_address
+from seqcore.progress import EpochProgress, ray_log_dir, verbose
+from seqcore.ray_connect import ClusterUnreachable, connect
 from seqmodels import ModelConfig
 
 log = logging.getLogger("seqops.train")
@@ -220,21 +220,14 @@ def init_ray(params: Params) -> dict[str, float]:
     cluster sized for ``train.num_workers``; returns the cluster's resources."""
     import ray
 
-    if not ray.is_initialized():
-        if os.environ.get("RAY_ADDRESS"):
-            try:
-                check_ray_address(os.environ["RAY_ADDRESS"])
-            except ClusterUnreachable as exc:
-                raise TrainError(str(exc)) from None
-            ray.init(address=os.environ["RAY_ADDRESS"], **ray_init_options())
-        else:
-            t = params.train
-            ray.init(
-                num_cpus=max(os.cpu_count() or 1, t.num_workers * t.cpus_per_worker),
-                include_dashboard=False,
-                object_store_memory=256 * 1024**2,
-                **ray_init_options(),
-            )
+    t = params.train
+    try:
+        connect(
+            num_cpus=max(os.cpu_count() or 1, t.num_workers * t.cpus_per_worker),
+            object_store_memory=256 * 1024**2,
+        )
+    except ClusterUnreachable as exc:
+        raise TrainError(str(exc)) from None
     return ray.cluster_resources()
 
 

@@ -56,4 +56,4 @@ def connect(**local: Any) -> None:
         check_ray_address(address)
         ray.init(address=address, **ray_init_options())
     else:
-        ray.init(include_dashboard=False, **local, **ray_init_options())
+        ray.init(**{"include_dashboard": False, **local}, **ray_init_options())
