@@ -282,13 +282,7 @@ def finish_report(
     gx_results: dict[str, list[dict]] = {}
     gx_info: dict[str, Any] = {"ran": False}
     if enabled & GX_CHECKS:
-        gx_results, gx_info = gx_suite.run_suite(sample, schema, config, plan, enabled)
-        gx_info.update(
-            rows=total_rows,
-            sampled=sample.num_rows < total_rows,
-            sample_rows=sample.num_rows,
-            sampling="evenly spaced rows" if sample.num_rows < total_rows else "all rows",
-        )
+        gx_results, gx_info = gx_suite.run_suite(sample, schema, config, plan, enabled, total_rows)
     _schema_and_types(run, plan, gx_results)
     _attach_gx(run, gx_results, bool(gx_info.get("sampled")))
     timings = {**report.timings, "gx_suite": gx_info.get("duration_s", 0.0)}

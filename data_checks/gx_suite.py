@@ -134,6 +134,29 @@ def _unseen_mask(column: pa.ChunkedArray, allowed: frozenset[Any]) -> np.ndarray
     return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
 
 
+def _outside(column: pa.ChunkedArray, allowed: tuple[Any, ...]) -> np.ndarray:
+    return _unseen_mask(column, frozenset(rules.domain_values(allowed, column.type)))
+
+
+def _column_unseen(
+    column: pa.ChunkedArray, allowed: tuple[Any, ...]
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """A column's unseen-value mask and its counts (see ``domain_counts``)."""
+    mask = _outside(column, allowed)
+    values: list[tuple[Any, int]] = []
+    if mask.any():
+        offending = pc.filter(column, pa.array(mask))
+        if pa.types.is_dictionary(offending.type):
+            offending = pc.cast(offending, offending.type.value_type)
+        values = [(d["values"], d["counts"]) for d in pc.value_counts(offending).to_pylist()]
+    counts = {
+        "present": len(column) - column.null_count,
+        "unseen": int(mask.sum()),
+        "values": values,
+    }
+    return mask, counts
+
+
 def domain_counts(
     table: pa.Table, columns: list[str], domains: Mapping[str, tuple[Any, ...]]
 ) -> dict[str, dict[str, Any]]:
@@ -142,22 +165,7 @@ def domain_counts(
     Counts of several parts add up (``DomainFacts.merge``), which is how the unseen fraction
     of a table held in parts is decided on the whole table, not part by part.
     """
-    counts: dict[str, dict[str, Any]] = {}
-    for name in columns:
-        column = table[name]
-        mask = _unseen_mask(column, frozenset(rules.domain_values(domains[name], column.type)))
-        values: list[tuple[Any, int]] = []
-        if mask.any():
-            offending = pc.filter(column, pa.array(mask))
-            if pa.types.is_dictionary(offending.type):
-                offending = pc.cast(offending, offending.type.value_type)
-            values = [(d["values"], d["counts"]) for d in pc.value_counts(offending).to_pylist()]
-        counts[name] = {
-            "present": table.num_rows - column.null_count,
-            "unseen": int(mask.sum()),
-            "values": values,
-        }
-    return counts
+    return {name: _column_unseen(table[name], domains[name])[1] for name in columns}
 
 
 @dataclass(frozen=True)
@@ -216,11 +224,16 @@ def categorical_domain(
     the verdict is this table's own.
     """
     table = ix.table
-    facts = known or DomainFacts.merge([domain_counts(table, columns, domains)], max_unseen)
+    if known is None:  # this table's own verdict: each column's mask serves counts and rows
+        seen = {name: _column_unseen(table[name], domains[name]) for name in columns}
+        facts = DomainFacts.merge([{n: c for n, (_, c) in seen.items()}], max_unseen)
+        masks = {name: seen[name][0] for name in facts.failing}
+    else:
+        facts = known
+        masks = {name: _outside(table[name], domains[name]) for name in facts.failing}
     bad = np.zeros(table.num_rows, dtype=bool)
-    for name in facts.failing:
-        column = table[name]
-        bad |= _unseen_mask(column, frozenset(rules.domain_values(domains[name], column.type)))
+    for mask in masks.values():
+        bad |= mask
     rows = np.flatnonzero(bad)
     entities = entity_count(ix, rows)
     details = {
@@ -369,20 +382,25 @@ def run_suite(
     config: ValidateConfig,
     plan: ColumnPlan,
     enabled: set[str],
+    total_rows: int | None = None,
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
     """Run the GX suite (on a sample above ``gx_sample_rows``); results grouped by check.
 
-    GX problems (an unusable column, an internal error) are reported, never raised: the
-    exact Arrow checks still decide, so a GX hiccup cannot hide a fault or stop the stage.
+    ``total_rows``: the rows of the table ``table`` is already a sample of (the parts'
+    evenly spaced rows, ``contract.finish_report``). GX problems (an unusable column, an
+    internal error) are reported, never raised: the exact Arrow checks still decide, so a
+    GX hiccup cannot hide a fault or stop the stage.
     """
     started = time.perf_counter()
     rows = sample_rows(table.num_rows, config.gx_sample_rows)
+    total = table.num_rows if total_rows is None else total_rows
+    seen = table.num_rows if rows is None else int(rows.size)
     info: dict[str, Any] = {
         "ran": False,
-        "rows": table.num_rows,
-        "sampled": rows is not None,
-        "sample_rows": table.num_rows if rows is None else int(rows.size),
-        "sampling": "evenly spaced rows" if rows is not None else "all rows",
+        "rows": total,
+        "sampled": seen < total,
+        "sample_rows": seen,
+        "sampling": "evenly spaced rows" if seen < total else "all rows",
     }
     grouped: dict[str, list[dict[str, Any]]] = {}
     try:
