@@ -318,7 +318,7 @@ def step_repartition(args: argparse.Namespace) -> dict[str, Any]:
 
     from pipelines.config import load_params
     from pipelines.ingest import write_events
-    from seqcore.io import read_events
+    from seqcore.store import read_events
 
     source = ensure_events(args.n)
     out = source.with_name(f"{source.name}-parts{args.rows_per_part}")

@@ -11,7 +11,7 @@ away. It reports like every other check and never exits the process itself.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -191,3 +191,51 @@ def check_split_leakage(
             raise ValueError("the time method needs train_end_us and val_end_us")
         return _time_check(splits, int(train_end_us), int(val_end_us), sample_offenders)
     raise ValueError(f"unknown split method {method!r}; expected entity or time")
+
+
+def _when(iso: str | None) -> datetime | None:
+    return None if iso is None else datetime.fromisoformat(iso.replace("Z", "+00:00"))
+
+
+def _extreme(values: list[str | None], pick: Any) -> str | None:
+    found = [v for v in values if v is not None]
+    return pick(found, key=_when) if found else None
+
+
+def merge_leakage(results: Sequence[LeakageResult], sample_offenders: int = 5) -> LeakageResult:
+    """One result from results over disjoint sets of entities (the shard stage's parts: an
+    entity's events are all in one part), equal to ``check_split_leakage`` over all their
+    examples except for which offenders are sampled (the first parts' first)."""
+    first = results[0]
+    examples = sum(r.violating_examples for r in results)
+    entities = sum(r.violating_entities for r in results)
+    offenders = [o for r in results for o in r.sample_offenders][:sample_offenders]
+    details: dict[str, Any]
+    if first.method == "entity":
+        details = {
+            key: {name: sum(r.details[key][name] for r in results) for name in first.details[key]}
+            for key in ("shared_entities", "entities")
+        }
+        failed = entities > 0
+    else:
+        details = {"train_end": first.details["train_end"], "val_end": first.details["val_end"]}
+        for name, split in first.details.items():
+            if not isinstance(split, dict):
+                continue
+            each = [r.details[name] for r in results]
+            details[name] = {
+                "examples": sum(d["examples"] for d in each),
+                "min_window_end": _extreme([d["min_window_end"] for d in each], min),
+                "max_window_end": _extreme([d["max_window_end"] for d in each], max),
+                "max_target_end": _extreme([d["max_target_end"] for d in each], max),
+            }
+        failed = examples > 0
+    return LeakageResult(
+        name=NAME,
+        status="fail" if failed else "pass",
+        method=first.method,
+        violating_examples=examples,
+        violating_entities=entities,
+        sample_offenders=offenders,
+        details=details,
+    )

@@ -44,6 +44,7 @@ from pipelines import metrics as M
 from pipelines.params.gate import LOWER_IS_BETTER, PRIMARY_METRICS
 from pipelines.predict import SplitPredictions
 from seqcore.manifest import Manifest, load_manifest, part_path
+from seqcore.store import locate
 
 FIT_SAMPLE = 50_000
 """Most train windows a baseline is fitted on; a larger train split is sampled (seeded)."""
@@ -91,14 +92,15 @@ def _blocks(
 ) -> Iterator[tuple[int, pa.Table]]:
     """(padded length, rows) per bucket in ``read_split`` order (buckets ascending, then parts),
     only those of ``columns`` the files have, and only the bucket positions ``rows`` holds."""
+    folder = locate(shard_dir)
     for bound, bucket in manifest.splits[split].buckets.items():
         if rows is not None and not len(rows.get(bound, ())):
             continue
-        paths = [Path(shard_dir) / part_path(split, bound, k) for k in range(len(bucket.parts))]
+        paths = [part_path(split, bound, k) for k in range(len(bucket.parts))]
         if not paths:
             continue
-        names = set(pq.read_schema(paths[0]).names)
-        tables = [pq.read_table(p, columns=[c for c in columns if c in names]) for p in paths]
+        names = set(pq.read_schema(folder.path(paths[0]), filesystem=folder.fs).names)
+        tables = [folder.read_table(p, columns=[c for c in columns if c in names]) for p in paths]
         table = pa.concat_tables(tables)
         if rows is not None:
             table = table.take(pa.array(rows[bound], pa.int64()))

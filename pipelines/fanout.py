@@ -18,16 +18,19 @@ breakpoint stops where it would, a traceback is the function's own.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.params.data import DataConfig
 from seqcore.progress import RowProgress
+from seqcore.store import Location, locate
 
 log = logging.getLogger("seqops.fanout")
 T = TypeVar("T")
@@ -39,7 +42,7 @@ class Unit(Protocol):
     @property
     def index(self) -> int: ...
     @property
-    def path(self) -> Path: ...
+    def path(self) -> str | Path: ...
     @property
     def rows(self) -> int: ...
     @property
@@ -58,7 +61,9 @@ class Part:
     """One part file of an events folder and what its Parquet footer says of it."""
 
     index: int
-    path: Path
+    folder: Location
+    """Its folder: local, or a snapshot on an object store (``seqcore.store``)."""
+    name: str
     rows: int
     offset: int
     """The number of its first row in the parts' concatenation, in name order."""
@@ -66,30 +71,50 @@ class Part:
     """Its size once read into Arrow (the row groups' uncompressed size)."""
 
     @property
-    def name(self) -> str:
-        return self.path.name
+    def path(self) -> str:
+        """Where it is, as a user would name it (in messages)."""
+        return self.folder.show(self.name)
+
+    @property
+    def stem(self) -> str:
+        return self.name.removesuffix(".parquet")
+
+    def file(self, **options: Any) -> pq.ParquetFile:
+        return pq.ParquetFile(self.folder.path(self.name), filesystem=self.folder.fs, **options)
+
+    def read(self, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(
+            self.folder.path(self.name), columns=columns, filesystem=self.folder.fs
+        )
+
+    def schema(self) -> pa.Schema:
+        return pq.read_schema(self.folder.path(self.name), filesystem=self.folder.fs)
 
 
 class PartFailed(RuntimeError):
     """A part's task failed (after its retries); the message names the part and the cause."""
 
 
-def list_parts(folder: str | Path) -> list[Part]:
-    """The ``part-*.parquet`` files of ``folder`` in name order (one file: itself)."""
-    folder = Path(folder)
-    if folder.is_file():
-        paths = [folder]
+def list_parts(where: str | Path | Location) -> list[Part]:
+    """The ``part-*.parquet`` files of a folder in name order (one local file: itself). The
+    folder may be a snapshot on an object store, or a local pointer to one
+    (``seqcore.store.locate``)."""
+    if not isinstance(where, Location) and Path(where).is_file():
+        folder, names = Location.local(Path(where).parent), [Path(where).name]
     else:
-        paths = sorted(folder.glob("part-*.parquet"))
-        if not paths:
+        folder = where if isinstance(where, Location) else locate(where)
+        names = folder.names("part-*.parquet")
+        if not names:
             raise FileNotFoundError(
-                f"{folder}: no part-*.parquet files in it (run the stage that writes it first)"
+                f"{folder.show()}: no part-*.parquet files in it (run the stage that writes "
+                "it first)"
             )
     parts, offset = [], 0
-    for index, path in enumerate(paths):
-        meta = pq.ParquetFile(path).metadata
+    for index, name in enumerate(names):
+        part = Part(index, folder, name, 0, offset, 0)
+        meta = part.file().metadata
         size = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-        parts.append(Part(index, path, meta.num_rows, offset, size))
+        parts.append(dataclasses.replace(part, rows=meta.num_rows, arrow_bytes=size))
         offset += meta.num_rows
     return parts
 

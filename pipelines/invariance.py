@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from seqcore.scorer import SequenceScorer
+from seqcore.store import locate
 
 GROUP_SIZE = 4
 """Sequences scored together per batch: small enough that most of them are really padded."""
@@ -62,6 +63,11 @@ def entity_events(validated: Path, scorer: SequenceScorer, entities: list[str]) 
     """The validated events of ``entities``, only the columns the scorer reads."""
     entity = scorer.schema.entity
     wanted = pa.array(entities, pa.string())
-    dataset = ds.dataset(str(validated), format="parquet")
+    folder = locate(validated)
+    if Path(validated).is_file():
+        dataset = ds.dataset(str(validated), format="parquet")
+    else:
+        files = [folder.path(name) for name in folder.names("part-*.parquet")]
+        dataset = ds.dataset(files, format="parquet", filesystem=folder.fs)
     cols = [c for c in scorer.required_columns if c in dataset.schema.names]
     return dataset.to_table(columns=cols, filter=pc.field(entity).cast(pa.string()).isin(wanted))

@@ -61,9 +61,10 @@ from pipelines.registry import (
 )
 from pipelines.split_metrics import compare_by_length, evaluate_predictions, finite_or_none
 from pipelines.stage import stage_main
-from seqcore.io import jsonable, read_events, write_json
+from seqcore.io import jsonable, write_json
 from seqcore.loading import load_scorer
 from seqcore.manifest import Manifest, load_manifest
+from seqcore.store import read_events
 
 log = logging.getLogger("seqops.register")
 

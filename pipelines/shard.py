@@ -17,12 +17,15 @@ through ``pipelines.fanout``), so its memory is that of a part, not of the table
    rows, and the lengths of its windows; ``_fit`` merges them into the feature spec, the
    classes and the bucket bounds, and deals each part's examples their file numbers;
 3. ``write_part`` per part: encode, window, bucket and pad, each shard file's rows written
-   aside; ``_reduce`` writes every shard file from its parts' rows in part order.
+   aside, and the split-leakage check on the part's examples (an entity's events are all in
+   one part, so the parts' results merge exactly: ``data_checks.leakage.merge_leakage``);
+   ``_reduce`` writes every shard file from its parts' rows in part order.
 
 The files hold what one pass over the parts' concatenation writes, row for row
 (tests/unit/test_shard_parts.py); numeric statistics merged from moments may differ from one
-pass in their last bits. The output directory is built aside and renamed into place
-(``atomic_dir``), so an interrupted run leaves the previous shards intact.
+pass in their last bits. The output folder is built aside and renamed into place, or
+published as a snapshot on ``data.store`` (``seqcore.store``), so an interrupted run leaves
+the previous shards intact.
 """
 
 from __future__ import annotations
@@ -45,7 +48,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from data_checks.leakage import NO_TARGET, SplitExamples, check_split_leakage
+from data_checks.leakage import (
+    NO_TARGET,
+    LeakageResult,
+    SplitExamples,
+    check_split_leakage,
+    merge_leakage,
+)
 from data_checks.rules import serving_contract
 from pipelines.config import Params
 from pipelines.fanout import Part, engine, list_parts, map_parts
@@ -80,6 +89,16 @@ from seqcore.manifest import (
     part_path,
 )
 from seqcore.schema import SchemaConfig
+from seqcore.store import (
+    Destination,
+    FileEntry,
+    Location,
+    Output,
+    check_store,
+    content_hash,
+    output_dir,
+    snapshot_files,
+)
 
 log = logging.getLogger("seqops.shard")
 
@@ -140,7 +159,7 @@ class PartPrep:
 def _check_input(parts: list[Part], schema: SchemaConfig, split_column: str | None) -> None:
     """Refuse, before any part runs, a table that lacks a mapped column or has no events."""
     columns = [*schema.required_columns, *([split_column] if split_column else [])]
-    names = pq.read_schema(parts[0].path).names
+    names = parts[0].schema().names
     missing = [c for c in columns if c not in names]
     if missing:
         raise ShardError(
@@ -148,15 +167,16 @@ def _check_input(parts: list[Part], schema: SchemaConfig, split_column: str | No
             "(see data.schema and shard.split.column)"
         )
     if not sum(p.rows for p in parts):
-        raise ShardError(f"{parts[0].path.parent}: no events to shard")
+        raise ShardError(f"{parts[0].folder.show()}: no events to shard")
 
 
-def _read(path: Path, schema: SchemaConfig, split_column: str | None = None) -> pa.Table:
+def _read(part: Part, schema: SchemaConfig, split_column: str | None = None) -> pa.Table:
     """The columns the schema maps (and the split column of the column split method) of one
     part, refusing what the validate stage should have stopped."""
     columns = [*schema.required_columns, *([split_column] if split_column else [])]
+    path = part.path
     try:
-        table = pq.read_table(path, columns=columns)
+        table = part.read(columns=columns)
     except pa.ArrowInvalid as exc:
         raise ShardError(f"{path}: {str(exc).splitlines()[0]} (see data.schema)") from None
     for col in (schema.entity, schema.time):
@@ -239,7 +259,7 @@ def _split_plan(parts: list[Part], params: Params) -> SplitPlan:
         assert cfg.column is not None
         found: set[Any] = set()
         for part in parts:
-            column = pq.read_table(part.path, columns=[cfg.column])[cfg.column]
+            column = part.read(columns=[cfg.column])[cfg.column]
             found.update(pc.unique(pc.cast(column, pa.string())).drop_null().to_pylist())
         meaning = {v: SPLITS.index(s) for s, vs in cfg.values.items() for v in vs}
         unknown = sorted(v for v in found if v not in meaning)
@@ -283,7 +303,7 @@ def time_quantiles(parts: list[Part], column: str, quantiles: tuple[float, ...])
     (one or two) bins that hold them are gathered and sorted."""
 
     def times(part: Part) -> np.ndarray:
-        return time_us(pq.read_table(part.path, columns=[column])[column])
+        return time_us(part.read(columns=[column])[column])
 
     low, high, n = np.iinfo(np.int64).max, np.iinfo(np.int64).min, 0
     for part in parts:
@@ -349,7 +369,7 @@ def _prepare(part: Part, params: Params, plan: SplitPlan) -> PartPrep:
     """Read one part, order its events and split its entities."""
     schema = params.data.schema
     split_column = params.shard.split.column if params.shard.split.method == "column" else None
-    table = _read(part.path, schema, split_column)
+    table = _read(part, schema, split_column)
     table, offsets, t, reordered = order_events(table, schema.entity, schema.time, schema.seq)
     keys = pc.cast(table.column(schema.entity).take(pa.array(offsets[:-1])), pa.string())
     keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
@@ -552,10 +572,6 @@ class Piece:
     """None when the part has no rows for the file."""
     rows: int
     real_tokens: int
-    entity: pa.Array
-    window_end: np.ndarray
-    target_end: np.ndarray
-    label: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -564,6 +580,11 @@ class PartWritten:
     """By (split, bucket bound, file number k)."""
     schemas: dict[int, pa.Schema]
     """The shard row schema of each bucket bound (for files no part has rows for)."""
+    leakage: LeakageResult
+    """The split-leakage check on this part's examples: an entity lives in one part, so the
+    parts' results merge into the whole output's (``merge_leakage``)."""
+    unlabeled: dict[str, int]
+    """Examples of each split without a known label."""
 
 
 def write_part(part: Part, job: Job) -> PartWritten:
@@ -593,7 +614,13 @@ def write_part(part: Part, job: Job) -> PartWritten:
     workers, horizon = cfg.max_workers, cfg.forecast_horizon
     pieces: dict[tuple[str, int, int], Piece] = {}
     schemas: dict[int, pa.Schema] = {}
+    examples: dict[str, SplitExamples] = {}
+    unlabeled: dict[str, int] = {}
     for s in SPLITS:
+        entity: list[pa.Array] = []
+        window_end: list[np.ndarray] = []
+        target_end: list[np.ndarray] = []
+        unlabeled[s] = 0
         n_visible = prefixes[s][0]
         win = make_windows(*prefixes[s], cfg.window)
         lengths, bucket_of = win.length, assign_buckets(win.length, fitted.bounds)
@@ -611,20 +638,25 @@ def write_part(part: Part, job: Job) -> PartWritten:
                 schemas.setdefault(width, rows.schema)
                 path = None
                 if len(sel):
-                    path = job.scratch / s / str(width) / str(k) / f"{part.path.stem}.arrow"
+                    path = job.scratch / s / str(width) / str(k) / f"{part.stem}.arrow"
                     path.parent.mkdir(parents=True, exist_ok=True)
                     _write_piece(rows, path)
                 at = np.where(offset >= 0, start[sel] + offset, 0)
-                pieces[(s, width, k)] = Piece(
-                    path,
-                    len(sel),
-                    int(lengths[sel].sum()),
-                    rows.column("entity").combine_chunks(),
-                    rows.column("window_end").cast(pa.int64()).to_numpy(),
-                    np.where(offset >= 0, ev.t[at], NO_TARGET),
-                    rows.column("label").to_numpy(),
-                )
-    return PartWritten(pieces, schemas)
+                pieces[(s, width, k)] = Piece(path, len(sel), int(lengths[sel].sum()))
+                entity.append(rows.column("entity").combine_chunks())
+                window_end.append(rows.column("window_end").cast(pa.int64()).to_numpy())
+                target_end.append(np.where(offset >= 0, ev.t[at], NO_TARGET))
+                unlabeled[s] += int((rows.column("label").to_numpy() < 0).sum())
+        examples[s] = SplitExamples(
+            entity=pa.concat_arrays(entity) if entity else pa.array([], pa.string()),
+            window_end=np.concatenate(window_end) if window_end else np.zeros(0, np.int64),
+            target_end=np.concatenate(target_end) if target_end else np.zeros(0, np.int64),
+        )
+    cut = job.plan.cutoffs or (None, None)
+    # A column split is an entity split: no entity may appear on two sides.
+    method = "time" if job.plan.info["method"] == "time" else "entity"
+    leakage = check_split_leakage(method, examples, train_end_us=cut[0], val_end_us=cut[1])
+    return PartWritten(pieces, schemas, leakage, unlabeled)
 
 
 # --------------------------------------------------------------------------- reduce
@@ -693,45 +725,46 @@ class ShardFile:
     """One shard file to gather from its pieces: a unit of work for ``pipelines.fanout``."""
 
     index: int
-    path: Path
+    name: str
+    """Its path in the shard folder (``seqcore.manifest.part_path``)."""
     rows: int
     arrow_bytes: int
     pieces: tuple[Path, ...]
     """Its pieces' files, in part order."""
     schema: pa.Schema
+    out: Destination
 
     @property
-    def name(self) -> str:
-        return self.path.name
+    def path(self) -> str:
+        return self.out.location.show(self.name)
 
 
-def gather_file(unit: ShardFile, _: object) -> None:
-    """Write one shard file from its pieces (a Ray task)."""
-    _gather(list(unit.pieces), unit.rows, unit.schema, unit.path)
+def gather_file(unit: ShardFile, _: object) -> FileEntry:
+    """Write one shard file from its pieces and publish it (a Ray task); its size and sha256
+    for the manifest."""
+    _gather(list(unit.pieces), unit.rows, unit.schema, unit.out.local(unit.name))
+    entry = unit.out.publish(unit.name, digest=True)
+    assert entry is not None
+    return entry
 
 
 def _reduce(
-    root: Path,
+    out: Output,
     written: list[PartWritten],
     fits: list[PartFit],
     fitted: Fitted,
     params: Params,
     data: DataConfig,
-) -> tuple[dict[str, SplitEntry], dict[str, SplitExamples], dict[str, np.ndarray]]:
+) -> dict[str, SplitEntry]:
     """Write every shard file from its pieces (one task per file); the manifest's split
-    entries, the leakage check's examples (in the order of the files' rows) and each split's
-    labels."""
+    entries."""
     cfg = params.shard
     splits: dict[str, SplitEntry] = {}
-    checked: dict[str, SplitExamples] = {}
-    labels: dict[str, np.ndarray] = {}
     files: list[ShardFile] = []
     for s in SPLITS:
         buckets: dict[int, BucketEntry] = {}
-        entity, window_end, target_end, label = [], [], [], []
         for b in fitted.present[s]:
             width = fitted.bounds[b]
-            (root / part_path(s, width, 0)).parent.mkdir(parents=True, exist_ok=True)
             schema = next(w.schemas[width] for w in written if width in w.schemas)
             examples = real = 0
             for k in range(cfg.max_workers):
@@ -739,16 +772,12 @@ def _reduce(
                 rows = sum(p.rows for p in pieces)
                 paths = tuple(p.path for p in pieces if p.path is not None)
                 size = min(rows, _group_rows(schema)) * _row_bytes(schema)
+                name = part_path(s, width, k)
                 files.append(
-                    ShardFile(len(files), root / part_path(s, width, k), rows, size, paths, schema)
+                    ShardFile(len(files), name, rows, size, paths, schema, out.destination)
                 )
-                for piece in pieces:
-                    examples += piece.rows
-                    real += piece.real_tokens
-                    entity.append(piece.entity)
-                    window_end.append(piece.window_end)
-                    target_end.append(piece.target_end)
-                    label.append(piece.label)
+                examples += rows
+                real += sum(p.real_tokens for p in pieces)
             parts = tuple(part_path(s, width, k) for k in range(cfg.max_workers))
             buckets[width] = BucketEntry(**_stats(examples, real, examples * width), parts=parts)
         total = sum(e.examples for e in buckets.values())
@@ -759,20 +788,15 @@ def _reduce(
         )
         entities = sum(f.entities[s] for f in fits)
         splits[s] = SplitEntry(**stats, entities=entities, buckets=buckets)
-        checked[s] = SplitExamples(
-            entity=pa.concat_arrays(entity) if entity else pa.array([], pa.string()),
-            window_end=np.concatenate(window_end) if window_end else np.zeros(0, np.int64),
-            target_end=np.concatenate(target_end) if target_end else np.zeros(0, np.int64),
-        )
-        labels[s] = np.concatenate(label) if label else np.zeros(0, np.int64)
-    map_parts(gather_file, files, None, data, what="shard: gather", memory_factor=2.0)
-    return splits, checked, labels
+    entries = map_parts(gather_file, files, None, data, what="shard: gather", memory_factor=2.0)
+    for file, entry in zip(files, entries, strict=True):
+        out.add(file.name, entry)
+    return splits
 
 
-def _targets(fitted: Fitted, params: Params, labels: dict[str, np.ndarray]) -> Targets:
+def _targets(fitted: Fitted, params: Params, unlabeled: dict[str, int]) -> Targets:
     schema, spec = params.data.schema, fitted.spec
     col = schema.forecast
-    unlabeled = {s: int((v < 0).sum()) for s, v in labels.items()}
     return Targets(
         label=LabelTarget(schema.label, fitted.classes, unlabeled=unlabeled)
         if schema.label
@@ -792,8 +816,15 @@ def _targets(fitted: Fitted, params: Params, labels: dict[str, np.ndarray]) -> T
     )
 
 
-def _input_hash(path: Path) -> str:
-    return io.sha256_file(path) if path.is_file() else io.combined_hash(io.sha256_tree(path))
+def _input_hash(path: Path, folder: Location) -> str:
+    """The events' hash: a snapshot's from its record; a local file's or folder's from its
+    bytes."""
+    if path.is_file():
+        return io.sha256_file(path)
+    recorded = snapshot_files(folder)
+    if recorded is not None:
+        return content_hash(recorded)
+    return io.combined_hash(io.sha256_tree(folder.root))
 
 
 MEMORY_FACTOR = 6.0
@@ -807,21 +838,25 @@ def run(params: Params, validated_path: Path, out_dir: Path) -> Manifest:
     Map and reduce over the validated parts (docs/architecture.md §3): the split decisions
     no part makes alone (``_split_plan``); per part, the counts the fit needs (``fit_part``);
     merged, the features, classes, bucket bounds and the deal of examples to files
-    (``_fit``); per part, its examples encoded, padded and written aside (``write_part``);
-    then each shard file from its parts' pieces (``_reduce``) and the leakage check."""
+    (``_fit``); per part, its examples encoded, padded and written aside, and the leakage
+    check on them (``write_part``); the parts' checks merged, then each shard file from its
+    parts' pieces (``_reduce``)."""
     cfg, validated_path = params.shard, Path(validated_path)
     if not validated_path.exists():
         raise FileNotFoundError(f"{validated_path}: not found (run the validate stage first)")
+    if params.data.store is not None:
+        check_store(params.data.store)
     parts = list_parts(validated_path)
     split_column = cfg.split.column if cfg.split.method == "column" else None
     _check_input(parts, params.data.schema, split_column)
     parts = [p for p in parts if p.rows]
     # The validate stage's per-event rules, for the requests the trained model will serve.
-    columns = pq.read_schema(parts[0].path)
+    columns = parts[0].schema()
     types = {c: columns.field(c).type for c in params.data.schema.categorical}
     contract = serving_contract(params.validate, params.data.schema, types)
-    with ThreadPoolExecutor(max_workers=1) as pool, io.atomic_dir(out_dir) as tmp:
-        input_hash = pool.submit(_input_hash, validated_path)  # hashlib releases the GIL
+    with ThreadPoolExecutor(max_workers=1) as pool, output_dir(out_dir, params.data.store) as out:
+        # hashlib releases the GIL
+        input_hash = pool.submit(_input_hash, validated_path, parts[0].folder)
         plan = _split_plan(parts, params)
         # One engine for the whole stage: its input's part count decides, not each step's.
         data = dataclasses.replace(params.data, engine=engine(params.data, parts))
@@ -830,23 +865,21 @@ def run(params: Params, validated_path: Path, out_dir: Path) -> Manifest:
         )
         fits = run_parts(fit_part, shared=Job(params, plan), what="shard: fit")
         fitted = _fit(fits, params)
-        scratch = tmp / ".pieces"
+        scratch = out.staging / ".pieces"
         job = Job(params, plan, fitted, scratch)
         written = run_parts(write_part, shared=job, what="shard: write")
-        splits, checked, labels = _reduce(tmp, written, fits, fitted, params, data)
-        shutil.rmtree(scratch)
-        del written
-        cut = plan.cutoffs or (None, None)
-        # A column split is an entity split: no entity may appear on two sides.
-        method = "time" if plan.info["method"] == "time" else "entity"
-        leakage = check_split_leakage(method, checked, train_end_us=cut[0], val_end_us=cut[1])
+        leakage = merge_leakage([w.leakage for w in written])
         if not leakage.passed:
             raise ShardError(f"leakage between splits, shards not written: {leakage.summary()}")
-        files = io.sha256_tree(tmp)
+        unlabeled = {s: sum(w.unlabeled[s] for w in written) for s in SPLITS}
+        splits = _reduce(out, written, fits, fitted, params, data)
+        shutil.rmtree(scratch)
+        del written
+        files = {name: entry.sha256 for name, entry in sorted(out.files.items())}
         manifest = Manifest(
             schema=params.data.schema,
             features=fitted.spec,
-            targets=_targets(fitted, params, labels),
+            targets=_targets(fitted, params, unlabeled),
             bucket_boundaries=fitted.bounds,
             buckets_derived=fitted.derived,
             window=WindowInfo(**to_jsonable(cfg.window), window_len=cfg.window.window_len),
@@ -869,7 +902,12 @@ def run(params: Params, validated_path: Path, out_dir: Path) -> Manifest:
         body = json.dumps(manifest.body(), sort_keys=True, separators=(",", ":"), allow_nan=False)
         files_and_body = {**files, "manifest.json": hashlib.sha256(body.encode()).hexdigest()}
         manifest = dataclasses.replace(manifest, content_hash=io.combined_hash(files_and_body))
-        io.write_json(tmp / "manifest.json", manifest.to_json())
+        io.write_json(out.staging / "manifest.json", manifest.to_json())
+        if not out.destination.remote:
+            return manifest
+        # A snapshot's local folder keeps the manifest beside its pointer: what people read.
+        out.local_copies["manifest.json"] = (out.staging / "manifest.json").read_bytes()
+        out.publish("manifest.json")
     return manifest
 
 

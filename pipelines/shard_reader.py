@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from seqcore.manifest import load_manifest, part_path
+from seqcore.store import locate
 
 LIST_COLUMNS = ("num", "next_event", "forecast")
 
@@ -39,10 +39,10 @@ def read_bucket(
     shard_dir: str | Path, split: str, bound: int, parts: Iterable[int] | None = None
 ) -> pa.Table:
     """One bucket's rows with their fixed-size list columns, parts in index order."""
-    manifest = load_manifest(shard_dir)
+    manifest, folder = load_manifest(shard_dir), locate(shard_dir)
     entry = manifest.splits[split].buckets[bound]
     wanted = range(len(entry.parts)) if parts is None else sorted(set(parts))
-    tables = [pq.read_table(Path(shard_dir) / part_path(split, bound, k)) for k in wanted]
+    tables = [folder.read_table(part_path(split, bound, k)) for k in wanted]
     return pa.concat_tables(tables) if tables else pa.table({})
 
 
@@ -52,15 +52,14 @@ def read_split(shard_dir: str | Path, split: str, parts: Iterable[int] | None = 
     Adds int32 columns ``bucket`` (the row's padded length L) and ``part`` (its part index).
     A rank of a ``world_size`` job reads ``parts=range(rank, max_workers, world_size)``.
     """
-    manifest = load_manifest(shard_dir)
+    manifest, folder = load_manifest(shard_dir), locate(shard_dir)
     wanted = None if parts is None else sorted(set(parts))
     tables = []
     for bound, entry in manifest.splits[split].buckets.items():
         for k in range(len(entry.parts)) if wanted is None else wanted:
             if k >= len(entry.parts):
                 continue
-            table = pq.read_table(Path(shard_dir) / part_path(split, bound, k))
-            table = _as_variable_lists(table)
+            table = _as_variable_lists(folder.read_table(part_path(split, bound, k)))
             n = len(table)
             table = table.append_column("bucket", pa.array(np.full(n, bound, np.int32)))
             tables.append(table.append_column("part", pa.array(np.full(n, k, np.int32))))
@@ -76,13 +75,11 @@ def read_index(shard_dir: str | Path, split: str) -> dict[str, np.ndarray]:
     Reads those columns only, so a driver can plan batches and count labels without loading
     the sequences.
     """
-    manifest = load_manifest(shard_dir)
+    manifest, folder = load_manifest(shard_dir), locate(shard_dir)
     columns: dict[str, list[np.ndarray]] = {"bucket": [], "length": [], "label": [], "part": []}
     for bound, entry in manifest.splits[split].buckets.items():
         for k in range(len(entry.parts)):
-            table = pq.read_table(
-                Path(shard_dir) / part_path(split, bound, k), columns=["length", "label"]
-            )
+            table = folder.read_table(part_path(split, bound, k), columns=["length", "label"])
             columns["bucket"].append(np.full(table.num_rows, bound, np.int64))
             columns["part"].append(np.full(table.num_rows, k, np.int64))
             for name in ("length", "label"):

@@ -23,13 +23,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipelines import metrics as M
 from pipelines.params.gate import LOWER_IS_BETTER, PRIMARY_METRICS, EvaluateConfig
 from pipelines.predict import SplitPredictions, predict_split
 from seqcore.io import jsonable
 from seqcore.manifest import Manifest, load_manifest, part_path
+from seqcore.store import locate
 from seqmodels import SequenceModel
 
 SPECIAL_IDS = ("<PAD>", "<OOV>")  # vocabulary ids 0 and 1; category i of the vocab has id i + 2
@@ -60,11 +60,13 @@ def last_event_values(
         )
     names = {c: np.array([*SPECIAL_IDS, *manifest.vocab(c)], dtype=object) for c in columns}
     parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+    folder = locate(shard_dir)
     # read_split's order: buckets, then parts
     for bound, bucket in manifest.splits[split].buckets.items():
         for k in range(len(bucket.parts)):
-            path = Path(shard_dir) / part_path(split, bound, k)
-            table = pq.read_table(path, columns=["length", *(f"cat__{c}" for c in columns)])
+            table = folder.read_table(
+                part_path(split, bound, k), columns=["length", *(f"cat__{c}" for c in columns)]
+            )
             last = table.column("length").to_numpy().astype(np.int64) - 1
             for c in columns:
                 flat = pc.list_flatten(table.column(f"cat__{c}")).to_numpy()

@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipelines.config import Params
+from pipelines.fanout import list_parts
 from pipelines.params.train import (
     AUTO_MAX_TOKENS,
     attention_gib,
@@ -54,6 +54,7 @@ from seqcore.loading import tracking_uri
 from seqcore.manifest import Manifest, load_manifest
 from seqcore.progress import EpochProgress, ray_log_dir, verbose
 from seqcore.ray_connect import ClusterUnreachable, connect
+from seqcore.store import locate
 from seqmodels import ModelConfig
 
 log = logging.getLogger("seqops.train")
@@ -233,10 +234,10 @@ def init_ray(params: Params) -> dict[str, float]:
 
 def _first_rows(events: Path, columns: list[str], n: int) -> pa.Table:
     """The first ``n`` rows of an events file or folder of parts, reading no more than that."""
-    paths = [events] if events.is_file() else sorted(events.glob("part-*.parquet"))
+    parts = list_parts(events) if events.is_file() or events.is_dir() else []
     tables, rows = [], 0
-    for path in paths:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=n, columns=columns):
+    for part in parts:
+        for batch in part.file().iter_batches(batch_size=n, columns=columns):
             tables.append(pa.Table.from_batches([batch]))
             rows += batch.num_rows
             if rows >= n:
@@ -400,7 +401,7 @@ def loop_config(
     """What ``train_loop_per_worker`` reads: everything a worker needs, JSON-safe."""
     t = params.train
     return {
-        "shards": str(shards.resolve()),
+        "shards": locate(shards).uri,  # a worker on any node reads a snapshot's URL
         "model": config.to_dict(),
         "seed": params.seed,
         "epochs": t.epochs,
@@ -546,7 +547,7 @@ def _log_dataset(run_id: str, shards: Path, manifest: Manifest) -> None:
     from mlflow.data.meta_dataset import MetaDataset
 
     dataset = MetaDataset(  # type: ignore[abstract]
-        source=resolve_dataset_source(str(shards.resolve())),
+        source=resolve_dataset_source(locate(shards).show()),
         name="shards",
         digest=manifest.content_hash[:32],
     )

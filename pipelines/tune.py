@@ -61,6 +61,7 @@ from seqcore.config import ConfigError
 from seqcore.io import atomic_file, write_json
 from seqcore.loading import tracking_uri
 from seqcore.progress import verbose
+from seqcore.store import locate
 from seqmodels import ModelConfig
 
 log = logging.getLogger("seqops.tune")
@@ -382,7 +383,7 @@ def run(
         trainable = tune.with_parameters(
             _trial,
             params=params,
-            shards=str(shards.resolve()),
+            shards=locate(shards).uri,
             uri=uri,
             experiment_id=experiment_id,
             parent_id=parent_id,

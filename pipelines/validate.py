@@ -60,9 +60,10 @@ from data_checks.watermark import BLOCK, IGNORED, late_arrivals
 from pipelines.config import Params
 from pipelines.fanout import Part, PartFailed, list_parts, map_parts
 from pipelines.stage import stage_main
-from seqcore.io import staged_dir, write_json, write_parquet_chunks
+from seqcore.io import write_json, write_parquet_chunks
 from seqcore.ray_connect import ClusterUnreachable
 from seqcore.schema import ARRIVAL, SchemaConfig
+from seqcore.store import Destination, FileEntry, check_store, output_dir
 
 log = logging.getLogger("seqops.validate")
 MEMORY_FACTOR = 4.5
@@ -80,7 +81,7 @@ class PartJob:
     now: datetime
     arrival_known: bool
     facts: PartFacts
-    out_dir: Path
+    out: Destination
     quarantine_dir: Path
     sample_ids: np.ndarray | None
     """Row numbers, over all parts, of the GX sample (None: every row)."""
@@ -90,6 +91,8 @@ class PartJob:
 class PartOutcome:
     report: ValidationReport
     sample: pa.Table
+    written: FileEntry | None
+    """The clean part's entry, when it went to a snapshot (``seqcore.store``)."""
 
 
 def run(
@@ -102,8 +105,10 @@ def run(
 ) -> ValidationReport:
     """Validate the events, part by part, and write every output; returns the report."""
     started = time.perf_counter()
+    if params.data.store is not None:
+        check_store(params.data.store)
     parts = list_parts(events_dir)
-    columns = pq.read_schema(parts[0].path)
+    columns = parts[0].schema()
     total = sum(p.rows for p in parts)
     config, schema = params.validate, params.data.schema
     now = params.validate.now or datetime.now(UTC)
@@ -115,7 +120,7 @@ def run(
     enabled = {c for c, check in config.checks.items() if check.enabled}
     with (
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="gx-import") as pool,
-        staged_dir(out_dir) as out,
+        output_dir(out_dir, params.data.store) as out,
         tempfile.TemporaryDirectory(
             prefix=".validate-scratch-", dir=_parent(quarantine_path)
         ) as scratch,
@@ -128,7 +133,7 @@ def run(
         if enabled & GX_CHECKS:
             pool.submit(gx_suite.import_gx)
         job = PartJob(
-            schema, config, now, arrival_known(params), facts, out.path,
+            schema, config, now, arrival_known(params), facts, out.destination,
             Path(scratch), gx_suite.sample_rows(total, config.gx_sample_rows),
         )  # fmt: skip
         outcomes = map_parts(
@@ -140,6 +145,8 @@ def run(
             [p.name for p in parts], config.sample_offenders, job.arrival_known,
         )  # fmt: skip
         sample = pa.concat_tables([o.sample for o in outcomes])
+        for part, outcome in zip(parts, outcomes, strict=True):
+            out.add(part.name, outcome.written)
         del outcomes
         report = finish_report(merged, columns, schema, config, sample, total)
         report = replace(
@@ -164,7 +171,7 @@ def run(
 def validate_part(part: Part, job: PartJob) -> PartOutcome:
     """The contract on one part: writes its clean and quarantined rows, returns its report
     and its rows of the GX sample. Runs as a Ray task (``pipelines.fanout``)."""
-    table = pq.read_table(part.path)
+    table = part.read()
     report, split = check_contract(
         table, job.schema, job.config, job.now, job.arrival_known, facts=job.facts
     )
@@ -172,15 +179,17 @@ def validate_part(part: Part, job: PartJob) -> PartOutcome:
         write_parquet_chunks(
             split.quarantine_chunks(), split.quarantine_schema, job.quarantine_dir / part.name
         )
+    written = None
     if not report.failed():
-        write_parquet_chunks(split.clean_chunks(), table.schema, job.out_dir / part.name)
+        write_parquet_chunks(split.clean_chunks(), table.schema, job.out.local(part.name))
+        written = job.out.publish(part.name, digest=False)
     if job.sample_ids is None:
         sample = table
     else:
         ids = job.sample_ids
         local = ids[(ids >= part.offset) & (ids < part.offset + part.rows)] - part.offset
         sample = table.take(pa.array(local))
-    return PartOutcome(report, sample)
+    return PartOutcome(report, sample, written)
 
 
 def whole_table_facts(
@@ -242,7 +251,7 @@ def part_facts(part: Part, job: FactsJob) -> dict[str, dict[str, Any]] | None:
     rows' arrival and time (``IGNORED`` where the whole-table watermark does not look: null
     key or time, a time the future or floor check flags) saved to ``job.scratch``."""
     schema = job.schema
-    reader = pq.ParquetFile(part.path, read_dictionary=job.domained)
+    reader = part.file(read_dictionary=job.domained)
     names = set(reader.schema_arrow.names)
     wanted = [*job.domained]
     if job.need_late:

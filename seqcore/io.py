@@ -235,21 +235,3 @@ def combined_hash(hashes: dict[str, str]) -> str:
     for name in sorted(hashes):
         digest.update(f"{name}\0{hashes[name]}\n".encode())
     return digest.hexdigest()
-
-
-def read_events(path: str | Path, columns: list[str] | None = None) -> pa.Table:
-    """Read an events output (a directory of part-*.parquet, or one file) in arrival order.
-
-    Parts are read in name order and each part keeps its rows in arrival order, so the
-    result is the arrival order the ingest stage recorded.
-    """
-    path = Path(path)
-    if path.is_dir():
-        parts = sorted(path.glob("part-*.parquet"))
-        if not parts:
-            raise FileNotFoundError(f"{path}: no part-*.parquet files (run the ingest stage first)")
-        tables = [pq.read_table(p, columns=columns) for p in parts]
-        return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: not found (run the ingest stage first)")
-    return pq.read_table(path, columns=columns)

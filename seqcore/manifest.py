@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from seqcore.config import to_jsonable
 from seqcore.features import FeatureSpec
 from seqcore.schema import SchemaConfig
+from seqcore.store import POINTER, is_url, locate
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -480,17 +481,21 @@ class Manifest:
 
     @classmethod
     def read(cls, path: str | Path) -> Manifest:
-        """Read a ``manifest.json`` file (or the one inside a shard folder)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / MANIFEST_FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: not found (run the shard stage first)")
+        """Read a ``manifest.json`` file, or the one inside a shard folder (local, or a
+        snapshot on an object store: ``seqcore.store.locate``)."""
+        if is_url(str(path)) or (Path(path) / POINTER).is_file():
+            folder = locate(path)
+            where, read = folder.show(MANIFEST_FILE), lambda: folder.read_bytes(MANIFEST_FILE)
+        else:
+            file = Path(path) / MANIFEST_FILE if Path(path).is_dir() else Path(path)
+            where, read = str(file), file.read_bytes
         try:
-            raw = json.loads(path.read_text())
+            raw = json.loads(read())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{where}: not found (run the shard stage first)") from None
         except json.JSONDecodeError as exc:
-            raise ManifestError(f"{path}: not valid JSON: {exc}") from None
-        return cls.from_json(raw, str(path))
+            raise ManifestError(f"{where}: not valid JSON: {exc}") from None
+        return cls.from_json(raw, where)
 
 
 def load_manifest(shard_dir: str | Path) -> Manifest:

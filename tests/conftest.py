@@ -68,3 +68,41 @@ def tiny_pipeline(tmp_path_factory) -> dict[str, Path]:
         "validated": root / "validated",
         "shards": root / "shards",
     }
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A local S3-compatible server (moto's server mode, in a thread): ``host:port``."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_credentials(monkeypatch):
+    """Credentials the local server accepts, as a user would export them."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+@pytest.fixture
+def s3_bucket(s3_server, s3_credentials, request):
+    """A new bucket on the local server; its URL as ``data.store`` takes it."""
+    import re
+
+    import pyarrow.fs as pafs
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:50].strip("-")
+    store = pafs.S3FileSystem(
+        endpoint_override=s3_server, scheme="http", region="us-east-1", allow_bucket_creation=True
+    )
+    store.create_dir(name)
+    return f"s3://{name}/seqops?endpoint_override={s3_server}&scheme=http&region=us-east-1"

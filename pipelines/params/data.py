@@ -72,6 +72,26 @@ class GenerateConfig:
         parse_time("data.generate.start", self.start)
 
 
+STORE_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "viewfs", "file")
+"""URL schemes pyarrow's filesystems open (``pyarrow.fs.FileSystem.from_uri``)."""
+
+
+def check_store_url(url: object) -> None:
+    """``data.store`` is a local path or a URL pyarrow opens; reaching it is checked when a
+    stage starts (``seqcore.store.check_store``)."""
+    if not isinstance(url, str) or not url.strip():
+        raise fail("data.store", url, "expected an object-store URL or a local folder (or null)")
+    scheme = url.split("://", 1)[0] if "://" in url else None
+    if scheme is not None and scheme not in STORE_SCHEMES:
+        raise fail(
+            "data.store",
+            url,
+            f"unknown scheme {scheme}://; expected one of "
+            + ", ".join(f"{s}://" for s in STORE_SCHEMES)
+            + " or a local folder",
+        )
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where events come from and how their columns map onto roles."""
@@ -99,6 +119,13 @@ class DataConfig:
     """Most parts processed at once (null: one per CPU of the Ray cluster)."""
     task_retries: int = 2
     """Times a failed part task is retried before the stage fails naming the part."""
+    store: str | None = None
+    """Where the events, validated events and shards are written: null = the local folders
+    (data/events, ...); or an object-store root (``s3://bucket/prefix``, pyarrow's options as
+    a query such as ``?endpoint_override=host:port&scheme=http``; credentials from the
+    environment) or a shared mount. Each run writes a new snapshot under it and the local
+    folder keeps a ``_STORE.json`` pointer that DVC versions (README, "Data on an object
+    store")."""
     schema: SchemaConfig = field(default_factory=SchemaConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
 
@@ -117,6 +144,8 @@ class DataConfig:
             raise fail("data.workers", self.workers, "must be an integer >= 1 (or null)")
         if self.task_retries < 0:
             raise fail("data.task_retries", self.task_retries, "must be >= 0")
+        if self.store is not None:
+            check_store_url(self.store)
         if self.part_size_mb is not None and (
             isinstance(self.part_size_mb, bool)
             or not isinstance(self.part_size_mb, int | float)

@@ -12,7 +12,7 @@ import pytest
 from pipelines.fanout import Part, PartFailed, list_parts, map_parts
 from pipelines.ingest import write_events
 from pipelines.params.data import DataConfig
-from seqcore.io import read_events
+from seqcore.store import read_events
 from tests.unit.test_validate_parts import comparable, faulty_events, run_stage, stage_params
 
 pytestmark = pytest.mark.integration
@@ -42,7 +42,7 @@ def parts(tmp_path_factory) -> list[Part]:
 
 
 def test_validate_on_ray_equals_validate_in_process(ray_cluster, parts, tmp_path):
-    events = parts[0].path.parent
+    events = Path(parts[0].folder.root)
     local, local_out, _ = run_stage(stage_params("quarantine"), events, tmp_path / "local")
     on_ray, ray_out, _ = run_stage(stage_params("quarantine", "ray"), events, tmp_path / "ray")
     assert comparable(on_ray.to_json()) == comparable(local.to_json())

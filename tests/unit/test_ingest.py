@@ -15,8 +15,8 @@ from pipelines.config import Params
 from pipelines.ingest import IngestError, run
 from pipelines.params.data import DataConfig, GenerateConfig
 from seqcore.config import ConfigError
-from seqcore.io import read_events
 from seqcore.schema import ARRIVAL
+from seqcore.store import read_events
 
 
 def _params(default_params: Params, **data_changes) -> Params:

@@ -20,8 +20,8 @@ from pipelines.config import Params
 from pipelines.generate import generate_events
 from pipelines.ingest import IngestError, run
 from pipelines.params.data import GenerateConfig
-from seqcore.io import read_events
 from seqcore.schema import ARRIVAL
+from seqcore.store import read_events
 
 
 def _file_params(default_params: Params, path, **schema_changes) -> Params:
@@ -265,25 +265,11 @@ def test_part_size_in_mb_sets_the_rows_per_part(default_params, tmp_path):
         dataclasses.replace(params.data, part_size_mb=0)
 
 
-@pytest.fixture(scope="module")
-def s3_server():
-    """A local S3-compatible server (moto's server mode, in a thread) for this module."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"{host}:{port}"
-    server.stop()
-
-
 def test_a_hive_folder_on_an_object_store_reads_as_the_same_files_on_disk(
-    default_params, tmp_path, monkeypatch, s3_server
+    default_params, tmp_path, monkeypatch, s3_server, s3_credentials
 ):
     import pyarrow.fs as pafs
 
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     _small_batches(monkeypatch, rows=200)
     table = _events()
     day = np.where(np.arange(table.num_rows) % 3 == 0, "2025-01-01", "2025-01-02")

@@ -26,7 +26,7 @@ from pipelines.config import Params, params_from_dict
 from pipelines.generate import generate_events
 from pipelines.ingest import write_events
 from pipelines.params.data import GenerateConfig
-from seqcore.io import read_events
+from seqcore.store import read_events
 from tests.unit.test_contract import NOW, SCHEMA
 
 ROW_FAULTS = (
