@@ -11,6 +11,7 @@ import textwrap
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
@@ -196,6 +197,7 @@ def test_an_empty_source_writes_one_empty_part(default_params, tmp_path):
 MEMORY_SCRIPT = """
 import json, sys
 import pyarrow as pa
+import pyarrow.compute as pc
 from pipelines import ingest
 from pipelines.config import load_params
 import dataclasses
@@ -303,3 +305,39 @@ def test_a_malformed_csv_line_past_the_first_block_fails_naming_the_file(default
     with pytest.raises(IngestError, match=r"data\.path: .*events\.csv is not a readable csv"):
         run(_file_params(default_params, src), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["int", "timestamp", "iso string", "unsorted"])
+def test_a_source_already_in_arrival_order_is_ranked_streaming(
+    default_params, tmp_path, monkeypatch, kind
+):
+    """A log written as events came in needs no whole-column sort: its ranks are its row
+    numbers, found one batch at a time, and the parts are those the full ranking writes."""
+    table = _events()
+    rng = np.random.default_rng(5)
+    ticks = np.sort(rng.integers(0, 400, table.num_rows))  # ties: file order decides
+    if kind == "unsorted":
+        ticks[[10, 500]] = ticks[[500, 10]]
+    moment = pa.array(ticks * 1_000_000, pa.timestamp("us", tz="UTC"))
+    column = {
+        "int": pa.array(ticks),
+        "timestamp": moment,
+        "iso string": pc.strftime(moment, "%Y-%m-%dT%H:%M:%SZ"),
+        "unsorted": pa.array(ticks),
+    }[kind]
+    table = table.set_column(table.schema.get_field_index("offset"), "offset", column)
+    pq.write_table(table, tmp_path / "events.parquet", row_group_size=300)
+    params = _file_params(default_params, tmp_path / "events.parquet", arrival="offset")
+    _small_batches(monkeypatch)
+    streamed = []
+    real = ingest.in_arrival_order
+    monkeypatch.setattr(
+        ingest, "in_arrival_order", lambda *a: streamed.append(real(*a)) or streamed[-1]
+    )
+    fast = run(params, tmp_path / "fast")
+    assert streamed == [kind != "unsorted"]
+    monkeypatch.setattr(ingest, "in_arrival_order", lambda *a: False)
+    ranked = run(params, tmp_path / "ranked")
+    assert fast == ranked
+    for a, b in zip(_parts(tmp_path / "fast"), _parts(tmp_path / "ranked"), strict=True):
+        assert a.equals(b)
