@@ -142,16 +142,38 @@ class TokenBudgetBatchSampler:
         else:
             target = max(counts)
             per_rank = [
-                self._order(self._split_to(b, target, r) if len(b) < target else b, r)
+                self._split_to(b, target, r) if len(b) < target else b
                 for r, b in enumerate(per_rank)
             ]
-        return per_rank
+        return self._aligned(per_rank)
 
     def _order(self, batches: list[np.ndarray], rank: int) -> list[np.ndarray]:
         if not self.shuffle:
             return batches
         order = np.random.default_rng([self.seed, self.epoch, rank + 1]).permutation(len(batches))
         return [batches[i] for i in order]
+
+    def _width(self, batch: np.ndarray) -> int:
+        """The padded width a batch runs at (its longest true length, once trimmed)."""
+        if self.lengths is not None and len(batch):
+            return int(self.lengths[batch].max())
+        return int(self.padded_lengths[batch[0]]) if len(batch) else 0
+
+    def _aligned(self, per_rank: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+        """Every rank's batches in one shared random order of their width ranks: at each
+        step the ranks run batches of about the same width. A DDP step lasts as long as its
+        slowest rank, and a recurrent model's step costs about its width whatever the batch,
+        so ranks shuffled independently would pair a wide batch with a narrow one and idle
+        the narrow one's rank most of the step."""
+        if not self.shuffle:
+            return per_rank
+        steps = len(per_rank[0])
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(steps)
+        aligned = []
+        for batches in per_rank:
+            by_width = np.argsort([self._width(b) for b in batches], kind="stable")
+            aligned.append([batches[by_width[i]] for i in order])
+        return aligned
 
     def _batches(self) -> list[np.ndarray]:
         if self._plan is None or self._plan[0] != self.epoch:
@@ -168,6 +190,81 @@ class TokenBudgetBatchSampler:
         return len(self._batches())
 
 
+# --------------------------------------------------------------------------- owners
+
+BY_PART = -1
+"""In a ``bucket_plan``: the bucket's examples belong to ranks by shard part file."""
+
+
+def _plan(
+    batches: Mapping[int, int], shares: Mapping[int, list[int]], world_size: int
+) -> tuple[dict[int, int], list[int]]:
+    """``bucket_plan`` from each bucket's batch count and, for a bucket dealt by part, the
+    batches each rank's share makes; also every rank's batch count."""
+    load = [0] * world_size
+    plan: dict[int, int] = {}
+    small = []
+    for bound, n in batches.items():
+        if n >= world_size:  # enough batches for every rank: each draws whole ones of its parts
+            plan[bound] = BY_PART
+            load = [a + b for a, b in zip(load, shares[bound], strict=True)]
+        else:
+            small.append(bound)
+    if not [b for b in plan] and len(small) < world_size:  # too few buckets to go round
+        for bound in small:
+            plan[bound] = BY_PART
+            load = [a + b for a, b in zip(load, shares[bound], strict=True)]
+        return plan, load
+    # Widest first, each to the rank with the fewest batches: buckets of neighbouring widths
+    # go to different ranks, so that ranks hold batches of about the same widths.
+    for bound in sorted(small, reverse=True):
+        rank = min(range(world_size), key=lambda r: (load[r], r))
+        plan[bound] = rank
+        load[rank] += batches[bound]
+    return plan, load
+
+
+def bucket_plan(
+    padded_lengths: np.ndarray, parts: np.ndarray, max_tokens: int, world_size: int
+) -> dict[int, int]:
+    """Which rank draws each bucket's examples: bucket bound -> rank, or ``BY_PART``.
+
+    A bucket of at least ``world_size`` batches is shared by part file (``part %
+    world_size``, each rank's share a run of whole batches); a smaller one goes whole to one
+    rank, widest first to the rank with the fewest batches so far. The same in every process
+    (it depends on the examples only).
+
+    Dealing every bucket's examples to all ranks instead splits a bucket that fills one
+    batch into a half-size batch per rank: each rank then runs as many steps as one worker
+    would, on half the examples, and a second worker adds no throughput where a step's cost
+    hardly grows with its batch (a recurrent model steps through time whatever the batch).
+    With fewer buckets than ranks every bucket is shared by part, so that no rank is idle."""
+    padded = np.asarray(padded_lengths, dtype=np.int64)
+    rank_of = np.asarray(parts, dtype=np.int64) % world_size
+    batches, shares = {}, {}
+    for bound in np.unique(padded).tolist():
+        size = max(1, max_tokens // bound)
+        members = padded == bound
+        batches[bound] = math.ceil(int(members.sum()) / size)
+        counts = np.bincount(rank_of[members], minlength=world_size)
+        shares[bound] = [math.ceil(int(c) / size) for c in counts]
+    return _plan(batches, shares, world_size)[0]
+
+
+def example_owners(
+    padded_lengths: np.ndarray, parts: np.ndarray, plan: Mapping[int, int], world_size: int
+) -> np.ndarray:
+    """Every example's rank under ``plan`` (``TokenBudgetBatchSampler``'s ``owner``); -1 for
+    an example of a bucket the plan does not name (one with no example it was made from)."""
+    padded = np.asarray(padded_lengths, dtype=np.int64)
+    by_part = np.asarray(parts, dtype=np.int64) % world_size
+    owner = np.full(padded.shape, -1, dtype=np.int64)
+    for bound, rank in plan.items():
+        members = padded == bound
+        owner[members] = by_part[members] if rank == BY_PART else rank
+    return owner
+
+
 # --------------------------------------------------------------------------- the budget
 
 
@@ -176,15 +273,18 @@ def steps_per_epoch(
 ) -> int:
     """Batches one rank draws in an epoch from buckets holding these many examples.
 
-    ``bucket_examples``: padded length (bucket bound) -> examples. Each bucket's examples are
-    counted as dealt evenly to the ranks; the sampler's own count can be a little higher
-    (ranks that own fewer examples split batches to keep step with the others).
+    ``bucket_examples``: padded length (bucket bound) -> examples. As ``bucket_plan`` deals
+    them, a bucket shared by part counted as dealt evenly; the most any rank draws. The
+    sampler's own count can differ a little (the parts' actual shares; ranks with fewer
+    batches split some to keep step with the others).
     """
-    return sum(
-        math.ceil(math.ceil(n / world_size) / max(1, max_tokens // int(bound)))
-        for bound, n in bucket_examples.items()
-        if n > 0
-    )
+    full = {int(b): int(n) for b, n in bucket_examples.items() if n > 0}
+    batches = {b: math.ceil(n / max(1, max_tokens // b)) for b, n in full.items()}
+    shares = {
+        b: [math.ceil(math.ceil(n / world_size) / max(1, max_tokens // b))] * world_size
+        for b, n in full.items()
+    }
+    return max(_plan(batches, shares, world_size)[1], default=0)
 
 
 def auto_max_tokens(

@@ -10,7 +10,7 @@ a Python loop per row.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -46,17 +46,27 @@ def read_bucket(
     return pa.concat_tables(tables) if tables else pa.table({})
 
 
-def read_split(shard_dir: str | Path, split: str, parts: Iterable[int] | None = None) -> pa.Table:
-    """All rows of a split (buckets ascending, then parts), optionally only some part indices.
+def read_split(
+    shard_dir: str | Path,
+    split: str,
+    parts: Iterable[int] | None = None,
+    files: Mapping[int, Iterable[int]] | None = None,
+) -> pa.Table:
+    """All rows of a split (buckets ascending, then parts), optionally only some part indices
+    (``parts``), or only some files (``files``: bucket bound -> part indices).
 
     Adds int32 columns ``bucket`` (the row's padded length L) and ``part`` (its part index).
-    A rank of a ``world_size`` job reads ``parts=range(rank, max_workers, world_size)``.
+    A training rank reads the files it owns (``pipelines.sampler.bucket_plan``).
     """
     manifest, folder = load_manifest(shard_dir), locate(shard_dir)
     wanted = None if parts is None else sorted(set(parts))
+    only = None if files is None else {int(b): sorted(set(ks)) for b, ks in files.items()}
     tables = []
     for bound, entry in manifest.splits[split].buckets.items():
-        for k in range(len(entry.parts)) if wanted is None else wanted:
+        if only is not None and bound not in only:
+            continue
+        chosen = wanted if only is None else only[bound]
+        for k in range(len(entry.parts)) if chosen is None else chosen:
             if k >= len(entry.parts):
                 continue
             table = _as_variable_lists(folder.read_table(part_path(split, bound, k)))
@@ -64,7 +74,9 @@ def read_split(shard_dir: str | Path, split: str, parts: Iterable[int] | None = 
             table = table.append_column("bucket", pa.array(np.full(n, bound, np.int32)))
             tables.append(table.append_column("part", pa.array(np.full(n, k, np.int32))))
     if not tables:
-        raise ValueError(f"{shard_dir}: split {split!r} has no part files matching parts={wanted}")
+        raise ValueError(
+            f"{shard_dir}: split {split!r} has no part files matching parts={wanted}, files={only}"
+        )
     return pa.concat_tables(tables)
 
 

@@ -43,7 +43,12 @@ from pipelines.params.train import (
     check_attention_memory,
     check_receptive_field,
 )
-from pipelines.sampler import TokenBudgetBatchSampler, auto_max_tokens
+from pipelines.sampler import (
+    TokenBudgetBatchSampler,
+    auto_max_tokens,
+    bucket_plan,
+    example_owners,
+)
 from pipelines.shard_reader import read_index
 from pipelines.stage import stage_main
 from pipelines.tracking import configure, ensure_experiment, flatten, lineage_tags
@@ -158,9 +163,11 @@ def plan(params: Params, manifest: Manifest, shards: Path) -> Plan:
     bounds = {split: i["bucket"][keep[split]] for split, i in index.items()}
     widest = int(max(bounds["train"].max(initial=1), bounds["val"].max(initial=1)))
     budget, rule = _budget(params, bounds["train"], widest)
-    sampler = TokenBudgetBatchSampler(
-        bounds["train"], budget, world_size=world, owner=train["part"][keep["train"]] % world,
-    )  # fmt: skip
+    parts = train["part"][keep["train"]]
+    owner = example_owners(
+        bounds["train"], parts, bucket_plan(bounds["train"], parts, budget, world), world
+    )
+    sampler = TokenBudgetBatchSampler(bounds["train"], budget, world_size=world, owner=owner)
     try:
         steps = len(sampler)
     except ValueError as exc:  # a rank owns too few examples to keep step with the others

@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import torch
 import torch.distributed as dist
 
-from pipelines.sampler import TokenBudgetBatchSampler
+from pipelines.sampler import BY_PART, TokenBudgetBatchSampler, bucket_plan, example_owners
 from pipelines.shard_reader import read_index, read_split, to_numpy_batch
 from seqcore.manifest import load_manifest
 from seqmodels import ModelConfig, SequenceModel, build_model
@@ -52,22 +53,34 @@ class ShardData:
     """
 
     def __init__(
-        self, shard_dir: str, split: str, rank: int, world_size: int, labelled_only: bool = False
+        self,
+        shard_dir: str,
+        split: str,
+        rank: int,
+        world_size: int,
+        labelled_only: bool = False,
+        max_tokens: int = 1,
     ) -> None:
         index = read_index(shard_dir, split)
-        owner = index["part"] % world_size
+        keep = index["label"] >= 0 if labelled_only else np.ones(len(index["label"]), bool)
+        plan = bucket_plan(index["bucket"][keep], index["part"][keep], max_tokens, world_size)
+        owner = example_owners(index["bucket"], index["part"], plan, world_size)
         # Row of every example in this rank's table (read_split reads in the same order).
         row = np.cumsum(owner == rank) - 1
-        keep = index["label"] >= 0 if labelled_only else np.ones(len(owner), bool)
         self.unlabeled = int((~keep).sum())  # left out, over all ranks
         self.padded = index["bucket"][keep]
         self.lengths = index["length"][keep]
         self.owner = owner[keep]
         self.local_of_global = row[keep]
         self.mine = np.flatnonzero(self.owner == rank)
-        manifest = load_manifest(shard_dir)
-        own_parts = [k for k in range(manifest.max_workers) if k % world_size == rank]
-        self.table = read_split(shard_dir, split, parts=own_parts)
+        # Every file of a bucket this rank owns whole, its parts' files of a shared one.
+        parts = max(1, load_manifest(shard_dir).max_workers)
+        files = {
+            b: range(parts) if rank_ == rank else [k for k in range(parts) if k % world_size == rank]
+            for b, rank_ in plan.items() if rank_ in (rank, BY_PART)
+        }  # fmt: skip
+        # A rank may own nothing of a split (no labelled val example): it never draws a batch.
+        self.table = read_split(shard_dir, split, files=files) if files else pa.table({})
 
     def batch(
         self, indices: list[int] | np.ndarray, device: torch.device
@@ -213,8 +226,9 @@ def fit(
 
     config = ModelConfig.from_dict(cfg["model"])
     labelled_only = config.task == "classify"
-    train = ShardData(cfg["shards"], "train", rank, world, labelled_only)
-    val = ShardData(cfg["shards"], "val", rank, world, labelled_only)
+    tokens = int(cfg["max_tokens"])
+    train = ShardData(cfg["shards"], "train", rank, world, labelled_only, tokens)
+    val = ShardData(cfg["shards"], "val", rank, world, labelled_only, tokens)
     core = build_model(config)
     model = prepare_model(core) if world > 1 else core.to(device)
     core = core.to(device)  # prepare_model moved it in place; DDP wraps the same module

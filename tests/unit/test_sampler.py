@@ -135,3 +135,79 @@ def test_auto_budget_keeps_the_target_on_large_data_and_shrinks_on_small():
     # A window longer than the target: every batch still fits the budget.
     assert auto({5000: 200, 3000: 200}) == 8192
     assert auto({12000: 400, 3000: 400}) == 12000
+
+
+def _plan_epoch(bounds, parts, max_tokens, world, epoch=0):
+    from pipelines.sampler import bucket_plan, example_owners
+
+    owner = example_owners(bounds, parts, bucket_plan(bounds, parts, max_tokens, world), world)
+    return owner, _epoch(bounds, world, epoch, max_tokens=max_tokens, owner=owner, seed=3)
+
+
+@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("max_tokens", [64, 512, 4096])
+def test_a_bucket_plan_sees_every_example_once_in_equal_steps(world, max_tokens):
+    bounds = _bounds(700, seed=world)
+    parts = np.arange(700) % 4  # the shard stage deals each bucket round-robin over 4 files
+    owner, per_rank = _plan_epoch(bounds, parts, max_tokens, world)
+    assert len({len(batches) for batches in per_rank}) == 1
+    for rank, batches in enumerate(per_rank):
+        for batch in batches:
+            assert len(set(bounds[batch])) == 1 and (owner[batch] == rank).all()
+    seen = np.sort(np.concatenate([np.concatenate(b) for b in per_rank]))
+    np.testing.assert_array_equal(seen, np.arange(700))
+
+
+def test_ranks_draw_whole_batches_where_a_bucket_fills_one():
+    """Buckets that each fill one batch: two ranks draw the same full batches one rank
+    would, each half of them, instead of every batch halved (the same steps as one rank)."""
+    rng = np.random.default_rng(0)
+    bounds = np.repeat(np.arange(8, 8 * 33, 8), 20)[rng.permutation(640)]  # 32 buckets of 20
+    parts = np.arange(640) % 2
+    _, [one] = _plan_epoch(bounds, parts, 10_000, 1)
+    _, two = _plan_epoch(bounds, parts, 10_000, 2)
+    assert len(one) == 32 and [len(b) for b in two] == [16, 16]
+    assert sorted(len(b) for r in two for b in r) == sorted(len(b) for b in one) == [20] * 32
+
+
+def test_fewer_buckets_than_ranks_are_shared_by_part():
+    from pipelines.sampler import BY_PART, bucket_plan
+
+    bounds = np.full(10, 64)
+    parts = np.arange(10) % 2
+    assert bucket_plan(bounds, parts, 10_000, 2) == {64: BY_PART}
+    _, per_rank = _plan_epoch(bounds, parts, 10_000, 2)
+    assert [len(b) for b in per_rank] == [1, 1]  # nobody idle, each example once
+
+
+def test_steps_per_epoch_follows_the_bucket_plan():
+    from pipelines.sampler import steps_per_epoch
+
+    rng = np.random.default_rng(4)
+    for world in (1, 2, 3):
+        bounds = rng.choice([16, 32, 64, 128, 256], 900, p=[0.5, 0.2, 0.15, 0.1, 0.05])
+        parts = rng.integers(0, 6, 900)
+        owner, per_rank = _plan_epoch(bounds, parts, 2048, world)
+        counts = dict(zip(*np.unique(bounds, return_counts=True), strict=True))
+        assert abs(steps_per_epoch(counts, 2048, world) - len(per_rank[0])) <= world
+
+
+def test_ranks_run_batches_of_about_the_same_width_at_each_step():
+    """A DDP step lasts as long as its widest batch: the ranks' batches are put in one shared
+    order of width, still shuffled from step to step."""
+    rng = np.random.default_rng(2)
+    lengths = np.clip(rng.lognormal(np.log(30), 1.0, 3000).astype(int), 2, 256)
+    bounds = np.array([8, 16, 32, 64, 128, 256])[
+        np.searchsorted([8, 16, 32, 64, 128, 256], lengths)
+    ]
+    parts = np.arange(3000) % 2
+    from pipelines.sampler import bucket_plan, example_owners
+
+    owner = example_owners(bounds, parts, bucket_plan(bounds, parts, 2048, 2), 2)
+    per_rank = _epoch(bounds, 2, max_tokens=2048, owner=owner, lengths=lengths, seed=5)
+    widths = np.array([[lengths[b].max() for b in batches] for batches in per_rank])
+    assert np.abs(widths[0] - widths[1]).mean() < 0.2 * widths.mean()
+    steps = np.arange(widths.shape[1])
+    assert abs(np.corrcoef(steps, widths[0])[0, 1]) < 0.3  # not run in width order
+    again = _epoch(bounds, 2, epoch=1, max_tokens=2048, owner=owner, lengths=lengths, seed=5)
+    assert again[0] != per_rank[0]

@@ -16,11 +16,12 @@ from seqcore.manifest import load_manifest
 from tests.conftest import tiny_params
 
 
+@pytest.mark.parametrize("max_tokens", [1, 4096])  # buckets shared by part; small ones whole
 @pytest.mark.parametrize("world", [1, 2])
-def test_ranks_read_disjoint_parts_covering_every_example_once(tiny_pipeline, world):
+def test_ranks_read_disjoint_parts_covering_every_example_once(tiny_pipeline, world, max_tokens):
     seen = []
     for rank in range(world):
-        data = ShardData(str(tiny_pipeline["shards"]), "train", rank, world)
+        data = ShardData(str(tiny_pipeline["shards"]), "train", rank, world, max_tokens=max_tokens)
         assert data.table.num_rows == len(data.mine)
         # Global index -> this rank's table row: lengths agree row by row.
         local = data.local_of_global[data.mine]
@@ -253,13 +254,14 @@ def test_classify_without_a_labelled_training_example_fails_before_training(
     assert plan(_classify(task="forecast"), load_manifest(shards), shards).examples["train"] > 0
 
 
-def test_labelled_only_data_addresses_the_labelled_rows(tiny_pipeline, tmp_path):
+@pytest.mark.parametrize("max_tokens", [1, 4096])
+def test_labelled_only_data_addresses_the_labelled_rows(tiny_pipeline, tmp_path, max_tokens):
     import torch
 
     odd = lambda labels: np.where(np.arange(len(labels)) % 2 == 1, -1, labels)  # noqa: E731
-    shards = _with_labels(tiny_pipeline, tmp_path, odd)
+    shards = _with_labels(tiny_pipeline, tmp_path / str(max_tokens), odd)
     for rank in range(2):
-        data = ShardData(str(shards), "train", rank, 2, labelled_only=True)
+        data = ShardData(str(shards), "train", rank, 2, labelled_only=True, max_tokens=max_tokens)
         assert data.unlabeled > 0
         for bound in np.unique(data.padded[data.mine]):
             rows = data.mine[data.padded[data.mine] == bound]
