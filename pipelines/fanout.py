@@ -189,6 +189,16 @@ def _on_ray(
     from seqcore.ray_connect import connect
 
     connect()
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) > 1 and data.store is None:
+        # Tasks hand files to each other and to the driver (scratch, the output's parts):
+        # on local disks they would land on whichever node ran them.
+        raise PartFailed(
+            f"{what}: the Ray cluster has {len(nodes)} nodes and data.store is not set; the "
+            "data stages need storage every node reaches: set data.store to an object-store "
+            'root (README, "Data on an object store"), or run on one node '
+            "(data.engine: local, or a cluster of one node)"
+        )
     resources = ray.cluster_resources()
     memory = {p.index: TASK_OVERHEAD + int(memory_factor * p.arrow_bytes) for p in parts}
     largest = max(parts, key=lambda p: memory[p.index])

@@ -35,7 +35,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import shutil
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -94,9 +93,11 @@ from seqcore.store import (
     FileEntry,
     Location,
     Output,
+    Scratch,
     check_store,
     content_hash,
     output_dir,
+    scratch_dir,
     snapshot_files,
 )
 
@@ -471,7 +472,7 @@ class Job:
     params: Params
     plan: SplitPlan
     fitted: Fitted | None = None
-    scratch: Path | None = None
+    scratch: Scratch | None = None
 
 
 @dataclass(frozen=True)
@@ -568,8 +569,8 @@ def _fit(fits: list[PartFit], params: Params) -> Fitted:
 class Piece:
     """One part's rows of one shard file, written aside, and what the reduce needs of them."""
 
-    path: Path | None
-    """None when the part has no rows for the file."""
+    name: str | None
+    """Its file in the stage's scratch; None when the part has no rows for the file."""
     rows: int
     real_tokens: int
 
@@ -636,13 +637,13 @@ def write_part(part: Part, job: Job) -> PartWritten:
                 ix = PaddedIndex.build(start[sel], lengths[sel], limit[sel], width)
                 rows, offset = part_table(ix, win.group[sel], ev, fitted.spec, horizon)
                 schemas.setdefault(width, rows.schema)
-                path = None
+                name = None
                 if len(sel):
-                    path = job.scratch / s / str(width) / str(k) / f"{part.stem}.arrow"
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    _write_piece(rows, path)
+                    name = f"{s}/{width}/{k}/{part.stem}.arrow"
+                    _write_piece(rows, job.scratch.path(name))
+                    job.scratch.put(name)
                 at = np.where(offset >= 0, start[sel] + offset, 0)
-                pieces[(s, width, k)] = Piece(path, len(sel), int(lengths[sel].sum()))
+                pieces[(s, width, k)] = Piece(name, len(sel), int(lengths[sel].sum()))
                 entity.append(rows.column("entity").combine_chunks())
                 window_end.append(rows.column("window_end").cast(pa.int64()).to_numpy())
                 target_end.append(np.where(offset >= 0, ev.t[at], NO_TARGET))
@@ -729,10 +730,11 @@ class ShardFile:
     """Its path in the shard folder (``seqcore.manifest.part_path``)."""
     rows: int
     arrow_bytes: int
-    pieces: tuple[Path, ...]
-    """Its pieces' files, in part order."""
+    pieces: tuple[str, ...]
+    """Its pieces' files in ``scratch``, in part order."""
     schema: pa.Schema
     out: Destination
+    scratch: Scratch
 
     @property
     def path(self) -> str:
@@ -742,7 +744,10 @@ class ShardFile:
 def gather_file(unit: ShardFile, _: object) -> FileEntry:
     """Write one shard file from its pieces and publish it (a Ray task); its size and sha256
     for the manifest."""
-    _gather(list(unit.pieces), unit.rows, unit.schema, unit.out.local(unit.name))
+    files = [unit.scratch.get(name) for name in unit.pieces]
+    _gather(files, unit.rows, unit.schema, unit.out.local(unit.name))
+    for name in unit.pieces:
+        unit.scratch.done(name)
     entry = unit.out.publish(unit.name, digest=True)
     assert entry is not None
     return entry
@@ -755,6 +760,7 @@ def _reduce(
     fitted: Fitted,
     params: Params,
     data: DataConfig,
+    scratch: Scratch,
 ) -> dict[str, SplitEntry]:
     """Write every shard file from its pieces (one task per file); the manifest's split
     entries."""
@@ -770,11 +776,11 @@ def _reduce(
             for k in range(cfg.max_workers):
                 pieces = [w.pieces[(s, width, k)] for w in written]
                 rows = sum(p.rows for p in pieces)
-                paths = tuple(p.path for p in pieces if p.path is not None)
+                names = tuple(p.name for p in pieces if p.name is not None)
                 size = min(rows, _group_rows(schema)) * _row_bytes(schema)
                 name = part_path(s, width, k)
                 files.append(
-                    ShardFile(len(files), name, rows, size, paths, schema, out.destination)
+                    ShardFile(len(files), name, rows, size, names, schema, out.destination, scratch)
                 )
                 examples += rows
                 real += sum(p.real_tokens for p in pieces)
@@ -865,16 +871,17 @@ def run(params: Params, validated_path: Path, out_dir: Path) -> Manifest:
         )
         fits = run_parts(fit_part, shared=Job(params, plan), what="shard: fit")
         fitted = _fit(fits, params)
-        scratch = out.staging / ".pieces"
-        job = Job(params, plan, fitted, scratch)
-        written = run_parts(write_part, shared=job, what="shard: write")
-        leakage = merge_leakage([w.leakage for w in written])
-        if not leakage.passed:
-            raise ShardError(f"leakage between splits, shards not written: {leakage.summary()}")
-        unlabeled = {s: sum(w.unlabeled[s] for w in written) for s in SPLITS}
-        splits = _reduce(out, written, fits, fitted, params, data)
-        shutil.rmtree(scratch)
-        del written
+        # The pieces each part writes for each shard file: reached by the gather tasks on
+        # any node (under the store with data.store), removed when the stage ends.
+        with scratch_dir(params.data.store, out.staging, ".pieces-") as scratch:
+            job = Job(params, plan, fitted, scratch)
+            written = run_parts(write_part, shared=job, what="shard: write")
+            leakage = merge_leakage([w.leakage for w in written])
+            if not leakage.passed:
+                raise ShardError(f"leakage between splits, shards not written: {leakage.summary()}")
+            unlabeled = {s: sum(w.unlabeled[s] for w in written) for s in SPLITS}
+            splits = _reduce(out, written, fits, fitted, params, data, scratch)
+            del written
         files = {name: entry.sha256 for name, entry in sorted(out.files.items())}
         manifest = Manifest(
             schema=params.data.schema,

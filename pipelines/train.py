@@ -396,10 +396,14 @@ def log_params(
         client.log_batch(run_id, params=items[i : i + 90])
 
 
-def storage_root(params: Params, root: Path) -> Path:
-    """Where Ray Train (and Tune) keep checkpoints: ``train.storage_path`` or .ray_results."""
+def storage_root(params: Params, root: Path) -> str:
+    """Where Ray Train (and Tune) keep checkpoints: ``train.storage_path`` (a folder, or an
+    object-store URL that every node reaches, as a cluster of several nodes needs) or
+    .ray_results in the repository."""
     t = params.train
-    return Path(t.storage_path) if t.storage_path else (root / ".ray_results").resolve()
+    if not t.storage_path:
+        return str((root / ".ray_results").resolve())
+    return t.storage_path if "://" in t.storage_path else str(Path(t.storage_path).resolve())
 
 
 def loop_config(
@@ -432,7 +436,7 @@ def make_trainer(
     config: dict[str, Any],
     *,
     use_gpu: bool,
-    storage: Path,
+    storage: str,
     name: str,
 ) -> Any:
     """A ``TorchTrainer`` over ``train_loop_per_worker``: gloo on CPUs, NCCL on GPUs, retried

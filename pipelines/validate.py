@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -63,7 +62,14 @@ from pipelines.stage import stage_main
 from seqcore.io import write_json, write_parquet_chunks
 from seqcore.ray_connect import ClusterUnreachable
 from seqcore.schema import ARRIVAL, SchemaConfig
-from seqcore.store import Destination, FileEntry, check_store, output_dir
+from seqcore.store import (
+    Destination,
+    FileEntry,
+    Scratch,
+    check_store,
+    output_dir,
+    scratch_dir,
+)
 
 log = logging.getLogger("seqops.validate")
 MEMORY_FACTOR = 4.5
@@ -82,7 +88,8 @@ class PartJob:
     arrival_known: bool
     facts: PartFacts
     out: Destination
-    quarantine_dir: Path
+    scratch: Scratch
+    """Where each part's quarantined rows go, for the driver to gather."""
     sample_ids: np.ndarray | None
     """Row numbers, over all parts, of the GX sample (None: every row)."""
 
@@ -121,12 +128,10 @@ def run(
     with (
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="gx-import") as pool,
         output_dir(out_dir, params.data.store) as out,
-        tempfile.TemporaryDirectory(
-            prefix=".validate-scratch-", dir=_parent(quarantine_path)
-        ) as scratch,
+        scratch_dir(params.data.store, _parent(quarantine_path), ".validate-scratch-") as scratch,
     ):
         t0 = time.perf_counter()
-        facts = whole_table_facts(params, parts, columns, now, Path(scratch))
+        facts = whole_table_facts(params, parts, columns, now, scratch)
         facts_s = time.perf_counter() - t0
         # Seconds of pure-Python imports: started only now, they overlap the parts'
         # checks (Ray workers, or numpy kernels that release the GIL), not the facts.
@@ -134,7 +139,7 @@ def run(
             pool.submit(gx_suite.import_gx)
         job = PartJob(
             schema, config, now, arrival_known(params), facts, out.destination,
-            Path(scratch), gx_suite.sample_rows(total, config.gx_sample_rows),
+            scratch, gx_suite.sample_rows(total, config.gx_sample_rows),
         )  # fmt: skip
         outcomes = map_parts(
             validate_part, parts, job, params.data, what="validate",
@@ -156,7 +161,7 @@ def run(
         )
         write_json(report_path, report.to_json())
         write_docs(report, docs_dir)
-        _gather_quarantine(Path(scratch), parts, columns, quarantine_path)
+        _gather_quarantine(scratch, parts, columns, quarantine_path)
         out.keep = not report.failed()
     if report.failed():
         log.error("validation failed: %s", ", ".join(r.name for r in report.failed()))
@@ -176,9 +181,11 @@ def validate_part(part: Part, job: PartJob) -> PartOutcome:
         table, job.schema, job.config, job.now, job.arrival_known, facts=job.facts
     )
     if split.quarantine_count:
+        name = f"quarantine/{part.name}"
         write_parquet_chunks(
-            split.quarantine_chunks(), split.quarantine_schema, job.quarantine_dir / part.name
+            split.quarantine_chunks(), split.quarantine_schema, job.scratch.path(name)
         )
+        job.scratch.put(name)
     written = None
     if not report.failed():
         write_parquet_chunks(split.clean_chunks(), table.schema, job.out.local(part.name))
@@ -193,7 +200,7 @@ def validate_part(part: Part, job: PartJob) -> PartOutcome:
 
 
 def whole_table_facts(
-    params: Params, parts: list[Part], columns: pa.Schema, now: datetime, scratch: Path
+    params: Params, parts: list[Part], columns: pa.Schema, now: datetime, scratch: Scratch
 ) -> PartFacts:
     """The verdicts no part can reach alone (``PartFacts``): the global watermark
     (late_events) and each domain column's unseen fraction (categorical_domain).
@@ -243,7 +250,7 @@ class FactsJob:
     time_ok: bool
     need_late: bool
     domained: list[str]
-    scratch: Path
+    scratch: Scratch
 
 
 def part_facts(part: Part, job: FactsJob) -> dict[str, dict[str, Any]] | None:
@@ -275,8 +282,10 @@ def part_facts(part: Part, job: FactsJob) -> dict[str, dict[str, Any]] | None:
             arrival = table[ARRIVAL].to_numpy().astype(np.int64, copy=False)
         else:
             arrival = np.arange(part.offset, part.offset + times.size, dtype=np.int64)
-        np.save(job.scratch / f"{part.name}.arrival.npy", arrival)
-        np.save(job.scratch / f"{part.name}.time.npy", times)
+        for kind, values in (("arrival", arrival), ("time", times)):
+            name = f"{part.name}.{kind}.npy"
+            np.save(job.scratch.path(name), values)
+            job.scratch.put(name)
     return counts
 
 
@@ -295,12 +304,15 @@ def _excluded(
     return out
 
 
-def _saved_batches(scratch: Path, name: str, batch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _saved_batches(
+    scratch: Scratch, name: str, batch: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """A part's saved (arrival, time) arrays, ``batch`` rows at a time: read, not
     memory-mapped, so the merge holds one batch per part, not the pages it went through."""
+    names = (f"{name}.arrival.npy", f"{name}.time.npy")
     with (
-        open(scratch / f"{name}.arrival.npy", "rb") as arrival,
-        open(scratch / f"{name}.time.npy", "rb") as times,
+        open(scratch.get(names[0]), "rb") as arrival,
+        open(scratch.get(names[1]), "rb") as times,
     ):
         for handle in (arrival, times):
             if np.lib.format.read_magic(handle) == (1, 0):
@@ -310,8 +322,10 @@ def _saved_batches(scratch: Path, name: str, batch: int) -> Iterator[tuple[np.nd
         while True:
             a = np.fromfile(arrival, dtype=np.int64, count=batch)
             if not a.size:
-                return
+                break
             yield a, np.fromfile(times, dtype=np.int64, count=a.size)
+    for fetched in names:
+        scratch.done(fetched)
 
 
 def _may_hold_nulls(reader: pq.ParquetFile, column: str) -> bool:
@@ -330,17 +344,18 @@ def _parent(path: Path) -> Path:
     return Path(path).parent
 
 
-def _gather_quarantine(folder: Path, parts: list[Part], columns: pa.Schema, path: Path) -> None:
+def _gather_quarantine(scratch: Scratch, parts: list[Part], columns: pa.Schema, path: Path) -> None:
     """One quarantine file from the parts' own, in part order (one row group at a time);
     written even when empty, so DVC always has the output."""
-    files = [folder / p.name for p in parts if (folder / p.name).exists()]
+    names = [f"quarantine/{p.name}" for p in parts if scratch.has(f"quarantine/{p.name}")]
     schema = columns.append(pa.field(REASON, pa.string()))
 
     def chunks() -> Iterator[pa.Table]:
-        for file in files:
-            reader = pq.ParquetFile(file)
+        for name in names:
+            reader = pq.ParquetFile(scratch.get(name))
             for i in range(reader.num_row_groups):
                 yield reader.read_row_group(i)
+            scratch.done(name)
 
     write_parquet_chunks(chunks(), schema, path)
 

@@ -42,6 +42,24 @@ def check_ray_address(address: str) -> None:
         raise ClusterUnreachable.at(address, unreachable)
 
 
+PACKAGES = ("seqops", "pipelines", "seqcore", "seqmodels", "data_checks", "serving")
+
+
+def code_runtime_env() -> dict[str, Any]:
+    """This checkout's packages as the job's ``py_modules``: a node of a cluster runs the
+    driver's code, whether or not it has the project installed or can see this folder
+    (docs/architecture.md §9). A local cluster started here needs none: its workers share
+    this machine's files."""
+    import importlib.util
+
+    paths: list[str] = []
+    for name in PACKAGES:  # located, not imported: this module sits below most of them
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            paths.extend(spec.submodule_search_locations)
+    return {"py_modules": paths}
+
+
 def connect(**local: Any) -> None:
     """Join the cluster in ``RAY_ADDRESS`` (checked first) or start a local one with the
     ``ray.init`` keywords in ``local``; nothing when this process is already connected."""
@@ -54,6 +72,6 @@ def connect(**local: Any) -> None:
     address = os.environ.get("RAY_ADDRESS")
     if address:
         check_ray_address(address)
-        ray.init(address=address, **ray_init_options())
+        ray.init(address=address, runtime_env=code_runtime_env(), **ray_init_options())
     else:
         ray.init(**{"include_dashboard": False, **local}, **ray_init_options())

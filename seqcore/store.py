@@ -236,13 +236,21 @@ class Destination:
 
     A file is written at ``local(name)``; ``publish(name)`` then moves it into the output and
     returns its size and sha256. For a local output the two places are the same folder; for
-    a snapshot the file is uploaded and its local copy removed."""
+    a snapshot the file is written to the temporary folder of whichever node runs the task,
+    uploaded, and its local copy removed."""
 
     location: Location
-    staging: Path
+    folder: Path
+    """A local output's folder; for a snapshot, the name of each node's staging folder."""
     remote: bool
     """Whether files are uploaded from ``staging`` to ``location`` (a snapshot), or are
     written in place (a local output: ``staging`` is the folder itself)."""
+
+    @property
+    def staging(self) -> Path:
+        if not self.remote:
+            return self.folder
+        return Path(tempfile.gettempdir()) / self.folder.name
 
     def local(self, name: str) -> Path:
         path = self.staging / name
@@ -307,8 +315,9 @@ def output_dir(out_dir: str | Path, store: str | None) -> Iterator[Output]:
     sibling renamed over ``out_dir``. With a store, files are staged in a temporary local
     folder and uploaded one by one (``Output.publish``); at the end every staged file not
     yet published is, then ``_SUCCESS``, then ``out_dir`` becomes the pointer alone plus
-    the block's ``Output.local_copies``. A failed or discarded snapshot is
-    deleted from the store."""
+    the block's ``Output.local_copies``. A failed or discarded snapshot is deleted from the
+    store. (A local output on a cluster of several nodes would scatter the files over their
+    disks: ``pipelines.fanout`` refuses that.)"""
     out_dir = Path(out_dir)
     if store is None:
         with io.staged_dir(out_dir) as staged:
@@ -317,10 +326,13 @@ def output_dir(out_dir: str | Path, store: str | None) -> Iterator[Output]:
             staged.keep = output.keep
         return
     root = check_store(store)
-    location = root.child(f"{out_dir.name}/{_snapshot_name()}")
+    snapshot = _snapshot_name()
+    location = root.child(f"{out_dir.name}/{snapshot}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent) as tmp:
-        output = Output(Destination(location, Path(tmp), remote=True))
+    output = Output(Destination(location, Path(f"seqops-{out_dir.name}-{snapshot}"), remote=True))
+    tmp = output.staging
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
         try:
             yield output
             if output.keep:
@@ -348,6 +360,8 @@ def output_dir(out_dir: str | Path, store: str | None) -> Iterator[Output]:
         if not output.keep:
             with contextlib.suppress(OSError):
                 location.fs.delete_dir(location.root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_events(where: str | Path, columns: list[str] | None = None) -> pa.Table:
@@ -369,3 +383,85 @@ def read_events(where: str | Path, columns: list[str] | None = None) -> pa.Table
         )
     tables = [folder.read_table(name, columns=columns) for name in names]
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
+@dataclass(frozen=True)
+class Scratch:
+    """Files a stage's tasks hand on (to the driver, to a reduce task), deleted with the run.
+
+    On one machine a local folder. With ``data.store`` a prefix under the store, so that a
+    task on any node of a cluster reaches what a task on another wrote: a file is written
+    to this node's disk (``path``), uploaded (``put``), and fetched to the reader's disk
+    (``get``). Picklable: Ray tasks receive it as it is."""
+
+    folder: Path
+    """Local: the scratch folder. Remote: this run's folder name under each node's temp."""
+    remote: Location | None = None
+
+    @property
+    def local(self) -> Path:
+        if self.remote is None:
+            return self.folder
+        return Path(tempfile.gettempdir()) / self.folder.name
+
+    def path(self, name: str) -> Path:
+        """Where to write ``name`` on this node (then ``put`` it)."""
+        path = self.local / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def put(self, name: str) -> None:
+        """Hand on the file written at ``path(name)``: uploaded and removed from this disk."""
+        if self.remote is None:
+            return
+        source = self.local / name
+        target = self.remote.path(name)
+        self.remote.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        with open(source, "rb") as src, self.remote.fs.open_output_stream(target) as sink:
+            shutil.copyfileobj(src, sink, UPLOAD_CHUNK)
+        source.unlink()
+
+    def has(self, name: str) -> bool:
+        if self.remote is None:
+            return (self.folder / name).exists()
+        return self.remote.exists(name)
+
+    def get(self, name: str) -> Path:
+        """``name`` on this node's disk, fetched when it is elsewhere (``done`` removes it)."""
+        local = self.local / name
+        if self.remote is None or local.exists():
+            return local
+        local.parent.mkdir(parents=True, exist_ok=True)
+        partial = local.with_name(f".{local.name}.{os.getpid()}.part")
+        with (
+            self.remote.fs.open_input_stream(self.remote.path(name)) as src,
+            open(partial, "wb") as sink,
+        ):
+            shutil.copyfileobj(src, sink, UPLOAD_CHUNK)
+        os.replace(partial, local)
+        return local
+
+    def done(self, name: str) -> None:
+        """A fetched copy is no longer needed on this node."""
+        if self.remote is not None:
+            (self.local / name).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def scratch_dir(store: str | None, near: Path, prefix: str) -> Iterator[Scratch]:
+    """A ``Scratch`` for one run: a temporary folder beside ``near`` (``store`` None), or a
+    prefix under ``store``'s ``_scratch/``; removed at the end, whatever happens."""
+    if store is None:
+        near.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=prefix, dir=near) as tmp:
+            yield Scratch(Path(tmp))
+        return
+    name = f"{prefix.strip('.-')}-{_snapshot_name()}"
+    remote = check_store(store).child(f"_scratch/{name}")
+    scratch = Scratch(Path(name), remote)
+    try:
+        yield scratch
+    finally:
+        with contextlib.suppress(OSError):
+            remote.fs.delete_dir(remote.root)
+        shutil.rmtree(scratch.local, ignore_errors=True)

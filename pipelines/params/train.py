@@ -130,7 +130,9 @@ class TrainConfig:
     experiment: str = "seqops"
     """MLflow experiment name."""
     storage_path: str | None = None
-    """Ray Train storage for checkpoints; null = .ray_results in the repository."""
+    """Ray Train storage for checkpoints: a folder, or an object-store URL (s3://bucket/path,
+    pyarrow options as a query) that every node reaches, as a cluster of several nodes needs;
+    null = .ray_results in the repository."""
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:

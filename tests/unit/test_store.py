@@ -112,6 +112,9 @@ def test_a_store_run_writes_what_a_local_run_writes(tmp_path, s3_bucket, local_r
     stored_rows = invariance.entity_events(tmp_path / "validated", scorer, some)
     assert stored_rows.num_rows > 0
     assert stored_rows.equals(invariance.entity_events(local_run / "validated", scorer, some))
+    # What the tasks handed each other (whole-table facts, quarantine, shard pieces) went
+    # through the store, so that tasks on any node reach it, and is gone after the run.
+    assert _snapshots(s3_bucket, "_scratch") == []
     record = json.loads((tmp_path / "shards" / POINTER).read_text())
     assert record["files"]["manifest.json"]["size"] == len(
         (tmp_path / "shards" / "manifest.json").read_bytes()
@@ -169,6 +172,7 @@ def test_a_failed_run_leaves_no_snapshot_and_the_previous_pointer(tmp_path, s3_b
         shard.run(params, tmp_path / "validated", tmp_path / "shards")
     assert (tmp_path / "shards" / POINTER).read_bytes() == pointer
     assert _snapshots(s3_bucket, "shards") == before
+    assert _snapshots(s3_bucket, "_scratch") == []
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".shards")]
     load_manifest(tmp_path / "shards")  # still readable
 
@@ -230,3 +234,20 @@ def test_relative_output_folders_as_dvc_yaml_names_them(
     )
     assert load_manifest("data/shards").input.events_count == read_events("data/events").num_rows
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["events", "shards"]
+
+
+def test_tasks_hand_files_on_through_the_store(tmp_path, s3_bucket, monkeypatch):
+    """A task on another node writes a piece to its own disk and puts it; a reader anywhere
+    gets it onto its own disk. Two 'nodes' here: two temp folders."""
+    from seqcore.store import scratch_dir
+
+    with scratch_dir(s3_bucket, tmp_path, ".test-") as scratch:
+        monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "node-a"))
+        scratch.path("x/piece.bin").write_bytes(b"abc")
+        scratch.put("x/piece.bin")
+        assert not (tmp_path / "node-a" / scratch.folder.name / "x" / "piece.bin").exists()
+        monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "node-b"))
+        assert scratch.has("x/piece.bin") and not scratch.has("y")
+        assert scratch.get("x/piece.bin").read_bytes() == b"abc"
+        scratch.done("x/piece.bin")
+    assert _snapshots(s3_bucket, "_scratch") == []
