@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help setup pipeline test test-unit test-matrix lint format typecheck bench clean
+.PHONY: help setup pipeline test test-unit test-matrix test-cluster cluster-up cluster-down lint format typecheck bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-12s %s\n", $$1, $$2}'
@@ -25,6 +25,15 @@ test-unit: setup ## Only the fast unit tests (no Ray, no dvc repro)
 
 test-matrix: setup ## The conformance matrix: one user-table difference per case, each through dvc repro (~10 min)
 	$(BIN)/python -m pytest -m matrix tests/integration/test_conformance.py
+
+cluster-up: setup ## The team profile on this machine: S3 (moto), PostgreSQL + MLflow server, two Ray nodes; then `source .cluster/env`
+	bash scripts/cluster.sh up
+
+cluster-down: ## Stop the team profile and remove .cluster/
+	bash scripts/cluster.sh down
+
+test-cluster: setup ## The cluster tests: bring the team profile up, train across its two nodes, take it down (~3 min)
+	$(BIN)/python -m pytest -m cluster tests/cluster
 
 lint: setup ## ruff lint and format check, and the import-layer contracts
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports
