@@ -230,6 +230,26 @@ def _sha256(path: Path) -> str:
     return io.sha256_file(path)
 
 
+def _node_folder(folder: Path, remote: bool) -> Path:
+    """``folder`` itself, or for files on their way to a store, the folder of its name in
+    the temporary folder of whichever node the caller runs on."""
+    return Path(tempfile.gettempdir()) / folder.name if remote else folder
+
+
+def _writable(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _upload(path: Path, location: Location, name: str) -> None:
+    """Copy a finished local file to ``name`` in ``location``, then remove it from disk."""
+    target = location.path(name)
+    location.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+    with open(path, "rb") as source, location.fs.open_output_stream(target) as sink:
+        shutil.copyfileobj(source, sink, UPLOAD_CHUNK)
+    path.unlink()
+
+
 @dataclass(frozen=True)
 class Destination:
     """Where a task writes the files of an output being published. Picklable.
@@ -248,14 +268,10 @@ class Destination:
 
     @property
     def staging(self) -> Path:
-        if not self.remote:
-            return self.folder
-        return Path(tempfile.gettempdir()) / self.folder.name
+        return _node_folder(self.folder, self.remote)
 
     def local(self, name: str) -> Path:
-        path = self.staging / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
+        return _writable(self.staging / name)
 
     def publish(self, name: str, digest: bool = True) -> FileEntry | None:
         """Make the file written at ``local(name)`` part of the output. Its entry (size,
@@ -264,12 +280,7 @@ class Destination:
         if not self.remote:
             return FileEntry(path.stat().st_size, _sha256(path)) if digest else None
         entry = FileEntry(path.stat().st_size, _sha256(path))
-        target = self.location.path(name)
-        parent = target.rsplit("/", 1)[0]
-        self.location.fs.create_dir(parent, recursive=True)
-        with open(path, "rb") as source, self.location.fs.open_output_stream(target) as sink:
-            shutil.copyfileobj(source, sink, UPLOAD_CHUNK)
-        path.unlink()
+        _upload(path, self.location, name)
         return entry
 
 
@@ -400,26 +411,16 @@ class Scratch:
 
     @property
     def local(self) -> Path:
-        if self.remote is None:
-            return self.folder
-        return Path(tempfile.gettempdir()) / self.folder.name
+        return _node_folder(self.folder, self.remote is not None)
 
     def path(self, name: str) -> Path:
         """Where to write ``name`` on this node (then ``put`` it)."""
-        path = self.local / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
+        return _writable(self.local / name)
 
     def put(self, name: str) -> None:
         """Hand on the file written at ``path(name)``: uploaded and removed from this disk."""
-        if self.remote is None:
-            return
-        source = self.local / name
-        target = self.remote.path(name)
-        self.remote.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
-        with open(source, "rb") as src, self.remote.fs.open_output_stream(target) as sink:
-            shutil.copyfileobj(src, sink, UPLOAD_CHUNK)
-        source.unlink()
+        if self.remote is not None:
+            _upload(self.local / name, self.remote, name)
 
     def has(self, name: str) -> bool:
         if self.remote is None:
