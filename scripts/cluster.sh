@@ -92,6 +92,13 @@ EOF
   log "Ray head on :$RAY_PORT (1 CPU)"
   "$VENV/bin/ray" start --head --port="$RAY_PORT" --num-cpus=1 --include-dashboard=false \
     --disable-usage-stats > "$STATE/ray-head.log" 2>&1
+  worker_up
+  log "up: source .cluster/env"
+}
+
+worker_up() {
+  # shellcheck disable=SC1091
+  source "$STATE/env"
   log "Ray worker node (1 CPU), blind to $ROOT and /tmp"
   nohup unshare --mount --propagation private bash -c "
     set -e
@@ -104,8 +111,24 @@ EOF
       --dashboard-agent-listen-port=52399 --metrics-export-port=52398 \
       --min-worker-port=20000 --max-worker-port=20999" > "$STATE/ray-worker.log" 2>&1 &
   echo $! > "$STATE/ray-worker.pid"
+  sleep 0.5
+  readlink "/proc/$(cat "$STATE/ray-worker.pid")/ns/mnt" > "$STATE/ray-worker.ns"
   wait_for "the Ray worker node" 60 nodes_up
-  log "up: source .cluster/env"
+}
+
+kill_worker() {
+  # Every process of the blind node (its mount namespace): a node lost at once, as a
+  # machine that dies, not a clean `ray stop`.
+  [ -f "$STATE/ray-worker.ns" ] || return 0
+  local ns pid
+  ns=$(cat "$STATE/ray-worker.ns")
+  for proc in /proc/[0-9]*; do
+    pid=${proc#/proc/}
+    [ "$(readlink "$proc/ns/mnt" 2>/dev/null)" = "$ns" ] && kill -9 "$pid" 2>/dev/null || true
+  done
+  rm -f "$STATE/ray-worker.ns"
+  log "killed the Ray worker node; waiting for the head to mark it dead"
+  for _ in $(seq 1 120); do nodes_up || return 0; sleep 0.5; done
 }
 
 nodes_up() {
@@ -119,6 +142,7 @@ EOF
 
 down() {
   [ -d "$STATE" ] || { log "nothing to stop"; return 0; }
+  kill_worker
   "$VENV/bin/ray" stop --force > /dev/null 2>&1 || true
   for name in ray-worker mlflow s3; do
     if [ -f "$STATE/$name.pid" ]; then kill "$(cat "$STATE/$name.pid")" 2>/dev/null || true; fi
@@ -133,5 +157,7 @@ down() {
 case "${1:-}" in
   up) down; up ;;
   down) down ;;
-  *) echo "usage: $0 up|down" >&2; exit 2 ;;
+  kill-worker) kill_worker ;;           # for the node-loss test (tests/cluster)
+  restart-worker) kill_worker; worker_up ;;
+  *) echo "usage: $0 up|down|kill-worker|restart-worker" >&2; exit 2 ;;
 esac

@@ -126,3 +126,61 @@ def test_data_stages_and_training_across_both_nodes(team, tmp_path):
     # Checkpoints on the store too (a worker on either node could resume from them).
     checkpoints = store.get_file_info(pafs.FileSelector("seqops-data/ray_results", recursive=True))
     assert any(f.base_name == "optimizer.pt" for f in checkpoints)
+
+
+def test_training_survives_the_loss_of_a_node(team, tmp_path):
+    """Kill every process of the blind node in the middle of training (a machine lost), then
+    bring a node back: the run resumes from its last checkpoint on the store and completes
+    in the same MLflow run."""
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"].update(SMALL, store=team["SEQOPS_DATA_STORE"])
+    epochs = 6
+    params["train"].update(
+        epochs=epochs, patience=epochs + 1, num_workers=2, cpus_per_worker=1,
+        storage_path=team["SEQOPS_TRAIN_STORAGE"], experiment="node-loss",
+    )  # fmt: skip
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    base = [sys.executable, "-m"]
+    for stage, args in (
+        ("pipelines.ingest", ["--out", "data/events"]),
+        ("pipelines.validate", ["--events", "data/events", "--out", "data/validated",
+                                "--quarantine", "data/q.parquet", "--report", "v.json",
+                                "--docs", "docs"]),
+        ("pipelines.shard", ["--events", "data/validated", "--out", "data/shards"]),
+    ):  # fmt: skip
+        _python(team, "-m", stage, "--params", "params.yaml", *args, cwd=tmp_path)
+    log = open(tmp_path / "train.log", "w")  # noqa: SIM115 (closed below)
+    training = subprocess.Popen(
+        [*base, "pipelines.train", "--params", "params.yaml", "--shards", "data/shards",
+         "--events", "data/validated", "--report", "train.json", "--model-dir", "model"],
+        cwd=tmp_path, env=team, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    client = MlflowClient(team["MLFLOW_TRACKING_URI"])
+    run_id, seen = None, 0
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and training.poll() is None:
+        experiment = client.get_experiment_by_name("node-loss")
+        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        if runs:
+            run_id = runs[0].info.run_id
+            seen = len(client.get_metric_history(run_id, "val_loss"))
+            if seen >= 1:
+                break
+        time.sleep(0.5)
+    assert run_id and 1 <= seen < epochs, f"no epoch to resume from, or done: {seen}"
+    lost = subprocess.run(
+        ["bash", "scripts/cluster.sh", "restart-worker"], cwd=REPO, capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert lost.returncode == 0, lost.stderr[-2000:]
+    assert training.wait(timeout=600) == 0, (tmp_path / "train.log").read_text()[-4000:]
+    log.close()
+    report = json.loads((tmp_path / "train.json").read_text())
+    assert report["run_id"] == run_id  # the same MLflow run, resumed
+    assert client.get_run(run_id).info.status == "FINISHED"
+    steps = {m.step for m in client.get_metric_history(run_id, "val_loss")}
+    assert len(steps) == report["epochs_run"] == epochs
