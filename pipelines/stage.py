@@ -30,6 +30,7 @@ from seqcore.config import ConfigError
 from seqcore.loading import ModelLoadError
 from seqcore.manifest import ManifestError
 from seqcore.progress import VERBOSE_ENV, quiet
+from seqcore.store import StoreError
 
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
@@ -72,6 +73,7 @@ def stage_main(
         FileNotFoundError,
         ManifestError,
         ModelLoadError,
+        StoreError,
         *input_errors,
     )
     try:

@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from pipelines import ingest, invariance, shard, validate
 from pipelines.config import params_from_dict
@@ -251,3 +252,12 @@ def test_tasks_hand_files_on_through_the_store(tmp_path, s3_bucket, monkeypatch)
         assert scratch.get("x/piece.bin").read_bytes() == b"abc"
         scratch.done("x/piece.bin")
     assert _snapshots(s3_bucket, "_scratch") == []
+
+
+def test_a_store_error_is_one_line_from_the_stage_command(tmp_path, capsys, s3_credentials):
+    params = yaml.safe_dump({**SMALL, "data": {**SMALL["data"], "store": "s3://b/x?colour=blue"}})
+    (tmp_path / "params.yaml").write_text(params)
+    code = ingest.main(["--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "e")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("ingest: data.store: s3://b/x: ")
+    assert "Traceback" not in "\n".join(err)
