@@ -8,7 +8,9 @@
 #     data only through the object store, metrics only through the MLflow server.
 # `up` writes .cluster/env: `source .cluster/env` points the stages, training and serving at
 # it (RAY_ADDRESS, MLFLOW_TRACKING_URI, the store's endpoint and keys). `down` stops
-# everything and removes .cluster/. Ports: S3 9500, PostgreSQL 5433, MLflow 5050, Ray 6390.
+# everything and removes .cluster/. Ports: S3 9500, PostgreSQL 5433, and MLflow 5000 and
+# Ray's GCS 6379 as in infra/ (tests/unit/test_manifests.py holds the two to the same
+# ports and environment names); SEQOPS_*_PORT move them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -17,8 +19,8 @@ VENV=$ROOT/.venv
 PG=/usr/lib/postgresql/15/bin
 S3_PORT=${SEQOPS_S3_PORT:-9500}
 PG_PORT=${SEQOPS_PG_PORT:-5433}
-MLFLOW_PORT=${SEQOPS_MLFLOW_PORT:-5050}
-RAY_PORT=${SEQOPS_RAY_PORT:-6390}
+MLFLOW_PORT=${SEQOPS_MLFLOW_PORT:-5000}
+RAY_PORT=${SEQOPS_RAY_PORT:-6379}
 
 log() { echo "cluster: $*" >&2; }
 

@@ -183,3 +183,35 @@ def test_the_image_is_built_from_the_set_up_requirements():
     torch = dockerfile.index("requirements/torch-cpu.txt")
     project = dockerfile.index('".[cluster]"')
     assert torch < project  # the CPU torch first, as scripts/setup.sh installs it
+
+
+def _profile_env() -> dict[str, str]:
+    """The environment ``scripts/cluster.sh up`` exports (.cluster/env), ports at their
+    defaults."""
+    script = (REPO / "scripts" / "cluster.sh").read_text()
+    defaults = dict(re.findall(r"^(\w+_PORT)=\$\{SEQOPS_\w+:-(\d+)\}", script, re.M))
+    block = script.split('cat > "$STATE/env" <<EOF', 1)[1].split("\nEOF", 1)[0]
+    env = {}
+    for name, value in re.findall(r"^export (\w+)=(.*)$", block, re.M):
+        for key, port in defaults.items():
+            value = value.replace(f"${key}", port)
+        env[name] = value.strip("'")
+    return env
+
+
+def test_the_team_profile_speaks_to_its_services_as_the_manifests_do():
+    """The same names and ports on one machine (scripts/cluster.sh) and on Kubernetes."""
+    env = _profile_env()
+    [service] = [d for d in _by_kind("Service") if d["metadata"]["name"] == "mlflow"]
+    assert env["MLFLOW_TRACKING_URI"].endswith(f":{service['spec']['ports'][0]['port']}")
+    [cluster] = _by_kind("RayCluster")
+    head = _containers(cluster)[0]
+    gcs = next(p["containerPort"] for p in head["ports"] if p["name"] == "gcs")
+    assert env["RAY_ADDRESS"].endswith(f":{gcs}")
+    # Every variable the profile gives the stages and the Ray nodes, the Ray pods get too:
+    # set inline, from a Secret, or from the storage ConfigMap.
+    [storage] = [d for d in _by_kind("ConfigMap") if d["metadata"]["name"] == "seqops-storage"]
+    pod_env = {e["name"] for c in _containers(cluster) for e in c.get("env", [])}
+    pod_env |= set(storage["data"])
+    helpers = {"RAY_ADDRESS", "SEQOPS_DATA_STORE", "SEQOPS_TRAIN_STORAGE"}  # the driver's side
+    assert set(env) - helpers <= pod_env, set(env) - helpers - pod_env
