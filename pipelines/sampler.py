@@ -210,7 +210,7 @@ def _plan(
             load = [a + b for a, b in zip(load, shares[bound], strict=True)]
         else:
             small.append(bound)
-    if not [b for b in plan] and len(small) < world_size:  # too few buckets to go round
+    if not plan and len(small) < world_size:  # too few buckets to go round
         for bound in small:
             plan[bound] = BY_PART
             load = [a + b for a, b in zip(load, shares[bound], strict=True)]

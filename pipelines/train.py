@@ -59,7 +59,7 @@ from seqcore.loading import tracking_uri
 from seqcore.manifest import Manifest, load_manifest
 from seqcore.progress import EpochProgress, ray_log_dir, verbose
 from seqcore.ray_connect import ClusterUnreachable, connect
-from seqcore.store import locate
+from seqcore.store import is_url, locate
 from seqmodels import ModelConfig
 
 log = logging.getLogger("seqops.train")
@@ -403,7 +403,7 @@ def storage_root(params: Params, root: Path) -> str:
     t = params.train
     if not t.storage_path:
         return str((root / ".ray_results").resolve())
-    return t.storage_path if "://" in t.storage_path else str(Path(t.storage_path).resolve())
+    return t.storage_path if is_url(t.storage_path) else str(Path(t.storage_path).resolve())
 
 
 def loop_config(
