@@ -93,6 +93,15 @@ class VersionInfo:
         return None if value in (None, "", "null") else float(value)
 
 
+def logged_model_id(model_uri: str) -> str | None:
+    """``models:/m-...`` (a model logged in MLflow 3) -> its id; None for a registered
+    model's ``models:/<name>/<version>`` or ``@alias`` and for any other URI."""
+    rest = model_uri.removeprefix("models:/")
+    if rest == model_uri or not rest.startswith("m-") or "/" in rest or "@" in rest:
+        return None
+    return rest
+
+
 def tag_text(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
     return text[:TAG_VALUE_LIMIT]
@@ -230,6 +239,9 @@ class Registry:
                 self.name,
                 source=model_uri,
                 run_id=run_id,
+                # An MLflow server refuses a models:/<id> source without its model_id (a
+                # SQLite store takes either); it also links the version to the logged model.
+                model_id=logged_model_id(model_uri),
                 description=description,
                 tags={k: tag_text(v) for k, v in tags.items()},
             )

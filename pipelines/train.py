@@ -59,7 +59,7 @@ from seqcore.loading import tracking_uri
 from seqcore.manifest import Manifest, load_manifest
 from seqcore.progress import EpochProgress, ray_log_dir, verbose
 from seqcore.ray_connect import ClusterUnreachable, connect
-from seqcore.store import is_url, locate
+from seqcore.store import is_url, locate, under
 from seqmodels import ModelConfig
 
 log = logging.getLogger("seqops.train")
@@ -398,9 +398,12 @@ def log_params(
 
 def storage_root(params: Params, root: Path) -> str:
     """Where Ray Train (and Tune) keep checkpoints: ``train.storage_path`` (a folder, or an
-    object-store URL that every node reaches, as a cluster of several nodes needs) or
-    .ray_results in the repository."""
+    object-store URL that every node reaches, as a cluster of several nodes needs); else
+    ``ray_results`` in ``data.store``, which every node reaches already; else .ray_results in
+    the repository."""
     t = params.train
+    if not t.storage_path and params.data.store:
+        return under(params.data.store, "ray_results")
     if not t.storage_path:
         return str((root / ".ray_results").resolve())
     return t.storage_path if is_url(t.storage_path) else str(Path(t.storage_path).resolve())
@@ -453,6 +456,7 @@ def make_trainer(
             num_workers=t.num_workers,
             use_gpu=use_gpu,
             resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+            placement_strategy=t.placement_strategy,
         ),
         run_config=RunConfig(
             name=name,

@@ -7,7 +7,9 @@
 #     namespace, tmpfs over both): code reaches it only through Ray's runtime environment,
 #     data only through the object store, metrics only through the MLflow server.
 # `up` writes .cluster/env: `source .cluster/env` points the stages, training and serving at
-# it (RAY_ADDRESS, MLFLOW_TRACKING_URI, the store's endpoint and keys). `down` stops
+# it (RAY_ADDRESS and Ray's token, MLFLOW_TRACKING_URI, the store's endpoint and keys; pyarrow,
+# boto3 and dvc-s3 all take the endpoint from AWS_ENDPOINT_URL, so data.store is a plain
+# s3:// URL, the same as on a real cluster: SEQOPS_DATA_STORE). `down` stops
 # everything and removes .cluster/. Ports: S3 9500, PostgreSQL 5433, and MLflow 5000 and
 # Ray's GCS 6379 as in infra/ (tests/unit/test_manifests.py holds the two to the same
 # ports and environment names); SEQOPS_*_PORT move them.
@@ -21,6 +23,10 @@ S3_PORT=${SEQOPS_S3_PORT:-9500}
 PG_PORT=${SEQOPS_PG_PORT:-5433}
 MLFLOW_PORT=${SEQOPS_MLFLOW_PORT:-5000}
 RAY_PORT=${SEQOPS_RAY_PORT:-6379}
+# CPUs each Ray node offers (logical: both share this machine's cores). One each puts two
+# one-CPU training workers on two nodes; benchmarks/cluster.py asks for two, to compare one
+# node with two on the same cluster (train.placement_strategy).
+NODE_CPUS=${SEQOPS_NODE_CPUS:-1}
 
 log() { echo "cluster: $*" >&2; }
 
@@ -36,19 +42,24 @@ wait_for() {  # wait_for NAME SECONDS COMMAND...: poll until COMMAND succeeds
 port_open() { "$VENV/bin/python" -c "import socket,sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 1)" "$1"; }
 
 write_env() {
-  cat > "$STATE/env" <<EOF
+  # Ray's token authentication (RAY_AUTH_MODE=token): one token for this profile, given to
+  # every node and client through the environment, as the Secret ray-auth does in infra/.
+  local token
+  token=$("$VENV/bin/python" -c 'import secrets; print(secrets.token_hex(32))')
+  (umask 077 && cat > "$STATE/env" <<EOF
 # source .cluster/env: the team profile of scripts/cluster.sh
 export RAY_ADDRESS=127.0.0.1:$RAY_PORT
 export RAY_AUTH_MODE=token
+export RAY_AUTH_TOKEN=$token
 export MLFLOW_TRACKING_URI=http://127.0.0.1:$MLFLOW_PORT
 export AWS_ACCESS_KEY_ID=seqops
 export AWS_SECRET_ACCESS_KEY=seqops-local
 export AWS_DEFAULT_REGION=us-east-1
 export AWS_ENDPOINT_URL=http://127.0.0.1:$S3_PORT
 export MLFLOW_S3_ENDPOINT_URL=http://127.0.0.1:$S3_PORT
-export SEQOPS_DATA_STORE='s3://seqops-data/data?endpoint_override=127.0.0.1:$S3_PORT&scheme=http&region=us-east-1'
-export SEQOPS_TRAIN_STORAGE='s3://seqops-data/ray_results?endpoint_override=127.0.0.1:$S3_PORT&scheme=http&region=us-east-1'
+export SEQOPS_DATA_STORE=s3://seqops-data/data
 EOF
+  )
 }
 
 up() {
@@ -91,17 +102,36 @@ EOF
   echo $! > "$STATE/mlflow.pid"
   wait_for "the MLflow server" 120 curl -fs "http://127.0.0.1:$MLFLOW_PORT/health"
 
-  log "Ray head on :$RAY_PORT (1 CPU)"
-  "$VENV/bin/ray" start --head --port="$RAY_PORT" --num-cpus=1 --include-dashboard=false \
+  serve_config
+  log "Ray head on :$RAY_PORT ($NODE_CPUS CPU)"
+  "$VENV/bin/ray" start --head --port="$RAY_PORT" --num-cpus="$NODE_CPUS" --include-dashboard=false \
     --disable-usage-stats > "$STATE/ray-head.log" 2>&1
   worker_up
   log "up: source .cluster/env"
 }
 
+serve_config() {
+  # serving/serve_config.yaml as this profile needs it: one HTTP proxy (its two nodes share
+  # one host, so a proxy on each would want the same port) and replicas that fit nodes of one
+  # CPU beside the stream holders. `seqops serve --config .cluster/serve_config.yaml`.
+  "$VENV/bin/python" - "$ROOT/serving/serve_config.yaml" "$STATE/serve_config.yaml" <<'EOF'
+import sys
+import yaml
+config = yaml.safe_load(open(sys.argv[1]))
+config["proxy_location"] = "HeadOnly"
+for deployment in config["applications"][0]["deployments"]:
+    options = deployment.setdefault("ray_actor_options", {})
+    options["num_cpus"] = min(options.get("num_cpus", 1), 0.5)
+with open(sys.argv[2], "w") as out:
+    out.write("# Written by scripts/cluster.sh from serving/serve_config.yaml for the team profile.\n")
+    yaml.safe_dump(config, out, sort_keys=False)
+EOF
+}
+
 worker_up() {
   # shellcheck disable=SC1091
   source "$STATE/env"
-  log "Ray worker node (1 CPU), blind to $ROOT and /tmp"
+  log "Ray worker node ($NODE_CPUS CPU), blind to $ROOT and /tmp"
   nohup unshare --mount --propagation private bash -c "
     set -e
     mkdir -p /opt/seqops-venv
@@ -109,7 +139,7 @@ worker_up() {
     mount -t tmpfs tmpfs '$ROOT'
     mount -t tmpfs tmpfs /tmp
     exec /opt/seqops-venv/bin/python -c 'from ray.scripts.scripts import main; main()' start \
-      --address=127.0.0.1:$RAY_PORT --num-cpus=1 --block --disable-usage-stats \
+      --address=127.0.0.1:$RAY_PORT --num-cpus=$NODE_CPUS --block --disable-usage-stats \
       --dashboard-agent-listen-port=52399 --metrics-export-port=52398 \
       --min-worker-port=20000 --max-worker-port=20999" > "$STATE/ray-worker.log" 2>&1 &
   echo $! > "$STATE/ray-worker.pid"

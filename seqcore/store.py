@@ -62,6 +62,14 @@ def is_url(where: str | Path) -> bool:
     return isinstance(where, str) and "://" in where
 
 
+def under(store: str, name: str) -> str:
+    """``name`` inside a store given as a URL (its options kept as the query) or a folder."""
+    if not is_url(store):
+        return str(Path(store).absolute() / name)
+    base, query = _split_url(store)
+    return f"{base}/{name}" + (f"?{query}" if query else "")
+
+
 @dataclass(frozen=True)
 class Location:
     """A folder on a pyarrow filesystem. Picklable: Ray tasks receive it as it is."""
@@ -96,9 +104,7 @@ class Location:
         return f"{self.root}/{name}" if name else self.root
 
     def child(self, name: str) -> Location:
-        base, query = _split_url(self.uri)
-        uri = f"{base}/{name}" + (f"?{query}" if query else "")
-        return Location(self.fs, self.path(name), uri)
+        return Location(self.fs, self.path(name), under(self.uri, name))
 
     def show(self, name: str = "") -> str:
         """``name`` as a user would write it: a local path, or the URL without options."""

@@ -148,3 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = exc.code
         return code if isinstance(code, int) else (0 if code is None else 1)
     return 0
+
+
+if __name__ == "__main__":  # python -m seqops.cli, as python -m seqops
+    sys.exit(main())

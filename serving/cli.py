@@ -51,7 +51,7 @@ import yaml
 
 from seqcore.config import ConfigError
 from seqcore.progress import ray_init_options, ray_log_dir
-from seqcore.ray_connect import ClusterUnreachable, check_ray_address
+from seqcore.ray_connect import ClusterUnreachable, check_ray_address, code_runtime_env
 from serving.config import (
     AUTH_MODES,
     REDIS_URL_ENV,
@@ -328,13 +328,14 @@ def _connect_ray(
 
     if ray.is_initialized():
         return None
-    # Replicas import serving/, pipelines/ and seqmodels/ from this checkout.
-    runtime_env = {"env_vars": {"PYTHONPATH": str(REPO)}}
+    # Replicas import serving/, pipelines/ and seqmodels/ from this checkout: on a cluster of
+    # several nodes, shipped as the job's py_modules (a node may not have this folder).
+    runtime_env: dict[str, Any] = {"env_vars": {"PYTHONPATH": str(REPO)}}
     address = os.environ.get("RAY_ADDRESS")
     if address:
         check_ray_address(address)
         try:
-            ray.init(address=address, runtime_env=runtime_env, **ray_init_options())
+            ray.init(address=address, runtime_env=code_runtime_env(), **ray_init_options())
         except ConnectionError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no answer"
             raise ClusterUnreachable.at(address, first) from None
@@ -434,6 +435,7 @@ def serve_command(cli: argparse.Namespace) -> int:
             http["port"] = cli.port
         http.setdefault("host", "127.0.0.1")
         http.setdefault("port", 8000)
+        proxy = cli.proxy_location or raw.get("proxy_location") or "EveryNode"
         # Before Ray starts: a public bind without tokens is refused here, not in a replica.
         resolve_auth(config.access.auth, load_tokens(config.access.tokens_file), http["host"])
         shared = bool(os.environ.get("RAY_ADDRESS"))  # a cluster others may serve on too
@@ -471,7 +473,7 @@ def serve_command(cli: argparse.Namespace) -> int:
         if local is not None:  # the replicas connect to the server started here
             config = config.with_redis(local.url)
         print(f"streaming state: {store.describe()}", flush=True)
-        return _serve(cli, app, config, http, shared, direct)
+        return _serve(cli, app, config, http, shared, direct, proxy)
     finally:
         if local is not None:  # after Serve stopped (_serve's own finally)
             local.stop()
@@ -484,9 +486,10 @@ def _serve(
     http: dict[str, Any],
     shared: bool,
     direct: int | None,
+    proxy: str = "EveryNode",
 ) -> int:
-    """Connect to Ray, start Serve and deploy ``config``; block until Ctrl-C, then stop what
-    this command started."""
+    """Connect to Ray, start Serve (its HTTP proxies where ``proxy`` says) and deploy
+    ``config``; block until Ctrl-C, then stop what this command started."""
     from ray import serve
 
     from serving.app import build_app
@@ -502,7 +505,7 @@ def _serve(
         print(f"error: {exc}", file=sys.stderr)
         return 1
     name = app.get("name", "seqops")
-    serve.start(http_options=http)
+    serve.start(http_options=http, proxy_location=proxy)
     if shared:
         running = serve.status().applications
         if name in running and not cli.replace:
@@ -571,6 +574,13 @@ def main(argv: list[str] | None = None) -> int:
         "--port", type=int, default=None, help="HTTP port (default: the config's, 8000)"
     )
     run.add_argument("--config", default=str(DEFAULT_CONFIG), help="Serve config file")
+    run.add_argument(
+        "--proxy-location",
+        choices=("EveryNode", "HeadOnly", "Disabled"),
+        default=None,
+        help="where Serve runs HTTP proxies (default: the config's proxy_location, else "
+        "EveryNode); HeadOnly where several Ray nodes share one host and so one port",
+    )
     ingress = run.add_mutually_exclusive_group()
     ingress.add_argument(
         "--direct-ingress",

@@ -20,6 +20,9 @@ from seqcore.config import ConfigError, build, fail, only_keys
 from seqmodels import ModelConfigError, ModelSpec
 from seqmodels.config import INCEPTION_KERNELS, TASKS, Task
 
+PLACEMENTS = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+"""Ray's placement group strategies (train.placement_strategy)."""
+
 log = logging.getLogger("seqops.train")
 
 MODEL_KEYS = tuple(f.name for f in dataclasses.fields(ModelSpec))
@@ -125,6 +128,10 @@ class TrainConfig:
     """auto (GPUs when the cluster has them) | always | never."""
     amp: Literal["bf16", "none"] = "bf16"
     """Mixed precision on GPU: bf16 | none. CPUs always run fp32."""
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    """Where Ray places the workers (Ray Train's ScalingConfig): PACK fills a node before the
+    next (DDP's gradients stay inside a node where they can), SPREAD over nodes where it can,
+    STRICT_ forms insist; benchmarks/cluster.py compares one node with two."""
     max_failures: int = 2
     """Worker failures retried from the latest checkpoint (Ray Train FailureConfig); -1 = forever."""
     experiment: str = "seqops"
@@ -132,7 +139,7 @@ class TrainConfig:
     storage_path: str | None = None
     """Ray Train storage for checkpoints: a folder, or an object-store URL (s3://bucket/path,
     pyarrow options as a query) that every node reaches, as a cluster of several nodes needs;
-    null = .ray_results in the repository."""
+    null = ray_results in data.store when that is set, else .ray_results in the repository."""
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -175,6 +182,9 @@ class TrainConfig:
             raise fail("train.use_gpu", self.use_gpu, "expected auto, always or never")
         if self.amp not in ("bf16", "none"):
             raise fail("train.amp", self.amp, "expected bf16 or none")
+        if self.placement_strategy not in PLACEMENTS:
+            raise fail("train.placement_strategy", self.placement_strategy,
+                       f"expected one of {', '.join(PLACEMENTS)}")  # fmt: skip
         if self.max_failures < -1:
             raise fail(
                 "train.max_failures", self.max_failures, "must be >= -1 (-1 = retry forever)"

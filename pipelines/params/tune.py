@@ -24,7 +24,7 @@ DISTRIBUTIONS = ("uniform", "loguniform", "randint")
 
 FIXED_KEYS = frozenset(
     {"task", "num_workers", "cpus_per_worker", "use_gpu", "amp", "max_failures", "experiment"}
-    | {"storage_path", "epochs"}
+    | {"storage_path", "epochs", "placement_strategy"}
 )
 """``train`` keys that are not searched: they change where or how a model trains (or, for
 ``epochs``, are the scheduler's own bound), not what it learns."""

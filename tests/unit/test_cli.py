@@ -84,3 +84,15 @@ def test_the_dashboard_takes_the_next_free_port():
         holder.listen()
         taken = holder.getsockname()[1]
         assert free_port("127.0.0.1", taken) > taken
+
+
+@pytest.mark.parametrize("module", ["seqops", "seqops.cli"])
+def test_both_module_forms_run_the_command(module):
+    """``python -m seqops.cli registry promote ...`` once did nothing and exited 0."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0 and done.stdout.startswith("seqops, version"), done

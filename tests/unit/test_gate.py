@@ -272,3 +272,14 @@ def test_gate_json_is_the_decision_in_a_few_scalars():
     assert summary["decision"] == "passed" == short_decision(GATE_PASSED)
     assert summary["registered"] is True and summary["version"] == 1
     assert summary["compared_with"] is None and summary["regressing_ranges"] == 0
+
+
+def test_a_logged_models_id_goes_with_its_version_as_an_mlflow_server_requires():
+    from pipelines.registry import logged_model_id
+
+    assert logged_model_id("models:/m-570167069a99400c99c96a74c497d8a2") == (
+        "m-570167069a99400c99c96a74c497d8a2"
+    )
+    for other in ("models:/seqops-classifier/3", "models:/seqops-classifier@champion",
+                  "runs:/abc/model", "m-123"):  # fmt: skip
+        assert logged_model_id(other) is None

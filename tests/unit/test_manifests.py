@@ -213,5 +213,5 @@ def test_the_team_profile_speaks_to_its_services_as_the_manifests_do():
     [storage] = [d for d in _by_kind("ConfigMap") if d["metadata"]["name"] == "seqops-storage"]
     pod_env = {e["name"] for c in _containers(cluster) for e in c.get("env", [])}
     pod_env |= set(storage["data"])
-    helpers = {"RAY_ADDRESS", "SEQOPS_DATA_STORE", "SEQOPS_TRAIN_STORAGE"}  # the driver's side
+    helpers = {"RAY_ADDRESS", "SEQOPS_DATA_STORE"}  # the driver's side
     assert set(env) - helpers <= pod_env, set(env) - helpers - pod_env

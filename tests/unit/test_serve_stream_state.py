@@ -92,8 +92,8 @@ def command(monkeypatch, capsys):
     def run(*argv: str, serve=None):
         given: dict = {}
 
-        def fake_serve(cli, app, config, http, shared, direct):
-            given.update(config=config, shared=shared)
+        def fake_serve(cli, app, config, http, shared, direct, proxy):
+            given.update(config=config, shared=shared, proxy=proxy)
             return serve(config) if serve else 0
 
         monkeypatch.setattr(serve_cli, "_serve", fake_serve)
@@ -211,3 +211,10 @@ def test_a_bad_url_is_a_config_error_that_hides_it(command, monkeypatch):
     assert "redis_url" in line and "secret-pw" not in line
     code, out, err, given = command("--redis-url", "redis://:secret-pw@host:port/0")
     assert code == 2 and "not a valid" in err and "secret-pw" not in err
+
+
+def test_proxies_go_where_the_config_says_unless_the_command_line_moves_them(command):
+    """Several Ray nodes on one host (the team profile) share its ports: one proxy, HeadOnly."""
+    assert command("--stream-store", "memory")[3]["proxy"] == "EveryNode"  # the config's
+    moved = command("--stream-store", "memory", "--proxy-location", "HeadOnly")
+    assert moved[0] == 0 and moved[3]["proxy"] == "HeadOnly"

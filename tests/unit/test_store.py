@@ -261,3 +261,21 @@ def test_a_store_error_is_one_line_from_the_stage_command(tmp_path, capsys, s3_c
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and err[-1].startswith("ingest: data.store: s3://b/x: ")
     assert "Traceback" not in "\n".join(err)
+
+
+def test_checkpoints_follow_the_data_store_unless_told_otherwise(tmp_path):
+    """Training on several nodes needs checkpoints every node reaches: with data.store set they
+    go inside it (its options kept), train.storage_path overrides, and without either they stay
+    in the repository's .ray_results."""
+    from pipelines.train import storage_root
+
+    def root(data: dict, train: dict) -> str:
+        return storage_root(params_from_dict({"data": data, "train": train}), tmp_path)
+
+    store = "s3://team/seqops?endpoint_override=minio:9000&scheme=http"
+    assert root({"store": store}, {}) == (
+        "s3://team/seqops/ray_results?endpoint_override=minio:9000&scheme=http"
+    )
+    assert root({"store": str(tmp_path / "shared")}, {}) == str(tmp_path / "shared" / "ray_results")
+    assert root({"store": store}, {"storage_path": "s3://other/ckpt"}) == "s3://other/ckpt"
+    assert root({}, {}) == str((tmp_path / ".ray_results").resolve())
