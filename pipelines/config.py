@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from data_checks.config import ValidateConfig
+from data_checks.drift import DriftThresholds
 from pipelines.generate import FEATURE_COLUMNS, NUMERIC_COLUMNS, generated_columns, role_names
 from pipelines.params.data import DataConfig, GenerateConfig
 from pipelines.params.gate import EvaluateConfig, RegisterConfig
@@ -45,6 +46,8 @@ class Params:
     register: RegisterConfig = field(default_factory=RegisterConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     """``seqops tune``'s search; no stage of dvc.yaml reads it."""
+    monitor: DriftThresholds = field(default_factory=DriftThresholds)
+    """``seqops monitor``'s drift thresholds (``data_checks.drift``)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Sections owned by later stages (train, evaluate, ...), kept raw until they are typed."""
 
@@ -76,7 +79,9 @@ def params_from_dict(raw: Mapping[str, Any]) -> Params:
     evaluate = build(EvaluateConfig, "evaluate", raw.get("evaluate"))
     register = build(RegisterConfig, "register", raw.get("register"))
     tune = build(TuneConfig, "tune", raw.get("tune"))
+    monitor = build(DriftThresholds, "monitor", raw.get("monitor"))
     known = {"seed", "data", "validate", "shard", "train", "evaluate", "register", "tune"}
+    known |= {"monitor"}
     extra = {k: v for k, v in raw.items() if k not in known}
     seed = raw.get("seed", 7)
     if not isinstance(seed, int) or isinstance(seed, bool):
@@ -90,6 +95,7 @@ def params_from_dict(raw: Mapping[str, Any]) -> Params:
         evaluate=evaluate,
         register=register,
         tune=tune,
+        monitor=monitor,
         extra=extra,
     )
     check_across_sections(params)

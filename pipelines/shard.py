@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -87,6 +88,7 @@ from seqcore.manifest import (
     WindowInfo,
     part_path,
 )
+from seqcore.profile import Hist, Profile, arrival_order, profile_events, transition_column
 from seqcore.schema import SchemaConfig
 from seqcore.store import (
     Destination,
@@ -155,6 +157,9 @@ class PartPrep:
     """Per split: (visible prefix length, bound the window end must exceed) per entity."""
     train_rows: np.ndarray
     reordered: int
+    arrival: Hist | None = None
+    """Events after their entity's first, in order or behind an earlier one, in the part's
+    row order (``seqcore.profile.arrival_order``)."""
 
 
 def _check_input(parts: list[Part], schema: SchemaConfig, split_column: str | None) -> None:
@@ -366,18 +371,28 @@ def _part_split(
     return prefixes, t <= train_end
 
 
-def _prepare(part: Part, params: Params, plan: SplitPlan) -> PartPrep:
-    """Read one part, order its events and split its entities."""
+def _prepare(part: Part, params: Params, plan: SplitPlan, arrival: bool = False) -> PartPrep:
+    """Read one part, order its events and split its entities; with ``arrival``, count the
+    events that came in out of order first."""
     schema = params.data.schema
     split_column = params.shard.split.column if params.shard.split.method == "column" else None
     table = _read(part, schema, split_column)
+    order = None
+    if arrival:
+        entity = table.column(schema.entity).combine_chunks()
+        seq = table.column(schema.seq).combine_chunks() if schema.seq else None
+        order = arrival_order(
+            pc.dictionary_encode(entity).indices.to_numpy(zero_copy_only=False),
+            time_us(table.column(schema.time)),
+            None if seq is None else seq.to_numpy(zero_copy_only=False),
+        )
     table, offsets, t, reordered = order_events(table, schema.entity, schema.time, schema.seq)
     keys = pc.cast(table.column(schema.entity).take(pa.array(offsets[:-1])), pa.string())
     keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
     prefixes, train_rows = _part_split(
         keys, t, offsets, params, plan, table.column(split_column) if split_column else None
     )
-    return PartPrep(table, offsets, keys, t, prefixes, train_rows, reordered)
+    return PartPrep(table, offsets, keys, t, prefixes, train_rows, reordered, order)
 
 
 def _label_values(column: pa.ChunkedArray, name: str) -> pa.Array:
@@ -586,6 +601,22 @@ class PartWritten:
     parts' results merge into the whole output's (``merge_leakage``)."""
     unlabeled: dict[str, int]
     """Examples of each split without a known label."""
+    profile: Profile
+    """The part's training events profiled (``seqcore.profile``); the arrival order over all
+    its events."""
+
+
+def _train_profile(prep: PartPrep, cat: np.ndarray, num: np.ndarray, spec: FeatureSpec,
+                   schema: SchemaConfig) -> Profile:  # fmt: skip
+    """The profile of the part's training events: each entity's training prefix."""
+    n_train = prep.prefixes["train"][0]
+    rows = prep.train_rows
+    profile = profile_events(
+        np.concatenate(([0], np.cumsum(n_train))), prep.t[rows], cat[rows], num[rows], spec,
+        transition_column(schema),
+    )  # fmt: skip
+    profile.order = prep.arrival
+    return profile
 
 
 def write_part(part: Part, job: Job) -> PartWritten:
@@ -594,7 +625,7 @@ def write_part(part: Part, job: Job) -> PartWritten:
     assert job.fitted is not None and job.scratch is not None
     params, fitted = job.params, job.fitted
     schema, cfg = params.data.schema, params.shard
-    prep = _prepare(part, params, job.plan)
+    prep = _prepare(part, params, job.plan, arrival=True)
     spec, table = fitted.spec, prep.table
     try:
         cat, num = spec.transform(table, offsets=prep.offsets)
@@ -609,6 +640,7 @@ def write_part(part: Part, job: Job) -> PartWritten:
     labels = None
     if schema.label:
         labels = label_index(table.column(schema.label), fitted.classes, schema.label)
+    profile = _train_profile(prep, cat, num, spec, schema)
     ev = EventArrays(prep.offsets, prep.keys, prep.t, cat, num, next_event, forecast, labels)
     prefixes = prep.prefixes
     del table, prep, cat, num
@@ -657,7 +689,7 @@ def write_part(part: Part, job: Job) -> PartWritten:
     # A column split is an entity split: no entity may appear on two sides.
     method = "time" if job.plan.info["method"] == "time" else "entity"
     leakage = check_split_leakage(method, examples, train_end_us=cut[0], val_end_us=cut[1])
-    return PartWritten(pieces, schemas, leakage, unlabeled)
+    return PartWritten(pieces, schemas, leakage, unlabeled, profile)
 
 
 # --------------------------------------------------------------------------- reduce
@@ -880,6 +912,7 @@ def run(params: Params, validated_path: Path, out_dir: Path) -> Manifest:
             if not leakage.passed:
                 raise ShardError(f"leakage between splits, shards not written: {leakage.summary()}")
             unlabeled = {s: sum(w.unlabeled[s] for w in written) for s in SPLITS}
+            profile = functools.reduce(Profile.merge, (w.profile for w in written))
             splits = _reduce(out, written, fits, fitted, params, data, scratch)
             del written
         files = {name: entry.sha256 for name, entry in sorted(out.files.items())}
@@ -903,6 +936,7 @@ def run(params: Params, validated_path: Path, out_dir: Path) -> Manifest:
             max_workers=cfg.max_workers,
             seed=params.seed,
             contract=contract,
+            profile=profile,
             files=files,
         )
         # One hash naming the whole output: every shard file plus the rest of the manifest.

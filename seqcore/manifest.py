@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from seqcore.config import to_jsonable
 from seqcore.features import FeatureSpec
+from seqcore.profile import Profile
 from seqcore.schema import SchemaConfig
 from seqcore.store import POINTER, is_url, locate
 
@@ -332,6 +333,15 @@ def _number_or_none(value: Any) -> bool:
 # --------------------------------------------------------------------------- the manifest
 
 
+def _profile(raw: Any, where: str) -> Profile | None:
+    if raw is None:
+        return None
+    try:
+        return Profile.from_dict(raw)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ManifestError(f"{where}: unreadable: {exc}") from None
+
+
 @dataclass(frozen=True)
 class Manifest:
     """Everything needed to read the shards and to rebuild their preprocessing at serving."""
@@ -355,6 +365,9 @@ class Manifest:
     contract: DataContract | None = None
     """The data contract's rules for served requests; None in manifests written before it
     existed, whose models are served with type checks only."""
+    profile: Profile | None = None
+    """The training split's sequence profile (``seqcore.profile``), the reference drift is
+    measured against; None in manifests written before it existed."""
     files: Mapping[str, str] = field(default_factory=dict)
     """sha256 of every shard file, by path relative to the shard folder."""
     content_hash: str = ""
@@ -395,6 +408,7 @@ class Manifest:
             "seed": self.seed,
             # Absent, not null, when there is none: an older manifest reads back as written.
             **({} if self.contract is None else {"contract": self.contract.to_json()}),
+            **({} if self.profile is None else {"profile": self.profile.to_dict()}),
             "files": dict(self.files),
         }
 
@@ -440,6 +454,7 @@ class Manifest:
             contract=None
             if raw.get("contract") is None
             else DataContract.from_json(raw["contract"], f"{where}.contract"),
+            profile=_profile(raw.get("profile"), f"{where}.profile"),
             files=dict(raw.get("files") or {}),
             content_hash=str(raw.get("content_hash") or ""),
         )

@@ -5,6 +5,7 @@
     seqops tune [ARGS]          hyperparameter search on Ray Tune; writes the best train params
     seqops serve [ARGS]         online scoring over HTTP (python -m serving.cli serve)
     seqops score [ARGS]         batch scoring of a Parquet dataset (python -m serving.batch)
+    seqops monitor [ARGS]       drift of a new events batch against the model's training profile
     seqops registry ACTION      review and promote registered versions (list, compare, promote,
                                 rollback, seal, history)
     seqops metrics diff         dvc metrics diff against the champion's commit or experiment
@@ -79,6 +80,15 @@ def score(args: Sequence[str]) -> None:
     from serving.batch import main as batch_main
 
     sys.exit(batch_main(_args(args)))
+
+
+@cli.command(context_settings=PASS_THROUGH, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def monitor(args: Sequence[str]) -> None:
+    """Drift of a new events batch against the model's training profile (seqops monitor --help)."""
+    from pipelines.monitor import main as monitor_main
+
+    sys.exit(monitor_main(_args(args)))
 
 
 @cli.command(context_settings=PASS_THROUGH, add_help_option=False)

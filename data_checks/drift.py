@@ -1,0 +1,218 @@
+"""Drift of a profile against a reference profile (``seqcore.profile``), statistic by statistic.
+
+Each statistic is a histogram over the same bins in both profiles. Two measures decide:
+
+- the **Jensen-Shannon distance** (base 2: 0 for equal distributions, 1 for disjoint ones;
+  scipy's ``jensenshannon``) is the size of the change, compared with ``max_distance``;
+- a **chi-square test of homogeneity** (scipy's ``chi2_contingency``) says whether the
+  difference is more than sampling noise, at ``alpha`` shared by all the statistics
+  (Bonferroni).
+
+A statistic drifts when both say so: the test alone flags differences too small to matter on
+a large batch, the distance alone flags the noise of a small one.
+
+The test counts independent draws, and events are not: the events of one sequence share
+its entity's habits (one home country, a favourite merchant), so 30,000 events of 500
+customers may carry no more evidence than 500 draws. Each histogram is scaled to its
+effective number of draws, its count over its design effect (``seqcore.profile.Hist``: the
+variance between sequences against that of independent events, per statistic: a country
+that never changes within a customer counts about once per customer, a merchant that changes
+at every event about once per event). Before the test, bins the current batch is
+expected to fill fewer than ``min_expected`` times (from the reference's shares) are pooled
+into one, as the test needs. The population stability index is reported beside them, for
+people used to it; it decides nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.spatial.distance import jensenshannon
+from scipy.stats import chi2_contingency
+
+from seqcore.config import fail
+from seqcore.profile import Hist, Profile
+
+
+@dataclass(frozen=True)
+class DriftThresholds:
+    max_distance: float = 0.1
+    """Jensen-Shannon distance (base 2) above which a statistic has moved enough to matter."""
+    alpha: float = 0.001
+    """Chance of a false alarm on a batch from the reference's own distribution, all the
+    statistics together."""
+    min_expected: float = 5.0
+    """Bins expected to hold fewer current counts than this are pooled before the test."""
+    min_sequences: int = 30
+    """Below this many current sequences nothing decides: every statistic is reported only."""
+
+    def __post_init__(self) -> None:
+        for key, value, ok, why in (
+            ("max_distance", self.max_distance, lambda v: 0 < v < 1, "a distance in (0, 1)"),
+            ("alpha", self.alpha, lambda v: 0 < v < 1, "a probability in (0, 1)"),
+            ("min_expected", self.min_expected, lambda v: v > 0, "a count > 0"),
+            ("min_sequences", self.min_sequences, lambda v: v >= 1, "an integer >= 1"),
+        ):
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if key == "min_sequences":
+                number = isinstance(value, int) and not isinstance(value, bool)
+            if not number or not ok(value):
+                raise fail(f"monitor.{key}", value, f"expected {why}")
+
+
+@dataclass(frozen=True)
+class StatisticDrift:
+    name: str
+    """``length``, ``gap``, ``order``, ``categorical.<col>``, ``numeric.<col>``,
+    ``transitions.<col>``."""
+    distance: float
+    p_value: float
+    psi: float
+    count: int
+    """Current counts behind the statistic."""
+    drifted: bool
+    reference: dict[str, float]
+    current: dict[str, float]
+    """A summary people read: the share of out-of-vocabulary events, the median bin, ..."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "drifted": self.drifted,
+            "distance": round(self.distance, 6),
+            "p_value": self.p_value,
+            "psi": round(self.psi, 6),
+            "count": self.count,
+            "reference": self.reference,
+            "current": self.current,
+        }
+
+
+def _shares(counts: np.ndarray) -> np.ndarray:
+    total = counts.sum()
+    return counts / total if total else np.zeros(len(counts))
+
+
+def _pooled(reference: np.ndarray, current: np.ndarray, min_expected: float) -> np.ndarray:
+    """(2, k) counts with the bins expected to be nearly empty in ``current`` pooled."""
+    expected = _shares(reference) * current.sum()
+    sparse = expected < min_expected
+    keep = ~sparse & ((reference > 0) | (current > 0))
+    table = [reference[keep], current[keep]]
+    if sparse.any() and (reference[sparse].sum() + current[sparse].sum()) > 0:
+        table = [np.append(table[0], reference[sparse].sum()),
+                 np.append(table[1], current[sparse].sum())]  # fmt: skip
+    return np.asarray(table, dtype=np.float64)
+
+
+def _p_value(
+    reference: np.ndarray, current: np.ndarray, sizes: tuple[float, float], min_expected: float
+) -> float:
+    """The test on both histograms scaled to ``sizes``, their numbers of independent draws."""
+    reference, current = _shares(reference) * sizes[0], _shares(current) * sizes[1]
+    table = _pooled(reference, current, min_expected)
+    table = table[:, table.sum(axis=0) > 0]
+    if table.shape[1] < 2 or (table.sum(axis=1) == 0).any():
+        return 1.0
+    return float(chi2_contingency(table, correction=False).pvalue)
+
+
+def _psi(reference: np.ndarray, current: np.ndarray) -> float:
+    p = np.clip(_shares(reference), 1e-6, None)
+    q = np.clip(_shares(current), 1e-6, None)
+    return float(np.sum((q - p) * np.log(q / p)))
+
+
+def _median_bin(counts: np.ndarray) -> float:
+    total = counts.sum()
+    return float(np.searchsorted(np.cumsum(counts), total / 2)) if total else float("nan")
+
+
+def compare_counts(
+    name: str,
+    reference: np.ndarray,
+    current: np.ndarray,
+    sizes: tuple[float, float],
+    thresholds: DriftThresholds,
+    tests: int,
+    decides: bool = True,
+    summary: Any = None,
+) -> StatisticDrift:
+    """One statistic: its histograms in the reference and now, each worth ``sizes``
+    independent draws; ``tests`` statistics share ``alpha``."""
+    reference = np.asarray(reference, dtype=np.float64)
+    current = np.asarray(current, dtype=np.float64)
+    count = int(current.sum())
+    distance = 0.0
+    if reference.sum() and count:
+        distance = float(jensenshannon(_shares(reference), _shares(current), base=2))
+    p_value = _p_value(reference, current, sizes, thresholds.min_expected)
+    drifted = (
+        decides
+        and distance > thresholds.max_distance
+        and p_value < thresholds.alpha / max(tests, 1)
+    )
+    describe = summary or (lambda c: {"median_bin": _median_bin(c)})
+    return StatisticDrift(
+        name, distance, p_value, _psi(reference, current), count, drifted,
+        describe(reference), describe(current),
+    )  # fmt: skip
+
+
+def _oov(counts: np.ndarray) -> dict[str, float]:
+    total = counts.sum()
+    return {"oov_share": float(counts[0] / total) if total else 0.0}
+
+
+def _rate(counts: np.ndarray) -> dict[str, float]:
+    total = counts.sum()
+    return {"out_of_order_share": float(counts[1] / total) if total else 0.0}
+
+
+def compare(
+    reference: Profile, current: Profile, thresholds: DriftThresholds
+) -> list[StatisticDrift]:
+    """Every statistic the two profiles share, in a fixed order."""
+    pairs: list[tuple[str, Hist, Hist, Any]] = [
+        ("length", reference.length, current.length, None),
+        ("gap", reference.gap, current.gap, None),
+    ]
+    if reference.order is not None and current.order is not None:
+        pairs.append(("order", reference.order, current.order, _rate))
+    for col in sorted(reference.categorical.keys() & current.categorical.keys()):
+        pairs.append(
+            (f"categorical.{col}", reference.categorical[col], current.categorical[col], _oov)
+        )
+    for col in sorted(reference.numeric.keys() & current.numeric.keys()):
+        pairs.append((f"numeric.{col}", reference.numeric[col], current.numeric[col], None))
+    if (
+        reference.transitions is not None
+        and current.transitions is not None
+        and reference.transition_column == current.transition_column
+    ):
+        pairs.append((f"transitions.{reference.transition_column}", reference.transitions,
+                      current.transitions, _repeats))  # fmt: skip
+    decides = current.sequences >= thresholds.min_sequences
+    return [
+        compare_counts(
+            name,
+            ref.counts,
+            cur.counts,
+            (ref.total / ref.design_effect(), cur.total / cur.design_effect()),
+            thresholds,
+            len(pairs),
+            decides,
+            summary,
+        )  # fmt: skip
+        for name, ref, cur, summary in pairs
+    ]
+
+
+def _repeats(counts: np.ndarray) -> dict[str, float]:
+    """The share of transitions that repeat the previous event's category."""
+    width = int(round(np.sqrt(len(counts))))
+    total = counts.sum()
+    same = np.trace(counts.reshape(width, width)) if width else 0
+    return {"repeat_share": float(same / total) if total else 0.0}

@@ -1,0 +1,254 @@
+"""``seqops monitor``: does a new batch of events still look like what the model learned from?
+
+The batch is read as the ingest stage reads a user's table (the same formats, checks and
+time zones), encoded with the model's own preprocessing, and profiled (``seqcore.profile``);
+each statistic is compared with the training profile in the model's shard manifest
+(``data_checks.drift``). Written:
+
+- ``--report`` (``reports/drift.json``): every statistic's distance, test and summary, the
+  thresholds, and which statistics drifted;
+- ``--html`` (``reports/drift.html``): the same as a page, with each statistic's reference
+  and current shares drawn side by side.
+
+Exit status: 0 when nothing drifted, 1 when a statistic did (so a scheduler or CI job can
+stop on it), 2 when the input or params are wrong (nothing written then).
+
+    seqops monitor --events new.parquet                      # against the champion
+    seqops monitor --events data/events --shards data/shards # against shards, before a model
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import html
+import io as stdio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from data_checks.drift import DriftThresholds, StatisticDrift, compare
+from pipelines.config import Params, load_params
+from pipelines.ingest import IngestError, normalise_user_table, open_dataset, source_batches
+from seqcore import io
+from seqcore.arrays import time_us
+from seqcore.config import ConfigError
+from seqcore.encoding import encode
+from seqcore.loading import ModelLoadError, load_scorer, tracking_uri
+from seqcore.manifest import Manifest, ManifestError, load_manifest
+from seqcore.profile import Profile, arrival_order, profile_sequences, transition_column
+from seqcore.store import POINTER, StoreError, read_events
+
+log = logging.getLogger("seqops.monitor")
+
+ARRIVAL = "_arrival"
+"""The ingest stage's column of arrival ranks, where the batch is one of its outputs."""
+
+
+class MonitorError(ValueError):
+    """Input the monitor cannot use; the message names it and the fix."""
+
+
+def read_batch(where: str, params: Params, manifest: Manifest) -> pa.Table:
+    """The batch's events with the model's columns, times in UTC, rows in arrival order: an
+    events output of this pipeline (a folder of parts or its pointer), or a user's file or
+    folder read as ``data.format`` and ``data.source_timezone`` say."""
+    if Path(where).is_dir() and (Path(where) / POINTER).exists():
+        table = read_events(where)
+    else:
+        config = dataclasses.replace(params.data, source="file", path=where, schema=manifest.schema)
+        modes: dict[str, str] = {}
+        batches, start = [], 0
+        for batch in source_batches(open_dataset(config), config):
+            batches.append(normalise_user_table(batch, config, start, modes))
+            start += batch.num_rows
+        if not batches:
+            raise MonitorError(f"{where}: no events")
+        table = pa.concat_tables(batches, promote_options="permissive")
+    if ARRIVAL in table.column_names:
+        table = table.take(pc.sort_indices(table, [(ARRIVAL, "ascending")]))
+    return table
+
+
+def profile_batch(table: pa.Table, manifest: Manifest) -> Profile:
+    """The batch's profile as the model would see it, with the arrival order of its rows."""
+    schema, spec = manifest.schema, manifest.features
+    profile = profile_sequences(encode(table, spec, schema), spec, transition_column(schema))
+    entity = table.column(schema.entity).combine_chunks()
+    seq = None
+    if schema.seq and schema.seq in table.column_names:
+        seq = table.column(schema.seq).combine_chunks().to_numpy(zero_copy_only=False)
+    profile.order = arrival_order(
+        pc.dictionary_encode(entity).indices.to_numpy(zero_copy_only=False),
+        time_us(table.column(schema.time)),
+        seq,
+    )
+    return profile
+
+
+def _reference(args: argparse.Namespace, params: Params) -> tuple[Manifest, str]:
+    if args.shards:
+        return load_manifest(args.shards), str(args.shards)
+    uri = args.model or f"models:/{params.register.model_name}@champion"
+    return load_scorer(uri, tracking_uri()).manifest, uri
+
+
+def report(
+    statistics: list[StatisticDrift],
+    reference: Profile,
+    current: Profile,
+    thresholds: DriftThresholds,
+    against: str,
+    events: str,
+) -> dict[str, Any]:
+    drifted = [s.name for s in statistics if s.drifted]
+    return {
+        "passed": not drifted,
+        "drifted": drifted,
+        "reference": {
+            "source": against,
+            "sequences": reference.sequences,
+            "events": reference.events,
+        },  # fmt: skip
+        "current": {"source": events, "sequences": current.sequences, "events": current.events},
+        "decides": current.sequences >= thresholds.min_sequences,
+        "thresholds": dataclasses.asdict(thresholds),
+        "statistics": [s.to_dict() for s in statistics],
+    }
+
+
+def _histograms(profile: Profile) -> dict[str, np.ndarray]:
+    found = {"length": profile.length.counts, "gap": profile.gap.counts}
+    if profile.order is not None:
+        found["order"] = profile.order.counts
+    found |= {f"categorical.{k}": v.counts for k, v in profile.categorical.items()}
+    found |= {f"numeric.{k}": v.counts for k, v in profile.numeric.items()}
+    if profile.transitions is not None:
+        found[f"transitions.{profile.transition_column}"] = profile.transitions.counts
+    return found
+
+
+def _plot(name: str, reference: np.ndarray, current: np.ndarray) -> str:
+    """Reference and current shares of one statistic's bins, as a base64 PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def shares(counts: np.ndarray) -> np.ndarray:
+        total = counts.sum()
+        return counts / total if total else counts * 0.0
+
+    x = np.arange(len(reference))
+    fig, ax = plt.subplots(figsize=(6, 2.4), dpi=80)
+    ax.bar(x - 0.2, shares(reference), width=0.4, label="reference")
+    ax.bar(x + 0.2, shares(current), width=0.4, label="current")
+    ax.set_title(name, fontsize=9)
+    ax.set_xlabel("bin", fontsize=8)
+    ax.legend(fontsize=7)
+    ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    buffer = stdio.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def render_html(result: dict[str, Any], reference: Profile, current: Profile) -> str:
+    ref, cur = _histograms(reference), _histograms(current)
+    rows, plots = [], []
+    for stat in result["statistics"]:
+        name = stat["name"]
+        verdict = "DRIFT" if stat["drifted"] else "ok"
+        rows.append(
+            f"<tr class='{verdict.lower()}'><td>{html.escape(name)}</td><td>{verdict}</td>"
+            f"<td>{stat['distance']:.3f}</td><td>{stat['p_value']:.2e}</td>"
+            f"<td>{stat['psi']:.3f}</td><td>{html.escape(json.dumps(stat['reference']))}</td>"
+            f"<td>{html.escape(json.dumps(stat['current']))}</td></tr>"
+        )
+        if name in ref and name in cur:
+            image = _plot(name, ref[name], cur[name])
+            plots.append(f"<img alt='{html.escape(name)}' src='data:image/png;base64,{image}'>")
+    title = "drift: " + (", ".join(result["drifted"]) if result["drifted"] else "none")
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:2px 8px;text-align:left}}
+tr.drift{{background:#fdd}}img{{margin:4px}}</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>Reference: {html.escape(result["reference"]["source"])} ({result["reference"]["sequences"]}
+sequences, {result["reference"]["events"]} events). Current: {html.escape(result["current"]["source"])}
+({result["current"]["sequences"]} sequences, {result["current"]["events"]} events).
+A statistic drifts when its Jensen-Shannon distance exceeds
+{result["thresholds"]["max_distance"]} and the chi-square test on its effective sample
+rejects equal distributions at {result["thresholds"]["alpha"]} (all statistics together).</p>
+<table><tr><th>statistic</th><th>verdict</th><th>JS distance</th><th>p-value</th><th>PSI</th>
+<th>reference</th><th>current</th></tr>
+{"".join(rows)}
+</table>
+{"".join(plots)}
+</body></html>
+"""
+
+
+def run(args: argparse.Namespace, params: Params) -> dict[str, Any]:
+    manifest, against = _reference(args, params)
+    if manifest.profile is None:
+        raise MonitorError(
+            f"{against}: its shard manifest holds no training profile (written before "
+            "seqops profiled its training split); rebuild the shards (dvc repro shard) and "
+            "retrain, or monitor against --shards of this version"
+        )
+    table = read_batch(str(args.events), params, manifest)
+    current = profile_batch(table, manifest)
+    statistics = compare(manifest.profile, current, params.monitor)
+    result = report(statistics, manifest.profile, current, params.monitor, against, args.events)
+    page = render_html(result, manifest.profile, current)
+    for path in (Path(args.report), Path(args.html)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    io.write_json(args.report, result)
+    with io.atomic_file(args.html) as out:
+        out.write(page)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="seqops monitor", description=__doc__.split("\n")[0])
+    parser.add_argument("--events", required=True, help="the new batch: a file or folder")
+    against = parser.add_mutually_exclusive_group()
+    against.add_argument(
+        "--model", help="registered model whose training profile is the reference "
+        "(default: models:/<register.model_name>@champion)",
+    )  # fmt: skip
+    against.add_argument("--shards", help="a shard folder whose manifest is the reference")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--report", default="reports/drift.json")
+    parser.add_argument("--html", default="reports/drift.html")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        params = load_params(args.params)
+        result = run(args, params)
+    except (ConfigError, MonitorError, IngestError, ManifestError, ModelLoadError,
+            StoreError, FileNotFoundError) as exc:  # fmt: skip
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for stat in result["statistics"]:
+        mark = "DRIFT" if stat["drifted"] else "ok   "
+        print(f"{mark} {stat['name']:<28} distance {stat['distance']:.3f}  "
+              f"p {stat['p_value']:.1e}  {stat['current']}")  # fmt: skip
+    verdict = f"drift in {', '.join(result['drifted'])}" if result["drifted"] else "no drift"
+    print(f"monitor: {verdict} ({result['current']['sequences']} sequences); "
+          f"{args.report}, {args.html}")  # fmt: skip
+    return 1 if result["drifted"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

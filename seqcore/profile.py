@@ -1,0 +1,325 @@
+"""Sequence profiles: what the traffic a model sees looks like, as counts that add up.
+
+A :class:`Profile` holds histograms over bins fixed in advance, so the profiles of parts,
+batches or single requests merge by adding counts, and two profiles always compare bin by bin
+(docs/architecture.md §10):
+
+- ``length``: events per sequence, in power-of-two bins;
+- ``gap``: seconds between consecutive events of a sequence, in half-decade bins;
+- ``categorical``: per column, events by vocabulary id as the model encodes them (the
+  ``CATEGORY_BINS`` most frequent training categories one by one, then the rest together,
+  then out-of-vocabulary: an unseen category *is* drift, not noise);
+- ``numeric``: per column, the standardised value the model sees, in half-standard-deviation
+  bins;
+- ``transitions``: first-order transitions of one categorical column, between its
+  ``TRANSITION_IDS`` most frequent training categories, the rest and out-of-vocabulary: what
+  changes when the order of events changes and every category's share stays the same;
+- ``order``: events that came in before an earlier event of their sequence (by time, then
+  sequence number), counted in the order the rows arrived.
+
+Events of one sequence are not independent draws (one customer's home country, favourite
+merchant), so each histogram also keeps, per bin, the sums over sequences that give the
+variance of its counts between sequences (:class:`Hist`): what a drift test needs to know how
+much evidence a batch of a few hundred long sequences really holds.
+
+Counts are computed from encoded sequences (``seqcore.encoding``): what every scoring path
+holds already, so profiling a request is no second pass over its raw events. Vocabulary ids
+are in training-frequency order (``seqcore.features.vocab_of``), so "the k most frequent" is
+"ids below k + 2" without another count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from seqcore.encoding import EncodedSequence
+from seqcore.features import OOV_ID, TIME_DELTA, FeatureSpec
+from seqcore.schema import SchemaConfig
+
+LENGTH_EDGES = tuple(2**k for k in range(17))
+"""Upper bounds (inclusive) of the length bins: 1, 2, 3-4, 5-8, ..., 32769-65536, then more."""
+GAP_EDGES_S = tuple(float(10 ** (k / 2)) for k in range(15))
+"""Lower bounds of the gap bins after the first ([0, 1 s)): 1 s, 3.2 s, 10 s, ..., 10^7 s."""
+Z_EDGES = tuple(float(z) / 2 for z in range(-8, 9))
+"""Bin edges of a standardised numeric value: -4, -3.5, ..., 4 (and beyond, each side)."""
+CATEGORY_BINS = 64
+DENSE_CELLS = 1 << 23
+"""(sequence, bin) cells counted with one bincount up to this many (64 MiB of counts)."""
+TRANSITION_IDS = 16
+
+
+@dataclass(eq=False)
+class Hist:
+    """Counts per bin of items grouped in sequences, with what their spread between sequences
+    needs: for sequence i holding c_ib of its n_i items in bin b, ``sq`` = sum_i c_ib^2,
+    ``cross`` = sum_i n_i c_ib and ``size_sq`` = sum_i n_i^2. All add up under ``merge``."""
+
+    counts: np.ndarray
+    sq: np.ndarray
+    cross: np.ndarray
+    size_sq: int = 0
+
+    @classmethod
+    def zeros(cls, bins: int) -> Hist:
+        return cls(np.zeros(bins, np.int64), np.zeros(bins, np.int64), np.zeros(bins, np.int64))
+
+    @classmethod
+    def of(cls, sequence: np.ndarray, bin_of: np.ndarray, bins: int) -> Hist:
+        """Items by the sequence (any int key, items of one sequence contiguous or not) and
+        the bin they fall in."""
+        if not len(bin_of):
+            return cls.zeros(bins)
+        sequence = np.asarray(sequence, dtype=np.int64)
+        bin_of = np.asarray(bin_of, dtype=np.int64)
+        key = sequence * bins + bin_of
+        span = int(key.max()) + 1
+        if span <= max(DENSE_CELLS, 4 * len(key)):  # counting beats sorting
+            dense = np.bincount(key, minlength=span)
+            cell = np.flatnonzero(dense)
+            count = dense[cell]
+        else:
+            cell, count = np.unique(key, return_counts=True)
+        seq_of_cell, bin_of_cell = np.divmod(cell, bins)
+        _, size_index, size = np.unique(seq_of_cell, return_inverse=True, return_counts=True)
+        sizes = np.bincount(size_index, weights=count).astype(np.int64)
+        return cls(
+            np.bincount(bin_of_cell, weights=count, minlength=bins).astype(np.int64),
+            np.bincount(bin_of_cell, weights=count * count, minlength=bins).astype(np.int64),
+            np.bincount(bin_of_cell, weights=count * sizes[size_index], minlength=bins).astype(
+                np.int64
+            ),
+            int(np.sum(sizes * sizes)),
+        )
+
+    @property
+    def total(self) -> int:
+        return int(self.counts.sum())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Hist):
+            return NotImplemented
+        return self.size_sq == other.size_sq and all(
+            np.array_equal(a, b)
+            for a, b in (
+                (self.counts, other.counts),
+                (self.sq, other.sq),
+                (self.cross, other.cross),
+            )
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the arrays it holds
+
+    def merge(self, other: Hist) -> Hist:
+        return Hist(
+            self.counts + other.counts,
+            self.sq + other.sq,
+            self.cross + other.cross,
+            self.size_sq + other.size_sq,
+        )
+
+    def design_effect(self) -> float:
+        """How many times the variance of the shares exceeds that of as many independent
+        items (Kish's design effect of a cluster sample, over all bins; at least 1): items of
+        a sequence that are all alike give about the mean sequence size, items that vary
+        within every sequence as they do between sequences give 1."""
+        n = self.total
+        if n == 0:
+            return 1.0
+        p = self.counts / n
+        between = self.sq - 2 * p * self.cross + p * p * self.size_sq
+        independent = n * p * (1 - p)
+        if independent.sum() <= 0:
+            return 1.0
+        return max(1.0, float(between.sum() / independent.sum()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "counts": self.counts.tolist(),
+            "sq": self.sq.tolist(),
+            "cross": self.cross.tolist(),
+            "size_sq": self.size_sq,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Hist:
+        return cls(
+            np.asarray(raw["counts"], np.int64),
+            np.asarray(raw["sq"], np.int64),
+            np.asarray(raw["cross"], np.int64),
+            int(raw["size_sq"]),
+        )
+
+
+def category_codes(ids: np.ndarray, top: int) -> np.ndarray:
+    """Vocabulary ids -> profile codes: 0 out-of-vocabulary, 1..top the ``top`` most frequent
+    training categories, top + 1 every other category."""
+    codes = np.where(ids >= top + 2, top + 1, ids - 1)
+    return np.where(ids == OOV_ID, 0, codes).astype(np.int64)
+
+
+def _hists(raw: Mapping[str, Any]) -> dict[str, Hist]:
+    return {k: Hist.from_dict(v) for k, v in raw.items()}
+
+
+@dataclass
+class Profile:
+    """Histograms of a set of sequences (module docstring); ``merge`` adds two up."""
+
+    sequences: int = 0
+    events: int = 0
+    length: Hist = field(default_factory=lambda: Hist.zeros(len(LENGTH_EDGES) + 1))
+    gap: Hist = field(default_factory=lambda: Hist.zeros(len(GAP_EDGES_S) + 1))
+    categorical: dict[str, Hist] = field(default_factory=dict)
+    numeric: dict[str, Hist] = field(default_factory=dict)
+    transition_column: str | None = None
+    transitions: Hist | None = None
+    """Counts of (code before, code after) pairs, flattened: (TRANSITION_IDS + 2)^2 bins."""
+    order: Hist | None = None
+    """Events after their sequence's first, in order (bin 0) or behind an earlier one (bin
+    1), in arrival order; None where the arrival order is unknown."""
+
+    def merge(self, other: Profile) -> Profile:
+        def add(a: dict[str, Hist], b: dict[str, Hist]) -> dict[str, Hist]:
+            return {k: a[k].merge(b[k]) if k in a and k in b else a.get(k) or b[k]
+                    for k in sorted({*a, *b})}  # fmt: skip
+
+        def either(a: Hist | None, b: Hist | None) -> Hist | None:
+            return b if a is None else a if b is None else a.merge(b)
+
+        return Profile(
+            sequences=self.sequences + other.sequences,
+            events=self.events + other.events,
+            length=self.length.merge(other.length),
+            gap=self.gap.merge(other.gap),
+            categorical=add(self.categorical, other.categorical),
+            numeric=add(self.numeric, other.numeric),
+            transition_column=self.transition_column or other.transition_column,
+            transitions=either(self.transitions, other.transitions),
+            order=either(self.order, other.order),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sequences": self.sequences,
+            "events": self.events,
+            "bins": {
+                "length_upper": list(LENGTH_EDGES),
+                "gap_lower_s": list(GAP_EDGES_S),
+                "z_edges": list(Z_EDGES),
+                "category_top": CATEGORY_BINS,
+                "transition_top": TRANSITION_IDS,
+            },
+            "length": self.length.to_dict(),
+            "gap": self.gap.to_dict(),
+            "categorical": {k: v.to_dict() for k, v in sorted(self.categorical.items())},
+            "numeric": {k: v.to_dict() for k, v in sorted(self.numeric.items())},
+            "transition_column": self.transition_column,
+            "transitions": None if self.transitions is None else self.transitions.to_dict(),
+            "order": None if self.order is None else self.order.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Profile:
+        transitions, order = raw.get("transitions"), raw.get("order")
+        return cls(
+            sequences=int(raw["sequences"]),
+            events=int(raw["events"]),
+            length=Hist.from_dict(raw["length"]),
+            gap=Hist.from_dict(raw["gap"]),
+            categorical=_hists(raw["categorical"]),
+            numeric=_hists(raw["numeric"]),
+            transition_column=raw.get("transition_column"),
+            transitions=None if transitions is None else Hist.from_dict(transitions),
+            order=None if order is None else Hist.from_dict(order),
+        )
+
+
+def transition_column(schema: SchemaConfig) -> str | None:
+    """The column whose transitions a profile counts: the next_event target's, else the
+    first categorical column (none without categorical columns)."""
+    return schema.next_event or (schema.categorical[0] if schema.categorical else None)
+
+
+def _bins(edges: Sequence[float], values: np.ndarray, side: str) -> np.ndarray:
+    return np.searchsorted(np.asarray(edges), values, side=side)  # type: ignore[call-overload]
+
+
+def profile_events(
+    offsets: np.ndarray,
+    t_us: np.ndarray,
+    cat: np.ndarray,
+    num: np.ndarray,
+    spec: FeatureSpec,
+    transition_column: str | None,
+) -> Profile:
+    """The profile of encoded events grouped into sequences: ``offsets`` (G + 1, from 0)
+    bound each sequence's rows of ``t_us`` (N,), ``cat`` (N, C) vocabulary ids in
+    ``spec.categorical`` order and ``num`` (N, F) standardised values in
+    ``spec.numeric_order``, each sequence time-ordered. Empty sequences are left out."""
+    sizes = np.diff(offsets)
+    n = int(offsets[-1]) if len(offsets) else 0
+    seq_of = np.repeat(np.arange(len(sizes)), sizes)
+    kept = sizes[sizes > 0]
+    follows = seq_of[1:] == seq_of[:-1]  # event i + 1 continues the sequence of event i
+    gap_s = np.clip(np.diff(t_us)[follows] / 1e6, 0.0, None)
+    pair_seq = seq_of[1:][follows]
+    profile = Profile(
+        sequences=len(kept),
+        events=n,
+        length=Hist.of(
+            np.arange(len(kept)), _bins(LENGTH_EDGES, kept, "left"), len(LENGTH_EDGES) + 1
+        ),  # fmt: skip
+        gap=Hist.of(pair_seq, _bins(GAP_EDGES_S, gap_s, "right"), len(GAP_EDGES_S) + 1),
+    )
+    for i, col in enumerate(spec.categorical):
+        codes = category_codes(cat[:, i], CATEGORY_BINS)
+        profile.categorical[col] = Hist.of(seq_of, codes, CATEGORY_BINS + 2)
+    for i, col in enumerate(spec.numeric_order):
+        if col != TIME_DELTA:  # the gap histogram says it in seconds
+            profile.numeric[col] = Hist.of(seq_of, _bins(Z_EDGES, num[:, i], "right"),
+                                           len(Z_EDGES) + 1)  # fmt: skip
+    if transition_column is not None and transition_column in spec.categorical:
+        codes = category_codes(cat[:, spec.categorical.index(transition_column)], TRANSITION_IDS)
+        width = TRANSITION_IDS + 2
+        pairs = codes[:-1][follows] * width + codes[1:][follows]
+        profile.transition_column = transition_column
+        profile.transitions = Hist.of(pair_seq, pairs, width * width)
+    return profile
+
+
+def profile_sequences(
+    sequences: Sequence[EncodedSequence], spec: FeatureSpec, transition_column: str | None
+) -> Profile:
+    """:func:`profile_events` of sequences as ``seqcore.encoding.encode`` gives them."""
+    sizes = [len(s.event_time_us) for s in sequences]
+    return profile_events(
+        np.concatenate(([0], np.cumsum(sizes))).astype(np.int64),
+        np.concatenate([s.event_time_us for s in sequences]) if sequences else np.zeros(0),
+        np.concatenate([s.cat_ids for s in sequences])
+        if sequences
+        else np.zeros((0, len(spec.categorical)), np.int32),
+        np.concatenate([s.num for s in sequences])
+        if sequences
+        else np.zeros((0, len(spec.numeric_order)), np.float32),
+        spec,
+        transition_column,
+    )
+
+
+def arrival_order(group: np.ndarray, t_us: np.ndarray, seq: np.ndarray | None) -> Hist:
+    """Events after the first of their group, in order (bin 0) or behind the group's previous
+    event by (time, seq) (bin 1): rows in the order they arrived, ``group`` an int key."""
+    if len(group) < 2:
+        return Hist.zeros(2)
+    order = np.argsort(group, kind="stable")  # each group's rows, still in arrival order
+    g, t = np.asarray(group)[order], t_us[order]
+    same = g[1:] == g[:-1]
+    dt = np.diff(t)
+    behind = dt < 0
+    if seq is not None:
+        behind |= (dt == 0) & (np.diff(np.asarray(seq)[order]) < 0)
+    return Hist.of(g[1:][same], behind[same].astype(np.int64), 2)
