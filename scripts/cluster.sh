@@ -159,6 +159,7 @@ kill_worker() {
     [ "$(readlink "$proc/ns/mnt" 2>/dev/null)" = "$ns" ] && kill -9 "$pid" 2>/dev/null || true
   done
   rm -f "$STATE/ray-worker.ns"
+  [ "${1:-}" = "--no-wait" ] && return 0  # the head goes down too: nothing to wait for
   log "killed the Ray worker node; waiting for the head to mark it dead"
   for _ in $(seq 1 120); do nodes_up || return 0; sleep 0.5; done
 }
@@ -174,11 +175,20 @@ EOF
 
 down() {
   [ -d "$STATE" ] || { log "nothing to stop"; return 0; }
-  kill_worker
+  kill_worker --no-wait
   "$VENV/bin/ray" stop --force > /dev/null 2>&1 || true
+  local pids=()
   for name in ray-worker mlflow s3; do
-    if [ -f "$STATE/$name.pid" ]; then kill "$(cat "$STATE/$name.pid")" 2>/dev/null || true; fi
+    if [ -f "$STATE/$name.pid" ]; then
+      pids+=("$(cat "$STATE/$name.pid")")
+      kill "${pids[-1]}" 2>/dev/null || true
+    fi
   done
+  # Gone before this returns, so that an `up` right after finds its ports free.
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+  done
+  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
   if [ -f "$STATE/pg/postmaster.pid" ]; then
     runuser -u postgres -- "$PG/pg_ctl" -D "$STATE/pg" -m fast -w stop > /dev/null || true
   fi
