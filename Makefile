@@ -32,7 +32,7 @@ cluster-up: setup ## The team profile on this machine: S3 (moto), PostgreSQL + M
 cluster-down: ## Stop the team profile and remove .cluster/
 	bash scripts/cluster.sh down
 
-test-cluster: setup ## The cluster tests: team profile up, train across its two nodes, lose a node mid-run, down (~4 min)
+test-cluster: setup ## The cluster tests: team profile up; dvc repro, push and pull in team mode; serving and a promotion; a node lost mid-training; down (~6 min)
 	$(BIN)/python -m pytest -m cluster tests/cluster
 
 lint: setup ## ruff lint and format check, and the import-layer contracts
