@@ -69,12 +69,13 @@ class StatisticDrift:
     ``transitions.<col>``."""
     distance: float
     p_value: float
-    psi: float
+    psi: float | None
+    """None when either side is empty."""
     count: int
     """Current counts behind the statistic."""
     drifted: bool
-    reference: dict[str, float]
-    current: dict[str, float]
+    reference: dict[str, float | None]
+    current: dict[str, float | None]
     """A summary people read: the share of out-of-vocabulary events, the median bin, ..."""
 
     def to_dict(self) -> dict[str, Any]:
@@ -83,7 +84,7 @@ class StatisticDrift:
             "drifted": self.drifted,
             "distance": round(self.distance, 6),
             "p_value": self.p_value,
-            "psi": round(self.psi, 6),
+            "psi": None if self.psi is None else round(self.psi, 6),
             "count": self.count,
             "reference": self.reference,
             "current": self.current,
@@ -119,15 +120,17 @@ def _p_value(
     return float(chi2_contingency(table, correction=False).pvalue)
 
 
-def _psi(reference: np.ndarray, current: np.ndarray) -> float:
+def _psi(reference: np.ndarray, current: np.ndarray) -> float | None:
+    if not reference.sum() or not current.sum():
+        return None
     p = np.clip(_shares(reference), 1e-6, None)
     q = np.clip(_shares(current), 1e-6, None)
     return float(np.sum((q - p) * np.log(q / p)))
 
 
-def _median_bin(counts: np.ndarray) -> float:
+def _median_bin(counts: np.ndarray) -> dict[str, float | None]:
     total = counts.sum()
-    return float(np.searchsorted(np.cumsum(counts), total / 2)) if total else float("nan")
+    return {"median_bin": float(np.searchsorted(np.cumsum(counts), total / 2)) if total else None}
 
 
 def compare_counts(
@@ -147,28 +150,29 @@ def compare_counts(
     count = int(current.sum())
     distance = 0.0
     if reference.sum() and count:
-        distance = float(jensenshannon(_shares(reference), _shares(current), base=2))
+        # scipy takes the root of a difference that rounding can leave just below 0
+        distance = float(np.nan_to_num(jensenshannon(_shares(reference), _shares(current), base=2)))
     p_value = _p_value(reference, current, sizes, thresholds.min_expected)
     drifted = (
         decides
         and distance > thresholds.max_distance
         and p_value < thresholds.alpha / max(tests, 1)
     )
-    describe = summary or (lambda c: {"median_bin": _median_bin(c)})
+    describe = summary or _median_bin
     return StatisticDrift(
         name, distance, p_value, _psi(reference, current), count, drifted,
         describe(reference), describe(current),
     )  # fmt: skip
 
 
-def _oov(counts: np.ndarray) -> dict[str, float]:
+def _oov(counts: np.ndarray) -> dict[str, float | None]:
     total = counts.sum()
-    return {"oov_share": float(counts[0] / total) if total else 0.0}
+    return {"oov_share": float(counts[0] / total) if total else None}
 
 
-def _rate(counts: np.ndarray) -> dict[str, float]:
+def _rate(counts: np.ndarray) -> dict[str, float | None]:
     total = counts.sum()
-    return {"out_of_order_share": float(counts[1] / total) if total else 0.0}
+    return {"out_of_order_share": float(counts[1] / total) if total else None}
 
 
 def compare(
@@ -210,9 +214,10 @@ def compare(
     ]
 
 
-def _repeats(counts: np.ndarray) -> dict[str, float]:
-    """The share of transitions that repeat the previous event's category."""
+def _repeats(counts: np.ndarray) -> dict[str, float | None]:
+    """The share of transitions between known categories that repeat the previous event's
+    (codes 1..top; out-of-vocabulary and "the rest" pairs are not one category)."""
     width = int(round(np.sqrt(len(counts))))
-    total = counts.sum()
-    same = np.trace(counts.reshape(width, width)) if width else 0
-    return {"repeat_share": float(same / total) if total else 0.0}
+    pairs = counts.reshape(width, width)[1:-1, 1:-1]
+    total = pairs.sum()
+    return {"repeat_share": float(np.trace(pairs) / total) if total else None}

@@ -11,7 +11,14 @@ each statistic is compared with the training profile in the model's shard manife
   and current shares drawn side by side.
 
 Exit status: 0 when nothing drifted, 1 when a statistic did (so a scheduler or CI job can
-stop on it), 2 when the input or params are wrong (nothing written then).
+stop on it), 2 when the input, the outputs or params are wrong, 3 on any other failure
+(nothing written then).
+
+The batch should hold sequences as the reference does: whole histories, or at least the
+model's window of each entity. A batch of one day's events of entities with a year of
+history has shorter sequences and fewer long gaps than training had, and ``length`` and
+``gap`` say so. The reference's ``order`` is counted on validated events: rows the contract
+quarantined are not in it, and a raw batch that holds such rows shows them as drift.
 
     seqops monitor --events new.parquet                      # against the champion
     seqops monitor --events data/events --shards data/shards # against shards, before a model
@@ -26,6 +33,7 @@ import html
 import io as stdio
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +46,7 @@ import pyarrow.compute as pc
 from data_checks.drift import DriftThresholds, StatisticDrift, compare
 from pipelines.config import Params, load_params
 from pipelines.ingest import IngestError, normalise_user_table, open_dataset, source_batches
+from pipelines.ingest import arrival_order as ingest_arrival
 from seqcore import io
 from seqcore.arrays import time_us
 from seqcore.config import ConfigError
@@ -59,12 +68,19 @@ class MonitorError(ValueError):
 
 def read_batch(where: str, params: Params, manifest: Manifest) -> pa.Table:
     """The batch's events with the model's columns, times in UTC, rows in arrival order: an
-    events output of this pipeline (a folder of parts or its pointer), or a user's file or
-    folder read as ``data.format`` and ``data.source_timezone`` say."""
+    events output of this pipeline (a folder of parts or its pointer, in the order ingest
+    recorded), or a user's file or folder read as ``data.format`` and
+    ``data.source_timezone`` say, in the order of the schema's arrival column when it has
+    one, else in file order. New traffic has no labels yet: none is asked for."""
+    schema = manifest.schema
     if Path(where).is_dir() and (Path(where) / POINTER).exists():
         table = read_events(where)
     else:
-        config = dataclasses.replace(params.data, source="file", path=where, schema=manifest.schema)
+        arrival = schema.arrival
+        config = dataclasses.replace(
+            params.data, source="file", path=where,
+            schema=dataclasses.replace(schema, label=None, arrival=None),
+        )  # fmt: skip
         modes: dict[str, str] = {}
         batches, start = [], 0
         for batch in source_batches(open_dataset(config), config):
@@ -73,8 +89,19 @@ def read_batch(where: str, params: Params, manifest: Manifest) -> pa.Table:
         if not batches:
             raise MonitorError(f"{where}: no events")
         table = pa.concat_tables(batches, promote_options="permissive")
+        if arrival and arrival in table.column_names:
+            rows = ingest_arrival(table, arrival, params.data.source_timezone)
+            table = table.take(pa.array(rows))
     if ARRIVAL in table.column_names:
         table = table.take(pc.sort_indices(table, [(ARRIVAL, "ascending")]))
+    if not table.num_rows:
+        raise MonitorError(f"{where}: no events")
+    for role, name in (("entity key", schema.entity), ("time", schema.time)):
+        nulls = table.column(name).null_count
+        if nulls:
+            raise MonitorError(
+                f"{where}: {nulls} event(s) without a {role} ({name!r}); drop or fill them"
+            )
     return table
 
 
@@ -85,7 +112,8 @@ def profile_batch(table: pa.Table, manifest: Manifest) -> Profile:
     entity = table.column(schema.entity).combine_chunks()
     seq = None
     if schema.seq and schema.seq in table.column_names:
-        seq = table.column(schema.seq).combine_chunks().to_numpy(zero_copy_only=False)
+        column = pc.cast(table.column(schema.seq), pa.int64()).combine_chunks()
+        seq = column.to_numpy(zero_copy_only=False)
     profile.order = arrival_order(
         pc.dictionary_encode(entity).indices.to_numpy(zero_copy_only=False),
         time_us(table.column(schema.time)),
@@ -171,7 +199,7 @@ def render_html(result: dict[str, Any], reference: Profile, current: Profile) ->
         rows.append(
             f"<tr class='{verdict.lower()}'><td>{html.escape(name)}</td><td>{verdict}</td>"
             f"<td>{stat['distance']:.3f}</td><td>{stat['p_value']:.2e}</td>"
-            f"<td>{stat['psi']:.3f}</td><td>{html.escape(json.dumps(stat['reference']))}</td>"
+            f"<td>{_number(stat['psi'])}</td><td>{html.escape(json.dumps(stat['reference']))}</td>"
             f"<td>{html.escape(json.dumps(stat['current']))}</td></tr>"
         )
         if name in ref and name in cur:
@@ -198,7 +226,23 @@ rejects equal distributions at {result["thresholds"]["alpha"]} (all statistics t
 """
 
 
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.3f}"
+
+
+def check_outputs(*paths: str) -> None:
+    """Before any reading: each output's folder can be made and written, and the output is
+    not a folder (the report must not be lost to a typo after the work)."""
+    for path in map(Path, paths):
+        if path.is_dir():
+            raise MonitorError(f"{path}: is a folder; name a file to write the report to")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not os.access(path.parent, os.W_OK):
+            raise MonitorError(f"{path.parent}: not writable")
+
+
 def run(args: argparse.Namespace, params: Params) -> dict[str, Any]:
+    check_outputs(args.report, args.html)
     manifest, against = _reference(args, params)
     if manifest.profile is None:
         raise MonitorError(
@@ -211,8 +255,6 @@ def run(args: argparse.Namespace, params: Params) -> dict[str, Any]:
     statistics = compare(manifest.profile, current, params.monitor)
     result = report(statistics, manifest.profile, current, params.monitor, against, args.events)
     page = render_html(result, manifest.profile, current)
-    for path in (Path(args.report), Path(args.html)):
-        path.parent.mkdir(parents=True, exist_ok=True)
     io.write_json(args.report, result)
     with io.atomic_file(args.html) as out:
         out.write(page)
@@ -237,9 +279,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         params = load_params(args.params)
         result = run(args, params)
     except (ConfigError, MonitorError, IngestError, ManifestError, ModelLoadError,
-            StoreError, FileNotFoundError) as exc:  # fmt: skip
+            StoreError, OSError, pa.ArrowException) as exc:  # fmt: skip
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception:  # 1 says drift, and only drift: anything else is its own status
+        log.exception("monitor failed")
+        return 3
     for stat in result["statistics"]:
         mark = "DRIFT" if stat["drifted"] else "ok   "
         print(f"{mark} {stat['name']:<28} distance {stat['distance']:.3f}  "

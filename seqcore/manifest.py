@@ -338,7 +338,7 @@ def _profile(raw: Any, where: str) -> Profile | None:
         return None
     try:
         return Profile.from_dict(raw)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ManifestError(f"{where}: unreadable: {exc}") from None
 
 

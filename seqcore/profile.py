@@ -14,8 +14,8 @@ batches or single requests merge by adding counts, and two profiles always compa
 - ``transitions``: first-order transitions of one categorical column, between its
   ``TRANSITION_IDS`` most frequent training categories, the rest and out-of-vocabulary: what
   changes when the order of events changes and every category's share stays the same;
-- ``order``: events that came in before an earlier event of their sequence (by time, then
-  sequence number), counted in the order the rows arrived.
+- ``order``: events that arrived right after an event of their sequence that is later (by
+  time, then sequence number), counted in the order the rows came in.
 
 Events of one sequence are not independent draws (one customer's home country, favourite
 merchant), so each histogram also keeps, per bin, the sums over sequences that give the
@@ -48,8 +48,19 @@ Z_EDGES = tuple(float(z) / 2 for z in range(-8, 9))
 """Bin edges of a standardised numeric value: -4, -3.5, ..., 4 (and beyond, each side)."""
 CATEGORY_BINS = 64
 DENSE_CELLS = 1 << 23
-"""(sequence, bin) cells counted with one bincount up to this many (64 MiB of counts)."""
+"""(sequence, bin) cells counted with one bincount up to this many, or four per item (8
+bytes a cell); beyond, by sorting."""
 TRANSITION_IDS = 16
+
+
+BINS: dict[str, Any] = {
+    "length_upper": list(LENGTH_EDGES),
+    "gap_lower_s": list(GAP_EDGES_S),
+    "z_edges": list(Z_EDGES),
+    "category_top": CATEGORY_BINS,
+    "transition_top": TRANSITION_IDS,
+}
+"""The bins a profile is counted over, recorded in it and checked when it is read."""
 
 
 @dataclass(eq=False)
@@ -69,12 +80,14 @@ class Hist:
 
     @classmethod
     def of(cls, sequence: np.ndarray, bin_of: np.ndarray, bins: int) -> Hist:
-        """Items by the sequence (any int key, items of one sequence contiguous or not) and
-        the bin they fall in."""
+        """Items by their sequence (a non-negative index, items of one sequence contiguous
+        or not) and the bin they fall in (0 <= bin < ``bins``)."""
         if not len(bin_of):
             return cls.zeros(bins)
         sequence = np.asarray(sequence, dtype=np.int64)
         bin_of = np.asarray(bin_of, dtype=np.int64)
+        if sequence.min() < 0 or bin_of.min() < 0 or bin_of.max() >= bins:
+            raise ValueError(f"sequence indexes must be >= 0 and bins in [0, {bins})")
         key = sequence * bins + bin_of
         span = int(key.max()) + 1
         if span <= max(DENSE_CELLS, 4 * len(key)):  # counting beats sorting
@@ -84,7 +97,7 @@ class Hist:
         else:
             cell, count = np.unique(key, return_counts=True)
         seq_of_cell, bin_of_cell = np.divmod(cell, bins)
-        _, size_index, size = np.unique(seq_of_cell, return_inverse=True, return_counts=True)
+        _, size_index = np.unique(seq_of_cell, return_inverse=True)
         sizes = np.bincount(size_index, weights=count).astype(np.int64)
         return cls(
             np.bincount(bin_of_cell, weights=count, minlength=bins).astype(np.int64),
@@ -122,19 +135,26 @@ class Hist:
         )
 
     def design_effect(self) -> float:
-        """How many times the variance of the shares exceeds that of as many independent
-        items (Kish's design effect of a cluster sample, over all bins; at least 1): items of
-        a sequence that are all alike give about the mean sequence size, items that vary
-        within every sequence as they do between sequences give 1."""
+        """How many times the chi-square statistic of these counts is inflated over that of
+        as many independent items (the first-order Rao-Scott correction: the mean of the
+        bins' design effects, each weighted as the statistic weights it; at least 1). Items
+        of a sequence that are all alike give about the size-weighted mean sequence size
+        (``size_sq / total``), items that vary within every sequence as they do between
+        sequences give 1. Each bin's between-sequence variance is taken around the shares
+        estimated from these counts, so it is divided by ``n - size_sq / n``, not ``n``."""
         n = self.total
         if n == 0:
             return 1.0
+        effective_n = n - self.size_sq / n
+        if effective_n <= 0:  # one sequence: nothing to tell its items apart by
+            return max(1.0, self.size_sq / n)
         p = self.counts / n
-        between = self.sq - 2 * p * self.cross + p * p * self.size_sq
-        independent = n * p * (1 - p)
-        if independent.sum() <= 0:
-            return 1.0
-        return max(1.0, float(between.sum() / independent.sum()))
+        filled = p > 0
+        if filled.sum() < 2:
+            return max(1.0, self.size_sq / n)
+        between = (self.sq - 2 * p * self.cross + p * p * self.size_sq)[filled]
+        effects = between / (effective_n * p[filled])
+        return max(1.0, float(effects.sum() / (filled.sum() - 1)))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -179,8 +199,9 @@ class Profile:
     transitions: Hist | None = None
     """Counts of (code before, code after) pairs, flattened: (TRANSITION_IDS + 2)^2 bins."""
     order: Hist | None = None
-    """Events after their sequence's first, in order (bin 0) or behind an earlier one (bin
-    1), in arrival order; None where the arrival order is unknown."""
+    """Events after their sequence's first, in arrival order: in order with the event of
+    their sequence that arrived before them (bin 0) or behind it (bin 1); None where the
+    arrival order is unknown."""
 
     def merge(self, other: Profile) -> Profile:
         def add(a: dict[str, Hist], b: dict[str, Hist]) -> dict[str, Hist]:
@@ -206,13 +227,7 @@ class Profile:
         return {
             "sequences": self.sequences,
             "events": self.events,
-            "bins": {
-                "length_upper": list(LENGTH_EDGES),
-                "gap_lower_s": list(GAP_EDGES_S),
-                "z_edges": list(Z_EDGES),
-                "category_top": CATEGORY_BINS,
-                "transition_top": TRANSITION_IDS,
-            },
+            "bins": BINS,
             "length": self.length.to_dict(),
             "gap": self.gap.to_dict(),
             "categorical": {k: v.to_dict() for k, v in sorted(self.categorical.items())},
@@ -224,6 +239,13 @@ class Profile:
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> Profile:
+        """Refuses a profile over other bins than this code's (ValueError): it would compare
+        bin by bin with the wrong ones."""
+        if raw.get("bins") != BINS:
+            raise ValueError(
+                "profiled over other bins than this version of seqops uses; rebuild the "
+                "shards (dvc repro shard) and retrain, or monitor with the seqops that wrote it"
+            )
         transitions, order = raw.get("transitions"), raw.get("order")
         return cls(
             sequences=int(raw["sequences"]),
@@ -312,7 +334,8 @@ def profile_sequences(
 
 def arrival_order(group: np.ndarray, t_us: np.ndarray, seq: np.ndarray | None) -> Hist:
     """Events after the first of their group, in order (bin 0) or behind the group's previous
-    event by (time, seq) (bin 1): rows in the order they arrived, ``group`` an int key."""
+    event by (time, seq) (bin 1): rows in the order they arrived, ``group`` a non-negative
+    int key. Arrivals at times 10, 5, 6, 7 count one event behind: the 5."""
     if len(group) < 2:
         return Hist.zeros(2)
     order = np.argsort(group, kind="stable")  # each group's rows, still in arrival order

@@ -295,3 +295,47 @@ def test_profile_batch_reads_the_arrival_order_of_rows(shards):
     shuffled = profile_batch(rows_shuffled(events, np.random.default_rng(1)), manifest)
     assert ordered.order.counts[1] == 0
     assert shuffled.order.counts[1] > 0.3 * shuffled.order.total
+
+
+def test_a_batch_of_single_events_reports_without_gaps(world):
+    """No sequence with two events: no gap, no transition; the report is still JSON."""
+    reference, current, spec = world
+    first = _sorted(current)
+    starts = pc.is_in(pc.cast(pa.array(range(first.num_rows)), pa.int64()),
+                      value_set=pa.array(_starts(first)))  # fmt: skip
+    found = compare(reference, _profile(first.filter(starts), spec), THRESHOLDS)
+    gap = next(s for s in found if s.name == "gap")
+    assert gap.count == 0 and gap.current == {"median_bin": None} and gap.psi is None
+    json.dumps([s.to_dict() for s in found], allow_nan=False)
+
+
+def _starts(table: pa.Table) -> list[int]:
+    keys = table.column(SCHEMA.entity).to_numpy(zero_copy_only=False)
+    return [0, *(np.flatnonzero(keys[1:] != keys[:-1]) + 1).tolist()]
+
+
+def test_a_profile_over_other_bins_is_refused_naming_the_fix(world):
+    from seqcore.manifest import ManifestError, _profile
+
+    raw = world[0].to_dict()
+    raw["bins"] = {**raw["bins"], "category_top": 32}
+    with pytest.raises(ManifestError, match="rebuild the shards"):
+        _profile(raw, "manifest.profile")
+
+
+def test_monitor_reads_new_traffic_without_labels(shards, capsys):
+    from seqcore.store import read_events
+
+    events = read_events(shards / "data" / "events").drop_columns(["_arrival", "label"])
+    pq.write_table(events, shards / "unlabelled.parquet")
+    code, out = _monitor(shards, shards / "unlabelled.parquet", capsys)
+    assert code == 0, out
+
+
+def test_monitor_checks_where_it_writes_before_reading(shards, capsys):
+    (shards / "a-folder").mkdir(exist_ok=True)
+    code = monitor(["--events", str(shards / "data" / "events"), "--shards",
+                    str(shards / "data" / "shards"), "--params", str(shards / "params.yaml"),
+                    "--report", str(shards / "a-folder"), "--html", str(shards / "x.html")])  # fmt: skip
+    assert code == 2
+    assert "is a folder" in capsys.readouterr().err
