@@ -135,24 +135,23 @@ def _median_bin(counts: np.ndarray) -> dict[str, float | None]:
 
 def compare_counts(
     name: str,
-    reference: np.ndarray,
-    current: np.ndarray,
-    sizes: tuple[float, float],
+    reference: Hist,
+    current: Hist,
     thresholds: DriftThresholds,
     tests: int,
     decides: bool = True,
     summary: Any = None,
 ) -> StatisticDrift:
-    """One statistic: its histograms in the reference and now, each worth ``sizes``
-    independent draws; ``tests`` statistics share ``alpha``."""
-    reference = np.asarray(reference, dtype=np.float64)
-    current = np.asarray(current, dtype=np.float64)
-    count = int(current.sum())
+    """One statistic: its histograms in the reference and now, each tested as its count over
+    its design effect in independent draws; ``tests`` statistics share ``alpha``."""
+    ref = reference.counts.astype(np.float64)
+    cur = current.counts.astype(np.float64)
     distance = 0.0
-    if reference.sum() and count:
+    if reference.total and current.total:
         # scipy takes the root of a difference that rounding can leave just below 0
-        distance = float(np.nan_to_num(jensenshannon(_shares(reference), _shares(current), base=2)))
-    p_value = _p_value(reference, current, sizes, thresholds.min_expected)
+        distance = float(np.nan_to_num(jensenshannon(_shares(ref), _shares(cur), base=2)))
+    sizes = (reference.total / reference.design_effect(), current.total / current.design_effect())
+    p_value = _p_value(ref, cur, sizes, thresholds.min_expected)
     drifted = (
         decides
         and distance > thresholds.max_distance
@@ -160,19 +159,23 @@ def compare_counts(
     )
     describe = summary or _median_bin
     return StatisticDrift(
-        name, distance, p_value, _psi(reference, current), count, drifted,
-        describe(reference), describe(current),
+        name, distance, p_value, _psi(ref, cur), current.total, drifted,
+        describe(ref), describe(cur),
     )  # fmt: skip
 
 
-def _oov(counts: np.ndarray) -> dict[str, float | None]:
-    total = counts.sum()
-    return {"oov_share": float(counts[0] / total) if total else None}
+def _share_of(key: str, index: int) -> Any:
+    """A summary: the share of the counts in bin ``index``, as ``key``."""
+
+    def summary(counts: np.ndarray) -> dict[str, float | None]:
+        total = counts.sum()
+        return {key: float(counts[index] / total) if total else None}
+
+    return summary
 
 
-def _rate(counts: np.ndarray) -> dict[str, float | None]:
-    total = counts.sum()
-    return {"out_of_order_share": float(counts[1] / total) if total else None}
+_oov = _share_of("oov_share", 0)
+_rate = _share_of("out_of_order_share", 1)
 
 
 def compare(
@@ -200,16 +203,7 @@ def compare(
                       current.transitions, _repeats))  # fmt: skip
     decides = current.sequences >= thresholds.min_sequences
     return [
-        compare_counts(
-            name,
-            ref.counts,
-            cur.counts,
-            (ref.total / ref.design_effect(), cur.total / cur.design_effect()),
-            thresholds,
-            len(pairs),
-            decides,
-            summary,
-        )  # fmt: skip
+        compare_counts(name, ref, cur, thresholds, len(pairs), decides, summary)
         for name, ref, cur, summary in pairs
     ]
 

@@ -80,8 +80,17 @@ def params_from_dict(raw: Mapping[str, Any]) -> Params:
     register = build(RegisterConfig, "register", raw.get("register"))
     tune = build(TuneConfig, "tune", raw.get("tune"))
     monitor = build(DriftThresholds, "monitor", raw.get("monitor"))
-    known = {"seed", "data", "validate", "shard", "train", "evaluate", "register", "tune"}
-    known |= {"monitor"}
+    known = {
+        "seed",
+        "data",
+        "validate",
+        "shard",
+        "train",
+        "evaluate",
+        "register",
+        "tune",
+        "monitor",
+    }
     extra = {k: v for k, v in raw.items() if k not in known}
     seed = raw.get("seed", 7)
     if not isinstance(seed, int) or isinstance(seed, bool):

@@ -41,25 +41,20 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from data_checks.drift import DriftThresholds, StatisticDrift, compare
 from pipelines.config import Params, load_params
 from pipelines.ingest import IngestError, normalise_user_table, open_dataset, source_batches
 from pipelines.ingest import arrival_order as ingest_arrival
 from seqcore import io
-from seqcore.arrays import time_us
 from seqcore.config import ConfigError
 from seqcore.encoding import encode
 from seqcore.loading import ModelLoadError, load_scorer, tracking_uri
 from seqcore.manifest import Manifest, ManifestError, load_manifest
-from seqcore.profile import Profile, arrival_order, profile_sequences, transition_column
+from seqcore.profile import Profile, profile_sequences, table_arrival, transition_column
 from seqcore.store import POINTER, StoreError, read_events
 
 log = logging.getLogger("seqops.monitor")
-
-ARRIVAL = "_arrival"
-"""The ingest stage's column of arrival ranks, where the batch is one of its outputs."""
 
 
 class MonitorError(ValueError):
@@ -68,8 +63,8 @@ class MonitorError(ValueError):
 
 def read_batch(where: str, params: Params, manifest: Manifest) -> pa.Table:
     """The batch's events with the model's columns, times in UTC, rows in arrival order: an
-    events output of this pipeline (a folder of parts or its pointer, in the order ingest
-    recorded), or a user's file or folder read as ``data.format`` and
+    events output of this pipeline (a folder of parts or its pointer: each part, and so each
+    entity, in the order ingest recorded), or a user's file or folder read as ``data.format`` and
     ``data.source_timezone`` say, in the order of the schema's arrival column when it has
     one, else in file order. New traffic has no labels yet: none is asked for."""
     schema = manifest.schema
@@ -92,8 +87,6 @@ def read_batch(where: str, params: Params, manifest: Manifest) -> pa.Table:
         if arrival and arrival in table.column_names:
             rows = ingest_arrival(table, arrival, params.data.source_timezone)
             table = table.take(pa.array(rows))
-    if ARRIVAL in table.column_names:
-        table = table.take(pc.sort_indices(table, [(ARRIVAL, "ascending")]))
     if not table.num_rows:
         raise MonitorError(f"{where}: no events")
     for role, name in (("entity key", schema.entity), ("time", schema.time)):
@@ -109,16 +102,7 @@ def profile_batch(table: pa.Table, manifest: Manifest) -> Profile:
     """The batch's profile as the model would see it, with the arrival order of its rows."""
     schema, spec = manifest.schema, manifest.features
     profile = profile_sequences(encode(table, spec, schema), spec, transition_column(schema))
-    entity = table.column(schema.entity).combine_chunks()
-    seq = None
-    if schema.seq and schema.seq in table.column_names:
-        column = pc.cast(table.column(schema.seq), pa.int64()).combine_chunks()
-        seq = column.to_numpy(zero_copy_only=False)
-    profile.order = arrival_order(
-        pc.dictionary_encode(entity).indices.to_numpy(zero_copy_only=False),
-        time_us(table.column(schema.time)),
-        seq,
-    )
+    profile.order = table_arrival(table, schema)
     return profile
 
 

@@ -88,7 +88,7 @@ from seqcore.manifest import (
     WindowInfo,
     part_path,
 )
-from seqcore.profile import Hist, Profile, arrival_order, profile_events, transition_column
+from seqcore.profile import Hist, Profile, profile_events, table_arrival, transition_column
 from seqcore.schema import SchemaConfig
 from seqcore.store import (
     Destination,
@@ -377,15 +377,7 @@ def _prepare(part: Part, params: Params, plan: SplitPlan, arrival: bool = False)
     schema = params.data.schema
     split_column = params.shard.split.column if params.shard.split.method == "column" else None
     table = _read(part, schema, split_column)
-    order = None
-    if arrival:
-        entity = table.column(schema.entity).combine_chunks()
-        seq = table.column(schema.seq).combine_chunks() if schema.seq else None
-        order = arrival_order(
-            pc.dictionary_encode(entity).indices.to_numpy(zero_copy_only=False),
-            time_us(table.column(schema.time)),
-            None if seq is None else seq.to_numpy(zero_copy_only=False),
-        )
+    order = table_arrival(table, schema) if arrival else None
     table, offsets, t, reordered = order_events(table, schema.entity, schema.time, schema.seq)
     keys = pc.cast(table.column(schema.entity).take(pa.array(offsets[:-1])), pa.string())
     keys = keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys

@@ -35,7 +35,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
+from seqcore.arrays import time_us
 from seqcore.encoding import EncodedSequence
 from seqcore.features import OOV_ID, TIME_DELTA, FeatureSpec
 from seqcore.schema import SchemaConfig
@@ -189,7 +192,6 @@ def _hists(raw: Mapping[str, Any]) -> dict[str, Hist]:
 class Profile:
     """Histograms of a set of sequences (module docstring); ``merge`` adds two up."""
 
-    sequences: int = 0
     events: int = 0
     length: Hist = field(default_factory=lambda: Hist.zeros(len(LENGTH_EDGES) + 1))
     gap: Hist = field(default_factory=lambda: Hist.zeros(len(GAP_EDGES_S) + 1))
@@ -203,6 +205,11 @@ class Profile:
     their sequence that arrived before them (bin 0) or behind it (bin 1); None where the
     arrival order is unknown."""
 
+    @property
+    def sequences(self) -> int:
+        """Non-empty sequences: each is counted once in the length histogram."""
+        return self.length.total
+
     def merge(self, other: Profile) -> Profile:
         def add(a: dict[str, Hist], b: dict[str, Hist]) -> dict[str, Hist]:
             return {k: a[k].merge(b[k]) if k in a and k in b else a.get(k) or b[k]
@@ -212,7 +219,6 @@ class Profile:
             return b if a is None else a if b is None else a.merge(b)
 
         return Profile(
-            sequences=self.sequences + other.sequences,
             events=self.events + other.events,
             length=self.length.merge(other.length),
             gap=self.gap.merge(other.gap),
@@ -248,7 +254,6 @@ class Profile:
             )
         transitions, order = raw.get("transitions"), raw.get("order")
         return cls(
-            sequences=int(raw["sequences"]),
             events=int(raw["events"]),
             length=Hist.from_dict(raw["length"]),
             gap=Hist.from_dict(raw["gap"]),
@@ -290,7 +295,6 @@ def profile_events(
     gap_s = np.clip(np.diff(t_us)[follows] / 1e6, 0.0, None)
     pair_seq = seq_of[1:][follows]
     profile = Profile(
-        sequences=len(kept),
         events=n,
         length=Hist.of(
             np.arange(len(kept)), _bins(LENGTH_EDGES, kept, "left"), len(LENGTH_EDGES) + 1
@@ -346,3 +350,17 @@ def arrival_order(group: np.ndarray, t_us: np.ndarray, seq: np.ndarray | None) -
     if seq is not None:
         behind |= (dt == 0) & (np.diff(np.asarray(seq)[order]) < 0)
     return Hist.of(g[1:][same], behind[same].astype(np.int64), 2)
+
+
+def table_arrival(table: pa.Table, schema: SchemaConfig) -> Hist:
+    """:func:`arrival_order` of an events table's rows as they stand (its row order taken as
+    the order they arrived)."""
+    entity = table.column(schema.entity).combine_chunks()
+    seq = None
+    if schema.seq and schema.seq in table.column_names:
+        seq = pc.cast(table.column(schema.seq), pa.int64()).combine_chunks()
+    return arrival_order(
+        pc.dictionary_encode(entity).indices.to_numpy(zero_copy_only=False),
+        time_us(table.column(schema.time)),
+        None if seq is None else seq.to_numpy(zero_copy_only=False),
+    )

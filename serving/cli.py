@@ -51,7 +51,7 @@ import yaml
 
 from seqcore.config import ConfigError
 from seqcore.progress import ray_init_options, ray_log_dir
-from seqcore.ray_connect import ClusterUnreachable, check_ray_address, code_runtime_env
+from seqcore.ray_connect import ClusterUnreachable, connect
 from serving.config import (
     AUTH_MODES,
     REDIS_URL_ENV,
@@ -328,18 +328,17 @@ def _connect_ray(
 
     if ray.is_initialized():
         return None
-    # Replicas import serving/, pipelines/ and seqmodels/ from this checkout: on a cluster of
-    # several nodes, shipped as the job's py_modules (a node may not have this folder).
-    runtime_env: dict[str, Any] = {"env_vars": {"PYTHONPATH": str(REPO)}}
     address = os.environ.get("RAY_ADDRESS")
     if address:
-        check_ray_address(address)
-        try:
-            ray.init(address=address, runtime_env=code_runtime_env(), **ray_init_options())
+        try:  # replicas get this checkout's packages as the job's py_modules, as stages do
+            connect()
         except ConnectionError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else "no answer"
             raise ClusterUnreachable.at(address, first) from None
         return None
+    # Replicas of a cluster of our own import serving/, pipelines/ and seqmodels/ from
+    # this checkout, which every one of its processes sees.
+    runtime_env = {"env_vars": {"PYTHONPATH": str(REPO)}}
     # A cluster of our own, on loopback only; its control ports also answer only calls that
     # carry the cluster's token (Ray's token authentication; its default for local clusters
     # since 2.59, made explicit here).

@@ -25,11 +25,10 @@ from pipelines.config import params_from_dict
 from pipelines.generate import generate_events
 from pipelines.monitor import main as monitor
 from pipelines.monitor import profile_batch
-from seqcore.arrays import time_us
 from seqcore.config import ConfigError
 from seqcore.encoding import encode
 from seqcore.features import FeatureConfig, fit_features
-from seqcore.profile import Hist, Profile, arrival_order, profile_sequences, transition_column
+from seqcore.profile import Hist, Profile, profile_sequences, table_arrival, transition_column
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:Series.values returning:DeprecationWarning", "ignore:Series.values returning"
@@ -45,10 +44,7 @@ def _sorted(table: pa.Table) -> pa.Table:
 
 def _profile(table: pa.Table, spec) -> Profile:
     profile = profile_sequences(encode(table, spec, SCHEMA), spec, transition_column(SCHEMA))
-    codes = pc.dictionary_encode(table.column(SCHEMA.entity).combine_chunks()).indices
-    profile.order = arrival_order(
-        codes.to_numpy(), time_us(table.column(SCHEMA.time)), table.column(SCHEMA.seq).to_numpy()
-    )
+    profile.order = table_arrival(table, SCHEMA)
     return profile
 
 
