@@ -66,7 +66,7 @@ class DriftThresholds:
 class StatisticDrift:
     name: str
     """``length``, ``gap``, ``order``, ``categorical.<col>``, ``numeric.<col>``,
-    ``transitions.<col>``."""
+    ``transitions.<col>``, ``score``."""
     distance: float
     p_value: float
     psi: float | None
@@ -201,11 +201,21 @@ def compare(
     ):
         pairs.append((f"transitions.{reference.transition_column}", reference.transitions,
                       current.transitions, _repeats))  # fmt: skip
+    if reference.score is not None and current.score is not None:
+        pairs.append(("score", reference.score, current.score, _top_share))
     decides = current.sequences >= thresholds.min_sequences
     return [
         compare_counts(name, ref, cur, thresholds, len(pairs), decides, summary)
         for name, ref, cur, summary in pairs
     ]
+
+
+def _top_share(counts: np.ndarray) -> dict[str, float | None]:
+    """The share of scores in the upper half of the bins (probabilities >= 0.5; forecasts
+    above the training mean): what a reviewer reads first of a score shift."""
+    total = counts.sum()
+    upper = counts[len(counts) // 2 :].sum()
+    return {"upper_half_share": float(upper / total) if total else None}
 
 
 def _repeats(counts: np.ndarray) -> dict[str, float | None]:

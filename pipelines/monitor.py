@@ -51,7 +51,15 @@ from seqcore.config import ConfigError
 from seqcore.encoding import encode
 from seqcore.loading import ModelLoadError, load_scorer, tracking_uri
 from seqcore.manifest import Manifest, ManifestError, load_manifest
-from seqcore.profile import Profile, profile_sequences, table_arrival, transition_column
+from seqcore.profile import (
+    Profile,
+    profile_sequences,
+    score_hist,
+    scores_of,
+    table_arrival,
+    transition_column,
+)
+from seqcore.scorer import SequenceScorer
 from seqcore.store import POINTER, StoreError, read_events
 
 log = logging.getLogger("seqops.monitor")
@@ -98,19 +106,29 @@ def read_batch(where: str, params: Params, manifest: Manifest) -> pa.Table:
     return table
 
 
-def profile_batch(table: pa.Table, manifest: Manifest) -> Profile:
-    """The batch's profile as the model would see it, with the arrival order of its rows."""
+def profile_batch(
+    table: pa.Table, manifest: Manifest, scorer: SequenceScorer | None = None
+) -> Profile:
+    """The batch's profile as the model would see it, with the arrival order of its rows and,
+    given the model, its score of each entity's latest window (as the endpoint scores it)."""
     schema, spec = manifest.schema, manifest.features
-    profile = profile_sequences(encode(table, spec, schema), spec, transition_column(schema))
+    sequences = encode(table, spec, schema)
+    profile = profile_sequences(sequences, spec, transition_column(schema))
     profile.order = table_arrival(table, schema)
+    if scorer is not None and sequences:
+        outputs = scorer.forward_sequences(sequences, scorer.window_len)
+        profile.score = score_hist(scorer.config.task, scores_of(scorer.config.task, outputs))
     return profile
 
 
-def _reference(args: argparse.Namespace, params: Params) -> tuple[Manifest, str]:
+def _reference(
+    args: argparse.Namespace, params: Params
+) -> tuple[Manifest, SequenceScorer | None, str]:
     if args.shards:
-        return load_manifest(args.shards), str(args.shards)
+        return load_manifest(args.shards), None, str(args.shards)
     uri = args.model or f"models:/{params.register.model_name}@champion"
-    return load_scorer(uri, tracking_uri()).manifest, uri
+    scorer = load_scorer(uri, tracking_uri())
+    return scorer.manifest, scorer, uri
 
 
 def report(
@@ -145,6 +163,8 @@ def _histograms(profile: Profile) -> dict[str, np.ndarray]:
     found |= {f"numeric.{k}": v.counts for k, v in profile.numeric.items()}
     if profile.transitions is not None:
         found[f"transitions.{profile.transition_column}"] = profile.transitions.counts
+    if profile.score is not None:
+        found["score"] = profile.score.counts
     return found
 
 
@@ -227,18 +247,23 @@ def check_outputs(*paths: str) -> None:
 
 def run(args: argparse.Namespace, params: Params) -> dict[str, Any]:
     check_outputs(args.report, args.html)
-    manifest, against = _reference(args, params)
-    if manifest.profile is None:
+    manifest, scorer, against = _reference(args, params)
+    reference = manifest.reference
+    if reference is None:
         raise MonitorError(
             f"{against}: its shard manifest holds no training profile (written before "
             "seqops profiled its training split); rebuild the shards (dvc repro shard) and "
             "retrain, or monitor against --shards of this version"
         )
+    if scorer is not None and reference.score is None:
+        log.warning("%s carries no validation scores (trained before seqops kept them): "
+                    "its scores are not compared", against)  # fmt: skip
+        scorer = None
     table = read_batch(str(args.events), params, manifest)
-    current = profile_batch(table, manifest)
-    statistics = compare(manifest.profile, current, params.monitor)
-    result = report(statistics, manifest.profile, current, params.monitor, against, args.events)
-    page = render_html(result, manifest.profile, current)
+    current = profile_batch(table, manifest, scorer)
+    statistics = compare(reference, current, params.monitor)
+    result = report(statistics, reference, current, params.monitor, against, args.events)
+    page = render_html(result, reference, current)
     io.write_json(args.report, result)
     with io.atomic_file(args.html) as out:
         out.write(page)

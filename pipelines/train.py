@@ -17,6 +17,7 @@ Writes ``reports/train.json`` (run id, model URI, best-epoch metrics) for later 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -57,6 +58,7 @@ from seqcore.config import ConfigError, to_jsonable
 from seqcore.io import atomic_dir, write_json
 from seqcore.loading import tracking_uri
 from seqcore.manifest import Manifest, load_manifest
+from seqcore.profile import Hist, score_hist, scores_of
 from seqcore.progress import EpochProgress, ray_log_dir, verbose
 from seqcore.ray_connect import ClusterUnreachable, connect
 from seqcore.store import is_url, locate, under
@@ -277,6 +279,23 @@ def _pip_requirements() -> list[str]:
         except metadata.PackageNotFoundError:
             continue
     return reqs
+
+
+def validation_scores(weights: Path, config: ModelConfig, shards: Path) -> Hist | None:
+    """The model's scores of the validation split, by bin, each entity's windows together
+    (``seqcore.profile.score_hist``): the reference ``seqops monitor`` and the endpoint's
+    live metrics compare served scores with. None when the split is empty."""
+    from pipelines.predict import predict_split
+    from seqmodels import SequenceModel
+
+    model = SequenceModel(config)
+    model.load_weights(weights)
+    preds = predict_split(model, shards, "val")
+    if not len(preds.entity):
+        log.warning("the validation split is empty: the model carries no score reference")
+        return None
+    _, entity = np.unique(preds.entity.astype(str), return_inverse=True)
+    return score_hist(config.task, scores_of(config.task, preds.outputs), entity)
 
 
 def _log_model(
@@ -519,9 +538,9 @@ def run(
             raise TrainError(f"training failed: {result.error}")
         with result.checkpoint.as_directory() as ckpt:
             state = json.loads((Path(ckpt) / "state.json").read_text())
-            model_uri = _log_model(
-                run_id, Path(ckpt) / "best.safetensors", config, manifest, validated, model_dir
-            )
+            best = Path(ckpt) / "best.safetensors"
+            scored = dataclasses.replace(manifest, scores=validation_scores(best, config, shards))
+            model_uri = _log_model(run_id, best, config, scored, validated, model_dir)
         final = dict(result.metrics or {})
         summary = {
             "run_id": run_id,

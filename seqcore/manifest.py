@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from seqcore.config import to_jsonable
 from seqcore.features import FeatureSpec
-from seqcore.profile import Profile
+from seqcore.profile import Hist, Profile
 from seqcore.schema import SchemaConfig
 from seqcore.store import POINTER, is_url, locate
 
@@ -342,6 +342,15 @@ def _profile(raw: Any, where: str) -> Profile | None:
         raise ManifestError(f"{where}: unreadable: {exc}") from None
 
 
+def _scores(raw: Any, where: str) -> Hist | None:
+    if raw is None:
+        return None
+    try:
+        return Hist.from_dict(raw)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ManifestError(f"{where}: unreadable: {exc}") from None
+
+
 @dataclass(frozen=True)
 class Manifest:
     """Everything needed to read the shards and to rebuild their preprocessing at serving."""
@@ -372,6 +381,10 @@ class Manifest:
     """sha256 of every shard file, by path relative to the shard folder."""
     content_hash: str = ""
     """One hash over every shard file and the rest of the manifest ("" until computed)."""
+    scores: Hist | None = None
+    """The model's scores of the validation split (``seqcore.profile.score_hist``): added by
+    the train stage to the model's copy of the manifest, so the reference travels with the
+    model. Not covered by ``content_hash``, which names the shards the model learned from."""
     format_version: int = FORMAT_VERSION
 
     @property
@@ -413,7 +426,16 @@ class Manifest:
         }
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.body(), "content_hash": self.content_hash}
+        scores = {} if self.scores is None else {"scores": self.scores.to_dict()}
+        return {**self.body(), **scores, "content_hash": self.content_hash}
+
+    @property
+    def reference(self) -> Profile | None:
+        """What drift is measured against: the training profile with the model's validation
+        scores (``scores``) when the manifest is a model's; None before profiles existed."""
+        if self.profile is None:
+            return None
+        return dataclasses.replace(self.profile, score=self.scores)
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any], source: str = "manifest") -> Manifest:
@@ -457,6 +479,7 @@ class Manifest:
             profile=_profile(raw.get("profile"), f"{where}.profile"),
             files=dict(raw.get("files") or {}),
             content_hash=str(raw.get("content_hash") or ""),
+            scores=_scores(raw.get("scores"), f"{where}.scores"),
         )
         manifest._check(where)
         return manifest

@@ -15,7 +15,11 @@ batches or single requests merge by adding counts, and two profiles always compa
   ``TRANSITION_IDS`` most frequent training categories, the rest and out-of-vocabulary: what
   changes when the order of events changes and every category's share stays the same;
 - ``order``: events that arrived right after an event of their sequence that is later (by
-  time, then sequence number), counted in the order the rows came in.
+  time, then sequence number), counted in the order the rows came in;
+- ``score``: the model's score of each sequence (:func:`scores_of`), in twentieths of a
+  probability or, for a forecast, half-standard-deviation bins of the standardised value.
+  Only a model has it: the train stage scores the validation split for the reference
+  (``Manifest.scores``).
 
 Events of one sequence are not independent draws (one customer's home country, favourite
 merchant), so each histogram also keeps, per bin, the sums over sequences that give the
@@ -54,6 +58,8 @@ DENSE_CELLS = 1 << 23
 """(sequence, bin) cells counted with one bincount up to this many, or four per item (8
 bytes a cell); beyond, by sorting."""
 TRANSITION_IDS = 16
+PROBABILITY_EDGES = tuple(k / 20 for k in range(1, 20))
+"""Inner edges of the score bins of a probability: [0, 0.05), [0.05, 0.1), ..., [0.95, 1]."""
 
 
 BINS: dict[str, Any] = {
@@ -62,6 +68,7 @@ BINS: dict[str, Any] = {
     "z_edges": list(Z_EDGES),
     "category_top": CATEGORY_BINS,
     "transition_top": TRANSITION_IDS,
+    "probability_edges": list(PROBABILITY_EDGES),
 }
 """The bins a profile is counted over, recorded in it and checked when it is read."""
 
@@ -204,6 +211,8 @@ class Profile:
     """Events after their sequence's first, in arrival order: in order with the event of
     their sequence that arrived before them (bin 0) or behind it (bin 1); None where the
     arrival order is unknown."""
+    score: Hist | None = None
+    """The model's score per sequence (:func:`score_hist`); None without a model."""
 
     @property
     def sequences(self) -> int:
@@ -227,6 +236,7 @@ class Profile:
             transition_column=self.transition_column or other.transition_column,
             transitions=either(self.transitions, other.transitions),
             order=either(self.order, other.order),
+            score=either(self.score, other.score),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -241,6 +251,7 @@ class Profile:
             "transition_column": self.transition_column,
             "transitions": None if self.transitions is None else self.transitions.to_dict(),
             "order": None if self.order is None else self.order.to_dict(),
+            **({} if self.score is None else {"score": self.score.to_dict()}),
         }
 
     @classmethod
@@ -252,7 +263,7 @@ class Profile:
                 "profiled over other bins than this version of seqops uses; rebuild the "
                 "shards (dvc repro shard) and retrain, or monitor with the seqops that wrote it"
             )
-        transitions, order = raw.get("transitions"), raw.get("order")
+        transitions, order, score = raw.get("transitions"), raw.get("order"), raw.get("score")
         return cls(
             events=int(raw["events"]),
             length=Hist.from_dict(raw["length"]),
@@ -262,6 +273,7 @@ class Profile:
             transition_column=raw.get("transition_column"),
             transitions=None if transitions is None else Hist.from_dict(transitions),
             order=None if order is None else Hist.from_dict(order),
+            score=None if score is None else Hist.from_dict(score),
         )
 
 
@@ -364,3 +376,32 @@ def table_arrival(table: pa.Table, schema: SchemaConfig) -> Hist:
         time_us(table.column(schema.time)),
         None if seq is None else seq.to_numpy(zero_copy_only=False),
     )
+
+
+def scores_of(task: str, outputs: Sequence[np.ndarray]) -> np.ndarray:
+    """One score per sequence from the model's outputs (``SequenceScorer.forward_sequences``,
+    ``pipelines.predict.predict_split``), as the response's ``score`` says it: classify, the
+    last class's probability (the positive one of a binary label); next_event, the
+    probability of the predicted event after the last one; forecast, the first step's
+    forecast after the last event, standardised (its bins are in standard deviations)."""
+    if not len(outputs):
+        return np.zeros(0)
+    if task == "classify":
+        return np.asarray([out[-1] for out in outputs], dtype=np.float64)
+    if task == "next_event":
+        return np.asarray([out[-1].max() for out in outputs], dtype=np.float64)
+    return np.asarray([out[-1][0] for out in outputs], dtype=np.float64)
+
+
+def score_codes(task: str, scores: np.ndarray) -> tuple[np.ndarray, int]:
+    """The bins of :func:`scores_of`'s scores, and how many there are."""
+    if task == "forecast":
+        return _bins(Z_EDGES, np.nan_to_num(scores), "right"), len(Z_EDGES) + 1
+    return _bins(PROBABILITY_EDGES, scores, "right"), len(PROBABILITY_EDGES) + 1
+
+
+def score_hist(task: str, scores: np.ndarray, group: np.ndarray | None = None) -> Hist:
+    """Scores by bin, each its own sequence unless ``group`` (non-negative ints) says which
+    scores belong together (the sliding windows of one entity are not independent)."""
+    codes, bins = score_codes(task, scores)
+    return Hist.of(np.arange(len(codes)) if group is None else group, codes, bins)

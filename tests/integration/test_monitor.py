@@ -1,0 +1,136 @@
+"""``seqops monitor`` against a model trained by the real train stage: the model carries its
+scores of the validation split, and a batch whose label rate changed shifts the scores it
+gets, while a fresh batch of the training distribution does not."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.config import merge_params, params_from_dict
+from pipelines.monitor import main as monitor
+from seqcore.loading import load_scorer
+from seqcore.manifest import load_manifest
+from seqcore.store import read_events
+from tests.conftest import REPO
+from tests.integration.conftest import _git
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.filterwarnings("ignore:Series.values returning"),
+]
+
+OVERRIDES = {
+    "data": {"generate": {"n_entities": 2000, "median_length": 20}},
+    "shard": {
+        "split": {"fractions": [0.5, 0.2, 0.3]},  # a test split large enough to monitor
+        "buckets": {"n_buckets": 6},
+        "window": {"length": 64, "max_len": 64},
+    },
+    "train": {
+        "model": {"hidden_size": 32, "embedding_dim": 8},
+        "epochs": 8,
+        "max_tokens": 4096,
+    },
+}
+
+
+def _params():
+    import yaml
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    return params_from_dict(merge_params(raw, OVERRIDES))
+
+
+@pytest.fixture(scope="module")
+def model(ray_cluster, tmp_path_factory):
+    """A small classifier trained by the train stage on 1,000 of 2,000 generated entities,
+    long enough to tell the planted pattern apart (about 40 s here): a model without skill
+    gives every entity the prior, and no label rate moves its scores."""
+    from pipelines import ingest, shard, train, validate
+
+    root = tmp_path_factory.mktemp("monitored")
+    params = _params()
+    ingest.run(params, root / "events")
+    report = validate.run(params, root / "events", root / "validated",
+                          root / "quarantine.parquet", root / "validation.json", root / "docs")  # fmt: skip
+    assert not report.failed(), report.summary()
+    shard.run(params, root / "validated", root / "shards")
+    _git(root, "init", "-q")  # lineage reads the commit
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        summary = train.run(params, root / "shards", root / "validated", None, root=root)
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+    return {"root": root, "uri": uri, "model_uri": summary["model_uri"], "params": params}
+
+
+def _fresh(model) -> pa.Table:
+    """Entities of the training distribution the model never saw: the test split's."""
+    from pipelines.shard_reader import read_split
+
+    shards, validated = model["root"] / "shards", model["root"] / "validated"
+    entities = pc.unique(read_split(shards, "test").column("entity"))
+    events = read_events(validated)
+    return events.filter(pc.is_in(pc.cast(events.column("account_id"), pa.string()),
+                                  value_set=pc.cast(entities, pa.string())))  # fmt: skip
+
+
+def _monitor(model, events: pa.Table, name: str, monkeypatch) -> tuple[int, dict]:
+    root: Path = model["root"]
+    pq.write_table(events, root / f"{name}.parquet")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", model["uri"])
+    report = root / f"{name}.json"
+    code = monitor(["--events", str(root / f"{name}.parquet"), "--model", model["model_uri"],
+                    "--params", str(REPO / "params.yaml"), "--report", str(report),
+                    "--html", str(root / f"{name}.html")])  # fmt: skip
+    return code, json.loads(report.read_text())
+
+
+def _score(result: dict) -> dict:
+    return next(s for s in result["statistics"] if s["name"] == "score")
+
+
+def test_the_model_carries_its_scores_of_the_validation_split(model):
+    scorer = load_scorer(model["model_uri"], model["uri"])
+    shards = load_manifest(model["root"] / "shards")
+    scores = scorer.manifest.scores
+    assert scores is not None and scores.total == shards.splits["val"].examples
+    assert shards.scores is None  # the shards' own manifest: no model, no scores
+    assert scorer.manifest.content_hash == shards.content_hash  # still names the shards
+    reference = scorer.manifest.reference
+    assert reference is not None and reference.score == scores
+
+
+def test_a_changed_label_rate_shifts_the_scores_and_a_fresh_sample_does_not(model, monkeypatch):
+    fresh = _fresh(model)
+    code, result = _monitor(model, fresh, "fresh", monkeypatch)
+    assert code == 0 and not _score(result)["drifted"], result["drifted"]
+
+    labels = pc.equal(fresh.column("label"), 1)
+    entities = fresh.filter(labels).column("account_id").unique()
+    rate = len(entities) / len(fresh.column("account_id").unique())
+    positives = fresh.filter(pc.is_in(fresh.column("account_id"), value_set=entities))
+    others = fresh.filter(pc.invert(pc.is_in(fresh.column("account_id"), value_set=entities)))
+    keep = others.column("account_id").unique()[: max(1, len(entities) // 3)]
+    skewed = pa.concat_tables(
+        [positives, others.filter(pc.is_in(others.column("account_id"), value_set=keep))]
+    )
+    assert rate < 0.4  # positives were the minority; now they are three entities in four
+    code, result = _monitor(model, skewed, "skewed", monkeypatch)
+    score = _score(result)
+    assert code == 1 and score["drifted"], score
+    assert score["current"]["upper_half_share"] > score["reference"]["upper_half_share"]
+    assert np.isfinite(score["distance"])
