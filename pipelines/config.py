@@ -20,10 +20,10 @@ from typing import Any
 import yaml
 
 from data_checks.config import ValidateConfig
-from data_checks.drift import DriftThresholds
 from pipelines.generate import FEATURE_COLUMNS, NUMERIC_COLUMNS, generated_columns, role_names
 from pipelines.params.data import DataConfig, GenerateConfig
 from pipelines.params.gate import EvaluateConfig, RegisterConfig
+from pipelines.params.monitor import MonitorConfig
 from pipelines.params.shard import BucketConfig, ShardConfig, SplitConfig, WindowConfig
 from pipelines.params.train import TrainConfig, check_attention_memory, train_from_dict
 from pipelines.params.tune import TuneConfig
@@ -46,8 +46,9 @@ class Params:
     register: RegisterConfig = field(default_factory=RegisterConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     """``seqops tune``'s search; no stage of dvc.yaml reads it."""
-    monitor: DriftThresholds = field(default_factory=DriftThresholds)
-    """``seqops monitor``'s drift thresholds (``data_checks.drift``)."""
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    """``seqops monitor``'s thresholds: drift (``data_checks.drift``) and delayed-label
+    performance (``pipelines.performance``)."""
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Sections owned by later stages (train, evaluate, ...), kept raw until they are typed."""
 
@@ -79,7 +80,7 @@ def params_from_dict(raw: Mapping[str, Any]) -> Params:
     evaluate = build(EvaluateConfig, "evaluate", raw.get("evaluate"))
     register = build(RegisterConfig, "register", raw.get("register"))
     tune = build(TuneConfig, "tune", raw.get("tune"))
-    monitor = build(DriftThresholds, "monitor", raw.get("monitor"))
+    monitor = build(MonitorConfig, "monitor", raw.get("monitor"))
     known = {
         "seed",
         "data",

@@ -44,7 +44,7 @@ def _classes_present(labels: np.ndarray) -> np.ndarray:
     return np.unique(labels)
 
 
-def _ovr_scores(labels: np.ndarray, probs: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+def ovr_scores(labels: np.ndarray, probs: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """(class, y_true, score) per class ranked: the positive class only for binary."""
     if probs.shape[1] == 2:
         return [(1, (labels == 1).astype(int), probs[:, 1])]
@@ -60,7 +60,7 @@ def _auc(labels: np.ndarray, probs: np.ndarray, scorer: Callable) -> tuple[float
     present = _classes_present(labels)
     if len(present) < 2:
         return NAN, f"only one class present ({present.tolist()})"
-    per_class = [scorer(y, s) for _, y, s in _ovr_scores(labels, probs)]
+    per_class = [scorer(y, s) for _, y, s in ovr_scores(labels, probs)]
     return float(np.mean(per_class)), None
 
 
@@ -168,7 +168,7 @@ def _curve_points(
     if len(_classes_present(labels)) < 2:
         return out
     multi = probs.shape[1] > 2
-    for c, y, score in _ovr_scores(labels, probs):
+    for c, y, score in ovr_scores(labels, probs):
         columns = curve(y, score)[: len(names)]
         pts = [
             {**{n: float(v) for n, v in zip(names, values, strict=True)},

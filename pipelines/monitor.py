@@ -10,9 +10,13 @@ each statistic is compared with the training profile in the model's shard manife
 - ``--html`` (``reports/drift.html``): the same as a page, with each statistic's reference
   and current shares drawn side by side.
 
-Exit status: 0 when nothing drifted, 1 when a statistic did (so a scheduler or CI job can
-stop on it), 2 when the input, the outputs or params are wrong, 3 on any other failure
-(nothing written then).
+With ``--labels`` (outcomes that arrived later: entity, time, label), the report also holds
+the model's metrics per window of label time against its evaluation metrics, each label
+scored on its entity's events up to its time (``pipelines.performance``).
+
+Exit status: 0 when nothing drifted or degraded, 1 when a statistic drifted or a labelled
+window degraded (so a scheduler or CI job can stop on it), 2 when the input, the outputs or
+params are wrong, 3 on any other failure (nothing written then).
 
 The batch should hold sequences as the reference does: whole histories, or at least the
 model's window of each entity. A batch of one day's events of entities with a year of
@@ -21,6 +25,7 @@ history has shorter sequences and fewer long gaps than training had, and ``lengt
 quarantined are not in it, and a raw batch that holds such rows shows them as drift.
 
     seqops monitor --events new.parquet                      # against the champion
+    seqops monitor --events new.parquet --labels outcomes.parquet
     seqops monitor --events data/events --shards data/shards # against shards, before a model
 """
 
@@ -46,10 +51,11 @@ from data_checks.drift import DriftThresholds, StatisticDrift, compare
 from pipelines.config import Params, load_params
 from pipelines.ingest import IngestError, normalise_user_table, open_dataset, source_batches
 from pipelines.ingest import arrival_order as ingest_arrival
+from pipelines.performance import LabelsError, performance, read_labels
 from seqcore import io
 from seqcore.config import ConfigError
-from seqcore.encoding import encode
-from seqcore.loading import ModelLoadError, load_scorer, tracking_uri
+from seqcore.encoding import EncodedSequence, encode
+from seqcore.loading import ModelLoadError, load_scorer, model_run, tracking_uri
 from seqcore.manifest import Manifest, ManifestError, load_manifest
 from seqcore.profile import (
     Profile,
@@ -107,12 +113,17 @@ def read_batch(where: str, params: Params, manifest: Manifest) -> pa.Table:
 
 
 def profile_batch(
-    table: pa.Table, manifest: Manifest, scorer: SequenceScorer | None = None
+    table: pa.Table,
+    manifest: Manifest,
+    scorer: SequenceScorer | None = None,
+    sequences: list[EncodedSequence] | None = None,
 ) -> Profile:
     """The batch's profile as the model would see it, with the arrival order of its rows and,
-    given the model, its score of each entity's latest window (as the endpoint scores it)."""
+    given the model, its score of each entity's latest window (as the endpoint scores it).
+    ``sequences``: the table already encoded with the manifest's preprocessing."""
     schema, spec = manifest.schema, manifest.features
-    sequences = encode(table, spec, schema)
+    if sequences is None:
+        sequences = encode(table, spec, schema)
     profile = profile_sequences(sequences, spec, transition_column(schema))
     profile.order = table_arrival(table, schema)
     if scorer is not None and sequences:
@@ -210,6 +221,10 @@ def render_html(result: dict[str, Any], reference: Profile, current: Profile) ->
             image = _plot(name, ref[name], cur[name])
             plots.append(f"<img alt='{html.escape(name)}' src='data:image/png;base64,{image}'>")
     title = "drift: " + (", ".join(result["drifted"]) if result["drifted"] else "none")
+    section = result.get("performance")
+    labelled = "" if section is None else _performance_html(section)
+    if section is not None and section["degraded"]:
+        title += f"; degraded in {len(section['degraded'])} window(s)"
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:2px 8px;text-align:left}}
@@ -226,8 +241,55 @@ rejects equal distributions at {result["thresholds"]["alpha"]} (all statistics t
 {"".join(rows)}
 </table>
 {"".join(plots)}
+{labelled}
 </body></html>
 """
+
+
+def _performance_html(section: dict[str, Any]) -> str:
+    """The delayed labels' windows: a table and the primary metric over time against the
+    evaluation's value."""
+    metric, reference = section["metric"], section["evaluation"].get(section["metric"])
+    rows = "".join(
+        f"<tr class='{'drift' if w['degraded'] else 'ok'}'><td>{w['start'][:10]}</td>"
+        f"<td>{w['labels']}</td><td>{w['positives']}</td><td>{_number(w[metric])}</td>"
+        f"<td>{_number(w['drop'])}</td><td>{_number(w['standard_error'])}</td>"
+        f"<td>{'DEGRADED' if w['degraded'] else 'ok'}</td></tr>"
+        for w in section["windows"]
+    )
+    return f"""<h2>Delayed labels: {html.escape(metric)} per {html.escape(section["window"])}</h2>
+<p>Evaluation ({html.escape(str(section["evaluation_split"]))} split): {_number(reference)}.
+Labels read {section["rows"]["read"]}, scored {section["rows"]["scored"]} (unknown class
+{section["rows"]["unknown_class"]}, no event before the label
+{section["rows"]["no_events_before"]}).</p>
+<table><tr><th>window</th><th>labels</th><th>positives</th><th>{html.escape(metric)}</th>
+<th>drop</th><th>standard error</th><th>verdict</th></tr>{rows}</table>
+<img alt='{html.escape(metric)} per window' src='data:image/png;base64,{_metric_plot(section)}'>"""
+
+
+def _metric_plot(section: dict[str, Any]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = section["metric"]
+    windows = section["windows"]
+    values = [np.nan if w[metric] is None else w[metric] for w in windows]
+    fig, ax = plt.subplots(figsize=(7, 2.6), dpi=80)
+    ax.plot(range(len(windows)), values, marker="o", label="labelled window")
+    reference = section["evaluation"].get(metric)
+    if reference is not None:
+        ax.axhline(reference, color="grey", linestyle="--", label="evaluation")
+    ax.set_xticks(range(len(windows)), [w["start"][:10] for w in windows], rotation=45,
+                  fontsize=6)  # fmt: skip
+    ax.set_ylabel(metric, fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = stdio.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def _number(value: float | None) -> str:
@@ -247,7 +309,16 @@ def check_outputs(*paths: str) -> None:
 
 def run(args: argparse.Namespace, params: Params) -> dict[str, Any]:
     check_outputs(args.report, args.html)
+    if args.labels and args.shards:
+        raise MonitorError(
+            "--labels needs a model to score the labelled entities: name it with --model "
+            "(or leave both out for the champion) instead of --shards"
+        )
     manifest, scorer, against = _reference(args, params)
+    labels = None
+    if args.labels:
+        assert scorer is not None
+        labels = read_labels(str(args.labels), params, scorer)
     reference = manifest.reference
     if reference is None:
         raise MonitorError(
@@ -255,14 +326,24 @@ def run(args: argparse.Namespace, params: Params) -> dict[str, Any]:
             "seqops profiled its training split); rebuild the shards (dvc repro shard) and "
             "retrain, or monitor against --shards of this version"
         )
+    table = read_batch(str(args.events), params, manifest)
+    sequences = encode(table, manifest.features, manifest.schema)
     if scorer is not None and reference.score is None:
         log.warning("%s carries no validation scores (trained before seqops kept them): "
                     "its scores are not compared", against)  # fmt: skip
-        scorer = None
-    table = read_batch(str(args.events), params, manifest)
-    current = profile_batch(table, manifest, scorer)
+    scored = scorer if reference.score is not None else None
+    current = profile_batch(table, manifest, scored, sequences)
     statistics = compare(reference, current, params.monitor)
     result = report(statistics, reference, current, params.monitor, against, args.events)
+    if labels is not None and scorer is not None:
+        store = tracking_uri()
+        run_id = model_run(against, store)
+        result["performance"] = performance(
+            scorer, sequences, labels, run_id, store, params.monitor
+        )
+        result["labels"] = str(args.labels)
+        if result["performance"]["degraded"]:
+            result["passed"] = False
     page = render_html(result, reference, current)
     io.write_json(args.report, result)
     with io.atomic_file(args.html) as out:
@@ -279,6 +360,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "(default: models:/<register.model_name>@champion)",
     )  # fmt: skip
     against.add_argument("--shards", help="a shard folder whose manifest is the reference")
+    parser.add_argument(
+        "--labels", help="labels that arrived later (entity key, time, label columns as "
+        "data.schema names them; Parquet or CSV): the model's metrics by window of time",
+    )  # fmt: skip
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--report", default="reports/drift.json")
     parser.add_argument("--html", default="reports/drift.html")
@@ -287,8 +372,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         params = load_params(args.params)
         result = run(args, params)
-    except (ConfigError, MonitorError, IngestError, ManifestError, ModelLoadError,
-            StoreError, OSError, pa.ArrowException) as exc:  # fmt: skip
+    except (ConfigError, MonitorError, IngestError, LabelsError, ManifestError,
+            ModelLoadError, StoreError, OSError, pa.ArrowException) as exc:  # fmt: skip
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception:  # 1 says drift, and only drift: anything else is its own status
@@ -299,9 +384,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{mark} {stat['name']:<28} distance {stat['distance']:.3f}  "
               f"p {stat['p_value']:.1e}  {stat['current']}")  # fmt: skip
     verdict = f"drift in {', '.join(result['drifted'])}" if result["drifted"] else "no drift"
+    section = result.get("performance")
+    if section is not None:
+        for window in section["windows"]:
+            mark = "WORSE" if window["degraded"] else "ok   "
+            print(f"{mark} {window['start'][:10]}  {window['labels']:>6} labels  "
+                  f"{section['metric']} {_number(window[section['metric']])}")  # fmt: skip
+        worse = section["degraded"]
+        verdict += f"; degraded in {len(worse)} window(s)" if worse else "; no degradation"
     print(f"monitor: {verdict} ({result['current']['sequences']} sequences); "
           f"{args.report}, {args.html}")  # fmt: skip
-    return 1 if result["drifted"] else 0
+    return 0 if result["passed"] else 1
 
 
 if __name__ == "__main__":

@@ -179,6 +179,8 @@ class _Located:
     holder: str
     """What holds the record, for messages ("version 3 of model 'x'", "logged model m-...")."""
     how_to_record: str
+    run_id: str | None = None
+    """The run that logged the model (its evaluation's metrics are there)."""
 
 
 def _version(client: Any, name: str, version: str) -> _Located:
@@ -192,6 +194,7 @@ def _version(client: Any, name: str, version: str) -> _Located:
             f"{mv.version} --reason ...` (kept in the registry history), or the register stage "
             "registers the model again"
         ),
+        run_id=mv.run_id or None,
     )
 
 
@@ -203,6 +206,7 @@ def _logged(model: Any) -> _Located:
         how_to_record=(
             "it was logged before seqops recorded its files: train it again (dvc repro train)"
         ),
+        run_id=model.source_run_id or None,
     )
 
 
@@ -371,6 +375,19 @@ def load_scorer(model_uri: str, store_uri: str | None = None) -> SequenceScorer:
             _model_format(mlmodel, located.record, where)
             return _build(folder, where)
     except (MlflowException, OSError) as exc:
+        raise _not_found(model_uri, store, exc) from None
+
+
+def model_run(model_uri: str, store_uri: str | None = None) -> str | None:
+    """The id of the run that logged the model at ``model_uri`` (None when MLflow does not
+    say); ModelLoadError as :func:`load_scorer` for a URI it cannot resolve."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    store = store_uri or tracking_uri()
+    try:
+        return _locate(MlflowClient(tracking_uri=store, registry_uri=store), model_uri).run_id
+    except MlflowException as exc:
         raise _not_found(model_uri, store, exc) from None
 
 

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from pipelines.config import merge_params, params_from_dict
 from pipelines.monitor import main as monitor
@@ -43,8 +44,6 @@ OVERRIDES = {
 
 
 def _params():
-    import yaml
-
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     return params_from_dict(merge_params(raw, OVERRIDES))
 
@@ -54,7 +53,7 @@ def model(ray_cluster, tmp_path_factory):
     """A small classifier trained by the train stage on 1,000 of 2,000 generated entities,
     long enough to tell the planted pattern apart (about 40 s here): a model without skill
     gives every entity the prior, and no label rate moves its scores."""
-    from pipelines import ingest, shard, train, validate
+    from pipelines import evaluate, ingest, shard, train, validate
 
     root = tmp_path_factory.mktemp("monitored")
     params = _params()
@@ -68,7 +67,10 @@ def model(ray_cluster, tmp_path_factory):
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
-        summary = train.run(params, root / "shards", root / "validated", None, root=root)
+        summary = train.run(params, root / "shards", root / "validated", root / "train.json",
+                            root=root)  # fmt: skip
+        evaluate.run(params, root / "train.json", root / "shards", root / "validated",
+                     root / "metrics.json", root / "evaluation.json", root / "plots", root=root)  # fmt: skip
     finally:
         if previous is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -88,15 +90,21 @@ def _fresh(model) -> pa.Table:
                                   value_set=pc.cast(entities, pa.string())))  # fmt: skip
 
 
-def _monitor(model, events: pa.Table, name: str, monkeypatch) -> tuple[int, dict]:
+def _monitor(
+    model, events: pa.Table, name: str, monkeypatch, *extra: str
+) -> tuple[int, dict | None]:
     root: Path = model["root"]
     pq.write_table(events, root / f"{name}.parquet")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", model["uri"])
+    params = root / "params.yaml"
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    params.write_text(yaml.safe_dump(merge_params(raw, {"monitor": {"label_window": "120d"}})))
     report = root / f"{name}.json"
+    report.unlink(missing_ok=True)
     code = monitor(["--events", str(root / f"{name}.parquet"), "--model", model["model_uri"],
-                    "--params", str(REPO / "params.yaml"), "--report", str(report),
-                    "--html", str(root / f"{name}.html")])  # fmt: skip
-    return code, json.loads(report.read_text())
+                    "--params", str(params), "--report", str(report),
+                    "--html", str(root / f"{name}.html"), *extra])  # fmt: skip
+    return code, json.loads(report.read_text()) if report.exists() else None
 
 
 def _score(result: dict) -> dict:
@@ -134,3 +142,64 @@ def test_a_changed_label_rate_shifts_the_scores_and_a_fresh_sample_does_not(mode
     assert code == 1 and score["drifted"], score
     assert score["current"]["upper_half_share"] > score["reference"]["upper_half_share"]
     assert np.isfinite(score["distance"])
+
+
+def _labels(events: pa.Table, flip_after: str | None = None) -> pa.Table:
+    """One label per entity at its last event: its true label, or a coin flip's for the
+    entities whose last event falls after ``flip_after`` (the world changed; the model did
+    not)."""
+    last = events.group_by("account_id").aggregate([("event_time", "max"), ("label", "max")])
+    label = last.column("label_max").to_numpy()
+    times = last.column("event_time_max")
+    if flip_after is not None:
+        cut = np.datetime64(flip_after, "us").astype(np.int64)
+        late = pc.cast(times, pa.int64()).to_numpy() >= cut
+        label = np.where(late, np.random.default_rng(3).integers(0, 2, len(label)), label)
+    return pa.table({"account_id": last.column("account_id"), "event_time": times,
+                     "label": pa.array(label)})  # fmt: skip
+
+
+def test_delayed_labels_give_metrics_by_window_and_flag_the_windows_that_got_worse(
+    model, monkeypatch
+):
+    fresh = _fresh(model)
+    pq.write_table(_labels(fresh), model["root"] / "labels.parquet")
+    code, result = _monitor(model, fresh, "labelled", monkeypatch,
+                            "--labels", str(model["root"] / "labels.parquet"))  # fmt: skip
+    section = result["performance"]
+    assert code == 0 and section["degraded"] == [], section
+    evaluation = json.loads((model["root"] / "evaluation.json").read_text())
+    assert section["evaluation"]["roc_auc"] == pytest.approx(evaluation["overall"]["roc_auc"])
+    assert section["evaluation_split"] == "test"
+    assert section["rows"]["scored"] == section["rows"]["read"] == len(fresh["account_id"].unique())
+    assert sum(w["labels"] for w in section["windows"]) == section["rows"]["scored"]
+    # the test split's own entities and labels: the evaluation, window by window
+    assert section["overall"]["roc_auc"] == pytest.approx(
+        evaluation["overall"]["roc_auc"], abs=0.02
+    )
+
+    pq.write_table(_labels(fresh, flip_after="2025-03-13"), model["root"] / "labels.parquet")
+    code, result = _monitor(model, fresh, "labelled", monkeypatch,
+                            "--labels", str(model["root"] / "labels.parquet"))  # fmt: skip
+    section = result["performance"]
+    late = [w for w in section["windows"] if w["start"] >= "2025-03-13"]
+    early = [w for w in section["windows"] if w["end"][:10] <= "2025-03-13"]
+    assert code == 1 and late[0]["degraded"], section  # 120-day windows: 326 labels here
+    assert all(w["degraded"] for w in late if w["labels"] >= 30)
+    assert early and not any(w["degraded"] for w in early)
+    assert "Delayed labels" in (model["root"] / "labelled.html").read_text()
+
+
+def test_labels_the_model_cannot_use_are_refused_before_any_scoring(model, monkeypatch, capsys):
+    fresh = _fresh(model)
+    labels = _labels(fresh)
+    unknown = labels.set_column(2, "label", pa.array(["fraud"] * labels.num_rows))
+    pq.write_table(unknown, model["root"] / "unknown.parquet")
+    code, result = _monitor(model, fresh, "refused", monkeypatch,
+                            "--labels", str(model["root"] / "unknown.parquet"))  # fmt: skip
+    assert code == 2 and result is None
+    assert "none of the labels is a class the model knows" in capsys.readouterr().err
+    pq.write_table(labels.drop_columns(["event_time"]), model["root"] / "timeless.parquet")
+    code, _ = _monitor(model, fresh, "refused", monkeypatch,
+                       "--labels", str(model["root"] / "timeless.parquet"))  # fmt: skip
+    assert code == 2 and "event_time" in capsys.readouterr().err
