@@ -96,6 +96,15 @@ def _shares(counts: np.ndarray) -> np.ndarray:
     return counts / total if total else np.zeros(len(counts))
 
 
+def js_distance(reference: np.ndarray, current: np.ndarray) -> float:
+    """Jensen-Shannon distance (base 2) between two histograms' shares; 0 when either is
+    empty."""
+    if not reference.sum() or not current.sum():
+        return 0.0
+    # scipy takes the root of a difference that rounding can leave just below 0
+    return float(np.nan_to_num(jensenshannon(_shares(reference), _shares(current), base=2)))
+
+
 def _pooled(reference: np.ndarray, current: np.ndarray, min_expected: float) -> np.ndarray:
     """(2, k) counts with the bins expected to be nearly empty in ``current`` pooled."""
     expected = _shares(reference) * current.sum()
@@ -146,10 +155,7 @@ def compare_counts(
     its design effect in independent draws; ``tests`` statistics share ``alpha``."""
     ref = reference.counts.astype(np.float64)
     cur = current.counts.astype(np.float64)
-    distance = 0.0
-    if reference.total and current.total:
-        # scipy takes the root of a difference that rounding can leave just below 0
-        distance = float(np.nan_to_num(jensenshannon(_shares(ref), _shares(cur), base=2)))
+    distance = js_distance(ref, cur)
     sizes = (reference.total / reference.design_effect(), current.total / current.design_effect())
     p_value = _p_value(ref, cur, sizes, thresholds.min_expected)
     drifted = (

@@ -166,19 +166,6 @@ def report(
     }
 
 
-def _histograms(profile: Profile) -> dict[str, np.ndarray]:
-    found = {"length": profile.length.counts, "gap": profile.gap.counts}
-    if profile.order is not None:
-        found["order"] = profile.order.counts
-    found |= {f"categorical.{k}": v.counts for k, v in profile.categorical.items()}
-    found |= {f"numeric.{k}": v.counts for k, v in profile.numeric.items()}
-    if profile.transitions is not None:
-        found[f"transitions.{profile.transition_column}"] = profile.transitions.counts
-    if profile.score is not None:
-        found["score"] = profile.score.counts
-    return found
-
-
 def _plot(name: str, reference: np.ndarray, current: np.ndarray) -> str:
     """Reference and current shares of one statistic's bins, as a base64 PNG."""
     import matplotlib
@@ -206,7 +193,8 @@ def _plot(name: str, reference: np.ndarray, current: np.ndarray) -> str:
 
 
 def render_html(result: dict[str, Any], reference: Profile, current: Profile) -> str:
-    ref, cur = _histograms(reference), _histograms(current)
+    ref = {k: h.counts for k, h in reference.histograms().items()}
+    cur = {k: h.counts for k, h in current.histograms().items()}
     rows, plots = [], []
     for stat in result["statistics"]:
         name = stat["name"]

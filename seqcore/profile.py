@@ -219,6 +219,21 @@ class Profile:
         """Non-empty sequences: each is counted once in the length histogram."""
         return self.length.total
 
+    def histograms(self) -> dict[str, Hist]:
+        """Every statistic the profile holds, by the name drift reports use: ``length``,
+        ``gap``, ``order``, ``categorical.<col>``, ``numeric.<col>``, ``transitions.<col>``,
+        ``score``."""
+        found = {"length": self.length, "gap": self.gap}
+        if self.order is not None:
+            found["order"] = self.order
+        found |= {f"categorical.{k}": v for k, v in sorted(self.categorical.items())}
+        found |= {f"numeric.{k}": v for k, v in sorted(self.numeric.items())}
+        if self.transitions is not None:
+            found[f"transitions.{self.transition_column}"] = self.transitions
+        if self.score is not None:
+            found["score"] = self.score
+        return found
+
     def merge(self, other: Profile) -> Profile:
         def add(a: dict[str, Hist], b: dict[str, Hist]) -> dict[str, Hist]:
             return {k: a[k].merge(b[k]) if k in a and k in b else a.get(k) or b[k]

@@ -262,9 +262,15 @@ class SequenceScorer:
         """:meth:`score`'s rows as plain dicts, in entity order, without the DataFrame: what
         the online endpoint answers with (a DataFrame built per request, only to be taken
         apart again, would cost more than a small model's forward pass)."""
-        seqs = self.encode(events)
+        return self.score_encoded(self.encode(events), window_len=window_len)[0]
+
+    def score_encoded(
+        self, seqs: Sequence[EncodedSequence], *, window_len: int | None = None
+    ) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+        """:meth:`score_rows` of sequences :meth:`encode` gave, with the model's outputs
+        behind the rows (what the endpoint's live statistics read: no second pass)."""
         if not seqs:
-            return []
+            return [], []
         window = self.window_len if window_len is None else window_len
         outputs = self.forward_sequences(seqs, window)
         rows = []
@@ -276,7 +282,7 @@ class SequenceScorer:
             }
             row.update(self.describe(out))
             rows.append(row)
-        return rows
+        return rows, outputs
 
     def describe(self, out: np.ndarray) -> dict[str, Any]:
         """One sequence's model output (``forward_sequences``) as the response's fields."""

@@ -59,7 +59,7 @@ from serving.schemas import (
     request_model,
     stream_request_model,
 )
-from serving.stream_holder import StreamHolder, answer_stream, stream_calls
+from serving.stream_holder import StreamHolder, answer_stream, stream_metrics
 from serving.streaming import StreamingScorer
 
 api = json_api("seqops online scoring")
@@ -95,7 +95,7 @@ class ScoringAPI(HoldsModel):
             self.store = RedisStateStore(url, config.streaming.state_ttl_s)
             model = self.server.model
             self.streamer = StreamingScorer(model.scorer, model.version, self.store, self.retries)
-            self.stream_calls = stream_calls()
+            self.stream_calls = stream_metrics()
         try:
             self.replica = serve.get_replica_context().replica_id.unique_id
         except Exception:  # constructed outside Serve (a test)

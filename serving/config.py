@@ -232,6 +232,26 @@ class Access:
 
 
 @dataclass(frozen=True)
+class Monitoring:
+    """Live statistics of ``/v1/score`` traffic against the model's training profile
+    (``serving.live``)."""
+
+    monitor: bool = True
+    """Profile every request's encoded sequences after it is answered and export the
+    statistics as Prometheus metrics; off costs nothing."""
+    monitor_window_requests: int = 1000
+    """Requests behind the rolling drift gauges (per replica): the latest this many."""
+    monitor_update_s: float = 5.0
+    """How often the drift gauges are recomputed from the window."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.monitor, bool):
+            raise _fail("monitor", self.monitor, "expected true or false")
+        _positive_int("monitor_window_requests", self.monitor_window_requests)
+        _seconds("monitor_update_s", self.monitor_update_s, low=0.01, high=86_400)
+
+
+@dataclass(frozen=True)
 class ServingConfig:
     """Everything the scoring application needs."""
 
@@ -241,6 +261,7 @@ class ServingConfig:
     streaming: Streaming = field(default_factory=Streaming)
     rollout: Rollout = field(default_factory=Rollout)
     access: Access = field(default_factory=Access)
+    monitoring: Monitoring = field(default_factory=Monitoring)
 
     def with_redis(self, url: str) -> ServingConfig:
         """This config with its streaming state in the Redis at ``url`` (validated as the
@@ -317,6 +338,7 @@ _KINDS: dict[type, dict[str, type]] = {
         "alias_poll_s": float,
     },
     Access: {"auth": str, "tokens_file": str},
+    Monitoring: {"monitor": bool, "monitor_window_requests": int, "monitor_update_s": float},
 }
 MODEL_KEYS = {"model_name": str, "alias": str, "version": int, "tracking_uri": str}
 
@@ -353,6 +375,7 @@ def serving_config(args: Mapping[str, Any]) -> ServingConfig:
         streaming=_section(Streaming, args),
         rollout=_section(Rollout, args),
         access=_section(Access, args),
+        monitoring=_section(Monitoring, args),
     )
 
 

@@ -30,9 +30,11 @@ from ray import serve
 from ray.serve.metrics import Histogram
 
 from seqcore.config import to_jsonable
-from seqcore.encoding import EventColumns, concat_columns
+from seqcore.encoding import EncodedSequence, EventColumns, concat_columns
+from seqcore.scorer import SequenceScorer
 from serving.config import ModelRef, ServingConfig, apply_user_config
 from serving.http_edge import LATENCY_BOUNDS, jsonable
+from serving.live import LiveMonitor
 from serving.registry import LoadedModel, load_model, load_version, resolve_version
 
 log = logging.getLogger("ray.serve")
@@ -111,6 +113,12 @@ class ModelServer:
         self.batch_latency = Histogram(
             "seqops_batch_latency_s", "Model time per batch (s)", LATENCY_BOUNDS
         )
+        watch = config.monitoring
+        self.live = (
+            LiveMonitor(self.model.scorer, watch.monitor_window_requests, watch.monitor_update_s)
+            if watch.monitor
+            else None
+        )
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """``user_config``: max_batch_size, batch_wait_timeout_s, max_tokens."""
@@ -137,11 +145,15 @@ class ModelServer:
         loaded.scorer.max_tokens = self.batching.max_tokens
         loaded.scorer.time_calls()  # before it answers; the old version serves meanwhile
         self.model = loaded  # one assignment: batches already running keep the old model
+        if self.live is not None:
+            self.live.rebind(loaded.scorer)
 
     def stop(self) -> None:
         """Stop following the alias."""
         if self._stop is not None:
             self._stop.set()
+        if self.live is not None:
+            self.live.stop()
 
     def info(self) -> dict[str, Any]:
         m = self.model
@@ -160,6 +172,10 @@ class ModelServer:
 
     def stats(self) -> dict[str, int]:
         return dict(self.counts)
+
+    def drift(self) -> dict[str, float]:
+        """This replica's drift gauges, after every request handed over so far is profiled."""
+        return {} if self.live is None else self.live.flush()
 
     def check_health(self) -> None:
         if self.model.scorer is None:
@@ -193,7 +209,7 @@ class ModelServer:
         started = time.perf_counter()
         columns = concat_columns(requests)
         # Off the event loop, so requests keep queueing for the next batch meanwhile.
-        scored = await asyncio.to_thread(model.scorer.score_rows, columns)
+        scored, sequences, outputs = await asyncio.to_thread(_score, model.scorer, columns)
         rows = []  # the encoder returns one row per sequence, in the columns' order
         for name, row in zip(columns.names, scored, strict=True):
             if row["entity"] != name:
@@ -213,7 +229,18 @@ class ModelServer:
             end = start + len(request.names)
             results.append({"model": header, "scores": rows[start:end]})
             start = end
+        if self.live is not None:  # profiled on its own thread, after the answer
+            self.live.observe(columns, sequences, outputs, model.scorer)
         return results
+
+
+def _score(
+    scorer: SequenceScorer, columns: EventColumns
+) -> tuple[list[dict[str, Any]], list[EncodedSequence], list[Any]]:
+    """Rows of the columns' sequences, with the encoded sequences and outputs behind them."""
+    sequences = scorer.encode(columns)
+    rows, outputs = scorer.score_encoded(sequences)
+    return rows, sequences, outputs
 
 
 class HoldsModel:
@@ -230,6 +257,10 @@ class HoldsModel:
     def stats(self) -> dict[str, int]:
         """The held model's batching counts in this replica."""
         return self.server.stats()
+
+    def drift(self) -> dict[str, float]:
+        """The held model's live drift gauges in this replica (``serving.live``)."""
+        return self.server.drift()
 
     def reload(self, alias: str | None = None, version: int | None = None) -> dict[str, Any]:
         """Load the version the alias (or the given alias/version) names now."""

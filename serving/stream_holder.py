@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from ray import serve
@@ -29,9 +30,19 @@ from serving.stream_state import StateStore
 from serving.streaming import StateConflict, StreamingScorer, StreamOrderError
 
 
-def stream_calls() -> Counter:
-    """The ``seqops_stream_calls`` metric, wherever stream calls are answered."""
-    return Counter("seqops_stream_calls", "Streaming calls by state status", ("status",))
+@dataclass(frozen=True)
+class StreamMetrics:
+    """The stream metrics, wherever stream calls are answered."""
+
+    calls: Counter
+    late: Counter
+
+
+def stream_metrics() -> StreamMetrics:
+    return StreamMetrics(
+        Counter("seqops_stream_calls", "Streaming calls by state status", ("status",)),
+        Counter("seqops_late_events", "Streamed events refused for preceding the entity's last"),
+    )
 
 
 def answer_stream(
@@ -40,7 +51,7 @@ def answer_stream(
     entity_id: str,
     request: StreamRequest,
     replica: str,
-    calls: Counter,
+    metrics: StreamMetrics,
 ) -> dict[str, Any]:
     """One stream call's reply (the model that scored and the score with its state), or an
     error as ``{"status", "error", "field"}`` for the ingress to send: 422 for events out of
@@ -56,13 +67,14 @@ def answer_stream(
             reset=request.reset,
         )
     except StreamOrderError as exc:
+        metrics.late.inc(exc.late)
         return {"status": 422, "error": str(exc), "field": f"events[{exc.index}].{exc.column}"}
     except StateConflict as exc:
         return {"status": 409, "error": str(exc), "field": "path.entity_id"}
     except StateStoreUnavailable as exc:
         return {"status": 503, "error": f"{exc}; retry later", "field": None}
     result["state"]["replica"] = replica
-    calls.inc(tags={"status": result["state"]["status"]})
+    metrics.calls.inc(tags={"status": result["state"]["status"]})
     header = {**model.describe(), "task": model.scorer.config.task}
     return {"model": header, "score": {k: jsonable(v) for k, v in result.items()}}
 
@@ -84,7 +96,7 @@ class StreamHolder:
             self.replica = serve.get_replica_context().replica_id.unique_id
         except Exception:  # constructed outside Serve (a test)
             self.replica = "local"
-        self.calls = stream_calls()
+        self.calls = stream_metrics()
         self.entities = Gauge("seqops_stream_entities", "Entities with state on this replica")
         self._stop = follow_alias(
             "StreamHolder",

@@ -59,9 +59,11 @@ UNLIMITED_WINDOW = 2**62
 class StreamOrderError(ValueError):
     """New events that precede the entity's last streamed event (or break (time, seq) order)."""
 
-    def __init__(self, message: str, index: int, column: str) -> None:
+    def __init__(self, message: str, index: int, column: str, late: int = 1) -> None:
         super().__init__(message)
         self.index, self.column = index, column
+        self.late = late
+        """Events of the call that come before the entity's last streamed event."""
 
 
 class StateConflict(RuntimeError):
@@ -237,11 +239,14 @@ class StreamingScorer:
         if tied and column and seqs is not None and state.last_seq is not None:
             if int(seqs.min()) > state.last_seq:
                 return
+            at_last = events.time_us == state.last_time_us
             raise StreamOrderError(
                 f"event with {column}={int(seqs.min())} at the entity's last streamed "
                 f"time does not follow the last streamed {column}={state.last_seq}",
                 int(seqs.argmin()),
                 column,
+                int(np.count_nonzero(events.time_us < state.last_time_us))
+                + int(np.count_nonzero(at_last & (seqs <= state.last_seq))),
             )
         if tied:
             return
@@ -251,6 +256,7 @@ class StreamingScorer:
             f"entity's last streamed event at {last}; send events in time order, or reset",
             int(events.time_us.argmin()),
             self.schema.time,
+            int(np.count_nonzero(events.time_us < state.last_time_us)),
         )
 
     def _continue_delta(self, seq: EncodedSequence, state: EntityState | None) -> np.ndarray:

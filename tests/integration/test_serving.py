@@ -519,7 +519,7 @@ def test_cli_serves_through_the_proxy_and_direct_ingress_alike(registry, events,
     assert redis_port is None or not any(a[1] == redis_port for a in _listeners())
 
 
-def test_prometheus_metrics_count_requests_errors_and_batches(served):
+def test_prometheus_metrics_count_requests_errors_batches_and_the_traffic_profile(served):
     """Custom ray.serve.metrics reach Ray's Prometheus endpoint (reported every few seconds)."""
     import ray
 
@@ -530,6 +530,13 @@ def test_prometheus_metrics_count_requests_errors_and_batches(served):
         "ray_seqops_request_latency_s_count": ('route="/v1/score"',),
         "ray_seqops_batch_requests_count": (),
         "ray_seqops_batch_sequences_count": (),
+        # live statistics of the scored traffic (serving.live), against the training profile
+        "ray_seqops_sequence_length_count": (),
+        "ray_seqops_event_gap_s_count": (),
+        "ray_seqops_score_count": (),
+        "ray_seqops_profiled_events_total": ('column="mcc"',),
+        "ray_seqops_drift_distance": ('statistic="length"',),
+        "ray_seqops_drift_window_sequences": (),
     }
     deadline, missing = time.monotonic() + 60, set(wanted)
     while missing and time.monotonic() < deadline:
