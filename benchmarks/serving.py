@@ -45,6 +45,11 @@ a temporary MLflow store and promoted to ``champion`` (``benchmarks.batch_scorin
    events arrive in time order, one call at a time), first every entity once (its first
    call), then ``--seconds`` per round, the designs alternating; stream calls per second,
    Redis against StreamHolder (reported; no target).
+7. **Live profile** (``--parts monitor``): light load, one request at a time, on ``/on``
+   (the shipped config: each replica profiles what it scored, ``serving.live``) and on
+   ``/plain``, the same with ``monitor: false``, the two alternating round by round; and
+   the profiling work per request in this process (it runs on the replica's own thread,
+   after the answer). **Target: p50 with the profile - without at most 0.2 ms.**
 
 The in-process arms use one torch thread, as the replicas do (Ray sets ``OMP_NUM_THREADS=1``
 in them). ``--phases`` and ``--parts`` pick what runs, for a shorter run.
@@ -92,9 +97,10 @@ TARGETS = {
     "streaming": 10.0,  # in-process
     "streaming_http": 5.0,  # over HTTP, high-throughput mode (the issue's target)
     "stream_gap_ms": 2.0,  # stream call p50 - short /v1/score p50
+    "monitor_ms": 0.2,  # /v1/score p50 with the live profile - without, light load
 }
 PHASES = ("proxy", "direct", "high-throughput")
-PARTS = ("score", "stream", "stream-load")
+PARTS = ("score", "stream", "stream-load", "monitor")
 DESIGNS = {"holder": "on", "redis": "redis"}
 """Streaming state design -> the application (route prefix) that serves it."""
 DESIGN_NAMES = {"holder": "StreamHolder", "redis": "Redis"}
@@ -322,6 +328,7 @@ def start_apps(
 ) -> None:
     """The real application once per arm under ``/<arm>``: ``on``, the shipped user_config
     with its streaming state in ``StreamHolder``; ``off``, the same with ``max_batch_size`` 1;
+    ``plain``, ``on`` without the live profile (``monitor: false``);
     ``redis``, ``on`` with its streaming state in the Redis at ``redis_url``; and ``noop``, the
     no-op application."""
     from ray import serve
@@ -346,7 +353,7 @@ def start_apps(
         config = serving_config(
             {**user_config, "model_name": model["name"], "tracking_uri": model["tracking_uri"],
              "max_batch_size": batch, "alias_poll_s": 0, "max_events_per_sequence": 4096,
-             **store}
+             "monitor": name != "plain", **store}
         )  # fmt: skip
         options = {
             "ScoringAPI": {"ray_actor_options": {"num_cpus": 0.5},
@@ -419,6 +426,46 @@ def measure_phase(
     return out
 
 
+def monitor_cost(url: dict[str, str], bodies: Path, args: Any) -> dict[str, list[dict]]:
+    """Light load with the live profile (``/on``) and without (``/plain``), alternating."""
+    for arm in ("on", "plain"):
+        load(url[arm], f"/{arm}/v1/score", bodies, 4, 1.0)  # warm up
+    out: dict[str, list[dict]] = {"on": [], "plain": []}
+    for r in range(args.rounds * 2):
+        for arm in ("on", "plain") if r % 2 == 0 else ("plain", "on"):
+            out[arm].append(load(url[arm], f"/{arm}/v1/score", bodies))
+    return out
+
+
+def monitor_inprocess(
+    scorer: SequenceScorer, tables: list[pa.Table], rounds: int
+) -> dict[str, float]:
+    """The live profile's work (ms) per light-load request, done here synchronously: in a
+    pass of its own (a replica whose requests come more than ``monitor_update_s`` apart) and
+    in one pass over all the light-load requests (what a busy replica's thread does)."""
+    from seqcore.encoding import table_columns
+    from serving.live import LiveMonitor
+
+    monitor = LiveMonitor(scorer, window_requests=1000, update_s=3600)
+    monitor.stop()  # its thread: the work is timed here, on this one
+    requests = []
+    for table in tables:
+        columns = table_columns(table, scorer.schema, scorer.spec)
+        sequences = scorer.encode(columns)
+        requests.append((columns, sequences, scorer.score_encoded(sequences)[1], scorer))
+    alone, together = [], []
+    for _ in range(rounds):
+        for request in requests:
+            started = time.perf_counter()
+            monitor._record([request])
+            alone.append((time.perf_counter() - started) * 1000)
+        started = time.perf_counter()
+        monitor._record(requests)
+        together.append((time.perf_counter() - started) * 1000 / len(requests))
+    return {"alone_ms": _percentile(alone, 50), "pass_ms": median(together),
+            "pass_requests": len(requests)}  # fmt: skip
+
+
 def cluster_phase(
     mode: str,
     model: dict[str, Any],
@@ -460,6 +507,7 @@ def cluster_phase(
         designs.pop("redis", None)
     streaming = bool({"stream", "stream-load"} & set(args.parts) and designs)
     arms = ["on", "off", "noop"] if "score" in args.parts else []
+    arms += [arm for arm in ("on", "plain") if "monitor" in args.parts and arm not in arms]
     arms += [app for app in designs.values() if streaming and app not in arms]
     if redis_url is not None and "redis" in arms:
         import redis
@@ -487,6 +535,8 @@ def cluster_phase(
             out: dict[str, Any] = {}
             if "score" in args.parts:
                 out.update(measure_phase(url, bodies, scorer, tables, args))
+            if "monitor" in args.parts:
+                out["monitor"] = monitor_cost(url, bodies, args)
             if "stream" in args.parts and designs:
                 out["streams"] = http_streaming(
                     {d: (url[app], app) for d, app in designs.items()}, streams, args.rounds
@@ -700,6 +750,19 @@ def phase_table(
              f"{verdict(gap <= TARGETS['stream_gap_ms'])} "
              f"(<= +{TARGETS['stream_gap_ms']:g} ms)"],
         ]  # fmt: skip
+    if "monitor" in phase:
+        on = median(x["p50_ms"] for x in phase["monitor"]["on"])
+        plain = median(x["p50_ms"] for x in phase["monitor"]["plain"])
+        diffs = [a["p50_ms"] - b["p50_ms"]
+                 for a, b in zip(phase["monitor"]["on"], phase["monitor"]["plain"], strict=True)]  # fmt: skip
+        out["monitor_ms"] = median(diffs)
+        rows.append(
+            [f"{name}: /v1/score p50 with the live profile / without (ms)",
+             f"{on:.2f} / {plain:.2f}: {out['monitor_ms']:+.2f} "
+             f"({min(diffs):+.2f} to {max(diffs):+.2f})",
+             f"{verdict(out['monitor_ms'] <= TARGETS['monitor_ms'])} "
+             f"(<= +{TARGETS['monitor_ms']:g} ms)"]
+        )  # fmt: skip
     loads = phase.get("stream_load", {})
     for design, figures in loads.items():
         first, rounds = figures["first"], figures["rounds"]
@@ -760,7 +823,8 @@ def main(argv: list[str] | None = None) -> int:
         type=lambda v: _choices(v, PARTS),
         default=list(PARTS),
         help="comma-separated, of score (light load, saturation), stream (stream vs "
-        "re-score), stream-load (high-throughput phase only) (default: all)",
+        "re-score), stream-load (high-throughput phase only), monitor (the live profile's "
+        "cost) (default: all)",
     )
     parser.add_argument(
         "--designs",
@@ -832,6 +896,7 @@ def main(argv: list[str] | None = None) -> int:
                 phases[mode] = cluster_phase(mode, model, root / "bodies.json", scorer, tables,
                                              streams, args, redis_url)  # fmt: skip
         local = streaming_inprocess(scorer, history, max(20, args.rounds * 10), redis_url)
+        profiling = monitor_inprocess(scorer, tables, max(3, args.rounds))
         model_batching = inprocess_batching(scorer, tables, max(5, args.rounds * 3))
 
     model_ratio = model_batching["alone_ms"] / model_batching["batched_ms"]
@@ -852,6 +917,9 @@ def main(argv: list[str] | None = None) -> int:
          f"{model_ratio:.2f}x", "(batching's ceiling)"],
         ["stream 1 event / full re-score, in-process (ms)",
          f"{local['stream_ms']:.2f} / {local['rescore_ms']:.2f}", ""],
+        ["live profile: work per light-load request, alone / in a pass of "
+         f"{profiling['pass_requests']} (ms, the replica's own thread)",
+         f"{profiling['alone_ms']:.3f} / {profiling['pass_ms']:.3f}", "(off the answer)"],
         ["streaming speed-up, in-process", f"{local_stream:.1f}x",
          f"{verdict(local_stream >= TARGETS['streaming'])} (>= {TARGETS['streaming']:g}x)"],
     ]  # fmt: skip
@@ -893,6 +961,7 @@ def main(argv: list[str] | None = None) -> int:
             "model_batching": model_batching,
             "local": local,
             "streaming_inprocess": local_stream,
+            "profiling": profiling,
             "errors": errors,
         },
     )

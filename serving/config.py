@@ -241,8 +241,9 @@ class Monitoring:
     statistics as Prometheus metrics; off costs nothing."""
     monitor_window_requests: int = 1000
     """Requests behind the rolling drift gauges (per replica): the latest this many."""
-    monitor_update_s: float = 5.0
-    """How often the drift gauges are recomputed from the window."""
+    monitor_update_s: float = 1.0
+    """How often the scored requests queued up since the last pass are profiled together and
+    the drift gauges recomputed."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.monitor, bool):

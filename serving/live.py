@@ -3,22 +3,23 @@
 
 Each ``/v1/score`` request's sequences are encoded and scored anyway; :class:`LiveMonitor`
 takes those encoded sequences and the model's outputs (no second pass over the raw events)
-and, on a thread of its own after the response is on its way, profiles them with the same
-bins as the training profile (``seqcore.profile``). It exports, through Ray Serve's metrics
+and, on a thread of its own, profiles what queued up every ``monitor_update_s`` in one pass
+with the same bins as the training profile (``seqcore.profile``). It exports, through Ray Serve's metrics
 (Prometheus ``ray_seqops_*``, with Serve's deployment, replica and application tags):
 
-- histograms ``seqops_sequence_length`` (events per sequence), ``seqops_event_gap_s`` (seconds
-  between consecutive events; at most ``GAP_SAMPLE`` gaps per request, evenly spread, as each
-  observation is a call) and ``seqops_score`` (the model's score per sequence: a probability,
-  or a forecast in standard deviations of the training target);
+- histograms, one observation per scored sequence: ``seqops_sequence_length`` (its events),
+  ``seqops_event_gap_s`` (seconds between its last two events: the gap before the scored
+  moment; every gap would be a call per event, and the drift gauge counts them all) and
+  ``seqops_score`` (the model's score: a probability, or a forecast in standard deviations
+  of the training target);
 - counters ``seqops_profiled_events`` (by column: events with a value), ``seqops_oov_events``
   (by column: values the training vocabulary does not hold), ``seqops_out_of_order_events``
   (events sent behind an earlier one of their sequence by time and sequence number) and
   ``seqops_monitor_dropped_requests`` (requests left unprofiled because the profiler fell
   behind; it never slows an answer down);
 - gauges ``seqops_drift_distance`` (by statistic: the Jensen-Shannon distance between the
-  training profile and the latest ``monitor_window_requests`` requests of this replica,
-  recomputed every ``monitor_update_s``) and ``seqops_drift_window_sequences`` (sequences
+  training profile and the latest ``monitor_window_requests`` requests of this replica, in
+  whole passes, recomputed after each pass) and ``seqops_drift_window_sequences`` (sequences
   behind them).
 
 The gauges are the signal to alert on; ``seqops monitor`` on a batch of traffic is the test
@@ -33,7 +34,6 @@ import collections
 import logging
 import queue
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,10 +48,11 @@ from seqcore.profile import (
     LENGTH_EDGES,
     PROBABILITY_EDGES,
     Z_EDGES,
+    Hist,
     Profile,
     arrival_order,
     profile_sequences,
-    score_hist,
+    score_codes,
     scores_of,
     transition_column,
 )
@@ -59,10 +60,9 @@ from seqcore.scorer import SequenceScorer
 
 log = logging.getLogger("ray.serve")
 
-GAP_SAMPLE = 4096
-"""Gaps a request adds to the gap histogram at most (the drift window counts them all)."""
-QUEUE_SIZE = 256
-"""Requests waiting to be profiled at most; more are dropped and counted, never waited for."""
+QUEUE_SIZE = 4096
+"""Scored batches waiting for the next pass at most; more are dropped and counted, never
+waited for (about 4,000 requests a second per replica at the default pass interval)."""
 
 
 class LiveMonitor:
@@ -105,6 +105,7 @@ class LiveMonitor:
             "seqops_drift_window_sequences", "Sequences behind the drift gauges"
         )
         self._queue: queue.Queue[Any] = queue.Queue(QUEUE_SIZE)
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="seqops-live", daemon=True)
         self._thread.start()
 
@@ -116,15 +117,15 @@ class LiveMonitor:
             log.warning("the model carries no training profile (trained before seqops kept "
                         "one): no drift gauges")  # fmt: skip
         self.transition_column = transition_column(scorer.schema)
-        self.window: collections.deque[dict[str, np.ndarray]] = collections.deque()
+        self.window: collections.deque[tuple[int, dict[str, np.ndarray]]] = collections.deque()
+        self.requests = 0
         self.totals: dict[str, np.ndarray] = {}
         self.sequences = 0
-        self.last_update = 0.0
         self.latest: dict[str, float] = {}
 
     def rebind(self, scorer: SequenceScorer) -> None:
         """A new model version: its own reference; the window starts again."""
-        self._queue.put(("rebind", scorer))
+        self._control("rebind", scorer)
 
     def observe(
         self,
@@ -133,73 +134,95 @@ class LiveMonitor:
         outputs: Sequence[np.ndarray],
         scorer: SequenceScorer,
     ) -> None:
-        """Hand one scored request over (response path: a queue put, nothing else)."""
+        """Hand one scored batch over (response path: a queue put, nothing else)."""
         try:
             self._queue.put_nowait(("request", (columns, sequences, outputs, scorer)))
         except queue.Full:
             self.dropped.inc()
 
     def stop(self) -> None:
-        self._queue.put(("stop", None))
+        self._control("stop", None)
 
     def flush(self, timeout_s: float = 10.0) -> dict[str, float]:
-        """Wait until everything handed over is profiled, recompute the gauges and return
-        them (for tests and the stats call)."""
+        """Profile everything handed over so far now, and return the gauges (for tests and
+        the drift call)."""
         done = threading.Event()
-        self._queue.put(("flush", done))
+        self._control("flush", done)
         done.wait(timeout_s)
         return dict(self.latest)
 
+    def _control(self, kind: str, item: Any) -> None:
+        self._queue.put((kind, item))
+        self._wake.set()
+
     def _run(self) -> None:
+        """Sleep, then profile what queued up in one pass: a pass over many requests costs
+        little more than one over a single request (numpy's fixed cost per call dominates
+        small requests), and a request finds the thread asleep unless it arrives during a
+        pass, so the median answer pays nothing."""
         while True:
-            kind, item = self._queue.get()
-            try:
+            self._wake.wait(self.update_s)
+            self._wake.clear()
+            pending = []
+            while True:
+                try:
+                    kind, item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if kind == "request":
+                    pending.append(item)
+                    continue
+                self._pass(pending)  # what came before the message belongs to it
+                pending = []
                 if kind == "stop":
                     return
                 if kind == "rebind":
                     self._bind(item)
                 elif kind == "flush":
-                    self._update()
                     item.set()
-                else:
-                    self._record(*item)
-                    if time.monotonic() - self.last_update >= self.update_s:
-                        self._update()
-            except Exception:  # statistics must never take scoring down
-                log.warning("live profiling failed; scoring goes on", exc_info=True)
+            self._pass(pending)
 
-    def _record(
-        self,
-        columns: EventColumns,
-        sequences: Sequence[EncodedSequence],
-        outputs: Sequence[np.ndarray],
-        scorer: SequenceScorer,
-    ) -> None:
-        if scorer is not self.scorer or not sequences:  # scored by the version before a swap
-            return
-        spec, task = scorer.spec, scorer.config.task
-        profile = profile_sequences(sequences, spec, self.transition_column)
-        profile.order = arrival_order(columns.group, columns.time_us, columns.seq)
+    def _pass(self, pending: list[tuple[Any, ...]]) -> None:
+        try:
+            current = [p for p in pending if p[3] is self.scorer and p[1]]  # not a swapped one
+            if current:
+                self._record(current)
+            self._update()
+        except Exception:  # statistics must never take scoring down
+            log.warning("live profiling failed; scoring goes on", exc_info=True)
+
+    def _record(self, pending: list[tuple[Any, ...]]) -> None:
+        """Profile scored batches (columns, sequences, outputs, scorer) together."""
+        scorer = self.scorer
+        task = scorer.config.task
+        sequences = [seq for p in pending for seq in p[1]]
+        outputs = [out for p in pending for out in p[2]]
+        # counts alone: the window's distances need no spread between sequences
+        profile = profile_sequences(sequences, scorer.spec, self.transition_column, spread=False)
+        groups, start = [], 0
+        for columns, *_ in pending:
+            groups.append(columns.group + start)
+            start += len(columns.names)
+        seqs = [p[0].seq for p in pending]
+        profile.order = arrival_order(
+            np.concatenate(groups),
+            np.concatenate([p[0].time_us for p in pending]),
+            None if any(s is None for s in seqs) else np.concatenate(seqs),
+        )
         scores = scores_of(task, outputs)
-        profile.score = score_hist(task, scores)
+        profile.score = Hist.counts_of(*score_codes(task, scores))
         self._export(sequences, scores, profile)
         if self.reference is not None:
-            self._add(profile)
+            self._add(profile, len(pending))
 
     def _export(
         self, sequences: Sequence[EncodedSequence], scores: np.ndarray, profile: Profile
     ) -> None:
-        gaps = []
         for seq in sequences:
-            self.length.observe(len(seq.event_time_us))
-            if len(seq.event_time_us) > 1:
-                gaps.append(np.diff(seq.event_time_us))
-        if gaps:
-            seconds = np.concatenate(gaps) / 1e6
-            if len(seconds) > GAP_SAMPLE:
-                seconds = seconds[np.linspace(0, len(seconds) - 1, GAP_SAMPLE).astype(np.int64)]
-            for value in seconds.tolist():
-                self.gap.observe(value)
+            t = seq.event_time_us
+            self.length.observe(len(t))
+            if len(t) > 1:
+                self.gap.observe(max(int(t[-1] - t[-2]), 0) / 1e6)
         for value in np.nan_to_num(scores).tolist():
             self.score.observe(value)
         for i, column in enumerate(self.scorer.spec.categorical):
@@ -211,21 +234,24 @@ class LiveMonitor:
         if profile.order is not None and profile.order.counts[1]:
             self.out_of_order.inc(int(profile.order.counts[1]))
 
-    def _add(self, profile: Profile) -> None:
+    def _add(self, profile: Profile, requests: int) -> None:
+        """Into the window; the oldest passes out while the rest hold the latest
+        ``window_requests`` requests."""
         counts = {name: hist.counts for name, hist in profile.histograms().items()}
-        self.window.append(counts)
+        self.window.append((requests, counts))
+        self.requests += requests
         self.sequences += profile.sequences
         for name, values in counts.items():
             total = self.totals.get(name)
             self.totals[name] = values.copy() if total is None else total + values
-        while len(self.window) > self.window_requests:
-            old = self.window.popleft()
+        while self.requests - self.window[0][0] >= self.window_requests:
+            gone, old = self.window.popleft()
+            self.requests -= gone
             self.sequences -= int(old["length"].sum())
             for name, values in old.items():
                 self.totals[name] -= values
 
     def _update(self) -> None:
-        self.last_update = time.monotonic()
         if self.reference is None:
             return
         for name, hist in self.reference.histograms().items():

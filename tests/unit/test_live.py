@@ -79,14 +79,16 @@ def test_the_window_keeps_the_latest_requests_and_a_new_category_moves_its_gauge
     requests = _requests(events, scorer, 8)
     monitor = LiveMonitor(scorer, window_requests=3, update_s=3600)
     try:
-        _serve(monitor, scorer, requests)
-        before = monitor.flush()
-        assert len(monitor.window) == 3
+        for request in requests:  # a pass per request
+            _serve(monitor, scorer, [request])
+            before = monitor.flush()
+        assert len(monitor.window) == 3 and monitor.requests == 3
         assert monitor.sequences == sum(len(r.names) for r in requests[-3:])
         planted = [dataclasses.replace(r, categorical={**r.categorical, "mcc": ["9999"] * r.num_rows})
                    for r in requests[:3]]  # fmt: skip
-        _serve(monitor, scorer, planted)
+        _serve(monitor, scorer, planted)  # one pass of three requests: the window is it alone
         after = monitor.flush()
+        assert len(monitor.window) == 1 and monitor.requests == 3
     finally:
         monitor.stop()
     assert after["categorical.mcc"] > before["categorical.mcc"] + 0.5  # every event is OOV now
