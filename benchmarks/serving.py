@@ -444,7 +444,8 @@ def monitor_inprocess(
     pass of its own (a replica whose requests come more than ``monitor_update_s`` apart) and
     in one pass over all the light-load requests (what a busy replica's thread does)."""
     from seqcore.encoding import table_columns
-    from serving.live import LiveMonitor
+    from seqcore.profile import scores_of
+    from serving.live import LiveMonitor, Scored
 
     monitor = LiveMonitor(scorer, window_requests=1000, update_s=3600)
     monitor.stop()  # its thread: the work is timed here, on this one
@@ -452,7 +453,8 @@ def monitor_inprocess(
     for table in tables:
         columns = table_columns(table, scorer.schema, scorer.spec)
         sequences = scorer.encode(columns)
-        requests.append((columns, sequences, scorer.score_encoded(sequences)[1], scorer))
+        scores = scores_of(scorer.config.task, scorer.score_encoded(sequences)[1])
+        requests.append(Scored(columns, sequences, scores, scorer, 1))
     alone, together = [], []
     for _ in range(rounds):
         for request in requests:

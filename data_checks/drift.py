@@ -25,6 +25,7 @@ people used to it; it decides nothing.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +67,7 @@ class DriftThresholds:
 class StatisticDrift:
     name: str
     """``length``, ``gap``, ``order``, ``categorical.<col>``, ``numeric.<col>``,
-    ``transitions.<col>``, ``score``."""
+    ``transitions.<col>``, ``score``, ``contract.<check>``."""
     distance: float
     p_value: float
     psi: float | None
@@ -182,6 +183,28 @@ def _share_of(key: str, index: int) -> Any:
 
 _oov = _share_of("oov_share", 0)
 _rate = _share_of("out_of_order_share", 1)
+_violating = _share_of("violating_share", 1)
+
+ORDERING_CHECKS = (
+    "time_order", "duplicates", "seq_negative", "seq_gaps", "seq_order", "future_timestamps",
+    "time_floor", "late_events",
+)  # fmt: skip
+"""The data contract's ordering checks whose violation rates a profile keeps."""
+
+
+def contract_hists(report: Mapping[str, Any]) -> dict[str, Hist]:
+    """A validation report's ordering checks (``ValidationReport.to_json``, what
+    reports/validation.json holds) as two-bin histograms of rows: clean, violating. Checks
+    that did not run (disabled, skipped for a missing column) are left out. The counts are
+    rows, not sequences: the test takes them as independent draws, so the distance decides."""
+    rows = int(report.get("rows_in") or 0)
+    found = {}
+    for check in report.get("checks") or []:
+        if check["name"] in ORDERING_CHECKS and check["status"] != "skipped" and rows:
+            bad = min(int(check.get("violating_rows") or 0), rows)
+            counts = np.asarray([rows - bad, bad], np.int64)
+            found[check["name"]] = Hist(counts, np.zeros(2, np.int64), np.zeros(2, np.int64))
+    return found
 
 
 def compare(
@@ -209,6 +232,10 @@ def compare(
                       current.transitions, _repeats))  # fmt: skip
     if reference.score is not None and current.score is not None:
         pairs.append(("score", reference.score, current.score, _top_share))
+    for check in [c for c in ORDERING_CHECKS if c in reference.contract and c in current.contract]:
+        pairs.append(
+            (f"contract.{check}", reference.contract[check], current.contract[check], _violating)
+        )
     decides = current.sequences >= thresholds.min_sequences
     return [
         compare_counts(name, ref, cur, thresholds, len(pairs), decides, summary)

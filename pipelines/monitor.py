@@ -41,13 +41,21 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from data_checks.drift import DriftThresholds, StatisticDrift, compare
+from data_checks.contract import check_contract
+from data_checks.drift import (
+    ORDERING_CHECKS,
+    DriftThresholds,
+    StatisticDrift,
+    compare,
+    contract_hists,
+)
 from pipelines.config import Params, load_params
 from pipelines.ingest import IngestError, normalise_user_table, open_dataset, source_batches
 from pipelines.ingest import arrival_order as ingest_arrival
@@ -55,9 +63,10 @@ from pipelines.performance import LabelsError, performance, read_labels
 from seqcore import io
 from seqcore.config import ConfigError
 from seqcore.encoding import EncodedSequence, encode
-from seqcore.loading import ModelLoadError, load_scorer, model_run, tracking_uri
+from seqcore.loading import ModelLoadError, load_scorer, model_run, pinned, tracking_uri
 from seqcore.manifest import Manifest, ManifestError, load_manifest
 from seqcore.profile import (
+    Hist,
     Profile,
     profile_sequences,
     score_hist,
@@ -65,6 +74,7 @@ from seqcore.profile import (
     table_arrival,
     transition_column,
 )
+from seqcore.schema import ARRIVAL, SchemaConfig
 from seqcore.scorer import SequenceScorer
 from seqcore.store import POINTER, StoreError, read_events
 
@@ -132,14 +142,35 @@ def profile_batch(
     return profile
 
 
+def batch_contract(table: pa.Table, params: Params, schema: SchemaConfig) -> dict[str, Hist]:
+    """The batch's rows through the data contract's ordering checks (``validate.checks``, as
+    the validate stage runs them, on the rows in arrival order), as two-bin histograms. The
+    watermark check (``late_events``) needs the order rows reached the system: a pipeline
+    events output records it, a user's file only with its arrival column mapped."""
+    checks = {
+        name: dataclasses.replace(check, enabled=check.enabled and name in ORDERING_CHECKS)
+        for name, check in params.validate.checks.items()
+    }  # the rest are per-event rules requests meet at the endpoint, and GX's suite
+    config = dataclasses.replace(params.validate, checks=checks)
+    known = ARRIVAL in table.column_names or schema.arrival is not None
+    if ARRIVAL not in table.column_names:
+        table = table.append_column(ARRIVAL, pa.array(np.arange(table.num_rows, dtype=np.int64)))
+    now = params.validate.now or datetime.now(UTC)
+    report, _ = check_contract(table, dataclasses.replace(schema, label=None), config, now, known)
+    return contract_hists(report.to_json())
+
+
 def _reference(
     args: argparse.Namespace, params: Params
-) -> tuple[Manifest, SequenceScorer | None, str]:
+) -> tuple[Manifest, SequenceScorer | None, str, str | None]:
+    """The reference's manifest, the model's scorer (None for shards), what the report names
+    as the reference, and the model's URI pinned to its version."""
     if args.shards:
-        return load_manifest(args.shards), None, str(args.shards)
-    uri = args.model or f"models:/{params.register.model_name}@champion"
+        return load_manifest(args.shards), None, str(args.shards), None
+    named = args.model or f"models:/{params.register.model_name}@champion"
+    uri = pinned(named, tracking_uri())  # the scorer and its run from one version
     scorer = load_scorer(uri, tracking_uri())
-    return scorer.manifest, scorer, uri
+    return scorer.manifest, scorer, uri if uri == named else f"{named} ({uri})", uri
 
 
 def report(
@@ -239,7 +270,7 @@ def _performance_html(section: dict[str, Any]) -> str:
     evaluation's value."""
     metric, reference = section["metric"], section["evaluation"].get(section["metric"])
     rows = "".join(
-        f"<tr class='{'drift' if w['degraded'] else 'ok'}'><td>{w['start'][:10]}</td>"
+        f"<tr class='{'drift' if w['degraded'] else 'ok'}'><td>{w['start'][:16]}</td>"
         f"<td>{w['labels']}</td><td>{w['positives']}</td><td>{_number(w[metric])}</td>"
         f"<td>{_number(w['drop'])}</td><td>{_number(w['standard_error'])}</td>"
         f"<td>{'DEGRADED' if w['degraded'] else 'ok'}</td></tr>"
@@ -302,7 +333,7 @@ def run(args: argparse.Namespace, params: Params) -> dict[str, Any]:
             "--labels needs a model to score the labelled entities: name it with --model "
             "(or leave both out for the champion) instead of --shards"
         )
-    manifest, scorer, against = _reference(args, params)
+    manifest, scorer, against, uri = _reference(args, params)
     labels = None
     if args.labels:
         assert scorer is not None
@@ -321,11 +352,13 @@ def run(args: argparse.Namespace, params: Params) -> dict[str, Any]:
                     "its scores are not compared", against)  # fmt: skip
     scored = scorer if reference.score is not None else None
     current = profile_batch(table, manifest, scored, sequences)
+    if reference.contract:
+        current.contract = batch_contract(table, params, manifest.schema)
     statistics = compare(reference, current, params.monitor)
     result = report(statistics, reference, current, params.monitor, against, args.events)
     if labels is not None and scorer is not None:
         store = tracking_uri()
-        run_id = model_run(against, store)
+        run_id = None if uri is None else model_run(uri, store)
         result["performance"] = performance(
             scorer, sequences, labels, run_id, store, params.monitor
         )
@@ -376,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if section is not None:
         for window in section["windows"]:
             mark = "WORSE" if window["degraded"] else "ok   "
-            print(f"{mark} {window['start'][:10]}  {window['labels']:>6} labels  "
+            print(f"{mark} {window['start'][:16]}  {window['labels']:>6} labels  "
                   f"{section['metric']} {_number(window[section['metric']])}")  # fmt: skip
         worse = section["degraded"]
         verdict += f"; degraded in {len(worse)} window(s)" if worse else "; no degradation"

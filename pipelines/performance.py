@@ -97,14 +97,21 @@ def read_labels(where: str, params: Params, scorer: SequenceScorer) -> pa.Table:
 
 def class_index(column: pa.ChunkedArray, classes: tuple[Any, ...], name: str) -> np.ndarray:
     """Each label's class index, -1 for a value training never saw. A file that writes the
-    classes another way than training did (the text "1" for the integer 1, "true" for True)
-    is matched by the values' text."""
+    classes another way than training did (the text "1" for the integer 1; "true", "True"
+    or 1 for True) is matched by the values' text."""
     try:
-        return label_index(column, classes, name)
+        index = label_index(column, classes, name)
     except (pa.ArrowException, TypeError, ValueError):
-        text = [str(c).lower() if isinstance(c, bool) else str(c) for c in classes]
-        index = pc.index_in(pc.cast(column, pa.string()), value_set=pa.array(text))
-        return pc.fill_null(index, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        index = np.full(len(column), -1, np.int64)
+    if (index >= 0).all() or not len(classes):
+        return index
+    text = pc.utf8_lower(pc.cast(column, pa.string())).to_numpy(zero_copy_only=False)
+    for i, value in enumerate(classes):
+        names = {str(value).lower()}
+        if isinstance(value, bool):
+            names.add(str(int(value)))
+        index = np.where((index < 0) & np.isin(text, list(names)), i, index)
+    return index
 
 
 def _prefix(seq: EncodedSequence, end: int) -> EncodedSequence:
@@ -188,7 +195,7 @@ def by_window(
             drop = float(reference) - float(value)  # type: ignore[arg-type]
             window["drop"], window["standard_error"] = drop, error
             z = norm.isf(config.alpha / len(starts))
-            window["degraded"] = drop > config.max_metric_drop and drop > z * error
+            window["degraded"] = bool(drop > config.max_metric_drop and drop > z * error)
         windows.append(window)
     overall = classify_metrics(labels, probs)
     return {
@@ -210,9 +217,13 @@ def evaluation_metrics(run_id: str | None, store: str) -> tuple[str | None, dict
     {}) when the model was never evaluated."""
     if run_id is None:
         return None, {}
+    from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    run = MlflowClient(tracking_uri=store).get_run(run_id)
+    try:
+        run = MlflowClient(tracking_uri=store).get_run(run_id)
+    except MlflowException as exc:
+        raise LabelsError(f"the model's run {run_id} cannot be read at {store}: {exc}") from None
     split = run.data.tags.get("seqops.evaluate.split")
     if not split:
         return None, {}
@@ -233,6 +244,14 @@ def performance(
     """The ``performance`` section of the monitor's report."""
     known = labels.filter(pc.greater_equal(labels.column("label"), 0))
     rows, probs = score_as_of(scorer, sequences, known)
+    if not len(rows):
+        raise LabelsError(
+            f"none of the {labels.num_rows} labels could be scored: "
+            f"{labels.num_rows - known.num_rows} name a class the model does not know, and the "
+            "rest name entities without an event of the batch at or before the label's time "
+            "(are the entity keys written as in the events? are the labels' times the "
+            "outcomes' times, after the events?)"
+        )
     split, evaluation = evaluation_metrics(run_id, store)
     if not evaluation:
         log.warning("the model's run holds no evaluation metrics (the evaluate stage never ran "

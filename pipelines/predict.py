@@ -38,6 +38,7 @@ class SplitPredictions:
     ]  # classify: (K,) probabilities; next_event: (T, V) probs; forecast: (T, H)
     next_event: list[np.ndarray]  # (T,) target ids, 0 = none
     forecast: list[np.ndarray]  # (T, H) standardised targets, NaN = none
+    window_end: np.ndarray | None = None  # (N,) int64 us: the window's last event time
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -83,6 +84,7 @@ def predict_split(
         outputs=outputs,
         next_event=next_event,
         forecast=forecast,
+        window_end=table.column("window_end").cast(pa.int64()).to_numpy(),
     )
 
 

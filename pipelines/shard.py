@@ -48,6 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from data_checks.drift import contract_hists
 from data_checks.leakage import (
     NO_TARGET,
     LeakageResult,
@@ -862,7 +863,9 @@ MEMORY_FACTOR = 6.0
 memory (padded windows; 1M-row parts: workers peaked at 485-583 MiB; benchmarks/README.md)."""
 
 
-def run(params: Params, validated_path: Path, out_dir: Path) -> Manifest:
+def run(
+    params: Params, validated_path: Path, out_dir: Path, validation: Path | None = None
+) -> Manifest:
     """Write the shards and ``manifest.json`` into ``out_dir`` atomically; return the manifest.
 
     Map and reduce over the validated parts (docs/architecture.md §3): the split decisions
@@ -870,10 +873,12 @@ def run(params: Params, validated_path: Path, out_dir: Path) -> Manifest:
     merged, the features, classes, bucket bounds and the deal of examples to files
     (``_fit``); per part, its examples encoded, padded and written aside, and the leakage
     check on them (``write_part``); the parts' checks merged, then each shard file from its
-    parts' pieces (``_reduce``)."""
+    parts' pieces (``_reduce``). ``validation``: the validate stage's report, whose ordering
+    checks' violation rates join the profile (``data_checks.drift.contract_hists``)."""
     cfg, validated_path = params.shard, Path(validated_path)
     if not validated_path.exists():
         raise FileNotFoundError(f"{validated_path}: not found (run the validate stage first)")
+    violations = {} if validation is None else _contract_rates(Path(validation))
     if params.data.store is not None:
         check_store(params.data.store)
     parts = list_parts(validated_path)
@@ -905,6 +910,7 @@ def run(params: Params, validated_path: Path, out_dir: Path) -> Manifest:
                 raise ShardError(f"leakage between splits, shards not written: {leakage.summary()}")
             unlabeled = {s: sum(w.unlabeled[s] for w in written) for s in SPLITS}
             profile = functools.reduce(Profile.merge, (w.profile for w in written))
+            profile.contract = violations
             splits = _reduce(out, written, fits, fitted, params, data, scratch)
             del written
         files = {name: entry.sha256 for name, entry in sorted(out.files.items())}
@@ -944,6 +950,17 @@ def run(params: Params, validated_path: Path, out_dir: Path) -> Manifest:
     return manifest
 
 
+def _contract_rates(report: Path) -> dict[str, Hist]:
+    """The validation report's ordering checks, read before any work."""
+    try:
+        return contract_hists(json.loads(report.read_text()))
+    except FileNotFoundError:
+        raise ShardError(f"{report}: not found (run the validate stage, or leave out "
+                         "--validation)") from None  # fmt: skip
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ShardError(f"{report}: not a validation report ({exc})") from None
+
+
 # --------------------------------------------------------------------------- command line
 
 
@@ -951,10 +968,16 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", default="data/validated")
     parser.add_argument("--out", default="data/shards")
     parser.add_argument("--metrics", default=None, help="also write a small metrics JSON here")
+    parser.add_argument(
+        "--validation", default=None,
+        help="the validate stage's report: its ordering checks' violation rates join the "
+        "training profile that seqops monitor compares new traffic with",
+    )  # fmt: skip
 
 
 def _command(params: Params, args: argparse.Namespace) -> int:
-    manifest = run(params, Path(args.events), Path(args.out))
+    validation = None if args.validation is None else Path(args.validation)
+    manifest = run(params, Path(args.events), Path(args.out), validation)
     metrics: dict[str, Any] = {"n_buckets": len(manifest.bucket_boundaries)}
     for split, entry in manifest.splits.items():
         metrics[split] = {"examples": entry.examples, "pad_fraction": entry.pad_fraction}

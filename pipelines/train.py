@@ -282,9 +282,10 @@ def _pip_requirements() -> list[str]:
 
 
 def validation_scores(weights: Path, config: ModelConfig, shards: Path) -> Hist | None:
-    """The model's scores of the validation split, by bin, each entity's windows together
-    (``seqcore.profile.score_hist``): the reference ``seqops monitor`` and the endpoint's
-    live metrics compare served scores with. None when the split is empty."""
+    """The model's scores of the validation split's entities, each on its latest window
+    (what ``seqops monitor`` and the endpoint score: with ``window.policy: sliding`` the
+    earlier windows are left out), by bin (``seqcore.profile.score_hist``). None when the
+    split is empty."""
     from pipelines.predict import predict_split
     from seqmodels import SequenceModel
 
@@ -295,7 +296,10 @@ def validation_scores(weights: Path, config: ModelConfig, shards: Path) -> Hist 
         log.warning("the validation split is empty: the model carries no score reference")
         return None
     _, entity = np.unique(preds.entity.astype(str), return_inverse=True)
-    return score_hist(config.task, scores_of(config.task, preds.outputs), entity)
+    ends = preds.window_end if preds.window_end is not None else np.zeros(len(entity))
+    order = np.lexsort((ends, entity))  # by entity, then window end
+    last = order[np.r_[entity[order][1:] != entity[order][:-1], True]]
+    return score_hist(config.task, scores_of(config.task, [preds.outputs[i] for i in last]))
 
 
 def _log_model(

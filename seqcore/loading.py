@@ -378,6 +378,24 @@ def load_scorer(model_uri: str, store_uri: str | None = None) -> SequenceScorer:
         raise _not_found(model_uri, store, exc) from None
 
 
+def pinned(model_uri: str, store_uri: str | None = None) -> str:
+    """``models:/<name>@<alias>`` as the version the alias names now (``models:/<name>/<v>``),
+    so that what is read next comes from one version even if the alias moves meanwhile; any
+    other URI as it is."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    name, _, alias = model_uri.removeprefix("models:/").partition("@")
+    if not model_uri.startswith("models:/") or not alias:
+        return model_uri
+    store = store_uri or tracking_uri()
+    try:
+        client = MlflowClient(tracking_uri=store, registry_uri=store)
+        return f"models:/{name}/{client.get_model_version_by_alias(name, alias).version}"
+    except MlflowException as exc:
+        raise _not_found(model_uri, store, exc) from None
+
+
 def model_run(model_uri: str, store_uri: str | None = None) -> str | None:
     """The id of the run that logged the model at ``model_uri`` (None when MLflow does not
     say); ModelLoadError as :func:`load_scorer` for a URI it cannot resolve."""

@@ -68,7 +68,6 @@ BINS: dict[str, Any] = {
     "z_edges": list(Z_EDGES),
     "category_top": CATEGORY_BINS,
     "transition_top": TRANSITION_IDS,
-    "probability_edges": list(PROBABILITY_EDGES),
 }
 """The bins a profile is counted over, recorded in it and checked when it is read."""
 
@@ -223,6 +222,10 @@ class Profile:
     arrival order is unknown."""
     score: Hist | None = None
     """The model's score per sequence (:func:`score_hist`); None without a model."""
+    contract: dict[str, Hist] = field(default_factory=dict)
+    """Per ordering check of the data contract, the rows it ran on: clean (bin 0) and
+    violating (bin 1), as the validate stage counted them (``data_checks.drift.contract_hists``);
+    empty where no check ran."""
 
     @property
     def sequences(self) -> int:
@@ -242,6 +245,7 @@ class Profile:
             found[f"transitions.{self.transition_column}"] = self.transitions
         if self.score is not None:
             found["score"] = self.score
+        found |= {f"contract.{k}": v for k, v in sorted(self.contract.items())}
         return found
 
     def merge(self, other: Profile) -> Profile:
@@ -262,6 +266,7 @@ class Profile:
             transitions=either(self.transitions, other.transitions),
             order=either(self.order, other.order),
             score=either(self.score, other.score),
+            contract=add(self.contract, other.contract),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -277,6 +282,11 @@ class Profile:
             "transitions": None if self.transitions is None else self.transitions.to_dict(),
             "order": None if self.order is None else self.order.to_dict(),
             **({} if self.score is None else {"score": self.score.to_dict()}),
+            **(
+                {"contract": {k: v.to_dict() for k, v in sorted(self.contract.items())}}
+                if self.contract
+                else {}
+            ),
         }
 
     @classmethod
@@ -299,6 +309,7 @@ class Profile:
             transitions=None if transitions is None else Hist.from_dict(transitions),
             order=None if order is None else Hist.from_dict(order),
             score=None if score is None else Hist.from_dict(score),
+            contract=_hists(raw.get("contract") or {}),
         )
 
 

@@ -26,15 +26,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from ray import serve
 from ray.serve.metrics import Histogram
 
 from seqcore.config import to_jsonable
 from seqcore.encoding import EncodedSequence, EventColumns, concat_columns
+from seqcore.profile import scores_of
 from seqcore.scorer import SequenceScorer
 from serving.config import ModelRef, ServingConfig, apply_user_config
 from serving.http_edge import LATENCY_BOUNDS, jsonable
-from serving.live import LiveMonitor
+from serving.live import LiveMonitor, Scored
 from serving.registry import LoadedModel, load_model, load_version, resolve_version
 
 log = logging.getLogger("ray.serve")
@@ -209,7 +211,7 @@ class ModelServer:
         started = time.perf_counter()
         columns = concat_columns(requests)
         # Off the event loop, so requests keep queueing for the next batch meanwhile.
-        scored, sequences, outputs = await asyncio.to_thread(_score, model.scorer, columns)
+        scored, sequences, scores = await asyncio.to_thread(_score, model.scorer, columns)
         rows = []  # the encoder returns one row per sequence, in the columns' order
         for name, row in zip(columns.names, scored, strict=True):
             if row["entity"] != name:
@@ -230,17 +232,18 @@ class ModelServer:
             results.append({"model": header, "scores": rows[start:end]})
             start = end
         if self.live is not None:  # profiled on its own thread, after the answer
-            self.live.observe(columns, sequences, outputs, model.scorer)
+            self.live.observe(Scored(columns, sequences, scores, model.scorer, len(requests)))
         return results
 
 
 def _score(
     scorer: SequenceScorer, columns: EventColumns
-) -> tuple[list[dict[str, Any]], list[EncodedSequence], list[Any]]:
-    """Rows of the columns' sequences, with the encoded sequences and outputs behind them."""
+) -> tuple[list[dict[str, Any]], list[EncodedSequence], np.ndarray]:
+    """Rows of the columns' sequences, with the encoded sequences behind them and their
+    scores (``seqcore.profile.scores_of``) for the live profile."""
     sequences = scorer.encode(columns)
     rows, outputs = scorer.score_encoded(sequences)
-    return rows, sequences, outputs
+    return rows, sequences, scores_of(scorer.config.task, outputs)
 
 
 class HoldsModel:

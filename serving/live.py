@@ -10,10 +10,11 @@ with the same bins as the training profile (``seqcore.profile``). It exports, th
 - histograms, one observation per scored sequence: ``seqops_sequence_length`` (its events),
   ``seqops_event_gap_s`` (seconds between its last two events: the gap before the scored
   moment; every gap would be a call per event, and the drift gauge counts them all) and
-  ``seqops_score`` (the model's score: a probability, or a forecast in standard deviations
-  of the training target);
-- counters ``seqops_profiled_events`` (by column: events with a value), ``seqops_oov_events``
-  (by column: values the training vocabulary does not hold), ``seqops_out_of_order_events``
+  ``seqops_score`` (the model's score: a probability; a forecast's standardised value
+  through the normal CDF, as Prometheus buckets must be positive);
+- counters ``seqops_profiled_events`` (by categorical column: scored events),
+  ``seqops_oov_events`` (by column: values the training vocabulary does not hold, nulls
+  included, as the model reads both as out-of-vocabulary), ``seqops_out_of_order_events``
   (events sent behind an earlier one of their sequence by time and sequence number) and
   ``seqops_monitor_dropped_requests`` (requests left unprofiled because the profiler fell
   behind; it never slows an answer down);
@@ -35,10 +36,11 @@ import logging
 import queue
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from ray.serve.metrics import Counter, Gauge, Histogram
+from scipy.special import ndtr
 
 from data_checks.drift import js_distance
 from seqcore.encoding import EncodedSequence, EventColumns
@@ -47,13 +49,11 @@ from seqcore.profile import (
     GAP_EDGES_S,
     LENGTH_EDGES,
     PROBABILITY_EDGES,
-    Z_EDGES,
     Hist,
     Profile,
     arrival_order,
     profile_sequences,
     score_codes,
-    scores_of,
     transition_column,
 )
 from seqcore.scorer import SequenceScorer
@@ -65,6 +65,19 @@ QUEUE_SIZE = 4096
 waited for (about 4,000 requests a second per replica at the default pass interval)."""
 
 
+class Scored(NamedTuple):
+    """One scored batch, as the scoring thread hands it over."""
+
+    columns: EventColumns
+    """The batch's events as the requests sent them (their arrival order)."""
+    sequences: Sequence[EncodedSequence]
+    scores: np.ndarray
+    """``seqcore.profile.scores_of`` the model's outputs: the outputs themselves would keep
+    whole batches of next_event probabilities alive in the queue."""
+    scorer: SequenceScorer
+    requests: int
+
+
 class LiveMonitor:
     """Profiles scored requests on its own thread and exports what it sees (module doc)."""
 
@@ -72,7 +85,6 @@ class LiveMonitor:
         self.window_requests = window_requests
         self.update_s = update_s
         self._bind(scorer)
-        task = scorer.config.task
         self.length = Histogram(
             "seqops_sequence_length", "Events per scored sequence", list(LENGTH_EDGES)
         )
@@ -81,14 +93,18 @@ class LiveMonitor:
             list(GAP_EDGES_S),
         )  # fmt: skip
         self.score = Histogram(
-            "seqops_score", "The model's score per sequence (forecast: standardised)",
-            list(Z_EDGES if task == "forecast" else PROBABILITY_EDGES),
-        )  # fmt: skip
+            "seqops_score",
+            "The model's score per sequence (forecast: the normal CDF of the standardised value)",
+            list(PROBABILITY_EDGES),
+        )
+        self.task = scorer.config.task
         self.events = Counter(
-            "seqops_profiled_events", "Scored events with a value, by column", ("column",)
+            "seqops_profiled_events", "Scored events, by categorical column", ("column",)
         )
         self.oov = Counter(
-            "seqops_oov_events", "Scored events whose category training never saw", ("column",)
+            "seqops_oov_events",
+            "Scored events whose category training never saw (or null)",
+            ("column",),
         )
         self.out_of_order = Counter(
             "seqops_out_of_order_events", "Events sent behind an earlier event of their sequence"
@@ -104,7 +120,8 @@ class LiveMonitor:
         self.window_sequences = Gauge(
             "seqops_drift_window_sequences", "Sequences behind the drift gauges"
         )
-        self._queue: queue.Queue[Any] = queue.Queue(QUEUE_SIZE)
+        self._queue: queue.Queue[Scored] = queue.Queue(QUEUE_SIZE)
+        self._controls: queue.Queue[tuple[str, Any]] = queue.Queue()  # unbounded: never waits
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="seqops-live", daemon=True)
         self._thread.start()
@@ -127,18 +144,12 @@ class LiveMonitor:
         """A new model version: its own reference; the window starts again."""
         self._control("rebind", scorer)
 
-    def observe(
-        self,
-        columns: EventColumns,
-        sequences: Sequence[EncodedSequence],
-        outputs: Sequence[np.ndarray],
-        scorer: SequenceScorer,
-    ) -> None:
+    def observe(self, scored: Scored) -> None:
         """Hand one scored batch over (response path: a queue put, nothing else)."""
         try:
-            self._queue.put_nowait(("request", (columns, sequences, outputs, scorer)))
+            self._queue.put_nowait(scored)
         except queue.Full:
-            self.dropped.inc()
+            self.dropped.inc(scored.requests)
 
     def stop(self) -> None:
         self._control("stop", None)
@@ -152,7 +163,7 @@ class LiveMonitor:
         return dict(self.latest)
 
     def _control(self, kind: str, item: Any) -> None:
-        self._queue.put((kind, item))
+        self._controls.put((kind, item))
         self._wake.set()
 
     def _run(self) -> None:
@@ -166,14 +177,15 @@ class LiveMonitor:
             pending = []
             while True:
                 try:
-                    kind, item = self._queue.get_nowait()
+                    pending.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-                if kind == "request":
-                    pending.append(item)
-                    continue
-                self._pass(pending)  # what came before the message belongs to it
-                pending = []
+            while True:
+                try:
+                    kind, item = self._controls.get_nowait()
+                except queue.Empty:
+                    break
+                pending = self._pass(pending)  # what the current model scored belongs to it
                 if kind == "stop":
                     return
                 if kind == "rebind":
@@ -182,38 +194,42 @@ class LiveMonitor:
                     item.set()
             self._pass(pending)
 
-    def _pass(self, pending: list[tuple[Any, ...]]) -> None:
+    def _pass(self, pending: list[Scored]) -> list[Scored]:
+        """Profile what the current model scored; returns the rest (scored by a version
+        being swapped in, whose rebind may still be queued)."""
+        mine = [p for p in pending if p.scorer is self.scorer]
         try:
-            current = [p for p in pending if p[3] is self.scorer and p[1]]  # not a swapped one
-            if current:
-                self._record(current)
+            if any(p.sequences for p in mine):
+                self._record([p for p in mine if p.sequences])
             self._update()
         except Exception:  # statistics must never take scoring down
             log.warning("live profiling failed; scoring goes on", exc_info=True)
+        return [p for p in pending if p.scorer is not self.scorer]
 
-    def _record(self, pending: list[tuple[Any, ...]]) -> None:
-        """Profile scored batches (columns, sequences, outputs, scorer) together."""
+    def _record(self, pending: list[Scored]) -> None:
+        """Profile scored batches together."""
         scorer = self.scorer
         task = scorer.config.task
-        sequences = [seq for p in pending for seq in p[1]]
-        outputs = [out for p in pending for out in p[2]]
+        sequences = [seq for p in pending for seq in p.sequences]
         # counts alone: the window's distances need no spread between sequences
         profile = profile_sequences(sequences, scorer.spec, self.transition_column, spread=False)
         groups, start = [], 0
-        for columns, *_ in pending:
-            groups.append(columns.group + start)
-            start += len(columns.names)
-        seqs = [p[0].seq for p in pending]
+        for p in pending:
+            groups.append(p.columns.group + start)
+            start += len(p.columns.names)
+        seqs = [p.columns.seq for p in pending]
         profile.order = arrival_order(
             np.concatenate(groups),
-            np.concatenate([p[0].time_us for p in pending]),
-            None if any(s is None for s in seqs) else np.concatenate(seqs),
+            np.concatenate([p.columns.time_us for p in pending]),
+            None
+            if any(s is None for s in seqs)
+            else np.concatenate([s for s in seqs if s is not None]),
         )
-        scores = scores_of(task, outputs)
+        scores = np.concatenate([p.scores for p in pending])
         profile.score = Hist.counts_of(*score_codes(task, scores))
         self._export(sequences, scores, profile)
         if self.reference is not None:
-            self._add(profile, len(pending))
+            self._add(profile, sum(p.requests for p in pending))
 
     def _export(
         self, sequences: Sequence[EncodedSequence], scores: np.ndarray, profile: Profile
@@ -223,7 +239,10 @@ class LiveMonitor:
             self.length.observe(len(t))
             if len(t) > 1:
                 self.gap.observe(max(int(t[-1] - t[-2]), 0) / 1e6)
-        for value in np.nan_to_num(scores).tolist():
+        # Prometheus buckets must be positive: a forecast's z goes through the normal CDF,
+        # which keeps its order and spreads a standard normal evenly over (0, 1)
+        shown = ndtr(scores) if self.task == "forecast" else scores
+        for value in shown[np.isfinite(shown)].tolist():
             self.score.observe(value)
         for i, column in enumerate(self.scorer.spec.categorical):
             ids = np.concatenate([seq.cat_ids[:, i] for seq in sequences])

@@ -115,7 +115,7 @@ def test_the_model_carries_its_scores_of_the_validation_split(model):
     scorer = load_scorer(model["model_uri"], model["uri"])
     shards = load_manifest(model["root"] / "shards")
     scores = scorer.manifest.scores
-    assert scores is not None and scores.total == shards.splits["val"].examples
+    assert scores is not None and scores.total == shards.splits["val"].entities  # latest windows
     assert shards.scores is None  # the shards' own manifest: no model, no scores
     assert scorer.manifest.content_hash == shards.content_hash  # still names the shards
     reference = scorer.manifest.reference
@@ -184,9 +184,9 @@ def test_delayed_labels_give_metrics_by_window_and_flag_the_windows_that_got_wor
     section = result["performance"]
     late = [w for w in section["windows"] if w["start"] >= "2025-03-13"]
     early = [w for w in section["windows"] if w["end"][:10] <= "2025-03-13"]
-    assert code == 1 and late[0]["degraded"], section  # 120-day windows: 326 labels here
-    assert all(w["degraded"] for w in late if w["labels"] >= 30)
-    assert early and not any(w["degraded"] for w in early)
+    assert code == 1 and late[0]["degraded"] is True, section  # 120-day windows: 326 labels
+    assert all(w["degraded"] is True for w in late if w["labels"] >= 30)
+    assert early and all(w["degraded"] is False for w in early)
     assert "Delayed labels" in (model["root"] / "labelled.html").read_text()
 
 
@@ -203,3 +203,8 @@ def test_labels_the_model_cannot_use_are_refused_before_any_scoring(model, monke
     code, _ = _monitor(model, fresh, "refused", monkeypatch,
                        "--labels", str(model["root"] / "timeless.parquet"))  # fmt: skip
     assert code == 2 and "event_time" in capsys.readouterr().err
+    keys = pc.binary_join_element_wise("A-", pc.cast(labels["account_id"], pa.string()), "")
+    pq.write_table(labels.set_column(0, "account_id", keys), model["root"] / "other.parquet")
+    code, _ = _monitor(model, fresh, "refused", monkeypatch,
+                       "--labels", str(model["root"] / "other.parquet"))  # fmt: skip
+    assert code == 2 and "could be scored" in capsys.readouterr().err

@@ -239,7 +239,7 @@ def shards(tmp_path_factory):
     ingest.run(params, root / "data" / "events")
     validate.run(params, root / "data" / "events", root / "data" / "validated",
                  root / "q.parquet", root / "v.json", root / "docs")  # fmt: skip
-    shard.run(params, root / "data" / "validated", root / "data" / "shards")
+    shard.run(params, root / "data" / "validated", root / "data" / "shards", root / "v.json")
     return root
 
 
@@ -270,6 +270,32 @@ def test_monitor_passes_the_training_events_and_fails_a_drifted_batch(shards, ca
     stat = next(s for s in report["statistics"] if s["name"] == "categorical.mcc")
     assert stat["current"]["oov_share"] == pytest.approx(0.1, abs=0.02)
     assert "DRIFT" in (shards / "drift.html").read_text()
+
+
+def test_ordering_violations_are_compared_with_the_validate_stages_rates(shards, capsys):
+    """The training profile carries the validate stage's rate per ordering check (none
+    here); a batch where 5% of events arrive twice, sorted in among the rest, shows it."""
+    from seqcore.manifest import load_manifest
+    from seqcore.store import read_events
+
+    reference = load_manifest(shards / "data" / "shards").profile
+    assert {"duplicates", "time_order", "seq_gaps"} <= set(reference.contract)
+    report = json.loads((shards / "v.json").read_text())
+    assert all(h.total == report["rows_in"] for h in reference.contract.values())
+
+    events = read_events(shards / "data" / "events").drop_columns(["_arrival"])
+    again = events.take(
+        pa.array(np.flatnonzero(np.random.default_rng(4).random(len(events)) < 0.05))
+    )
+    pq.write_table(_sorted(pa.concat_tables([events, again])), shards / "twice.parquet")
+    code, out = _monitor(shards, shards / "twice.parquet", capsys)
+    result = json.loads((shards / "drift.json").read_text())
+    assert code == 1 and "contract.duplicates" in result["drifted"], out
+    stat = next(s for s in result["statistics"] if s["name"] == "contract.duplicates")
+    assert stat["current"]["violating_share"] == pytest.approx(0.05, abs=0.02)
+    assert stat["reference"]["violating_share"] == 0.0
+    # sorted in: nothing arrived out of order; a duplicate's gap to its twin is 0 s
+    assert not {"length", "order"} & set(result["drifted"]) and "gap" in result["drifted"]
 
 
 def test_monitor_refuses_what_it_cannot_read_with_exit_2(shards, capsys):

@@ -16,11 +16,11 @@ from pipelines.monitor import profile_batch
 from pipelines.train import model_config
 from seqcore.encoding import EventColumns, table_columns
 from seqcore.manifest import load_manifest
-from seqcore.profile import score_hist
+from seqcore.profile import score_hist, scores_of
 from seqcore.scorer import SequenceScorer
 from seqcore.store import read_events
 from seqmodels import build_model
-from serving.live import LiveMonitor
+from serving.live import LiveMonitor, Scored
 from tests.conftest import tiny_params
 
 pytestmark = pytest.mark.filterwarnings("ignore:Series.values returning")
@@ -52,11 +52,15 @@ def _requests(table: pa.Table, scorer: SequenceScorer, size: int) -> list[EventC
     return requests
 
 
-def _serve(monitor: LiveMonitor, scorer: SequenceScorer, requests: list[EventColumns]) -> None:
+def _serve(
+    monitor: LiveMonitor, scorer: SequenceScorer, requests: list[EventColumns], per_batch: int = 1
+) -> None:
+    """Score the requests as the holder does and hand each batch over."""
     for columns in requests:
         sequences = scorer.encode(columns)
         _, outputs = scorer.score_encoded(sequences)
-        monitor.observe(columns, sequences, outputs, scorer)
+        scores = scores_of(scorer.config.task, outputs)
+        monitor.observe(Scored(columns, sequences, scores, scorer, per_batch))
 
 
 def test_the_gauges_are_the_offline_monitors_distances_for_the_same_events(scorer, events):
@@ -126,3 +130,29 @@ def test_events_sent_out_of_order_are_counted(scorer, events):
     behind = monitor.totals["order"]
     assert behind[1] == columns.num_rows - len(columns.names)  # all but each first one
     assert gauges["order"] > 0.5
+
+
+def test_a_forecast_model_is_monitored_and_a_new_version_starts_a_fresh_window(
+    scorer, events, tiny_pipeline
+):
+    """Prometheus takes positive bucket bounds only: a forecast's standardised score goes
+    through the normal CDF. A swapped-in model gets its own reference and window; batches
+    count the requests they hold."""
+    params = tiny_params()
+    params = dataclasses.replace(params, train=dataclasses.replace(params.train, task="forecast"))
+    manifest = load_manifest(tiny_pipeline["shards"])
+    forecaster = SequenceScorer(build_model(model_config(params, manifest)), manifest)
+    requests = _requests(events, forecaster, 8)
+    monitor = LiveMonitor(forecaster, window_requests=100, update_s=3600)
+    try:
+        _serve(monitor, forecaster, requests, per_batch=4)
+        gauges = monitor.flush()
+        assert "length" in gauges and "score" not in gauges  # the shards carry no scores
+        assert monitor.requests == 4 * len(requests)
+        monitor.rebind(scorer)
+        _serve(monitor, forecaster, requests[:1])  # scored by the old version: left out
+        _serve(monitor, scorer, requests[:2])
+        gauges = monitor.flush()
+        assert monitor.requests == 2 and "score" in gauges
+    finally:
+        monitor.stop()

@@ -47,6 +47,7 @@ def test_windows_worse_than_the_evaluation_beyond_their_error_are_degraded():
     windows = section["windows"]
     assert [w["labels"] for w in windows] == [600, 600, 20]
     assert [w["degraded"] for w in windows] == [False, True, False]
+    assert all(type(w["degraded"]) is bool for w in windows)  # JSON true/false, not "True"
     assert windows[2]["drop"] is None and windows[2]["roc_auc"] < 0.5
     assert section["degraded"] == [windows[1]["start"]]
     assert all(w["end"] > w["start"] for w in windows)
@@ -57,7 +58,12 @@ def test_windows_worse_than_the_evaluation_beyond_their_error_are_degraded():
 def test_labels_written_another_way_than_training_wrote_them_are_matched():
     assert class_index(pa.chunked_array([["1", "0", "7"]]), (0, 1), "y").tolist() == [1, 0, -1]
     assert class_index(pa.chunked_array([[0, 1]]), (0, 1), "y").tolist() == [0, 1]
-    assert class_index(pa.chunked_array([["true"]]), (False, True), "y").tolist() == [1]
+    assert class_index(pa.chunked_array([["true", "False", "1"]]), (False, True), "y").tolist() == [
+        1,
+        0,
+        1,
+    ]
+    assert class_index(pa.chunked_array([[1, 0]]), (False, True), "y").tolist() == [1, 0]
     assert class_index(pa.chunked_array([["ok", "fraud"]]), ("fraud", "ok"), "y").tolist() == [
         1,
         0,
