@@ -244,12 +244,19 @@ class Monitoring:
     monitor_update_s: float = 1.0
     """How often the scored requests queued up since the last pass are profiled together and
     the drift gauges recomputed."""
+    traffic_log: str | None = None
+    """A folder (local, or an object-store URL pyarrow opens) that each replica appends the
+    events it scored to, one Parquet file per pass, in the order requests sent them: the
+    served-traffic log ``seqops monitor --events`` reads. Off by default (it holds the
+    clients' data)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.monitor, bool):
             raise _fail("monitor", self.monitor, "expected true or false")
         _positive_int("monitor_window_requests", self.monitor_window_requests)
         _seconds("monitor_update_s", self.monitor_update_s, low=0.01, high=86_400)
+        if self.traffic_log is not None and not str(self.traffic_log).strip():
+            raise _fail("traffic_log", self.traffic_log, "a folder, or null for none")
 
 
 @dataclass(frozen=True)
@@ -339,7 +346,12 @@ _KINDS: dict[type, dict[str, type]] = {
         "alias_poll_s": float,
     },
     Access: {"auth": str, "tokens_file": str},
-    Monitoring: {"monitor": bool, "monitor_window_requests": int, "monitor_update_s": float},
+    Monitoring: {
+        "monitor": bool,
+        "monitor_window_requests": int,
+        "monitor_update_s": float,
+        "traffic_log": str,
+    },
 }
 MODEL_KEYS = {"model_name": str, "alias": str, "version": int, "tracking_uri": str}
 

@@ -117,7 +117,12 @@ class ModelServer:
         )
         watch = config.monitoring
         self.live = (
-            LiveMonitor(self.model.scorer, watch.monitor_window_requests, watch.monitor_update_s)
+            LiveMonitor(
+                self.model.scorer,
+                watch.monitor_window_requests,
+                watch.monitor_update_s,
+                watch.traffic_log,
+            )  # fmt: skip
             if watch.monitor
             else None
         )

@@ -33,12 +33,16 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import queue
 import threading
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+import pyarrow as pa
 from ray.serve.metrics import Counter, Gauge, Histogram
 from scipy.special import ndtr
 
@@ -56,6 +60,7 @@ from seqcore.profile import (
     score_codes,
     transition_column,
 )
+from seqcore.schema import SchemaConfig
 from seqcore.scorer import SequenceScorer
 
 log = logging.getLogger("ray.serve")
@@ -81,9 +86,16 @@ class Scored(NamedTuple):
 class LiveMonitor:
     """Profiles scored requests on its own thread and exports what it sees (module doc)."""
 
-    def __init__(self, scorer: SequenceScorer, window_requests: int, update_s: float) -> None:
+    def __init__(
+        self,
+        scorer: SequenceScorer,
+        window_requests: int,
+        update_s: float,
+        traffic_log: str | None = None,
+    ) -> None:
         self.window_requests = window_requests
         self.update_s = update_s
+        self.log = None if traffic_log is None else TrafficLog(traffic_log)
         self._bind(scorer)
         self.length = Histogram(
             "seqops_sequence_length", "Events per scored sequence", list(LENGTH_EDGES)
@@ -204,6 +216,11 @@ class LiveMonitor:
             self._update()
         except Exception:  # statistics must never take scoring down
             log.warning("live profiling failed; scoring goes on", exc_info=True)
+        if self.log is not None and mine:
+            try:
+                self.log.write([p.columns for p in mine], self.scorer.schema)
+            except Exception:
+                log.warning("cannot write the traffic log; scoring goes on", exc_info=True)
         return [p for p in pending if p.scorer is not self.scorer]
 
     def _record(self, pending: list[Scored]) -> None:
@@ -278,3 +295,55 @@ class LiveMonitor:
                 self.latest[name] = js_distance(hist.counts, self.totals[name])
                 self.distance.set(self.latest[name], tags={"statistic": name})
         self.window_sequences.set(self.sequences)
+
+
+class TrafficLog:
+    """The events a replica scored, appended to a folder as Parquet files (one per pass,
+    named by the time it was written and this process, so a folder's files sort in the order
+    each replica wrote them): a table ``seqops monitor --events`` reads as a user's file."""
+
+    def __init__(self, where: str) -> None:
+        import pyarrow.fs as pafs
+
+        self.fs, self.folder = pafs.FileSystem.from_uri(
+            where if "://" in where else str(Path(where).resolve())
+        )
+        self.fs.create_dir(self.folder, recursive=True)
+        self.local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.written = 0
+
+    def write(self, batches: Sequence[EventColumns], schema: SchemaConfig) -> str:
+        import pyarrow.parquet as pq
+
+        table = events_table(batches, schema)
+        self.written += 1
+        name = f"traffic-{time.time_ns() // 1000:017d}-{os.getpid()}-{self.written:06d}.parquet"
+        path = f"{self.folder}/{name}"
+        if self.local:  # whole files only: readers list the folder at any moment
+            pq.write_table(table, f"{self.folder}/.{name}.tmp")
+            os.replace(f"{self.folder}/.{name}.tmp", path)
+        else:  # an object appears whole when its upload ends
+            with self.fs.open_output_stream(path) as out:
+                pq.write_table(table, out)
+        return path
+
+
+def events_table(batches: Sequence[EventColumns], schema: SchemaConfig) -> pa.Table:
+    """Scored batches' events as a table of the schema's columns, rows as the requests sent
+    them (times in UTC)."""
+    names = [np.asarray(b.names, dtype=object)[b.group] for b in batches]
+    columns: dict[str, pa.Array] = {
+        schema.entity: pa.array(np.concatenate(names).tolist(), pa.string()),
+        schema.time: pa.array(np.concatenate([b.time_us for b in batches]), pa.int64()).cast(
+            pa.timestamp("us", tz="UTC")
+        ),
+    }
+    if schema.seq and all(b.seq is not None for b in batches):
+        columns[schema.seq] = pa.array(
+            np.concatenate([b.seq for b in batches if b.seq is not None])
+        )
+    for col in schema.numeric:
+        columns[col] = pa.array(np.concatenate([b.numeric[col] for b in batches]), from_pandas=True)
+    for col in schema.categorical:
+        columns[col] = pa.array([v for b in batches for v in b.categorical[col]], pa.string())
+    return pa.table(columns)

@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet  # noqa: F401  (pa.parquet)
 import pytest
 import torch
 
@@ -156,3 +157,35 @@ def test_a_forecast_model_is_monitored_and_a_new_version_starts_a_fresh_window(
         assert monitor.requests == 2 and "score" in gauges
     finally:
         monitor.stop()
+
+
+def test_the_traffic_log_is_a_table_seqops_monitor_reads(scorer, events, tiny_pipeline, tmp_path):
+    """The served-traffic log: what each pass scored, as Parquet files of the schema's
+    columns; ``seqops monitor --events`` on the folder sees the served sequences."""
+    import json
+
+    from pipelines.monitor import main as monitor
+    from tests.conftest import REPO
+
+    requests = _requests(events, scorer, 16)
+    monitor_ = LiveMonitor(scorer, window_requests=1000, update_s=3600,
+                           traffic_log=str(tmp_path / "traffic"))  # fmt: skip
+    try:
+        _serve(monitor_, scorer, requests[: len(requests) // 2])
+        monitor_.flush()
+        _serve(monitor_, scorer, requests[len(requests) // 2 :])
+        monitor_.flush()
+    finally:
+        monitor_.stop()
+    files = sorted((tmp_path / "traffic").glob("*.parquet"))
+    assert len(files) == 2 and not list((tmp_path / "traffic").glob(".*"))
+    logged = pa.concat_tables([pa.parquet.read_table(f) for f in files])
+    assert logged.num_rows == events.num_rows
+    assert set(logged.column_names) == {"account_id", "event_time", "seq_no", "amount", "mcc",
+                                        "channel", "country", "device"}  # fmt: skip
+    code = monitor(["--events", str(tmp_path / "traffic"), "--shards", str(tiny_pipeline["shards"]),
+                    "--params", str(REPO / "params.yaml"), "--report", str(tmp_path / "d.json"),
+                    "--html", str(tmp_path / "d.html")])  # fmt: skip
+    report = json.loads((tmp_path / "d.json").read_text())
+    assert code == 0 and report["current"]["events"] == events.num_rows  # what it trained on
+    assert report["current"]["sequences"] == len(pc.unique(events.column("account_id")))
