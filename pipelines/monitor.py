@@ -197,12 +197,27 @@ def report(
     }
 
 
-def _plot(name: str, reference: np.ndarray, current: np.ndarray) -> str:
-    """Reference and current shares of one statistic's bins, as a base64 PNG."""
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig: Any) -> str:
+    """A figure as a base64 PNG, closed."""
+    fig.tight_layout()
+    buffer = stdio.BytesIO()
+    fig.savefig(buffer, format="png")
+    _pyplot().close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _plot(name: str, reference: np.ndarray, current: np.ndarray) -> str:
+    """Reference and current shares of one statistic's bins, as a base64 PNG."""
+    plt = _pyplot()
 
     def shares(counts: np.ndarray) -> np.ndarray:
         total = counts.sum()
@@ -216,11 +231,7 @@ def _plot(name: str, reference: np.ndarray, current: np.ndarray) -> str:
     ax.set_xlabel("bin", fontsize=8)
     ax.legend(fontsize=7)
     ax.tick_params(labelsize=7)
-    fig.tight_layout()
-    buffer = stdio.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode()
+    return _png(fig)
 
 
 def render_html(result: dict[str, Any], reference: Profile, current: Profile) -> str:
@@ -287,10 +298,7 @@ Labels read {section["rows"]["read"]}, scored {section["rows"]["scored"]} (unkno
 
 
 def _metric_plot(section: dict[str, Any]) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     metric = section["metric"]
     windows = section["windows"]
@@ -304,11 +312,7 @@ def _metric_plot(section: dict[str, Any]) -> str:
                   fontsize=6)  # fmt: skip
     ax.set_ylabel(metric, fontsize=8)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    buffer = stdio.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode()
+    return _png(fig)
 
 
 def _number(value: float | None) -> str:
