@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -65,6 +66,9 @@ def model(ray_cluster, tmp_path_factory):
     _git(root, "init", "-q")  # lineage reads the commit
     uri = f"sqlite:///{root / 'mlflow.db'}"
     previous = os.environ.get("MLFLOW_TRACKING_URI")
+    # The stages set MLflow's process-wide URIs: later modules' fixtures resolve models with
+    # them, so they are put back as they were.
+    fluent = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
         summary = train.run(params, root / "shards", root / "validated", root / "train.json",
@@ -76,6 +80,8 @@ def model(ray_cluster, tmp_path_factory):
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = previous
+        mlflow.set_tracking_uri(fluent[0])
+        mlflow.set_registry_uri(fluent[1])
     return {"root": root, "uri": uri, "model_uri": summary["model_uri"], "params": params}
 
 
