@@ -151,6 +151,8 @@ class LiveMonitor:
         self.totals: dict[str, np.ndarray] = {}
         self.sequences = 0
         self.latest: dict[str, float] = {}
+        self.changed = False
+        """The window changed since the distances were computed."""
 
     def rebind(self, scorer: SequenceScorer) -> None:
         """A new model version: its own reference; the window starts again."""
@@ -275,6 +277,7 @@ class LiveMonitor:
         ``window_requests`` requests."""
         counts = {name: hist.counts for name, hist in profile.histograms().items()}
         self.window.append((requests, counts))
+        self.changed = True
         self.requests += requests
         self.sequences += profile.sequences
         for name, values in counts.items():
@@ -288,13 +291,20 @@ class LiveMonitor:
                 self.totals[name] -= values
 
     def _update(self) -> None:
+        """Recompute the distances when the window changed, and set every gauge each pass:
+        a gauge nobody sets drops out of Ray's export, and a quiet replica still has a
+        window to report."""
         if self.reference is None:
             return
-        for name, hist in self.reference.histograms().items():
-            if name in self.totals:
-                self.latest[name] = js_distance(hist.counts, self.totals[name])
-                self.distance.set(self.latest[name], tags={"statistic": name})
-        self.window_sequences.set(self.sequences)
+        if self.changed:
+            for name, hist in self.reference.histograms().items():
+                if name in self.totals:
+                    self.latest[name] = js_distance(hist.counts, self.totals[name])
+            self.changed = False
+        for name, value in self.latest.items():
+            self.distance.set(value, tags={"statistic": name})
+        if self.latest:
+            self.window_sequences.set(self.sequences)
 
 
 class TrafficLog:
