@@ -63,7 +63,7 @@ from pipelines.performance import LabelsError, performance, read_labels
 from seqcore import io
 from seqcore.config import ConfigError
 from seqcore.encoding import EncodedSequence, encode
-from seqcore.loading import ModelLoadError, load_scorer, model_run, pinned, tracking_uri
+from seqcore.loading import ModelLoadError, load_scorer, pinned, tracking_uri
 from seqcore.manifest import Manifest, ManifestError, load_manifest
 from seqcore.profile import (
     Hist,
@@ -164,13 +164,13 @@ def _reference(
     args: argparse.Namespace, params: Params
 ) -> tuple[Manifest, SequenceScorer | None, str, str | None]:
     """The reference's manifest, the model's scorer (None for shards), what the report names
-    as the reference, and the model's URI pinned to its version."""
+    as the reference, and the id of the run that logged the model."""
     if args.shards:
         return load_manifest(args.shards), None, str(args.shards), None
     named = args.model or f"models:/{params.register.model_name}@champion"
-    uri = pinned(named, tracking_uri())  # the scorer and its run from one version
+    uri, run_id = pinned(named, tracking_uri())  # the scorer and its run from one version
     scorer = load_scorer(uri, tracking_uri())
-    return scorer.manifest, scorer, uri if uri == named else f"{named} ({uri})", uri
+    return scorer.manifest, scorer, uri if uri == named else f"{named} ({uri})", run_id
 
 
 def report(
@@ -337,7 +337,7 @@ def run(args: argparse.Namespace, params: Params) -> dict[str, Any]:
             "--labels needs a model to score the labelled entities: name it with --model "
             "(or leave both out for the champion) instead of --shards"
         )
-    manifest, scorer, against, uri = _reference(args, params)
+    manifest, scorer, against, run_id = _reference(args, params)
     labels = None
     if args.labels:
         assert scorer is not None
@@ -361,10 +361,8 @@ def run(args: argparse.Namespace, params: Params) -> dict[str, Any]:
     statistics = compare(reference, current, params.monitor)
     result = report(statistics, reference, current, params.monitor, against, args.events)
     if labels is not None and scorer is not None:
-        store = tracking_uri()
-        run_id = None if uri is None else model_run(uri, store)
         result["performance"] = performance(
-            scorer, sequences, labels, run_id, store, params.monitor
+            scorer, sequences, labels, run_id, tracking_uri(), params.monitor
         )
         result["labels"] = str(args.labels)
         if result["performance"]["degraded"]:

@@ -378,33 +378,23 @@ def load_scorer(model_uri: str, store_uri: str | None = None) -> SequenceScorer:
         raise _not_found(model_uri, store, exc) from None
 
 
-def pinned(model_uri: str, store_uri: str | None = None) -> str:
-    """``models:/<name>@<alias>`` as the version the alias names now (``models:/<name>/<v>``),
-    so that what is read next comes from one version even if the alias moves meanwhile; any
-    other URI as it is."""
+def pinned(model_uri: str, store_uri: str | None = None) -> tuple[str, str | None]:
+    """The URI of one version and the run that logged it: ``models:/<name>@<alias>`` as the
+    version the alias names now (``models:/<name>/<v>``), so that what is read next comes
+    from that version even if the alias moves meanwhile; any other URI as it is. The run id
+    is None when MLflow does not say; ModelLoadError as :func:`load_scorer` for a URI it
+    cannot resolve."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    name, _, alias = model_uri.removeprefix("models:/").partition("@")
-    if not model_uri.startswith("models:/") or not alias:
-        return model_uri
     store = store_uri or tracking_uri()
+    name, _, alias = model_uri.removeprefix("models:/").partition("@")
     try:
         client = MlflowClient(tracking_uri=store, registry_uri=store)
-        return f"models:/{name}/{client.get_model_version_by_alias(name, alias).version}"
-    except MlflowException as exc:
-        raise _not_found(model_uri, store, exc) from None
-
-
-def model_run(model_uri: str, store_uri: str | None = None) -> str | None:
-    """The id of the run that logged the model at ``model_uri`` (None when MLflow does not
-    say); ModelLoadError as :func:`load_scorer` for a URI it cannot resolve."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    store = store_uri or tracking_uri()
-    try:
-        return _locate(MlflowClient(tracking_uri=store, registry_uri=store), model_uri).run_id
+        if model_uri.startswith("models:/") and alias:
+            mv = client.get_model_version_by_alias(name, alias)
+            return f"models:/{name}/{mv.version}", mv.run_id or None
+        return model_uri, _locate(client, model_uri).run_id
     except MlflowException as exc:
         raise _not_found(model_uri, store, exc) from None
 
