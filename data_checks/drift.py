@@ -181,10 +181,6 @@ def _share_of(key: str, index: int) -> Any:
     return summary
 
 
-_oov = _share_of("oov_share", 0)
-_rate = _share_of("out_of_order_share", 1)
-_violating = _share_of("violating_share", 1)
-
 ORDERING_CHECKS = (
     "time_order", "duplicates", "seq_negative", "seq_gaps", "seq_order", "future_timestamps",
     "time_floor", "late_events",
@@ -207,42 +203,6 @@ def contract_hists(report: Mapping[str, Any]) -> dict[str, Hist]:
     return found
 
 
-def compare(
-    reference: Profile, current: Profile, thresholds: DriftThresholds
-) -> list[StatisticDrift]:
-    """Every statistic the two profiles share, in a fixed order."""
-    pairs: list[tuple[str, Hist, Hist, Any]] = [
-        ("length", reference.length, current.length, None),
-        ("gap", reference.gap, current.gap, None),
-    ]
-    if reference.order is not None and current.order is not None:
-        pairs.append(("order", reference.order, current.order, _rate))
-    for col in sorted(reference.categorical.keys() & current.categorical.keys()):
-        pairs.append(
-            (f"categorical.{col}", reference.categorical[col], current.categorical[col], _oov)
-        )
-    for col in sorted(reference.numeric.keys() & current.numeric.keys()):
-        pairs.append((f"numeric.{col}", reference.numeric[col], current.numeric[col], None))
-    if (
-        reference.transitions is not None
-        and current.transitions is not None
-        and reference.transition_column == current.transition_column
-    ):
-        pairs.append((f"transitions.{reference.transition_column}", reference.transitions,
-                      current.transitions, _repeats))  # fmt: skip
-    if reference.score is not None and current.score is not None:
-        pairs.append(("score", reference.score, current.score, _top_share))
-    for check in [c for c in ORDERING_CHECKS if c in reference.contract and c in current.contract]:
-        pairs.append(
-            (f"contract.{check}", reference.contract[check], current.contract[check], _violating)
-        )
-    decides = current.sequences >= thresholds.min_sequences
-    return [
-        compare_counts(name, ref, cur, thresholds, len(pairs), decides, summary)
-        for name, ref, cur, summary in pairs
-    ]
-
-
 def _top_share(counts: np.ndarray) -> dict[str, float | None]:
     """The share of scores in the upper half of the bins (probabilities >= 0.5; forecasts
     above the training mean): what a reviewer reads first of a score shift."""
@@ -258,3 +218,36 @@ def _repeats(counts: np.ndarray) -> dict[str, float | None]:
     pairs = counts.reshape(width, width)[1:-1, 1:-1]
     total = pairs.sum()
     return {"repeat_share": float(np.trace(pairs) / total) if total else None}
+
+
+SUMMARIES: dict[str, Any] = {
+    "order": _share_of("out_of_order_share", 1),
+    "categorical": _share_of("oov_share", 0),
+    "contract": _share_of("violating_share", 1),
+    "transitions": _repeats,
+    "score": _top_share,
+}
+"""What a statistic's report summarises, by its name's first part (default: the median
+bin)."""
+
+
+def compare(
+    reference: Profile, current: Profile, thresholds: DriftThresholds
+) -> list[StatisticDrift]:
+    """Every statistic the two profiles share (``Profile.histograms``: the same name is the
+    same bins), in that order."""
+    ref, cur = reference.histograms(), current.histograms()
+    shared = [name for name in ref if name in cur]
+    decides = current.sequences >= thresholds.min_sequences
+    return [
+        compare_counts(
+            name,
+            ref[name],
+            cur[name],
+            thresholds,
+            len(shared),
+            decides,
+            SUMMARIES.get(name.split(".")[0]),
+        )  # fmt: skip
+        for name in shared
+    ]

@@ -235,7 +235,7 @@ class Profile:
     def histograms(self) -> dict[str, Hist]:
         """Every statistic the profile holds, by the name drift reports use: ``length``,
         ``gap``, ``order``, ``categorical.<col>``, ``numeric.<col>``, ``transitions.<col>``,
-        ``score``."""
+        ``score``, ``contract.<check>``."""
         found = {"length": self.length, "gap": self.gap}
         if self.order is not None:
             found["order"] = self.order
