@@ -446,8 +446,7 @@ def score_codes(task: str, scores: np.ndarray) -> tuple[np.ndarray, int]:
     return _bins(PROBABILITY_EDGES, scores, "right"), len(PROBABILITY_EDGES) + 1
 
 
-def score_hist(task: str, scores: np.ndarray, group: np.ndarray | None = None) -> Hist:
-    """Scores by bin, each its own sequence unless ``group`` (non-negative ints) says which
-    scores belong together (the sliding windows of one entity are not independent)."""
+def score_hist(task: str, scores: np.ndarray) -> Hist:
+    """Scores by bin, one score per sequence."""
     codes, bins = score_codes(task, scores)
-    return Hist.of(np.arange(len(codes)) if group is None else group, codes, bins)
+    return Hist.of(np.arange(len(codes)), codes, bins)
