@@ -216,7 +216,8 @@ class ModelServer:
         started = time.perf_counter()
         columns = concat_columns(requests)
         # Off the event loop, so requests keep queueing for the next batch meanwhile.
-        scored, sequences, scores = await asyncio.to_thread(_score, model.scorer, columns)
+        watched = self.live is not None
+        scored, sequences, scores = await asyncio.to_thread(_score, model.scorer, columns, watched)
         rows = []  # the encoder returns one row per sequence, in the columns' order
         for name, row in zip(columns.names, scored, strict=True):
             if row["entity"] != name:
@@ -236,19 +237,19 @@ class ModelServer:
             end = start + len(request.names)
             results.append({"model": header, "scores": rows[start:end]})
             start = end
-        if self.live is not None:  # profiled on its own thread, after the answer
+        if self.live is not None and scores is not None:  # profiled on its own thread, later
             self.live.observe(Scored(columns, sequences, scores, model.scorer, len(requests)))
         return results
 
 
 def _score(
-    scorer: SequenceScorer, columns: EventColumns
-) -> tuple[list[dict[str, Any]], list[EncodedSequence], np.ndarray]:
-    """Rows of the columns' sequences, with the encoded sequences behind them and their
-    scores (``seqcore.profile.scores_of``) for the live profile."""
+    scorer: SequenceScorer, columns: EventColumns, watched: bool
+) -> tuple[list[dict[str, Any]], list[EncodedSequence], np.ndarray | None]:
+    """Rows of the columns' sequences, with the encoded sequences behind them and, for the
+    live profile (``watched``), their scores (``seqcore.profile.scores_of``)."""
     sequences = scorer.encode(columns)
     rows, outputs = scorer.score_encoded(sequences)
-    return rows, sequences, scores_of(scorer.config.task, outputs)
+    return rows, sequences, scores_of(scorer.config.task, outputs) if watched else None
 
 
 class HoldsModel:

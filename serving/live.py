@@ -48,7 +48,6 @@ from scipy.special import ndtr
 
 from data_checks.drift import js_distance
 from seqcore.encoding import EncodedSequence, EventColumns
-from seqcore.features import OOV_ID
 from seqcore.profile import (
     GAP_EDGES_S,
     LENGTH_EDGES,
@@ -263,12 +262,11 @@ class LiveMonitor:
         shown = ndtr(scores) if self.task == "forecast" else scores
         for value in shown[np.isfinite(shown)].tolist():
             self.score.observe(value)
-        for i, column in enumerate(self.scorer.spec.categorical):
-            ids = np.concatenate([seq.cat_ids[:, i] for seq in sequences])
-            self.events.inc(int(np.count_nonzero(ids)), tags={"column": column})
-            oov = int(np.count_nonzero(ids == OOV_ID))
-            if oov:
-                self.oov.inc(oov, tags={"column": column})
+        for column, hist in profile.categorical.items():  # bin 0: out of vocabulary
+            if hist.total:
+                self.events.inc(hist.total, tags={"column": column})
+            if hist.counts[0]:
+                self.oov.inc(int(hist.counts[0]), tags={"column": column})
         if profile.order is not None and profile.order.counts[1]:
             self.out_of_order.inc(int(profile.order.counts[1]))
 
