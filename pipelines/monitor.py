@@ -57,9 +57,9 @@ from data_checks.drift import (
     contract_hists,
 )
 from pipelines.config import Params, load_params
-from pipelines.ingest import IngestError, normalise_user_table, open_dataset, source_batches
+from pipelines.ingest import IngestError
 from pipelines.ingest import arrival_order as ingest_arrival
-from pipelines.performance import LabelsError, performance, read_labels
+from pipelines.performance import LabelsError, performance, read_labels, read_user_table
 from seqcore import io
 from seqcore.config import ConfigError
 from seqcore.encoding import EncodedSequence, encode
@@ -92,25 +92,14 @@ def read_batch(where: str, params: Params, manifest: Manifest) -> pa.Table:
     ``data.source_timezone`` say, in the order of the schema's arrival column when it has
     one, else in file order. New traffic has no labels yet: none is asked for."""
     schema = manifest.schema
-    if Path(where).is_dir() and (Path(where) / POINTER).exists():
-        table = read_events(where)
-    else:
-        arrival = schema.arrival
-        config = dataclasses.replace(
-            params.data, source="file", path=where,
-            schema=dataclasses.replace(schema, label=None, arrival=None),
-        )  # fmt: skip
-        modes: dict[str, str] = {}
-        batches, start = [], 0
-        for batch in source_batches(open_dataset(config), config):
-            batches.append(normalise_user_table(batch, config, start, modes))
-            start += batch.num_rows
-        if not batches:
-            raise MonitorError(f"{where}: no events")
-        table = pa.concat_tables(batches, promote_options="permissive")
-        if arrival and arrival in table.column_names:
-            rows = ingest_arrival(table, arrival, params.data.source_timezone)
+    if not (Path(where).is_dir() and (Path(where) / POINTER).exists()):
+        mapped = dataclasses.replace(schema, label=None, arrival=None)
+        table = read_user_table(where, params.data, mapped, "event", MonitorError)
+        if schema.arrival and schema.arrival in table.column_names:
+            rows = ingest_arrival(table, schema.arrival, params.data.source_timezone)
             table = table.take(pa.array(rows))
+        return table
+    table = read_events(where)
     if not table.num_rows:
         raise MonitorError(f"{where}: no events")
     for role, name in (("entity key", schema.entity), ("time", schema.time)):

@@ -35,10 +35,12 @@ from scipy.stats import norm
 from pipelines.config import Params
 from pipelines.ingest import normalise_user_table, open_dataset, source_batches
 from pipelines.metrics import classify_metrics, ovr_scores
+from pipelines.params.data import DataConfig
 from pipelines.params.gate import PRIMARY_METRICS
 from pipelines.shard import label_index
 from seqcore.arrays import time_us
 from seqcore.encoding import EncodedSequence
+from seqcore.schema import SchemaConfig
 from seqcore.scorer import SequenceScorer
 
 log = logging.getLogger("seqops.monitor")
@@ -61,25 +63,11 @@ def read_labels(where: str, params: Params, scorer: SequenceScorer) -> pa.Table:
             "classify models (a next_event or forecast model's targets are in the events "
             "themselves: the evaluate stage scores them)"
         )
-    config = dataclasses.replace(
-        params.data, source="file", path=where, format="auto",
-        schema=dataclasses.replace(schema, seq=None, numeric=(), categorical=(), arrival=None,
-                                   next_event=None, forecast=None, label=target.column),
-    )  # fmt: skip
-    batches, start, modes = [], 0, {}  # type: ignore[var-annotated]
-    for batch in source_batches(open_dataset(config), config):
-        batch = normalise_user_table(batch, config, start, modes)  # names a missing column
-        batches.append(batch.select([schema.entity, schema.time, target.column]))
-        start += batch.num_rows
-    if not batches or not sum(b.num_rows for b in batches):
-        raise LabelsError(f"{where}: no labels")
-    table = pa.concat_tables(batches, promote_options="permissive")
-    for role, name in (("entity key", schema.entity), ("time", schema.time)):
-        nulls = table.column(name).null_count
-        if nulls:
-            raise LabelsError(
-                f"{where}: {nulls} label(s) without a {role} ({name!r}); drop or fill them"
-            )
+    mapped = dataclasses.replace(schema, seq=None, numeric=(), categorical=(), arrival=None,
+                                 next_event=None, forecast=None, label=target.column)  # fmt: skip
+    labels_file = dataclasses.replace(params.data, format="auto")  # not the events' format
+    table = read_user_table(where, labels_file, mapped, "label", LabelsError)
+    table = table.select([schema.entity, schema.time, target.column])
     index = class_index(table.column(target.column), target.classes, target.column)
     unknown = pc.filter(table.column(target.column), pa.array(index < 0))
     if len(unknown) == table.num_rows:
@@ -93,6 +81,29 @@ def read_labels(where: str, params: Params, scorer: SequenceScorer) -> pa.Table:
         "time_us": pa.array(time_us(table.column(schema.time))),
         "label": pa.array(index),
     })  # fmt: skip
+
+
+def read_user_table(
+    where: str, data: DataConfig, schema: SchemaConfig, what: str, error: type[Exception]
+) -> pa.Table:
+    """A user's file or folder read as ingest reads one (``data.format``,
+    ``data.source_timezone``, the mapped columns checked, times in UTC), in file order;
+    ``error`` names ``where`` when it holds no row, or a row without entity key or time."""
+    config = dataclasses.replace(data, source="file", path=where, schema=schema)
+    batches, start, modes = [], 0, {}  # type: ignore[var-annotated]
+    for batch in source_batches(open_dataset(config), config):
+        batches.append(normalise_user_table(batch, config, start, modes))
+        start += batch.num_rows
+    if not start:
+        raise error(f"{where}: no {what}s")
+    table = pa.concat_tables(batches, promote_options="permissive")
+    for role, name in (("entity key", schema.entity), ("time", schema.time)):
+        nulls = table.column(name).null_count
+        if nulls:
+            raise error(
+                f"{where}: {nulls} {what}(s) without a {role} ({name!r}); drop or fill them"
+            )
+    return table
 
 
 def class_index(column: pa.ChunkedArray, classes: tuple[Any, ...], name: str) -> np.ndarray:
