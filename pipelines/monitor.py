@@ -59,7 +59,13 @@ from data_checks.drift import (
 from pipelines.config import Params, load_params
 from pipelines.ingest import IngestError
 from pipelines.ingest import arrival_order as ingest_arrival
-from pipelines.performance import LabelsError, performance, read_labels, read_user_table
+from pipelines.performance import (
+    LabelsError,
+    check_keys,
+    performance,
+    read_labels,
+    read_user_table,
+)
 from seqcore import io
 from seqcore.config import ConfigError
 from seqcore.encoding import EncodedSequence, encode
@@ -99,16 +105,7 @@ def read_batch(where: str, params: Params, manifest: Manifest) -> pa.Table:
             rows = ingest_arrival(table, schema.arrival, params.data.source_timezone)
             table = table.take(pa.array(rows))
         return table
-    table = read_events(where)
-    if not table.num_rows:
-        raise MonitorError(f"{where}: no events")
-    for role, name in (("entity key", schema.entity), ("time", schema.time)):
-        nulls = table.column(name).null_count
-        if nulls:
-            raise MonitorError(
-                f"{where}: {nulls} event(s) without a {role} ({name!r}); drop or fill them"
-            )
-    return table
+    return check_keys(read_events(where), schema, where, "event", MonitorError)
 
 
 def profile_batch(

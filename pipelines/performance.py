@@ -97,6 +97,15 @@ def read_user_table(
     if not start:
         raise error(f"{where}: no {what}s")
     table = pa.concat_tables(batches, promote_options="permissive")
+    return check_keys(table, schema, where, what, error)
+
+
+def check_keys(
+    table: pa.Table, schema: SchemaConfig, where: str, what: str, error: type[Exception]
+) -> pa.Table:
+    """``table`` when it has rows and every row an entity key and a time, else ``error``."""
+    if not table.num_rows:
+        raise error(f"{where}: no {what}s")
     for role, name in (("entity key", schema.entity), ("time", schema.time)):
         nulls = table.column(name).null_count
         if nulls:
